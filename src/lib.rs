@@ -1,0 +1,2 @@
+//! Postel, a mail server for small Unix hosts.
+#![forbid(unsafe_code)]
