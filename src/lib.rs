@@ -1,2 +1,5 @@
 //! Postel, a mail server for small Unix hosts.
 #![forbid(unsafe_code)]
+
+pub mod config;
+pub mod net;

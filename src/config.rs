@@ -1,0 +1,614 @@
+//! The configuration: one `Config` struct, its built-in defaults, loading from a TOML file, and printing it back.
+//!
+//! Every key is one entry of [`KEYS`]: its name, what it means, how a TOML value becomes the field and how the field is
+//! written back. Parsing, `postel check` and the README's reference all follow that one table.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml_edit::{Array, Document, DocumentMut, Item, Value};
+
+use crate::net::Network;
+
+/// What to do with a bare LF (one not preceded by CR) in message content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BareLf {
+    /// Store it as CRLF, as most servers do.
+    Normalize,
+    /// Refuse the message with 550 5.6.0 at the end of data.
+    Reject,
+}
+
+/// Where the names of local users come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocalUsers {
+    /// The host's Unix accounts (getpwnam).
+    System,
+    /// Every syntactically valid local part gets a mailbox (classroom demos).
+    Any,
+    /// Exactly these names; their mailboxes belong to the server's own user.
+    List(Vec<String>),
+}
+
+/// The whole configuration of the server; every field has a built-in default.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Addresses to accept SMTP connections on (`listen`).
+    pub listen: Vec<SocketAddr>,
+    /// The name this host gives in greetings and Received headers (`hostname`).
+    pub hostname: String,
+    /// Domains whose mail is delivered here (`local_domains`).
+    pub local_domains: Vec<String>,
+    /// The spool directory (`spool_dir`).
+    pub spool_dir: PathBuf,
+    /// The directory of per-user mbox files (`mailbox_dir`).
+    pub mailbox_dir: PathBuf,
+    /// Session worker threads (`workers`).
+    pub workers: usize,
+    /// Accepted connections that may wait for a free worker (`accept_queue`).
+    pub accept_queue: usize,
+    /// Largest message accepted, in bytes (`max_message_size`).
+    pub max_message_size: u64,
+    /// Recipients per message (`max_recipients`).
+    pub max_recipients: usize,
+    /// Longest command line, in octets including CRLF (`max_line_length`).
+    pub max_line_length: usize,
+    /// Error replies per session before the server says 421 and hangs up (`max_errors`).
+    pub max_errors: u32,
+    /// Clients that may relay and are exempt from the per-client limit (`trusted_networks`).
+    pub trusted_networks: Vec<Network>,
+    /// Simultaneous connections from one untrusted client address (`max_connections_per_client`).
+    pub max_connections_per_client: usize,
+    /// How long the server waits for a command (`command_timeout`).
+    pub command_timeout: Duration,
+    /// How long the server waits for the next piece of message content (`data_timeout`).
+    pub data_timeout: Duration,
+    /// How long sessions in flight may take to finish after SIGTERM (`shutdown_grace`).
+    pub shutdown_grace: Duration,
+    /// Bare LF in message content (`bare_lf`).
+    pub bare_lf: BareLf,
+    /// Who has a mailbox here (`local_users`).
+    pub local_users: LocalUsers,
+}
+
+/// A configuration error, already worded for the admin: `file:line: key: what is wrong`.
+#[derive(Debug)]
+pub struct ConfigError(String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// One configuration key: its name, its meaning, how to read it and how to write it back.
+pub struct Key {
+    pub name: &'static str,
+    pub doc: &'static str,
+    set: fn(&mut Config, &Value) -> Result<(), String>,
+    get: fn(&Config) -> Value,
+}
+
+/// Every configuration key, in the order `postel check` prints them.
+pub const KEYS: &[Key] = &[
+    Key {
+        name: "listen",
+        doc: "addresses to listen on, \"ip:port\" (IPv6 as \"[::1]:25\")",
+        set: |c, v| {
+            c.listen = non_empty(list(v, |s| {
+                s.parse()
+                    .map_err(|_| format!("'{s}' is not an ip:port address"))
+            })?)?;
+            Ok(())
+        },
+        get: |c| strings(c.listen.iter()),
+    },
+    Key {
+        name: "hostname",
+        doc: "this host's name in greetings and Received headers (default: the system's host name)",
+        set: |c, v| {
+            c.hostname = domain_name(v)?;
+            Ok(())
+        },
+        get: |c| c.hostname.as_str().into(),
+    },
+    Key {
+        name: "local_domains",
+        doc: "domains delivered to local mailboxes (default: localhost and the host name)",
+        set: |c, v| {
+            c.local_domains = list(v, |s| domain_name(&Value::from(s)))?;
+            Ok(())
+        },
+        get: |c| strings(c.local_domains.iter()),
+    },
+    Key {
+        name: "spool_dir",
+        doc: "the queue of accepted messages",
+        set: |c, v| {
+            c.spool_dir = path(v)?;
+            Ok(())
+        },
+        get: |c| c.spool_dir.display().to_string().into(),
+    },
+    Key {
+        name: "mailbox_dir",
+        doc: "per-user mbox files",
+        set: |c, v| {
+            c.mailbox_dir = path(v)?;
+            Ok(())
+        },
+        get: |c| c.mailbox_dir.display().to_string().into(),
+    },
+    Key {
+        name: "workers",
+        doc: "session worker threads: connections served at once",
+        set: |c, v| {
+            c.workers = positive(v)?;
+            Ok(())
+        },
+        get: |c| integer(c.workers as u64),
+    },
+    Key {
+        name: "accept_queue",
+        doc: "accepted connections that may wait for a worker; beyond it, 421 (default: as many as workers)",
+        set: |c, v| {
+            c.accept_queue = positive(v)?;
+            Ok(())
+        },
+        get: |c| integer(c.accept_queue as u64),
+    },
+    Key {
+        name: "max_message_size",
+        doc: "largest message accepted, in bytes",
+        set: |c, v| {
+            c.max_message_size = positive(v)? as u64;
+            Ok(())
+        },
+        get: |c| integer(c.max_message_size),
+    },
+    Key {
+        name: "max_recipients",
+        doc: "recipients per message",
+        set: |c, v| {
+            c.max_recipients = positive(v)?;
+            Ok(())
+        },
+        get: |c| integer(c.max_recipients as u64),
+    },
+    Key {
+        name: "max_line_length",
+        doc: "longest command line in octets, CRLF included (512 to 32768)",
+        set: |c, v| {
+            let n = positive(v)?;
+            if !(512..=MAX_LINE_LIMIT).contains(&n) {
+                return Err(format!("expected a number from 512 to {MAX_LINE_LIMIT}"));
+            }
+            c.max_line_length = n;
+            Ok(())
+        },
+        get: |c| integer(c.max_line_length as u64),
+    },
+    Key {
+        name: "max_errors",
+        doc: "error replies in one session before 421 and hang-up",
+        set: |c, v| {
+            c.max_errors = u32::try_from(positive(v)?).map_err(|_| "too large".to_string())?;
+            Ok(())
+        },
+        get: |c| integer(u64::from(c.max_errors)),
+    },
+    Key {
+        name: "trusted_networks",
+        doc: "client networks that may relay and have no connection limit",
+        set: |c, v| {
+            c.trusted_networks = list(v, |s| s.parse())?;
+            Ok(())
+        },
+        get: |c| strings(c.trusted_networks.iter()),
+    },
+    Key {
+        name: "max_connections_per_client",
+        doc: "simultaneous connections from one untrusted address; beyond it, 421",
+        set: |c, v| {
+            c.max_connections_per_client = positive(v)?;
+            Ok(())
+        },
+        get: |c| integer(c.max_connections_per_client as u64),
+    },
+    Key {
+        name: "command_timeout",
+        doc: "how long to wait for a command",
+        set: |c, v| {
+            c.command_timeout = duration(v)?;
+            Ok(())
+        },
+        get: |c| format_duration(c.command_timeout).into(),
+    },
+    Key {
+        name: "data_timeout",
+        doc: "how long to wait for more message content",
+        set: |c, v| {
+            c.data_timeout = duration(v)?;
+            Ok(())
+        },
+        get: |c| format_duration(c.data_timeout).into(),
+    },
+    Key {
+        name: "shutdown_grace",
+        doc: "how long sessions may take to finish after SIGTERM",
+        set: |c, v| {
+            c.shutdown_grace = duration(v)?;
+            Ok(())
+        },
+        get: |c| format_duration(c.shutdown_grace).into(),
+    },
+    Key {
+        name: "bare_lf",
+        doc: "a bare LF in message content: \"normalize\" (store CRLF) or \"reject\" (550 5.6.0)",
+        set: |c, v| {
+            c.bare_lf = match string(v)? {
+                "normalize" => BareLf::Normalize,
+                "reject" => BareLf::Reject,
+                _ => return Err("expected \"normalize\" or \"reject\"".into()),
+            };
+            Ok(())
+        },
+        get: |c| match c.bare_lf {
+            BareLf::Normalize => "normalize".into(),
+            BareLf::Reject => "reject".into(),
+        },
+    },
+    Key {
+        name: "local_users",
+        doc: "who has a mailbox: \"system\" (Unix accounts), \"any\", or a list of names",
+        set: |c, v| {
+            c.local_users = match v {
+                Value::String(s) if s.value() == "system" => LocalUsers::System,
+                Value::String(s) if s.value() == "any" => LocalUsers::Any,
+                Value::Array(_) => {
+                    LocalUsers::List(list(v, |s| Ok::<_, String>(s.to_ascii_lowercase()))?)
+                }
+                _ => return Err("expected \"system\", \"any\" or a list of user names".into()),
+            };
+            Ok(())
+        },
+        get: |c| match &c.local_users {
+            LocalUsers::System => "system".into(),
+            LocalUsers::Any => "any".into(),
+            LocalUsers::List(names) => strings(names.iter()),
+        },
+    },
+];
+
+/// The largest accepted `max_line_length`; the session's input buffer is twice as large.
+pub const MAX_LINE_LIMIT: usize = 32 * 1024;
+
+impl Config {
+    /// The built-in configuration: what `postel serve` runs with when given no file.
+    pub fn builtin() -> Config {
+        let hostname = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".to_string());
+        Config {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
+            local_domains: default_local_domains(&hostname),
+            hostname,
+            spool_dir: PathBuf::from("./spool"),
+            mailbox_dir: PathBuf::from("./mailboxes"),
+            workers: 100,
+            accept_queue: 100,
+            max_message_size: 50 * 1024 * 1024,
+            max_recipients: 1000,
+            max_line_length: 512,
+            max_errors: 20,
+            trusted_networks: vec![
+                "127.0.0.0/8".parse().expect("valid network"),
+                "::1/128".parse().expect("valid network"),
+            ],
+            max_connections_per_client: 20,
+            command_timeout: Duration::from_secs(5 * 60),
+            data_timeout: Duration::from_secs(10 * 60),
+            shutdown_grace: Duration::from_secs(30),
+            bare_lf: BareLf::Normalize,
+            local_users: LocalUsers::System,
+        }
+    }
+
+    /// Loads `path` over the built-in defaults. Errors name the file, the line and the key.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses configuration text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let line_of = |span: Option<std::ops::Range<usize>>| {
+            let at = span.map_or(0, |s| s.start).min(text.len());
+            text[..at].bytes().filter(|&b| b == b'\n').count() + 1
+        };
+        let document = Document::parse(text.to_string()).map_err(|e| {
+            let message = e.message().trim_end().to_string();
+            ConfigError(format!("{origin}:{}: {message}", line_of(e.span())))
+        })?;
+        let mut config = Config::builtin();
+        let (mut hostname_set, mut local_domains_set, mut accept_queue_set) = (false, false, false);
+        for (name, item) in document.as_table().iter() {
+            let (key, _) = document
+                .as_table()
+                .get_key_value(name)
+                .expect("iterated key exists");
+            let at =
+                |what: String| ConfigError(format!("{origin}:{}: {what}", line_of(key.span())));
+            let Some(entry) = KEYS.iter().find(|k| k.name == name) else {
+                return Err(at(format!("unknown key '{name}'")));
+            };
+            let Item::Value(value) = item else {
+                return Err(at(format!("{name}: expected a value, not a table")));
+            };
+            (entry.set)(&mut config, value).map_err(|why| at(format!("{name}: {why}")))?;
+            hostname_set |= name == "hostname";
+            local_domains_set |= name == "local_domains";
+            accept_queue_set |= name == "accept_queue";
+        }
+        if hostname_set && !local_domains_set {
+            config.local_domains = default_local_domains(&config.hostname);
+        }
+        if !accept_queue_set {
+            config.accept_queue = config.workers;
+        }
+        Ok(config)
+    }
+
+    /// The effective configuration as TOML that [`Config::parse`] accepts.
+    pub fn to_toml(&self) -> String {
+        let mut document = DocumentMut::new();
+        for key in KEYS {
+            document[key.name] = Item::Value((key.get)(self));
+        }
+        document.to_string()
+    }
+
+    /// Whether `ip` belongs to one of the trusted networks.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_networks.iter().any(|n| n.contains(ip))
+    }
+
+    /// Whether `domain` (any case) is one this host delivers locally.
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        self.local_domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(domain))
+    }
+}
+
+fn default_local_domains(hostname: &str) -> Vec<String> {
+    let mut domains = vec!["localhost".to_string()];
+    if !hostname.eq_ignore_ascii_case("localhost") {
+        domains.push(hostname.to_string());
+    }
+    domains
+}
+
+fn string(v: &Value) -> Result<&str, String> {
+    v.as_str().ok_or_else(|| "expected a string".to_string())
+}
+
+fn path(v: &Value) -> Result<PathBuf, String> {
+    match string(v)? {
+        "" => Err("expected a path, not an empty string".into()),
+        s => Ok(PathBuf::from(s)),
+    }
+}
+
+fn positive(v: &Value) -> Result<usize, String> {
+    match v.as_integer() {
+        Some(n) if n > 0 => usize::try_from(n).map_err(|_| "too large".into()),
+        _ => Err("expected a positive integer".into()),
+    }
+}
+
+fn domain_name(v: &Value) -> Result<String, String> {
+    let name = string(v)?;
+    let valid_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if name.len() <= 253 && name.split('.').all(valid_label) {
+        Ok(name.to_ascii_lowercase())
+    } else {
+        Err(format!("'{name}' is not a domain name"))
+    }
+}
+
+fn list<T, E: fmt::Display>(
+    v: &Value,
+    parse: impl Fn(&str) -> Result<T, E>,
+) -> Result<Vec<T>, String> {
+    let Value::Array(array) = v else {
+        return Err("expected a list of strings".into());
+    };
+    array
+        .iter()
+        .map(|item| {
+            let s = item.as_str().ok_or("expected a list of strings")?;
+            parse(s).map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
+fn non_empty<T>(items: Vec<T>) -> Result<Vec<T>, String> {
+    if items.is_empty() {
+        Err("expected at least one entry".into())
+    } else {
+        Ok(items)
+    }
+}
+
+fn strings<T: fmt::Display>(items: impl Iterator<Item = T>) -> Value {
+    Value::Array(items.map(|i| i.to_string()).collect::<Array>())
+}
+
+fn integer(n: u64) -> Value {
+    Value::from(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+const DURATION_UNITS: &[(&str, u64)] = &[
+    ("d", 86_400_000),
+    ("h", 3_600_000),
+    ("m", 60_000),
+    ("s", 1000),
+    ("ms", 1),
+];
+
+/// Parses a duration like "500ms", "30s", "5m", "1h" or "5d".
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("'{text}' is not a duration like \"30s\", \"5m\", \"1h\" or \"5d\"");
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let &(_, millis) = DURATION_UNITS
+        .iter()
+        .find(|(u, _)| *u == unit)
+        .ok_or_else(bad)?;
+    number
+        .checked_mul(millis)
+        .map(Duration::from_millis)
+        .ok_or_else(bad)
+}
+
+fn duration(v: &Value) -> Result<Duration, String> {
+    parse_duration(string(v)?)
+}
+
+/// Writes a duration in the largest unit that divides it exactly, so that it parses back to the same value.
+pub fn format_duration(d: Duration) -> String {
+    let millis = d.as_millis() as u64;
+    let (unit, size) = DURATION_UNITS
+        .iter()
+        .find(|(_, size)| millis % size == 0 && millis >= *size)
+        .unwrap_or(&("s", 1000));
+    format!("{}{unit}", millis / size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, "postel.toml").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_builtin_configuration() {
+        assert_eq!(parse("").unwrap(), Config::builtin());
+    }
+
+    #[test]
+    fn errors_name_the_file_the_line_and_the_key() {
+        let cases = [
+            (
+                "listen = [\"127.0.0.1:25\"]\n\nlisten_backlogg = 5\n",
+                "postel.toml:3: unknown key 'listen_backlogg'",
+            ),
+            (
+                "workers = -1\n",
+                "postel.toml:1: workers: expected a positive integer",
+            ),
+            (
+                "workers = \"many\"\n",
+                "postel.toml:1: workers: expected a positive integer",
+            ),
+            (
+                "\ncommand_timeout = \"5 minutes\"\n",
+                "postel.toml:2: command_timeout: '5 minutes' is not a duration",
+            ),
+            (
+                "trusted_networks = [\"10.0.0.0/33\"]\n",
+                "postel.toml:1: trusted_networks: '10.0.0.0/33'",
+            ),
+            (
+                "listen = [\"localhost\"]\n",
+                "postel.toml:1: listen: 'localhost' is not an ip:port address",
+            ),
+            (
+                "listen = []\n",
+                "postel.toml:1: listen: expected at least one entry",
+            ),
+            (
+                "hostname = \"bad host\"\n",
+                "postel.toml:1: hostname: 'bad host' is not a domain name",
+            ),
+            (
+                "bare_lf = \"keep\"\n",
+                "postel.toml:1: bare_lf: expected \"normalize\" or \"reject\"",
+            ),
+            ("local_users = 3\n", "postel.toml:1: local_users: expected"),
+            (
+                "max_line_length = 100\n",
+                "postel.toml:1: max_line_length: expected a number from 512",
+            ),
+            (
+                "[server]\nworkers = 3\n",
+                "postel.toml:1: unknown key 'server'",
+            ),
+            ("workers = = 3\n", "postel.toml:1: "),
+        ];
+        for (text, expected) in cases {
+            let error = parse(text).unwrap_err();
+            assert!(
+                error.starts_with(expected),
+                "{text:?}: got {error:?}, expected {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn values_are_read() {
+        let config = parse(
+            "listen = [\"127.0.0.1:2600\", \"[::1]:2600\"]\nhostname = \"MX.Example.Test\"\nworkers = 4\n\
+             command_timeout = \"30s\"\nlocal_users = [\"Alice\", \"bob\"]\nbare_lf = \"reject\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.listen.len(), 2);
+        assert_eq!(config.hostname, "mx.example.test");
+        assert_eq!(config.local_domains, ["localhost", "mx.example.test"]);
+        assert_eq!((config.workers, config.accept_queue), (4, 4));
+        assert_eq!(config.command_timeout, Duration::from_secs(30));
+        assert_eq!(
+            config.local_users,
+            LocalUsers::List(vec!["alice".into(), "bob".into()])
+        );
+        assert_eq!(config.bare_lf, BareLf::Reject);
+    }
+
+    #[test]
+    fn printed_configuration_parses_back_to_itself() {
+        let config = parse(
+            "workers = 7\naccept_queue = 3\nlocal_users = \"any\"\nshutdown_grace = \"90s\"\n",
+        )
+        .unwrap();
+        let printed = config.to_toml();
+        assert_eq!(parse(&printed).unwrap(), config, "{printed}");
+        assert!(printed.contains("shutdown_grace = \"90s\""), "{printed}");
+    }
+
+    #[test]
+    fn durations_round_trip() {
+        for text in ["500ms", "30s", "5m", "1h", "5d", "90s"] {
+            assert_eq!(format_duration(parse_duration(text).unwrap()), text);
+        }
+        for bad in ["", "5", "m", "5w", "-5s", "5.5s", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}
