@@ -495,7 +495,7 @@ pub fn format_duration(d: Duration) -> String {
     let millis = d.as_millis() as u64;
     let (unit, size) = DURATION_UNITS
         .iter()
-        .find(|(_, size)| millis % size == 0 && millis >= *size)
+        .find(|(_, size)| millis.is_multiple_of(*size) && millis >= *size)
         .unwrap_or(&("s", 1000));
     format!("{}{unit}", millis / size)
 }

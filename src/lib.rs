@@ -2,5 +2,8 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod delivery;
 pub mod net;
+pub mod server;
 pub mod smtp;
+pub mod spool;

@@ -30,8 +30,9 @@ impl Mailbox {
 }
 
 /// The argument of MAIL FROM: a mailbox, or `<>` for notifications that must never be answered.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum ReversePath {
+    #[default]
     Null,
     Mailbox(Mailbox),
 }
@@ -125,7 +126,7 @@ fn path(inner: &str, utf8: bool) -> Result<Mailbox, AddressError> {
                 .split_once(':')
                 .ok_or(AddressError::Syntax("a source route must end with ':'"))?;
             for hop in route.split(',') {
-                let hop = if hop.starts_with('@') { &hop[1..] } else { hop };
+                let hop = hop.strip_prefix('@').unwrap_or(hop);
                 domain(hop, utf8)?;
             }
             if !route.split(',').skip(1).all(|hop| hop.starts_with('@')) {

@@ -157,7 +157,9 @@ mod tests {
 
     #[test]
     fn content_and_end_of_data_in_any_pieces() {
-        let cases: &[(&[u8], &[u8], Option<&[u8]>)] = &[
+        // (input, content, what follows the end of data if it was found)
+        type Case<'a> = (&'a [u8], &'a [u8], Option<&'a [u8]>);
+        let cases: &[Case] = &[
             (b".\r\n", b"", Some(b"")),
             (
                 b"Subject: hi\r\n\r\nbody\r\n.\r\nQUIT\r\n",

@@ -63,12 +63,6 @@ pub struct Envelope {
     pub params: MailParams,
 }
 
-impl Default for ReversePath {
-    fn default() -> ReversePath {
-        ReversePath::Null
-    }
-}
-
 /// What the caller must do next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Step<'a> {

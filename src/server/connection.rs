@@ -1,0 +1,297 @@
+//! Runs one SMTP session over any byte stream: reads input, drives the protocol state machine, streams message
+//! content into the spool, writes the replies, enforces the timeouts, and logs the connection.
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use log::{debug, info, warn};
+
+use crate::config::{BareLf, Config, MAX_LINE_LIMIT};
+use crate::server::policy::ServerPolicy;
+use crate::smtp::{
+    self, BodyType, Envelope, ForwardPath, Protocol, Reply, Session, SessionParams, Step,
+};
+use crate::spool::{self, MessageWriter, Spool};
+
+/// A byte stream a session can run over: a TCP connection, or stdin/stdout in inetd mode.
+pub trait Transport: Read + Write {
+    /// Bounds how long one read may wait; a read that waits longer fails with WouldBlock or TimedOut.
+    fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()>;
+}
+
+impl Transport for std::net::TcpStream {
+    fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()> {
+        std::net::TcpStream::set_read_timeout(self, Some(timeout))
+    }
+}
+
+/// What every session of a server shares.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub spool: Spool,
+    /// Set when the server is shutting down: idle sessions say 421 and close.
+    pub shutting_down: AtomicBool,
+}
+
+/// Who is at the other end.
+pub struct Client {
+    /// The client's address, when known.
+    pub ip: Option<IpAddr>,
+    /// For logs: "127.0.0.1:40312", or "unknown".
+    pub label: String,
+}
+
+/// How often a waiting session looks at the shutdown flag.
+const SHUTDOWN_CHECK: Duration = Duration::from_secs(1);
+
+/// Runs one session to its end. I/O errors end the session; they are logged, never returned.
+pub fn run(transport: &mut dyn Transport, client: &Client, session_id: &str, shared: &Shared) {
+    let started = Instant::now();
+    let config = &shared.config;
+    debug!("{session_id}: connect from {}", client.label);
+    let mut session = Session::new(
+        session_params(config, session_id),
+        Box::new(ServerPolicy::new(Arc::clone(config), client.ip)),
+    );
+    let mut driver = Driver {
+        transport,
+        client,
+        shared,
+        session_id,
+        input: vec![0; 2 * MAX_LINE_LIMIT],
+        start: 0,
+        end: 0,
+        message: None,
+    };
+    session.greeting();
+    let outcome = driver.drive(&mut session);
+    if driver.message.take().is_some() || outcome.is_err() {
+        session.input_closed();
+    }
+    let ended = match outcome {
+        Ok(()) => String::new(),
+        Err(e) => format!(" ({e})"),
+    };
+    info!(
+        "{session_id}: disconnect from {} helo={} messages={} duration={:.3}s{ended}",
+        client.label,
+        session.helo().unwrap_or("-"),
+        session.messages_accepted(),
+        started.elapsed().as_secs_f64(),
+    );
+}
+
+/// The session's protocol settings, from the configuration.
+fn session_params(config: &Config, session_id: &str) -> SessionParams {
+    SessionParams {
+        id: session_id.to_string(),
+        hostname: config.hostname.clone(),
+        max_message_size: config.max_message_size,
+        max_recipients: config.max_recipients,
+        max_errors: config.max_errors,
+        max_line_length: config.max_line_length,
+        bare_lf: match config.bare_lf {
+            BareLf::Normalize => smtp::BareLf::Normalize,
+            BareLf::Reject => smtp::BareLf::Reject,
+        },
+    }
+}
+
+struct Driver<'a> {
+    transport: &'a mut dyn Transport,
+    client: &'a Client,
+    shared: &'a Shared,
+    session_id: &'a str,
+    /// Bytes read but not yet consumed by the session: `input[start..end]`.
+    input: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// The message being received, between StartMessage and its end.
+    message: Option<MessageWriter>,
+}
+
+impl Driver<'_> {
+    /// Feeds input to the session until it closes; Err when the connection failed or timed out.
+    fn drive(&mut self, session: &mut Session) -> io::Result<()> {
+        self.transport.set_read_timeout(SHUTDOWN_CHECK)?;
+        loop {
+            loop {
+                let (used, step) = session.step(&self.input[self.start..self.end]);
+                self.start += used;
+                match step {
+                    Step::NeedInput => break,
+                    Step::StartMessage => {
+                        self.message = Some(self.begin_message(session.envelope()))
+                    }
+                    Step::Data(content) => {
+                        if let Some(writer) = &mut self.message {
+                            writer.write(content);
+                        }
+                    }
+                    Step::EndMessage => self.end_message(session),
+                    Step::AbortMessage => self.message = None,
+                    Step::Close => return self.flush(session),
+                }
+            }
+            self.flush(session)?;
+            self.compact_input();
+            if !self.fill_input(session)? {
+                return Err(io::Error::new(
+                    ErrorKind::UnexpectedEof,
+                    "client closed the connection",
+                ));
+            }
+        }
+    }
+
+    fn begin_message(&self, envelope: &Envelope) -> MessageWriter {
+        self.shared
+            .spool
+            .new_message(spool_envelope(envelope, self.client))
+    }
+
+    fn end_message(&mut self, session: &mut Session) {
+        let Some(writer) = self.message.take() else {
+            session.message_queued(Err("Error: message lost by the server; please try again"));
+            return;
+        };
+        match self.shared.spool.commit(writer) {
+            Ok(queued) => {
+                let envelope = &queued.envelope;
+                info!(
+                    "{}: from=<{}>, size={}, nrcpt={}, client={}, session={} (queued)",
+                    envelope.id,
+                    envelope.sender,
+                    queued.len,
+                    envelope.recipients.len(),
+                    self.client.label,
+                    self.session_id,
+                );
+                session.message_queued(Ok(envelope.id.as_str()));
+            }
+            Err(e) => {
+                warn!("{}: message not queued: {e}", self.session_id);
+                session.message_queued(Err(
+                    "Error: cannot write the message to the queue; please try again later",
+                ));
+            }
+        }
+    }
+
+    fn flush(&mut self, session: &mut Session) -> io::Result<()> {
+        if !session.output().is_empty() {
+            self.transport.write_all(session.output())?;
+            self.transport.flush()?;
+            session.clear_output();
+        }
+        Ok(())
+    }
+
+    fn compact_input(&mut self) {
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        } else if self.end == self.input.len() {
+            self.input.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+        }
+    }
+
+    /// Reads more input; Ok(false) at end of input. Waits at most the command or data timeout, and stops waiting
+    /// for an idle client when the server shuts down.
+    fn fill_input(&mut self, session: &mut Session) -> io::Result<bool> {
+        if self.end == self.input.len() {
+            return Err(io::Error::other(
+                "the session left a full input buffer unconsumed",
+            ));
+        }
+        let config = &self.shared.config;
+        let timeout = if self.message.is_some() {
+            config.data_timeout
+        } else {
+            config.command_timeout
+        };
+        let waiting_since = Instant::now();
+        loop {
+            match self.transport.read(&mut self.input[self.end..]) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(true);
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    let shutting_down = self.shared.shutting_down.load(Ordering::Relaxed);
+                    if shutting_down && self.message.is_none() && self.start == self.end {
+                        session.shutdown(Reply::new(
+                            421,
+                            "4.3.2",
+                            format!(
+                                "{} Service shutting down, closing connection",
+                                config.hostname
+                            ),
+                        ));
+                        self.flush(session)?;
+                        return Err(io::Error::other("server shutting down"));
+                    }
+                    if waiting_since.elapsed() >= timeout {
+                        session.shutdown(Reply::new(
+                            421,
+                            "4.4.2",
+                            format!("{} Error: timeout exceeded", config.hostname),
+                        ));
+                        self.flush(session)?;
+                        return Err(io::Error::new(ErrorKind::TimedOut, "timeout exceeded"));
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// The spool's record of a transaction, from the protocol's envelope and what the server knows of the client.
+fn spool_envelope(envelope: &Envelope, client: &Client) -> spool::Envelope {
+    spool::Envelope {
+        id: spool::QueueId::default(),
+        arrival: Utc::now(),
+        client: client
+            .ip
+            .map_or_else(|| "unknown".to_string(), |ip| ip.to_string()),
+        helo: envelope.helo.clone(),
+        protocol: match envelope.protocol {
+            Protocol::Smtp => "SMTP",
+            Protocol::Esmtp => "ESMTP",
+        }
+        .to_string(),
+        sender: envelope.sender.to_string(),
+        recipients: envelope
+            .recipients
+            .iter()
+            .map(|r| match r {
+                ForwardPath::Postmaster => "postmaster".to_string(),
+                ForwardPath::Mailbox(m) => m.to_string(),
+            })
+            .collect(),
+        body: envelope.params.body.as_ref().map(|b| {
+            match b {
+                BodyType::SevenBit => "7BIT",
+                BodyType::EightBitMime => "8BITMIME",
+            }
+            .to_string()
+        }),
+        smtputf8: envelope.params.smtputf8,
+        declared_size: envelope.params.size,
+    }
+}
+
+/// Answers a connection that will not get a session with one 421 line and leaves it to be closed. Best effort:
+/// the client may already be gone.
+pub fn refuse(stream: &mut impl Write, status: &'static str, text: &str, hostname: &str) {
+    let mut reply = Vec::with_capacity(96);
+    Reply::new(421, status, format!("{hostname} {text}")).write_to(&mut reply);
+    let _ = stream.write_all(&reply);
+}

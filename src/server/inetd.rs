@@ -1,0 +1,109 @@
+//! inetd mode (`postel inetd`): exactly one session on stdin/stdout, as launched by inetd, xinetd, systemd
+//! (Accept=yes) or socat, spooled like the daemon's.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{SockaddrLike, SockaddrStorage, getpeername};
+
+use crate::config::Config;
+use crate::server::connection::{self, Client, Shared, Transport};
+use crate::spool::{Spool, SpoolError};
+
+/// stdin and stdout as one byte stream; reads wait at most the timeout.
+struct Stdio {
+    input: File,
+    output: File,
+    timeout: Duration,
+}
+
+impl Read for Stdio {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let millis = u16::try_from(self.timeout.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(self.input.as_fd(), PollFlags::POLLIN)];
+        if poll(&mut fds, PollTimeout::from(millis))? == 0 {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.input.read(buf)
+    }
+}
+
+impl Write for Stdio {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.output.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.output.flush()
+    }
+}
+
+impl Transport for Stdio {
+    fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()> {
+        self.timeout = timeout;
+        Ok(())
+    }
+}
+
+/// Runs one session on stdin/stdout.
+pub fn run(config: Config) -> Result<(), SpoolError> {
+    let spool = Spool::open(&config.spool_dir)?;
+    let ip = client_address();
+    let client = Client {
+        ip,
+        label: ip.map_or_else(|| "unknown".to_string(), |ip| ip.to_string()),
+    };
+    let stdio_error = |e: io::Error| SpoolError::Io {
+        path: "standard input".into(),
+        source: e,
+    };
+    let input: OwnedFd = io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(stdio_error)?;
+    let output: OwnedFd = io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(stdio_error)?;
+    let mut stdio = Stdio {
+        input: input.into(),
+        output: output.into(),
+        timeout: Duration::from_secs(1),
+    };
+    let shared = Shared {
+        config: Arc::new(config),
+        spool,
+        shutting_down: AtomicBool::new(false),
+    };
+    let session_id = format!("i{}", std::process::id());
+    connection::run(&mut stdio, &client, &session_id, &shared);
+    Ok(())
+}
+
+/// The client's address: the peer of the socket on stdin, else TCPREMOTEIP (ucspi-tcp), else REMOTE_ADDR.
+fn client_address() -> Option<IpAddr> {
+    let from_socket = getpeername::<SockaddrStorage>(io::stdin().as_raw_fd())
+        .ok()
+        .and_then(|peer| match peer.family() {
+            Some(nix::sys::socket::AddressFamily::Inet) => {
+                peer.as_sockaddr_in().map(|a| IpAddr::V4(a.ip()))
+            }
+            Some(nix::sys::socket::AddressFamily::Inet6) => {
+                peer.as_sockaddr_in6().map(|a| IpAddr::V6(a.ip()))
+            }
+            _ => None,
+        });
+    from_socket
+        .or_else(|| {
+            ["TCPREMOTEIP", "REMOTE_ADDR"]
+                .iter()
+                .find_map(|var| std::env::var(var).ok()?.parse().ok())
+        })
+        .map(crate::net::canonical)
+}

@@ -1,0 +1,122 @@
+//! The accept loop: one mio Poll over every listening socket and the signal descriptor. Accepted connections go
+//! to the worker pool over a bounded channel; when it is full, or one client holds too many connections, the
+//! newcomer gets 421 and is closed at once.
+
+use std::io::{self, ErrorKind};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use crossbeam_channel::{Sender, TrySendError};
+use log::{info, warn};
+use mio::net::TcpListener;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::sys::signalfd::SignalFd;
+
+use crate::config::Config;
+use crate::net::canonical;
+use crate::server::connection::refuse;
+use crate::server::pool::{ClientCounts, Incoming};
+
+const SIGNALS: Token = Token(usize::MAX);
+
+/// Accepts connections until SIGTERM or SIGINT arrives on `signals`; then returns, closing the listeners.
+pub fn run(
+    config: &Config,
+    listeners: Vec<TcpListener>,
+    signals: &SignalFd,
+    pool: &Sender<Incoming>,
+) -> io::Result<()> {
+    let mut poll = Poll::new()?;
+    let mut listeners = listeners;
+    for (n, listener) in listeners.iter_mut().enumerate() {
+        poll.registry()
+            .register(listener, Token(n), Interest::READABLE)?;
+    }
+    poll.registry().register(
+        &mut SourceFd(&signals.as_raw_fd()),
+        SIGNALS,
+        Interest::READABLE,
+    )?;
+    let counts = Arc::new(ClientCounts::default());
+    let mut events = Events::with_capacity(64);
+    loop {
+        if let Err(e) = poll.poll(&mut events, None) {
+            if e.kind() == ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        for event in events.iter() {
+            if event.token() == SIGNALS {
+                if let Ok(Some(signal)) = signals.read_signal() {
+                    info!(
+                        "received signal {}: no longer accepting connections",
+                        signal.ssi_signo
+                    );
+                    return Ok(());
+                }
+                continue;
+            }
+            if let Some(listener) = listeners.get(event.token().0) {
+                accept_all(config, listener, &counts, pool);
+            }
+        }
+    }
+}
+
+/// Accepts every connection waiting on `listener` (until WouldBlock) and hands each to the pool.
+fn accept_all(
+    config: &Config,
+    listener: &TcpListener,
+    counts: &Arc<ClientCounts>,
+    pool: &Sender<Incoming>,
+) {
+    loop {
+        let (mut stream, peer) = match listener.accept() {
+            Ok(accepted) => accepted,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => {
+                // Out of file descriptors or a connection reset before accept: log and wait for the next event.
+                warn!("accept failed: {e}");
+                return;
+            }
+        };
+        let ip = canonical(peer.ip());
+        let slot = if config.is_trusted(ip) {
+            None
+        } else {
+            match counts.try_take(ip, config.max_connections_per_client) {
+                Some(slot) => Some(slot),
+                None => {
+                    warn!("refused {peer}: too many connections from this address");
+                    refuse(
+                        &mut stream,
+                        "4.3.2",
+                        "Too many connections from your address, try again later",
+                        &config.hostname,
+                    );
+                    continue;
+                }
+            }
+        };
+        let incoming = Incoming {
+            stream: stream.into(),
+            peer,
+            slot,
+        };
+        match pool.try_send(incoming) {
+            Ok(()) => {}
+            Err(TrySendError::Full(mut refused) | TrySendError::Disconnected(mut refused)) => {
+                warn!("refused {peer}: all session workers are busy");
+                refuse(
+                    &mut refused.stream,
+                    "4.3.2",
+                    "All session workers are busy, try again later",
+                    &config.hostname,
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! The daemon (`postel serve`) and inetd mode (`postel inetd`): sockets, threads and signals around the protocol.
+
+pub mod connection;
+pub mod inetd;
+pub mod listener;
+pub mod policy;
+pub mod pool;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crossbeam_channel::RecvTimeoutError;
+use log::{info, warn};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+use crate::config::Config;
+use crate::spool::{Spool, SpoolError};
+use connection::Shared;
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum ServeError {
+    Spool(SpoolError),
+    Listen(String, std::io::Error),
+    Setup(&'static str, std::io::Error),
+}
+
+impl fmt::Display for ServeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServeError::Spool(SpoolError::Busy) => f.write_str(
+                "another postel process is already serving this spool (its lock file is held)",
+            ),
+            ServeError::Spool(e) => write!(f, "{e}"),
+            ServeError::Listen(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
+            ServeError::Setup(what, e) => write!(f, "cannot {what}: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+impl From<SpoolError> for ServeError {
+    fn from(e: SpoolError) -> ServeError {
+        ServeError::Spool(e)
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT, then lets sessions in flight finish (up to `shutdown_grace`).
+pub fn serve(config: Config) -> Result<(), ServeError> {
+    let config = Arc::new(config);
+    // Block the stop signals before any thread starts, so that every thread inherits the mask and the
+    // signals queue up on the descriptor the listener polls.
+    let mut stop_signals = SigSet::empty();
+    stop_signals.add(Signal::SIGTERM);
+    stop_signals.add(Signal::SIGINT);
+    stop_signals
+        .thread_block()
+        .map_err(|e| ServeError::Setup("block signals", e.into()))?;
+    let signals = SignalFd::with_flags(
+        &stop_signals,
+        SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
+    )
+    .map_err(|e| ServeError::Setup("create a signal descriptor", e.into()))?;
+
+    let mut spool = Spool::open(&config.spool_dir)?;
+    let _lock = spool.lock()?;
+    let scan = spool.scan(true)?;
+    for problem in &scan.problems {
+        warn!("spool: {problem}");
+    }
+    spool.start_group_commit()?;
+
+    let mut listeners = Vec::with_capacity(config.listen.len());
+    for addr in &config.listen {
+        let listener = mio::net::TcpListener::bind(*addr)
+            .map_err(|e| ServeError::Listen(addr.to_string(), e))?;
+        listeners.push(listener);
+    }
+    let shared = Arc::new(Shared {
+        config: Arc::clone(&config),
+        spool,
+        shutting_down: AtomicBool::new(false),
+    });
+    let (pool_tx, pool_rx) = crossbeam_channel::bounded(config.accept_queue);
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
+    pool::start(config.workers, pool_rx, Arc::clone(&shared), done_tx)
+        .map_err(|e| ServeError::Setup("start the session workers", e))?;
+    info!(
+        "postel ready: listening on {}, hostname {}, spool {}, {} messages queued",
+        config
+            .listen
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(" "),
+        config.hostname,
+        config.spool_dir.display(),
+        scan.messages.len(),
+    );
+
+    listener::run(&config, listeners, &signals, &pool_tx)
+        .map_err(|e| ServeError::Setup("accept connections", e))?;
+    shared.shutting_down.store(true, Ordering::Relaxed);
+    drop(pool_tx);
+    wait_for_sessions(&done_rx, config.shutdown_grace);
+    Ok(())
+}
+
+/// Waits until every worker has finished its session, or the grace time is over.
+fn wait_for_sessions(done: &crossbeam_channel::Receiver<()>, grace: Duration) {
+    match done.recv_timeout(grace) {
+        Err(RecvTimeoutError::Disconnected) | Ok(()) => info!("all sessions finished; stopping"),
+        Err(RecvTimeoutError::Timeout) => {
+            warn!(
+                "sessions still open after the shutdown grace of {}s; stopping anyway",
+                grace.as_secs()
+            )
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! A message's envelope (who sent it, to whom, how it arrived) and its text form in a record.
+
+use std::iter::Peekable;
+use std::str::Split;
+
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
+
+use super::id::QueueId;
+
+/// What the spool keeps about a message besides its content.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    /// The queue id; leave it unassigned (the default) for [`Spool::new_message`](super::Spool::new_message),
+    /// which assigns it.
+    pub id: QueueId,
+    /// When the message arrived (kept to the microsecond).
+    pub arrival: DateTime<Utc>,
+    /// The client's IP address, or "unknown".
+    pub client: String,
+    /// The name the client gave in HELO or EHLO.
+    pub helo: String,
+    /// "SMTP" (HELO), "ESMTP" (EHLO) or "local" (the sendmail command).
+    pub protocol: String,
+    /// The bare reverse-path address; empty for the null sender.
+    pub sender: String,
+    /// The bare forward-path addresses ("bob@localhost", "postmaster"), in the client's order.
+    pub recipients: Vec<String>,
+    /// "7BIT" or "8BITMIME" when the client gave BODY=.
+    pub body: Option<String>,
+    /// Whether the client asked for SMTPUTF8.
+    pub smtputf8: bool,
+    /// The size the client declared with SIZE=.
+    pub declared_size: Option<u64>,
+}
+
+impl Envelope {
+    /// The envelope as it will read back from disk: every control character in a value replaced
+    /// with '?', and the arrival time cut to whole microseconds.
+    pub(super) fn sanitized(mut self) -> Envelope {
+        self.arrival = self.arrival.trunc_subsecs(6);
+        let values = [
+            &mut self.client,
+            &mut self.helo,
+            &mut self.protocol,
+            &mut self.sender,
+        ];
+        values
+            .into_iter()
+            .chain(&mut self.recipients)
+            .chain(&mut self.body)
+            .for_each(replace_controls);
+        self
+    }
+
+    /// The text form: one `key value` line per field, in the documented order.
+    pub(super) fn encode(&self) -> String {
+        let mut text = String::with_capacity(256);
+        let mut line = |key: &str, value: &str| {
+            text.push_str(key);
+            text.push(' ');
+            text.push_str(value);
+            text.push('\n');
+        };
+        line("id", self.id.as_str());
+        line(
+            "arrival",
+            &self.arrival.to_rfc3339_opts(SecondsFormat::Micros, true),
+        );
+        line("client", &self.client);
+        line("helo", &self.helo);
+        line("protocol", &self.protocol);
+        line("sender", &format!("<{}>", self.sender));
+        if let Some(body) = &self.body {
+            line("body", body);
+        }
+        if self.smtputf8 {
+            line("smtputf8", "yes");
+        }
+        if let Some(size) = self.declared_size {
+            line("size", &size.to_string());
+        }
+        for recipient in &self.recipients {
+            line("rcpt", &format!("<{recipient}>"));
+        }
+        text
+    }
+
+    /// Parses the text form; the error says what is wrong with it.
+    pub(super) fn parse(bytes: &[u8]) -> Result<Envelope, String> {
+        let text = std::str::from_utf8(bytes).map_err(|_| "the envelope is not UTF-8")?;
+        let text = text
+            .strip_suffix('\n')
+            .ok_or("the envelope does not end with a newline")?;
+        let mut fields = Fields(text.split('\n').peekable());
+        let envelope = Envelope {
+            id: fields
+                .required("id")?
+                .parse()
+                .map_err(|e| format!("bad id: {e}"))?,
+            arrival: DateTime::parse_from_rfc3339(fields.required("arrival")?)
+                .map_err(|e| format!("bad arrival: {e}"))?
+                .with_timezone(&Utc),
+            client: fields.required("client")?.to_string(),
+            helo: fields.required("helo")?.to_string(),
+            protocol: fields.required("protocol")?.to_string(),
+            sender: angle_addr(fields.required("sender")?)?,
+            body: fields.optional("body").map(str::to_string),
+            smtputf8: match fields.optional("smtputf8") {
+                None => false,
+                Some("yes") => true,
+                Some(other) => return Err(format!("bad smtputf8 value {other:?}")),
+            },
+            declared_size: match fields.optional("size") {
+                None => None,
+                Some(size) => Some(size.parse().map_err(|_| format!("bad size {size:?}"))?),
+            },
+            recipients: std::iter::from_fn(|| fields.optional("rcpt"))
+                .map(angle_addr)
+                .collect::<Result<_, _>>()?,
+        };
+        if envelope.recipients.is_empty() {
+            return Err("no rcpt line".to_string());
+        }
+        match fields.0.next() {
+            Some(line) => Err(format!("unexpected line {line:?}")),
+            None => Ok(envelope),
+        }
+    }
+}
+
+/// The lines of an envelope, taken in order.
+struct Fields<'a>(Peekable<Split<'a, char>>);
+
+impl<'a> Fields<'a> {
+    /// The value of the next line if that line has this key.
+    fn optional(&mut self, key: &str) -> Option<&'a str> {
+        let value = self.0.peek()?.strip_prefix(key)?.strip_prefix(' ')?;
+        self.0.next();
+        Some(value)
+    }
+
+    /// The value of the next line, which must have this key.
+    fn required(&mut self, key: &str) -> Result<&'a str, String> {
+        self.optional(key)
+            .ok_or_else(|| format!("no {key} line where one belongs"))
+    }
+}
+
+/// The address inside `<...>`.
+fn angle_addr(value: &str) -> Result<String, String> {
+    value
+        .strip_prefix('<')
+        .and_then(|v| v.strip_suffix('>'))
+        .map(str::to_string)
+        .ok_or_else(|| format!("address {value:?} is not in angle brackets"))
+}
+
+fn replace_controls(value: &mut String) {
+    if value.chars().any(char::is_control) {
+        *value = value
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn example() -> Envelope {
+        Envelope {
+            id: "19AB5D7C5E3F1001A3F2".parse().unwrap(),
+            arrival: Utc.with_ymd_and_hms(2026, 11, 24, 5, 3, 1).unwrap()
+                + chrono::Duration::microseconds(123_456),
+            client: "127.0.0.1".to_string(),
+            helo: "client.example".to_string(),
+            protocol: "ESMTP".to_string(),
+            sender: "alice@example.org".to_string(),
+            recipients: vec!["bob@localhost".to_string(), "postmaster".to_string()],
+            body: Some("8BITMIME".to_string()),
+            smtputf8: true,
+            declared_size: Some(1234),
+        }
+    }
+
+    #[test]
+    fn the_text_form_is_the_documented_one_and_parses_back() {
+        let envelope = example();
+        let text = envelope.encode();
+        assert_eq!(
+            text,
+            "id 19AB5D7C5E3F1001A3F2\narrival 2026-11-24T05:03:01.123456Z\nclient 127.0.0.1\n\
+             helo client.example\nprotocol ESMTP\nsender <alice@example.org>\nbody 8BITMIME\n\
+             smtputf8 yes\nsize 1234\nrcpt <bob@localhost>\nrcpt <postmaster>\n"
+        );
+        assert_eq!(Envelope::parse(text.as_bytes()), Ok(envelope));
+    }
+
+    #[test]
+    fn optional_fields_and_the_null_sender_round_trip() {
+        let envelope = Envelope {
+            sender: String::new(),
+            helo: String::new(),
+            body: None,
+            smtputf8: false,
+            declared_size: None,
+            ..example()
+        };
+        let text = envelope.encode();
+        assert!(text.contains("sender <>\n") && !text.contains("size"));
+        assert_eq!(Envelope::parse(text.as_bytes()), Ok(envelope));
+    }
+
+    #[test]
+    fn control_characters_become_question_marks() {
+        let envelope = Envelope {
+            helo: "evil\r\nrcpt <x@y>".to_string(),
+            recipients: vec!["a\u{0}b@c\u{85}".to_string()],
+            arrival: example().arrival + chrono::Duration::nanoseconds(999),
+            ..example()
+        }
+        .sanitized();
+        assert_eq!(envelope.helo, "evil??rcpt <x@y>");
+        assert_eq!(envelope.recipients, ["a?b@c?"]);
+        assert_eq!(envelope.arrival, example().arrival);
+        assert_eq!(Envelope::parse(envelope.encode().as_bytes()), Ok(envelope));
+    }
+
+    #[test]
+    fn bad_envelopes_say_what_is_wrong() {
+        let good = example().encode();
+        let cases = [
+            (
+                good.replace("rcpt <bob@localhost>\nrcpt <postmaster>\n", ""),
+                "no rcpt line",
+            ),
+            (good.replace("helo", "hello"), "no helo line"),
+            (good.replace("size 1234", "size lots"), "bad size"),
+            (
+                good.replace("<alice@example.org>", "alice@example.org"),
+                "angle brackets",
+            ),
+            (format!("{good}extra line\n"), "unexpected line"),
+            (good.trim_end().to_string(), "newline"),
+            (good.replace("19AB5D7C5E3F1001A3F2", "1"), "bad id"),
+        ];
+        for (text, what) in cases {
+            let error = Envelope::parse(text.as_bytes()).unwrap_err();
+            assert!(error.contains(what), "{error:?} should mention {what:?}");
+        }
+    }
+}

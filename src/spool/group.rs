@@ -1,0 +1,197 @@
+//! The group-commit thread: appends the small records of every session waiting at the same moment
+//! to one segment file in queue/, with one write and one `fdatasync` for them all.
+
+use std::fs::{self, File};
+use std::io::{self, IoSlice};
+use std::path::{Path, PathBuf};
+use std::thread;
+
+use crossbeam_channel::{Receiver, Sender};
+use log::warn;
+use nix::errno::Errno;
+use nix::sys::uio::pwritev;
+
+use super::id::QueueId;
+use super::{SpoolError, sync_dir};
+
+/// A segment takes no more batches once it is this long.
+const SEGMENT_LIMIT: u64 = 16 * 1024 * 1024;
+
+/// The most records in one batch (two buffers each, well under the kernel's IOV_MAX of 1024).
+const MAX_BATCH: usize = 256;
+
+/// The handle sessions use to reach the group-commit thread. Dropping it stops the thread once it
+/// has answered every request.
+pub(super) struct GroupCommit {
+    requests: Sender<Request>,
+    queue: PathBuf,
+}
+
+/// One record to append, and where to send the answer: its file and the record's offset in it.
+struct Request {
+    id: QueueId,
+    head: Vec<u8>,
+    body: Vec<u8>,
+    reply: Sender<Result<(PathBuf, u64), SpoolError>>,
+}
+
+/// The segment file being appended to.
+struct Segment {
+    file: File,
+    path: PathBuf,
+    /// The length of the records acknowledged so far.
+    len: u64,
+}
+
+impl GroupCommit {
+    /// Starts the thread; it creates its segments in `queue`.
+    pub(super) fn start(queue: &Path) -> Result<GroupCommit, SpoolError> {
+        let (requests, incoming) = crossbeam_channel::unbounded();
+        let thread_queue = queue.to_path_buf();
+        thread::Builder::new()
+            .name("spool-commit".to_string())
+            .spawn(move || run(&thread_queue, &incoming))
+            .map_err(SpoolError::io(queue))?;
+        Ok(GroupCommit {
+            requests,
+            queue: queue.to_path_buf(),
+        })
+    }
+
+    /// Appends a record (`head`, then `body`) and returns once it is durable: the segment file it is
+    /// in and its offset there.
+    pub(super) fn append(
+        &self,
+        id: &QueueId,
+        head: Vec<u8>,
+        body: Vec<u8>,
+    ) -> Result<(PathBuf, u64), SpoolError> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let request = Request {
+            id: id.clone(),
+            head,
+            body,
+            reply,
+        };
+        self.requests.send(request).map_err(|_| self.stopped())?;
+        answer.recv().map_err(|_| self.stopped())?
+    }
+
+    fn stopped(&self) -> SpoolError {
+        let source = io::Error::other("the group-commit thread has stopped");
+        SpoolError::Io {
+            path: self.queue.clone(),
+            source,
+        }
+    }
+}
+
+/// The thread's loop. A batch is the request that ends the wait and every other one already queued
+/// behind it.
+fn run(queue: &Path, incoming: &Receiver<Request>) {
+    let mut segment = None;
+    while let Ok(first) = incoming.recv() {
+        let mut batch = vec![first];
+        batch.extend(incoming.try_iter().take(MAX_BATCH - 1));
+        match append(queue, &mut segment, &batch) {
+            Ok((path, mut offset)) => {
+                for request in batch {
+                    let _ = request.reply.send(Ok((path.clone(), offset)));
+                    offset += (request.head.len() + request.body.len()) as u64;
+                }
+            }
+            Err((path, e)) => {
+                for request in batch {
+                    let source = match e.raw_os_error() {
+                        Some(code) => io::Error::from_raw_os_error(code),
+                        None => io::Error::new(e.kind(), e.to_string()),
+                    };
+                    let _ = request.reply.send(Err(SpoolError::Io {
+                        path: path.clone(),
+                        source,
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// Appends a batch to the current segment (starting one if there is none) and syncs it; returns the
+/// segment's path and the batch's offset. On failure the segment is cut back to what was
+/// acknowledged and left for good, so that no later record follows a torn one.
+fn append(
+    queue: &Path,
+    current: &mut Option<Segment>,
+    batch: &[Request],
+) -> Result<(PathBuf, u64), (PathBuf, io::Error)> {
+    let segment = match current.take() {
+        Some(segment) => segment,
+        None => Segment::create(queue, &batch[0].id)?,
+    };
+    let mut buffers: Vec<IoSlice> = batch
+        .iter()
+        .flat_map(|r| [IoSlice::new(&r.head), IoSlice::new(&r.body)])
+        .collect();
+    let written = write_all_at(&segment.file, &mut buffers, segment.len)
+        .and_then(|()| segment.file.sync_data());
+    if let Err(e) = written {
+        let path = segment.path.clone();
+        segment.undo();
+        return Err((path, e));
+    }
+    let placed = (segment.path.clone(), segment.len);
+    let len = segment.len
+        + batch
+            .iter()
+            .map(|r| (r.head.len() + r.body.len()) as u64)
+            .sum::<u64>();
+    if len < SEGMENT_LIMIT {
+        *current = Some(Segment { len, ..segment });
+    }
+    Ok(placed)
+}
+
+impl Segment {
+    /// Creates `queue/<id>` and syncs the directory, so that the file is there before any record
+    /// in it is acknowledged.
+    fn create(queue: &Path, id: &QueueId) -> Result<Segment, (PathBuf, io::Error)> {
+        let path = queue.join(id.as_str());
+        let file = File::options().write(true).create_new(true).open(&path);
+        let file = file.map_err(|e| (path.clone(), e))?;
+        sync_dir(queue).map_err(|e| (queue.to_path_buf(), e))?;
+        Ok(Segment { file, path, len: 0 })
+    }
+
+    /// Cuts off a failed append; removes the file if it holds nothing else. Failing that, the next
+    /// start-up's scan cuts the torn tail.
+    fn undo(self) {
+        let undone = if self.len == 0 {
+            fs::remove_file(&self.path)
+        } else {
+            self.file.set_len(self.len)
+        };
+        if let Err(e) = undone {
+            warn!(
+                "{}: cannot cut back a failed append: {e}",
+                self.path.display()
+            );
+        }
+    }
+}
+
+/// Writes all of `buffers` at `offset`, with as few system calls as the kernel allows.
+fn write_all_at(file: &File, mut buffers: &mut [IoSlice], mut offset: u64) -> io::Result<()> {
+    while !buffers.is_empty() {
+        let at = i64::try_from(offset).map_err(|_| io::ErrorKind::FileTooLarge)?;
+        match pwritev(file, buffers, at) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                IoSlice::advance_slices(&mut buffers, n);
+                offset += n as u64;
+            }
+            Err(Errno::EINTR) => {}
+            Err(errno) => return Err(errno.into()),
+        }
+    }
+    Ok(())
+}

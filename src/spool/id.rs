@@ -1,0 +1,124 @@
+//! Queue ids: the unique, time-ordered names of messages in the spool.
+
+use std::error::Error;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A message's queue id: 20 upper-case hexadecimal digits, 13 of microseconds since the Unix epoch,
+/// 3 of a sequence number and 4 of the process id (doc/spool.md). Ids sort by creation as strings.
+/// The default value is the empty, unassigned id.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct QueueId(String);
+
+/// How many low bits of a stamp count ids handed out within one microsecond (3 hex digits).
+const SEQUENCE_BITS: u32 = 12;
+
+/// The last stamp (microseconds << SEQUENCE_BITS | sequence) this process handed out.
+static LAST_STAMP: AtomicU64 = AtomicU64::new(0);
+
+impl QueueId {
+    /// A new id, greater than every id this process handed out before, even if the clock stands
+    /// still or steps back (then the stamp runs a little ahead of the clock until it catches up).
+    pub(super) fn next() -> QueueId {
+        let micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_micros() as u64);
+        let floor = micros << SEQUENCE_BITS;
+        let mut last = LAST_STAMP.load(Ordering::Relaxed);
+        loop {
+            let stamp = floor.max(last + 1);
+            match LAST_STAMP.compare_exchange_weak(
+                last,
+                stamp,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    return QueueId(format!("{stamp:016X}{:04X}", std::process::id() & 0xFFFF));
+                }
+                Err(actual) => last = actual,
+            }
+        }
+    }
+
+    /// The id as text; empty when unassigned.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for QueueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for QueueId {
+    type Err = InvalidQueueId;
+
+    /// Accepts exactly 20 upper-case hexadecimal digits.
+    fn from_str(s: &str) -> Result<QueueId, InvalidQueueId> {
+        let hex = |b: &u8| b.is_ascii_digit() || (b'A'..=b'F').contains(b);
+        if s.len() == 20 && s.as_bytes().iter().all(hex) {
+            Ok(QueueId(s.to_string()))
+        } else {
+            Err(InvalidQueueId)
+        }
+    }
+}
+
+/// The error for text that is not a queue id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InvalidQueueId;
+
+impl fmt::Display for InvalidQueueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("not a queue id (20 upper-case hexadecimal digits)")
+    }
+}
+
+impl Error for InvalidQueueId {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_sort_by_creation_and_parse_back() {
+        let ids: Vec<QueueId> = (0..10_000).map(|_| QueueId::next()).collect();
+        assert!(ids.windows(2).all(|pair| pair[0] < pair[1]));
+        for id in &ids {
+            assert_eq!(id.as_str().parse::<QueueId>(), Ok(id.clone()));
+        }
+    }
+
+    #[test]
+    fn ids_carry_the_clock_and_the_process() {
+        let before = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_micros();
+        let id = QueueId::next();
+        let micros = u128::from_str_radix(&id.as_str()[..13], 16).unwrap();
+        assert!(micros >= before && micros < before + 60_000_000);
+        assert_eq!(
+            &id.as_str()[16..],
+            format!("{:04X}", std::process::id() & 0xFFFF)
+        );
+    }
+
+    #[test]
+    fn other_text_is_not_an_id() {
+        for text in [
+            "",
+            "19AB5D7C5E3F1001A3F",
+            "19AB5D7C5E3F1001A3F2A",
+            "19ab5d7c5e3f1001a3f2",
+        ] {
+            assert_eq!(text.parse::<QueueId>(), Err(InvalidQueueId), "{text:?}");
+        }
+        assert_eq!(QueueId::default().as_str(), "");
+    }
+}

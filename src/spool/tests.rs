@@ -1,0 +1,468 @@
+//! The spool's behaviour on a real directory: both commit paths, scanning, repair, locking.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use chrono::Utc;
+
+use super::record::HEADER_LEN;
+use super::writer::SMALL_LIMIT;
+use super::*;
+
+/// A fresh directory under the system's temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNT.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("postel-spool-{name}-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn envelope(recipients: &[&str]) -> Envelope {
+    Envelope {
+        id: QueueId::default(),
+        arrival: Utc::now(),
+        client: "127.0.0.1".to_string(),
+        helo: "client.example".to_string(),
+        protocol: "ESMTP".to_string(),
+        sender: "alice@example.org".to_string(),
+        recipients: recipients.iter().map(|r| r.to_string()).collect(),
+        body: Some("8BITMIME".to_string()),
+        smtputf8: false,
+        declared_size: None,
+    }
+}
+
+/// A body of `len` bytes of CRLF lines, different for each `seed`.
+fn body(seed: usize, len: usize) -> Vec<u8> {
+    let mut body = Vec::with_capacity(len + 40);
+    let mut line = 0;
+    while body.len() < len {
+        body.extend_from_slice(format!("Message {seed}, line {line}.\r\n").as_bytes());
+        line += 1;
+    }
+    body.truncate(len);
+    body
+}
+
+/// Writes a message in pieces of 1000 bytes and commits it.
+fn send(spool: &Spool, envelope: Envelope, body: &[u8]) -> Result<Queued, SpoolError> {
+    let mut writer = spool.new_message(envelope);
+    body.chunks(1000).for_each(|piece| writer.write(piece));
+    spool.commit(writer)
+}
+
+fn read_body(spool: &Spool, queued: &Queued) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    spool
+        .read_body(queued)
+        .unwrap()
+        .read_to_end(&mut bytes)
+        .unwrap();
+    bytes
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Commits messages of these sizes and checks that a scan gives each back whole.
+fn round_trip(spool: &Spool, sizes: &[usize]) {
+    let mut committed = Vec::new();
+    for (seed, &size) in sizes.iter().enumerate() {
+        let queued = send(
+            spool,
+            envelope(&["bob@localhost", "postmaster"]),
+            &body(seed, size),
+        )
+        .unwrap();
+        assert_eq!(queued.len, size as u64);
+        assert_eq!(read_body(spool, &queued), body(seed, size));
+        committed.push(queued);
+    }
+    let scan = spool.scan(false).unwrap();
+    assert_eq!(scan.problems, Vec::<String>::new());
+    let mut scanned = scan.messages;
+    scanned.sort_by(|a, b| a.envelope.id.cmp(&b.envelope.id));
+    assert_eq!(scanned, committed);
+    assert!(names(&spool.tmp).is_empty());
+}
+
+#[test]
+fn small_and_large_messages_round_trip_with_group_commit() {
+    let dir = TempDir::new("group");
+    let mut spool = Spool::open(&dir.0).unwrap();
+    spool.start_group_commit().unwrap();
+    round_trip(
+        &spool,
+        &[0, 1, 1000, SMALL_LIMIT, SMALL_LIMIT + 1, 300 * 1024, 5],
+    );
+    // The small ones share a segment; each large one has a file of its own.
+    assert_eq!(names(&spool.queue).len(), 3);
+}
+
+#[test]
+fn small_and_large_messages_round_trip_in_files_of_their_own() {
+    let dir = TempDir::new("files");
+    let spool = Spool::open(&dir.0).unwrap();
+    round_trip(&spool, &[0, 1000, SMALL_LIMIT + 1, 300 * 1024]);
+    assert_eq!(names(&spool.queue).len(), 4);
+}
+
+#[test]
+fn a_queued_message_is_named_by_its_new_id_and_keeps_its_envelope() {
+    let dir = TempDir::new("id");
+    let spool = Spool::open(&dir.0).unwrap();
+    let sent = envelope(&["bob@localhost"]);
+    let queued = send(&spool, sent.clone(), b"Subject: hi\r\n\r\nhello\r\n").unwrap();
+    assert!(queued.envelope.id.as_str().parse::<QueueId>().is_ok());
+    assert_eq!(queued.file, spool.queue.join(queued.envelope.id.as_str()));
+    assert_eq!(
+        queued.envelope,
+        Envelope {
+            id: queued.envelope.id.clone(),
+            ..sent.sanitized()
+        }
+    );
+}
+
+#[test]
+fn concurrent_commits_get_distinct_ids_and_all_scan_back() {
+    let dir = TempDir::new("concurrent");
+    let mut spool = Spool::open(&dir.0).unwrap();
+    spool.start_group_commit().unwrap();
+    let spool = Arc::new(spool);
+    let threads: Vec<_> = (0..16)
+        .map(|thread| {
+            let spool = Arc::clone(&spool);
+            std::thread::spawn(move || {
+                (0..25)
+                    .map(|n| {
+                        let seed = thread * 100 + n;
+                        let rcpt = format!("user{seed}@localhost");
+                        send(&spool, envelope(&[&rcpt]), &body(seed, 100 + seed * 37)).unwrap()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut committed: Vec<Queued> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    committed.sort_by(|a, b| a.envelope.id.cmp(&b.envelope.id));
+    committed.dedup_by(|a, b| a.envelope.id == b.envelope.id);
+    assert_eq!(committed.len(), 400);
+
+    let scan = spool.scan(false).unwrap();
+    assert!(scan.problems.is_empty(), "{:?}", scan.problems);
+    assert_eq!(scan.messages.len(), 400);
+    for queued in &scan.messages {
+        let seed: usize = queued.envelope.recipients[0]["user".len()..]
+            .split('@')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(read_body(&spool, queued), body(seed, 100 + seed * 37));
+    }
+}
+
+#[test]
+fn segments_rotate_once_full() {
+    let dir = TempDir::new("rotate");
+    let mut spool = Spool::open(&dir.0).unwrap();
+    spool.start_group_commit().unwrap();
+    let sizes = vec![SMALL_LIMIT; 130];
+    round_trip(&spool, &sizes);
+    assert_eq!(names(&spool.queue).len(), 2);
+}
+
+#[test]
+fn a_dropped_writer_leaves_nothing_behind() {
+    let dir = TempDir::new("dropped");
+    let mut spool = Spool::open(&dir.0).unwrap();
+    for group in [false, true] {
+        if group {
+            spool.start_group_commit().unwrap();
+        }
+        for size in [10, 300 * 1024] {
+            let mut writer = spool.new_message(envelope(&["bob@localhost"]));
+            body(1, size)
+                .chunks(1000)
+                .for_each(|piece| writer.write(piece));
+            drop(writer);
+            assert!(names(&spool.tmp).is_empty());
+            assert!(names(&spool.queue).is_empty());
+        }
+    }
+}
+
+#[test]
+fn a_write_error_fails_the_commit_and_leaves_nothing_in_the_queue() {
+    let dir = TempDir::new("write-error");
+    let spool = Spool::open(&dir.0).unwrap();
+    let mut writer = spool.new_message(envelope(&["bob@localhost"]));
+    fs::remove_dir(&spool.tmp).unwrap();
+    writer.write(&body(1, 300 * 1024));
+    let error = spool.commit(writer).unwrap_err();
+    assert!(
+        matches!(&error, SpoolError::Io { path, .. } if path.starts_with(&spool.tmp)),
+        "{error}"
+    );
+    assert!(names(&spool.queue).is_empty());
+}
+
+#[test]
+fn a_failed_batch_is_refused_and_the_next_starts_a_new_segment() {
+    let dir = TempDir::new("batch-error");
+    let mut spool = Spool::open(&dir.0).unwrap();
+    spool.start_group_commit().unwrap();
+    fs::remove_dir(&spool.queue).unwrap();
+    let error = send(&spool, envelope(&["bob@localhost"]), b"hello\r\n").unwrap_err();
+    assert!(
+        matches!(&error, SpoolError::Io { path, .. } if path.starts_with(&spool.queue)),
+        "{error}"
+    );
+    fs::create_dir(&spool.queue).unwrap();
+    round_trip(&spool, &[10]);
+}
+
+#[test]
+fn a_message_without_recipients_is_refused() {
+    let dir = TempDir::new("no-rcpt");
+    let spool = Spool::open(&dir.0).unwrap();
+    assert!(matches!(
+        send(&spool, envelope(&[]), b"x"),
+        Err(SpoolError::NoRecipients)
+    ));
+    assert!(names(&spool.queue).is_empty());
+}
+
+#[test]
+fn control_characters_in_the_envelope_become_question_marks() {
+    let dir = TempDir::new("controls");
+    let spool = Spool::open(&dir.0).unwrap();
+    let mut sent = envelope(&["bob@localhost\r\nrcpt <eve@example.com>"]);
+    sent.helo = "evil\u{7}".to_string();
+    let queued = send(&spool, sent, b"x").unwrap();
+    assert_eq!(queued.envelope.helo, "evil?");
+    assert_eq!(
+        queued.envelope.recipients,
+        ["bob@localhost??rcpt <eve@example.com>"]
+    );
+    assert_eq!(spool.scan(false).unwrap().messages, [queued]);
+}
+
+/// Three small messages in one segment; returns it and where the third record starts.
+fn three_in_a_segment(spool: &mut Spool) -> (PathBuf, u64) {
+    spool.start_group_commit().unwrap();
+    let queued: Vec<Queued> = (0..3)
+        .map(|n| send(spool, envelope(&["bob@localhost"]), &body(n, 500)).unwrap())
+        .collect();
+    assert!(queued.iter().all(|q| q.file == queued[0].file));
+    (queued[2].file.clone(), offset_of(&queued[2]))
+}
+
+/// Where a record starts, from what scan or commit says of it.
+fn offset_of(queued: &Queued) -> u64 {
+    queued.body_offset - HEADER_LEN as u64 - queued.envelope.encode().len() as u64
+}
+
+/// Checks that a scan reports a torn record at `at` and keeps the two sound ones before it, and
+/// that the repair cuts the file there.
+fn check_torn_tail(spool: &Spool, segment: &Path, at: u64) {
+    let before = fs::metadata(segment).unwrap().len();
+    let scan = spool.scan(false).unwrap();
+    assert_eq!(scan.messages.len(), 2);
+    assert_eq!(scan.problems.len(), 1);
+    assert!(scan.problems[0].starts_with(&format!(
+        "{}: torn record at byte {at} (",
+        segment.display()
+    )));
+    assert_eq!(
+        fs::metadata(segment).unwrap().len(),
+        before,
+        "scan without repair changes nothing"
+    );
+
+    let scan = spool.scan(true).unwrap();
+    assert_eq!(scan.messages.len(), 2);
+    assert!(scan.problems[0].starts_with(&format!(
+        "{}: torn record at byte {at} cut off",
+        segment.display()
+    )));
+    assert_eq!(fs::metadata(segment).unwrap().len(), at);
+    let scan = spool.scan(true).unwrap();
+    assert!(scan.problems.is_empty() && scan.messages.len() == 2);
+}
+
+#[test]
+fn a_torn_record_is_reported_and_cut_off_with_repair() {
+    let dir = TempDir::new("torn");
+    let mut spool = Spool::open(&dir.0).unwrap();
+    let (segment, third) = three_in_a_segment(&mut spool);
+    let len = fs::metadata(&segment).unwrap().len();
+    File::options()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(len - 5)
+        .unwrap();
+    check_torn_tail(&spool, &segment, third);
+}
+
+#[test]
+fn garbage_after_the_last_record_is_reported_and_cut_off_with_repair() {
+    let dir = TempDir::new("garbage");
+    let mut spool = Spool::open(&dir.0).unwrap();
+    let (segment, third) = three_in_a_segment(&mut spool);
+    File::options()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(third)
+        .unwrap();
+    File::options()
+        .append(true)
+        .open(&segment)
+        .unwrap()
+        .write_all(b"POSTEL1 garbage")
+        .unwrap();
+    check_torn_tail(&spool, &segment, third);
+}
+
+#[test]
+fn a_flipped_byte_fails_the_checksum() {
+    let dir = TempDir::new("flipped");
+    let mut spool = Spool::open(&dir.0).unwrap();
+    let (segment, third) = three_in_a_segment(&mut spool);
+    let mut bytes = fs::read(&segment).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    fs::write(&segment, bytes).unwrap();
+    check_torn_tail(&spool, &segment, third);
+}
+
+#[test]
+fn a_record_with_a_bad_envelope_is_reported_and_kept() {
+    let dir = TempDir::new("bad-envelope");
+    let spool = Spool::open(&dir.0).unwrap();
+    let first = send(&spool, envelope(&["bob@localhost"]), b"first\r\n").unwrap();
+    let envelope = b"id nonsense\n";
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(envelope);
+    let header = record::Header {
+        envelope_len: envelope.len() as u32,
+        body_len: 0,
+        crc: crc.finalize(),
+    };
+    let mut file = File::options().append(true).open(&first.file).unwrap();
+    file.write_all(&[&header.encode()[..], envelope].concat())
+        .unwrap();
+    let before = fs::metadata(&first.file).unwrap().len();
+
+    let scan = spool.scan(true).unwrap();
+    assert_eq!(scan.messages, std::slice::from_ref(&first));
+    let at = first.body_offset + first.len;
+    assert_eq!(scan.problems.len(), 1);
+    assert!(scan.problems[0].starts_with(&format!(
+        "{}: bad envelope at byte {at} (",
+        first.file.display()
+    )));
+    assert_eq!(fs::metadata(&first.file).unwrap().len(), before);
+}
+
+#[test]
+fn foreign_files_are_reported_and_left_alone() {
+    let dir = TempDir::new("foreign");
+    let spool = Spool::open(&dir.0).unwrap();
+    let queued = send(&spool, envelope(&["bob@localhost"]), b"hello\r\n").unwrap();
+    fs::write(spool.queue.join("README"), "notes").unwrap();
+    fs::write(
+        spool.queue.join("19AB5D7C5E3F1001A3F2"),
+        "From alice Tue Nov 24\n",
+    )
+    .unwrap();
+    fs::create_dir(spool.queue.join("19AB5D7C5E3F1001A3F3")).unwrap();
+    let scan = spool.scan(true).unwrap();
+    assert_eq!(scan.messages, [queued]);
+    assert_eq!(scan.problems.len(), 3);
+    assert!(
+        scan.problems
+            .iter()
+            .all(|p| p.ends_with(": not a queue file; left alone")),
+        "{:?}",
+        scan.problems
+    );
+    assert_eq!(names(&spool.queue).len(), 4);
+}
+
+#[test]
+fn repair_removes_leftovers_and_empty_queue_files() {
+    let dir = TempDir::new("leftovers");
+    let spool = Spool::open(&dir.0).unwrap();
+    fs::write(spool.tmp.join("19AB5D7C5E3F1001A3F2"), "half a message").unwrap();
+    fs::write(spool.queue.join("19AB5D7C5E3F1001A3F4"), "").unwrap();
+    fs::write(spool.queue.join("19AB5D7C5E3F1001A3F5"), "POSTEL1 0000").unwrap();
+
+    let scan = spool.scan(false).unwrap();
+    assert_eq!(scan.problems.len(), 2, "{:?}", scan.problems);
+    assert_eq!(names(&spool.tmp).len() + names(&spool.queue).len(), 3);
+
+    let scan = spool.scan(true).unwrap();
+    assert_eq!(scan.problems.len(), 3, "{:?}", scan.problems);
+    assert!(scan.problems[0].ends_with("19AB5D7C5E3F1001A3F2: unfinished message removed"));
+    assert!(scan.problems[1].ends_with(
+        "19AB5D7C5E3F1001A3F4: torn record at byte 0 cut off (the file is empty); file removed"
+    ));
+    assert!(scan.problems[2].contains("19AB5D7C5E3F1001A3F5: torn record at byte 0 cut off"));
+    assert!(names(&spool.tmp).is_empty() && names(&spool.queue).is_empty());
+}
+
+#[test]
+fn reading_a_body_cut_short_is_an_error() {
+    let dir = TempDir::new("short-body");
+    let spool = Spool::open(&dir.0).unwrap();
+    let queued = send(&spool, envelope(&["bob@localhost"]), b"hello\r\n").unwrap();
+    File::options()
+        .write(true)
+        .open(&queued.file)
+        .unwrap()
+        .set_len(queued.body_offset + 2)
+        .unwrap();
+    let error = spool.read_body(&queued).err().unwrap();
+    assert!(matches!(error, SpoolError::Corrupt { offset, .. } if offset == queued.body_offset));
+}
+
+#[test]
+fn a_second_lock_is_busy_until_the_first_is_dropped() {
+    let dir = TempDir::new("lock");
+    let spool = Spool::open(&dir.0).unwrap();
+    let lock = spool.lock().unwrap();
+    assert!(matches!(
+        Spool::open(&dir.0).unwrap().lock(),
+        Err(SpoolError::Busy)
+    ));
+    drop(lock);
+    spool.lock().unwrap();
+}
