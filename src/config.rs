@@ -71,6 +71,30 @@ pub struct Config {
     pub bare_lf: BareLf,
     /// Who has a mailbox here (`local_users`).
     pub local_users: LocalUsers,
+    /// The aliases file, /etc/aliases format (`aliases`); None: no aliases.
+    pub aliases: Option<PathBuf>,
+    /// Alias targets `|command` may run (`alias_commands`).
+    pub alias_commands: bool,
+    /// Alias targets `/file` may be appended to (`alias_files`).
+    pub alias_files: bool,
+    /// EXPN expands aliases; false refuses it (`expn`).
+    pub expn: bool,
+    /// Delivery worker threads (`delivery_workers`).
+    pub delivery_workers: usize,
+    /// Wait before the first retry of a temporary failure (`retry_first`); doubles up to `retry_max`.
+    pub retry_first: Duration,
+    /// Longest wait between retries (`retry_max`).
+    pub retry_max: Duration,
+    /// How long a message may stay queued before its undelivered recipients bounce (`queue_lifetime`).
+    pub queue_lifetime: Duration,
+    /// Largest mailbox file a delivery may grow, in bytes; 0: no limit (`mailbox_size_limit`).
+    pub mailbox_size_limit: u64,
+    /// How long delivery waits for a locked mailbox before it tries again later (`mailbox_lock_timeout`).
+    pub mailbox_lock_timeout: Duration,
+    /// A dot-lock older than this whose holder cannot be seen is removed (`stale_lock_age`).
+    pub stale_lock_age: Duration,
+    /// Also take flock(2) on mailboxes (`mailbox_flock`).
+    pub mailbox_flock: bool,
 }
 
 /// A configuration error, already worded for the admin: `file:line: key: what is wrong`.
@@ -282,7 +306,129 @@ pub const KEYS: &[Key] = &[
             LocalUsers::List(names) => strings(names.iter()),
         },
     },
+    Key {
+        name: "aliases",
+        doc: "aliases file in /etc/aliases format (default: none; \"\" for none)",
+        set: |c, v| {
+            c.aliases = match string(v)? {
+                "" => None,
+                p => Some(PathBuf::from(p)),
+            };
+            Ok(())
+        },
+        get: |c| {
+            c.aliases
+                .as_ref()
+                .map_or(String::new(), |p| p.display().to_string())
+                .into()
+        },
+    },
+    Key {
+        name: "alias_commands",
+        doc: "alias targets \"|command\" may run (the command gets the message on stdin)",
+        set: |c, v| {
+            c.alias_commands = boolean(v)?;
+            Ok(())
+        },
+        get: |c| c.alias_commands.into(),
+    },
+    Key {
+        name: "alias_files",
+        doc: "alias targets \"/path\" may be appended to as mbox files",
+        set: |c, v| {
+            c.alias_files = boolean(v)?;
+            Ok(())
+        },
+        get: |c| c.alias_files.into(),
+    },
+    Key {
+        name: "expn",
+        doc: "EXPN shows who is on a list; false refuses it (502)",
+        set: |c, v| {
+            c.expn = boolean(v)?;
+            Ok(())
+        },
+        get: |c| c.expn.into(),
+    },
+    Key {
+        name: "delivery_workers",
+        doc: "delivery threads: messages delivered at once",
+        set: |c, v| {
+            c.delivery_workers = positive(v)?;
+            Ok(())
+        },
+        get: |c| integer(c.delivery_workers as u64),
+    },
+    Key {
+        name: "retry_first",
+        doc: "first retry after a temporary failure; the wait doubles each time",
+        set: |c, v| {
+            c.retry_first = duration(v)?;
+            Ok(())
+        },
+        get: |c| format_duration(c.retry_first).into(),
+    },
+    Key {
+        name: "retry_max",
+        doc: "longest wait between retries",
+        set: |c, v| {
+            c.retry_max = duration(v)?;
+            Ok(())
+        },
+        get: |c| format_duration(c.retry_max).into(),
+    },
+    Key {
+        name: "queue_lifetime",
+        doc: "how long a message may wait in the queue before it bounces",
+        set: |c, v| {
+            c.queue_lifetime = duration(v)?;
+            Ok(())
+        },
+        get: |c| format_duration(c.queue_lifetime).into(),
+    },
+    Key {
+        name: "mailbox_size_limit",
+        doc: "largest mailbox file in bytes; a message that would pass it bounces (5.2.2); 0: no limit",
+        set: |c, v| {
+            c.mailbox_size_limit = match v.as_integer() {
+                Some(n) if n >= 0 => n as u64,
+                _ => return Err("expected a number of bytes (0 for no limit)".into()),
+            };
+            Ok(())
+        },
+        get: |c| integer(c.mailbox_size_limit),
+    },
+    Key {
+        name: "mailbox_lock_timeout",
+        doc: "how long delivery waits for a locked mailbox before it retries later",
+        set: |c, v| {
+            c.mailbox_lock_timeout = duration(v)?;
+            Ok(())
+        },
+        get: |c| format_duration(c.mailbox_lock_timeout).into(),
+    },
+    Key {
+        name: "stale_lock_age",
+        doc: "a mailbox dot-lock this old, whose holder cannot be seen, is removed",
+        set: |c, v| {
+            c.stale_lock_age = duration(v)?;
+            Ok(())
+        },
+        get: |c| format_duration(c.stale_lock_age).into(),
+    },
+    Key {
+        name: "mailbox_flock",
+        doc: "also take flock(2) on mailboxes, beside fcntl and the dot-lock",
+        set: |c, v| {
+            c.mailbox_flock = boolean(v)?;
+            Ok(())
+        },
+        get: |c| c.mailbox_flock.into(),
+    },
 ];
+
+/// Where a system install keeps its configuration.
+pub const SYSTEM_CONFIG: &str = "/etc/postel/postel.toml";
 
 /// The largest accepted `max_line_length`; the session's input buffer is twice as large.
 pub const MAX_LINE_LIMIT: usize = 32 * 1024;
@@ -317,7 +463,31 @@ impl Config {
             shutdown_grace: Duration::from_secs(30),
             bare_lf: BareLf::Normalize,
             local_users: LocalUsers::System,
+            aliases: None,
+            alias_commands: false,
+            alias_files: false,
+            expn: true,
+            delivery_workers: 4,
+            retry_first: Duration::from_secs(5 * 60),
+            retry_max: Duration::from_secs(60 * 60),
+            queue_lifetime: Duration::from_secs(5 * 86_400),
+            mailbox_size_limit: 50 * 1024 * 1024,
+            mailbox_lock_timeout: Duration::from_secs(30),
+            stale_lock_age: Duration::from_secs(5 * 60),
+            mailbox_flock: false,
         }
+    }
+
+    /// The configuration file a local program uses: the one it was given, else $POSTEL_CONFIG, else the system
+    /// file when it exists; None means the built-in defaults.
+    pub fn find(given: Option<PathBuf>) -> Option<PathBuf> {
+        given
+            .or_else(|| std::env::var_os("POSTEL_CONFIG").map(PathBuf::from))
+            .or_else(|| {
+                Path::new(SYSTEM_CONFIG)
+                    .exists()
+                    .then(|| PathBuf::from(SYSTEM_CONFIG))
+            })
     }
 
     /// Loads `path` over the built-in defaults. Errors name the file, the line and the key.
@@ -398,6 +568,11 @@ fn default_local_domains(hostname: &str) -> Vec<String> {
 
 fn string(v: &Value) -> Result<&str, String> {
     v.as_str().ok_or_else(|| "expected a string".to_string())
+}
+
+fn boolean(v: &Value) -> Result<bool, String> {
+    v.as_bool()
+        .ok_or_else(|| "expected true or false".to_string())
 }
 
 fn path(v: &Value) -> Result<PathBuf, String> {
@@ -562,6 +737,14 @@ mod tests {
                 "postel.toml:1: unknown key 'server'",
             ),
             ("workers = = 3\n", "postel.toml:1: "),
+            (
+                "expn = \"no\"\n",
+                "postel.toml:1: expn: expected true or false",
+            ),
+            (
+                "mailbox_size_limit = -1\n",
+                "postel.toml:1: mailbox_size_limit: expected a number",
+            ),
         ];
         for (text, expected) in cases {
             let error = parse(text).unwrap_err();
@@ -594,7 +777,8 @@ mod tests {
     #[test]
     fn printed_configuration_parses_back_to_itself() {
         let config = parse(
-            "workers = 7\naccept_queue = 3\nlocal_users = \"any\"\nshutdown_grace = \"90s\"\n",
+            "workers = 7\naccept_queue = 3\nlocal_users = \"any\"\nshutdown_grace = \"90s\"\n\
+             aliases = \"/etc/aliases\"\nexpn = false\nretry_first = \"1s\"\n",
         )
         .unwrap();
         let printed = config.to_toml();

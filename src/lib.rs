@@ -1,9 +1,11 @@
 //! Postel, a mail server for small Unix hosts.
 #![forbid(unsafe_code)]
 
+pub mod commands;
 pub mod config;
 pub mod delivery;
 pub mod net;
 pub mod server;
 pub mod smtp;
 pub mod spool;
+pub mod submit;

@@ -1,8 +1,11 @@
-//! The `postel` command: `serve`, `inetd` and `check`.
+//! The `postel` command: `serve`, `inetd`, `check`, `queue` and `sendmail` — and `sendmail`/`mailq` when the
+//! binary is called by those names.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use postel::commands::{queue, sendmail};
 use postel::config::Config;
 use postel::server;
 
@@ -10,26 +13,69 @@ const USAGE: &str = "\
 usage: postel serve [--config FILE] [--listen ADDR]... [--spool DIR] [--mailboxes DIR]
        postel inetd [--config FILE] [--spool DIR] [--mailboxes DIR]
        postel check [--config FILE]
+       postel queue list|run|show ID|remove ID [--config FILE]
+       postel sendmail [--config FILE] [sendmail options] [recipient...]
 
-  serve   run the SMTP server (127.0.0.1:2525, ./spool and ./mailboxes unless configured)
-  inetd   run one SMTP session on stdin/stdout, for inetd, xinetd or systemd socket activation
-  check   validate the configuration and print it, with every default, as TOML
+  serve     run the SMTP server (127.0.0.1:2525, ./spool and ./mailboxes unless configured)
+  inetd     run one SMTP session on stdin/stdout, for inetd, xinetd or systemd socket activation
+  check     validate the configuration and print it, with every default, as TOML
+  queue     list the queued messages, run the queue now, show or remove one message
+  sendmail  submit a message from a local program, as /usr/sbin/sendmail does
 
+Called as 'sendmail' or 'mailq' the binary acts as 'postel sendmail' or 'postel queue list'.
 Logging goes to stderr; RUST_LOG=debug shows every SMTP dialogue.";
 
-/// Options every subcommand takes.
+/// Options every subcommand but sendmail takes.
 #[derive(Default)]
 struct Options {
     config: Option<PathBuf>,
     listen: Vec<String>,
     spool: Option<PathBuf>,
     mailboxes: Option<PathBuf>,
+    /// Words that are not options: the queue command's action and id.
+    words: Vec<String>,
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+    let mut args: Vec<String> = std::env::args().collect();
+    let called_as = args
+        .first()
+        .map(|a| {
+            Path::new(a)
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .unwrap_or_default();
+    args.remove(0);
+    match called_as.as_str() {
+        "sendmail" => return run_sendmail(&args),
+        "mailq" => {
+            args = ["queue", "list"]
+                .iter()
+                .map(|a| a.to_string())
+                .chain(args)
+                .collect()
+        }
+        _ => {}
+    }
+    if args.first().is_some_and(|a| a == "sendmail") {
+        return run_sendmail(&args[1..]);
+    }
+    init_logging("info");
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("{message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(default: &str) {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
         .format(|out, record| {
-            use std::io::Write;
             writeln!(
                 out,
                 "{} {:<5} {}",
@@ -39,11 +85,24 @@ fn main() -> ExitCode {
             )
         })
         .init();
-    match run(std::env::args().skip(1).collect()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
+}
+
+/// sendmail is quiet unless -v: cron mails whatever a job prints.
+fn run_sendmail(args: &[String]) -> ExitCode {
+    let invocation = match sendmail::parse(args) {
+        Ok(invocation) => invocation,
+        Err((code, message)) => {
             eprintln!("{message}");
-            ExitCode::from(2)
+            return ExitCode::from(code);
+        }
+    };
+    init_logging(if invocation.verbose { "info" } else { "warn" });
+    let stdin = std::io::stdin();
+    match sendmail::run(invocation, &mut stdin.lock(), &mut std::io::stdout()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, message)) => {
+            eprintln!("{message}");
+            ExitCode::from(code)
         }
     }
 }
@@ -57,11 +116,17 @@ fn run(args: Vec<String>) -> Result<(), String> {
         return Ok(());
     }
     let options = parse_options(rest)?;
-    let allowed_listen = command == "serve";
-    if !allowed_listen && !options.listen.is_empty() {
+    if command != "serve" && !options.listen.is_empty() {
         return Err(format!("--listen applies to 'serve' only\n{USAGE}"));
     }
-    let config = load_config(&options)?;
+    if command != "queue" && !options.words.is_empty() {
+        return Err(format!(
+            "unexpected argument '{}'\n{USAGE}",
+            options.words[0]
+        ));
+    }
+    let config = load_config(&options, command != "serve")?;
+    let mut out = std::io::stdout();
     match command.as_str() {
         "serve" => server::serve(config).map_err(|e| e.to_string()),
         "inetd" => server::inetd::run(config).map_err(|e| e.to_string()),
@@ -69,6 +134,21 @@ fn run(args: Vec<String>) -> Result<(), String> {
             print!("{}", config.to_toml());
             Ok(())
         }
+        "queue" => match options
+            .words
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
+            ["list"] | [] => queue::list(&config, &mut out),
+            ["run"] => queue::run(config, &mut out),
+            ["show", id] => queue::show(&config, id, &mut out),
+            ["remove", id] => queue::remove(config, id, &mut out),
+            _ => Err(format!(
+                "usage: postel queue list|run|show ID|remove ID\n{USAGE}"
+            )),
+        },
         other => Err(format!("unknown command '{other}'\n{USAGE}")),
     }
 }
@@ -92,16 +172,23 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
             "--listen" => options.listen.push(value()?),
             "--spool" => options.spool = Some(value()?.into()),
             "--mailboxes" => options.mailboxes = Some(value()?.into()),
+            _ if !flag.starts_with('-') => options.words.push(arg.clone()),
             _ => return Err(format!("unknown option '{arg}'\n{USAGE}")),
         }
     }
     Ok(options)
 }
 
-/// The configuration file (or the built-in defaults), then the command-line overrides.
-fn load_config(options: &Options) -> Result<Config, String> {
-    let mut config = match &options.config {
-        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+/// The configuration file (or the built-in defaults), then the command-line overrides. Commands other than
+/// `serve` also find the file through $POSTEL_CONFIG and the system path, as sendmail does.
+fn load_config(options: &Options, look_around: bool) -> Result<Config, String> {
+    let path = if look_around {
+        Config::find(options.config.clone())
+    } else {
+        options.config.clone()
+    };
+    let mut config = match path {
+        Some(path) => Config::load(&path).map_err(|e| e.to_string())?,
         None => Config::builtin(),
     };
     if !options.listen.is_empty() {

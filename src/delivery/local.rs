@@ -1,6 +1,14 @@
-//! Who has a mailbox here: local users from the configuration or the system's accounts.
+//! Who has a mailbox here, and where each recipient's mail goes: local users from the configuration or the
+//! system's accounts, aliases, and the mailbox file each name maps to.
+
+use std::path::PathBuf;
+
+use log::warn;
+use nix::unistd::{Gid, Uid, User};
 
 use crate::config::{Config, LocalUsers};
+use crate::delivery::aliases::{Aliases, Target};
+use crate::smtp::{Domain, parse_mailbox};
 
 /// The mailbox name a local part maps to, or None when it could never name a mailbox file: case-folded, and
 /// without `/`, NUL, control characters, a leading dot or `..` that could leave the mailbox directory.
@@ -18,15 +26,209 @@ pub fn mailbox_name(local_part: &str) -> Option<String> {
     Some(name)
 }
 
-/// Whether `local_part` names a local user with a mailbox.
+/// Whether `local_part` names a local user with a mailbox. `root` always has one: postmaster's mail goes there.
 pub fn user_exists(config: &Config, local_part: &str) -> bool {
     let Some(name) = mailbox_name(local_part) else {
         return false;
     };
     match &config.local_users {
         LocalUsers::Any => true,
-        LocalUsers::List(names) => names.contains(&name),
-        LocalUsers::System => matches!(nix::unistd::User::from_name(&name), Ok(Some(_))),
+        LocalUsers::List(names) => name == "root" || names.contains(&name),
+        LocalUsers::System => matches!(User::from_name(&name), Ok(Some(_))),
+    }
+}
+
+/// Names that always resolve, to root unless the aliases say otherwise (RFC 5321 4.5.1).
+pub const ALWAYS_LOCAL: [&str; 2] = ["postmaster", "mailer-daemon"];
+
+/// Where one final target of a recipient goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// A user's mbox file; `owner` is set for system users, whose new mailboxes are given to them.
+    Mailbox {
+        path: PathBuf,
+        owner: Option<(Uid, Gid)>,
+    },
+    /// An mbox file named by an alias (`/path`).
+    File(PathBuf),
+    /// A command named by an alias (`|command`): gets the message on stdin.
+    Command(String),
+    /// Another host's recipient.
+    Remote(String),
+    /// Cannot be delivered: the status and the reason.
+    Refused {
+        status: &'static str,
+        reason: String,
+    },
+}
+
+/// One final target of an envelope recipient. `key` names it in the spool's delivery records, so a target two
+/// recipients share gets one copy and a target delivered once is never delivered again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub recipient: String,
+    pub key: String,
+    pub destination: Destination,
+}
+
+/// Resolves envelope recipients through the local domains, the aliases and the local users.
+pub struct Router<'a> {
+    pub config: &'a Config,
+    pub aliases: &'a Aliases,
+}
+
+impl Router<'_> {
+    /// The final targets of every recipient, each key once, in order.
+    pub fn routes(&self, recipients: &[String]) -> Vec<Route> {
+        let mut routes: Vec<Route> = Vec::with_capacity(recipients.len());
+        for recipient in recipients {
+            for route in self.route(recipient) {
+                if !routes.iter().any(|r| r.key == route.key) {
+                    routes.push(route);
+                }
+            }
+        }
+        routes
+    }
+
+    fn route(&self, recipient: &str) -> Vec<Route> {
+        let local_part = if recipient.eq_ignore_ascii_case("postmaster") {
+            "postmaster".to_string()
+        } else {
+            match parse_mailbox(recipient, true) {
+                Ok(mailbox) if self.is_local(&mailbox.domain) => mailbox.local,
+                Ok(_) => return vec![self.remote(recipient, recipient)],
+                Err(e) => {
+                    let reason = format!("bad address: {}", e.describe());
+                    return vec![refused(recipient, recipient, "5.1.3", reason)];
+                }
+            }
+        };
+        let name = local_part.to_lowercase();
+        let expansion = if self.aliases.contains(&name) {
+            self.aliases.expand(&name)
+        } else if ALWAYS_LOCAL.contains(&name.as_str()) {
+            self.aliases.expand("root")
+        } else {
+            return vec![self.mailbox(recipient, &local_part)];
+        };
+        for problem in &expansion.problems {
+            warn!("aliases: {problem}");
+        }
+        expansion
+            .targets
+            .into_iter()
+            .map(|target| self.target(recipient, target))
+            .collect()
+    }
+
+    fn target(&self, recipient: &str, target: Target) -> Route {
+        match target {
+            Target::Local(name) => self.mailbox(recipient, &name),
+            Target::Address(address) => match parse_mailbox(&address, true) {
+                Ok(mailbox) if self.is_local(&mailbox.domain) => {
+                    self.mailbox(recipient, &mailbox.local)
+                }
+                Ok(_) => self.remote(recipient, &address),
+                Err(e) => refused(
+                    recipient,
+                    &address,
+                    "5.1.3",
+                    format!("alias target {address}: {}", e.describe()),
+                ),
+            },
+            Target::Command(command) if self.config.alias_commands => Route {
+                recipient: recipient.to_string(),
+                key: format!("|{command}"),
+                destination: Destination::Command(command),
+            },
+            Target::File(path) if self.config.alias_files => Route {
+                recipient: recipient.to_string(),
+                key: path.clone(),
+                destination: Destination::File(PathBuf::from(path)),
+            },
+            Target::Command(command) => {
+                warn!(
+                    "aliases: {recipient}: command target '|{command}' refused (alias_commands = false)"
+                );
+                refused(
+                    recipient,
+                    &format!("|{command}"),
+                    "5.7.1",
+                    "delivery to commands is disabled here".into(),
+                )
+            }
+            Target::File(path) => {
+                warn!("aliases: {recipient}: file target '{path}' refused (alias_files = false)");
+                refused(
+                    recipient,
+                    &path,
+                    "5.7.1",
+                    "delivery to files is disabled here".into(),
+                )
+            }
+        }
+    }
+
+    fn mailbox(&self, recipient: &str, local_part: &str) -> Route {
+        let name = match mailbox_name(local_part) {
+            Some(name) if user_exists(self.config, &name) => name,
+            _ => {
+                return refused(
+                    recipient,
+                    local_part,
+                    "5.1.1",
+                    format!("no such user here: {local_part}"),
+                );
+            }
+        };
+        let owner = match self.config.local_users {
+            LocalUsers::System => User::from_name(&name)
+                .ok()
+                .flatten()
+                .map(|u| (u.uid, u.gid)),
+            _ => None,
+        };
+        Route {
+            recipient: recipient.to_string(),
+            key: name.clone(),
+            destination: Destination::Mailbox {
+                path: self.config.mailbox_dir.join(&name),
+                owner,
+            },
+        }
+    }
+
+    fn remote(&self, recipient: &str, address: &str) -> Route {
+        Route {
+            recipient: recipient.to_string(),
+            key: address.to_string(),
+            destination: Destination::Remote(address.to_string()),
+        }
+    }
+
+    fn is_local(&self, domain: &Domain) -> bool {
+        is_local(self.config, domain)
+    }
+}
+
+/// Whether mail for `domain` is delivered here: a local domain, or an address literal naming this host (one we
+/// listen on, or loopback).
+pub fn is_local(config: &Config, domain: &Domain) -> bool {
+    let own_address =
+        |ip: std::net::IpAddr| ip.is_loopback() || config.listen.iter().any(|a| a.ip() == ip);
+    match domain {
+        Domain::Name(name) => config.is_local_domain(name),
+        Domain::Ipv4(ip) => own_address((*ip).into()),
+        Domain::Ipv6(ip) => own_address((*ip).into()),
+    }
+}
+
+fn refused(recipient: &str, key: &str, status: &'static str, reason: String) -> Route {
+    Route {
+        recipient: recipient.to_string(),
+        key: key.to_string(),
+        destination: Destination::Refused { status, reason },
     }
 }
 
@@ -64,5 +266,82 @@ mod tests {
         config.local_users = LocalUsers::System;
         assert!(user_exists(&config, "root"));
         assert!(!user_exists(&config, "no-such-user-here"));
+    }
+
+    fn keys(routes: &[Route]) -> Vec<String> {
+        routes
+            .iter()
+            .map(|r| match &r.destination {
+                Destination::Mailbox { path, .. } => {
+                    format!("mbox:{}", path.file_name().unwrap().to_string_lossy())
+                }
+                Destination::File(path) => format!("file:{}", path.display()),
+                Destination::Command(c) => format!("cmd:{c}"),
+                Destination::Remote(a) => format!("remote:{a}"),
+                Destination::Refused { status, .. } => format!("refused:{status}:{}", r.key),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn recipients_resolve_through_aliases_to_mailboxes() {
+        let mut config = Config::builtin();
+        config.local_users = LocalUsers::List(vec!["alice".into(), "bob".into()]);
+        config.local_domains = vec!["localhost".into()];
+        let aliases = Aliases::parse(
+            "staff: alice, Bob, carol@remote.test\nbox: /tmp/x\nprog: |/bin/true\nroot: alice\n",
+            "aliases",
+        )
+        .unwrap();
+        let router = Router {
+            config: &config,
+            aliases: &aliases,
+        };
+        let routes = router.routes(&[
+            "staff@localhost".into(),
+            "Alice@LOCALHOST".into(),
+            "postmaster".into(),
+            "nobody@localhost".into(),
+            "x@remote.test".into(),
+            "box@localhost".into(),
+            "prog@localhost".into(),
+            "../etc/passwd@localhost".into(),
+            "a/b@localhost".into(),
+        ]);
+        assert_eq!(
+            keys(&routes),
+            [
+                "mbox:alice",
+                "mbox:bob",
+                "remote:carol@remote.test",
+                "refused:5.1.1:nobody",
+                "remote:x@remote.test",
+                "refused:5.7.1:/tmp/x",
+                "refused:5.7.1:|/bin/true",
+                "refused:5.1.3:../etc/passwd@localhost",
+                "refused:5.1.1:a/b",
+            ]
+        );
+        config.alias_files = true;
+        config.alias_commands = true;
+        let router = Router {
+            config: &config,
+            aliases: &aliases,
+        };
+        let routes = router.routes(&["box@localhost".into(), "prog@localhost".into()]);
+        assert_eq!(keys(&routes), ["file:/tmp/x", "cmd:/bin/true"]);
+    }
+
+    #[test]
+    fn postmaster_goes_to_root_without_aliases() {
+        let mut config = Config::builtin();
+        config.local_users = LocalUsers::List(vec!["alice".into()]);
+        let aliases = Aliases::empty();
+        let router = Router {
+            config: &config,
+            aliases: &aliases,
+        };
+        let routes = router.routes(&["postmaster".into(), "MAILER-DAEMON@localhost".into()]);
+        assert_eq!(keys(&routes), ["mbox:root"]);
     }
 }

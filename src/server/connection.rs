@@ -11,11 +11,13 @@ use chrono::Utc;
 use log::{debug, info, warn};
 
 use crate::config::{BareLf, Config, MAX_LINE_LIMIT};
+use crate::delivery::aliases::Aliases;
+use crate::delivery::queue::QueueHandle;
 use crate::server::policy::ServerPolicy;
 use crate::smtp::{
     self, BodyType, Envelope, ForwardPath, Protocol, Reply, Session, SessionParams, Step,
 };
-use crate::spool::{self, MessageWriter, Spool};
+use crate::spool::{self, MessageWriter, Queued, Spool};
 
 /// A byte stream a session can run over: a TCP connection, or stdin/stdout in inetd mode.
 pub trait Transport: Read + Write {
@@ -32,9 +34,32 @@ impl Transport for std::net::TcpStream {
 /// What every session of a server shares.
 pub struct Shared {
     pub config: Arc<Config>,
-    pub spool: Spool,
+    pub spool: Arc<Spool>,
+    pub aliases: Arc<Aliases>,
+    /// What happens to a message once it is queued.
+    pub handoff: Handoff,
     /// Set when the server is shutting down: idle sessions say 421 and close.
     pub shutting_down: AtomicBool,
+}
+
+/// Where queued messages go next.
+pub enum Handoff {
+    /// To the daemon's delivery queue, at once.
+    Queue(QueueHandle),
+    /// Kept for the program to hand on when the session is over (inetd mode, `sendmail -bs`).
+    Collect(std::sync::Mutex<Vec<Queued>>),
+}
+
+impl Handoff {
+    fn take(&self, message: Queued) {
+        match self {
+            Handoff::Queue(queue) => queue.enqueue(message),
+            Handoff::Collect(messages) => messages
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(message),
+        }
+    }
 }
 
 /// Who is at the other end.
@@ -43,6 +68,8 @@ pub struct Client {
     pub ip: Option<IpAddr>,
     /// For logs: "127.0.0.1:40312", or "unknown".
     pub label: String,
+    /// May relay: in trusted_networks, or a local program.
+    pub trusted: bool,
 }
 
 /// How often a waiting session looks at the shutdown flag.
@@ -55,7 +82,11 @@ pub fn run(transport: &mut dyn Transport, client: &Client, session_id: &str, sha
     debug!("{session_id}: connect from {}", client.label);
     let mut session = Session::new(
         session_params(config, session_id),
-        Box::new(ServerPolicy::new(Arc::clone(config), client.ip)),
+        Box::new(ServerPolicy::new(
+            Arc::clone(config),
+            Arc::clone(&shared.aliases),
+            client.trusted,
+        )),
     );
     let mut driver = Driver {
         transport,
@@ -172,6 +203,7 @@ impl Driver<'_> {
                     self.session_id,
                 );
                 session.message_queued(Ok(envelope.id.as_str()));
+                self.shared.handoff.take(queued);
             }
             Err(e) => {
                 warn!("{}: message not queued: {e}", self.session_id);

@@ -5,15 +5,18 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{SockaddrLike, SockaddrStorage, getpeername};
 
 use crate::config::Config;
-use crate::server::connection::{self, Client, Shared, Transport};
+use crate::delivery::attempt::Deliverer;
+use crate::delivery::runner;
+use crate::server::ServeError;
+use crate::server::connection::{self, Client, Handoff, Shared, Transport};
 use crate::spool::{Spool, SpoolError};
 
 /// stdin and stdout as one byte stream; reads wait at most the timeout.
@@ -51,14 +54,24 @@ impl Transport for Stdio {
     }
 }
 
-/// Runs one session on stdin/stdout.
-pub fn run(config: Config) -> Result<(), SpoolError> {
-    let spool = Spool::open(&config.spool_dir)?;
+/// Runs one session on stdin/stdout, for the client on the other end of stdin.
+pub fn run(config: Config) -> Result<(), ServeError> {
     let ip = client_address();
     let client = Client {
         ip,
         label: ip.map_or_else(|| "unknown".to_string(), |ip| ip.to_string()),
+        trusted: ip.is_some_and(|ip| config.is_trusted(ip)),
     };
+    let session_id = format!("i{}", std::process::id());
+    run_on_stdio(config, &client, &session_id)
+}
+
+/// Runs one session on stdin/stdout for `client`, then sees the messages it queued delivered: by the daemon if
+/// one runs, else by this process.
+pub fn run_on_stdio(config: Config, client: &Client, session_id: &str) -> Result<(), ServeError> {
+    let config = Arc::new(config);
+    let aliases = Arc::new(super::load_aliases(&config)?);
+    let spool = Arc::new(Spool::open(&config.spool_dir)?);
     let stdio_error = |e: io::Error| SpoolError::Io {
         path: "standard input".into(),
         source: e,
@@ -77,12 +90,23 @@ pub fn run(config: Config) -> Result<(), SpoolError> {
         timeout: Duration::from_secs(1),
     };
     let shared = Shared {
-        config: Arc::new(config),
-        spool,
+        config: Arc::clone(&config),
+        spool: Arc::clone(&spool),
+        aliases: Arc::clone(&aliases),
+        handoff: Handoff::Collect(Mutex::new(Vec::new())),
         shutting_down: AtomicBool::new(false),
     };
-    let session_id = format!("i{}", std::process::id());
-    connection::run(&mut stdio, &client, &session_id, &shared);
+    connection::run(&mut stdio, client, session_id, &shared);
+    let Handoff::Collect(queued) = shared.handoff else {
+        unreachable!("a stdio session collects its messages");
+    };
+    let queued = queued.into_inner().unwrap_or_else(|p| p.into_inner());
+    let deliverer = Arc::new(Deliverer {
+        config,
+        spool,
+        aliases,
+    });
+    runner::hand_off(&deliverer, queued)?;
     Ok(())
 }
 

@@ -11,6 +11,7 @@ use log::{info, warn};
 use mio::net::TcpListener;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
+use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
 
 use crate::config::Config;
@@ -21,11 +22,13 @@ use crate::server::pool::{ClientCounts, Incoming};
 const SIGNALS: Token = Token(usize::MAX);
 
 /// Accepts connections until SIGTERM or SIGINT arrives on `signals`; then returns, closing the listeners.
+/// SIGUSR1 (a request from `postel queue` or `postel sendmail`) calls `doorbell`.
 pub fn run(
     config: &Config,
     listeners: Vec<TcpListener>,
     signals: &SignalFd,
     pool: &Sender<Incoming>,
+    doorbell: &dyn Fn(),
 ) -> io::Result<()> {
     let mut poll = Poll::new()?;
     let mut listeners = listeners;
@@ -49,7 +52,11 @@ pub fn run(
         }
         for event in events.iter() {
             if event.token() == SIGNALS {
-                if let Ok(Some(signal)) = signals.read_signal() {
+                while let Ok(Some(signal)) = signals.read_signal() {
+                    if signal.ssi_signo == Signal::SIGUSR1 as u32 {
+                        doorbell();
+                        continue;
+                    }
                     info!(
                         "received signal {}: no longer accepting connections",
                         signal.ssi_signo

@@ -17,8 +17,11 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::config::Config;
+use crate::delivery::aliases::{AliasError, Aliases};
+use crate::delivery::attempt::Deliverer;
+use crate::delivery::queue::Queue;
 use crate::spool::{Spool, SpoolError};
-use connection::Shared;
+use connection::{Handoff, Shared};
 
 /// Why the server could not start.
 #[derive(Debug)]
@@ -26,6 +29,7 @@ pub enum ServeError {
     Spool(SpoolError),
     Listen(String, std::io::Error),
     Setup(&'static str, std::io::Error),
+    Aliases(AliasError),
 }
 
 impl fmt::Display for ServeError {
@@ -37,6 +41,7 @@ impl fmt::Display for ServeError {
             ServeError::Spool(e) => write!(f, "{e}"),
             ServeError::Listen(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             ServeError::Setup(what, e) => write!(f, "cannot {what}: {e}"),
+            ServeError::Aliases(e) => write!(f, "{e}"),
         }
     }
 }
@@ -57,6 +62,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     let mut stop_signals = SigSet::empty();
     stop_signals.add(Signal::SIGTERM);
     stop_signals.add(Signal::SIGINT);
+    stop_signals.add(Signal::SIGUSR1);
     stop_signals
         .thread_block()
         .map_err(|e| ServeError::Setup("block signals", e.into()))?;
@@ -66,6 +72,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     )
     .map_err(|e| ServeError::Setup("create a signal descriptor", e.into()))?;
 
+    let aliases = Arc::new(load_aliases(&config)?);
     let mut spool = Spool::open(&config.spool_dir)?;
     let _lock = spool.lock()?;
     let scan = spool.scan(true)?;
@@ -73,6 +80,15 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         warn!("spool: {problem}");
     }
     spool.start_group_commit()?;
+    let spool = Arc::new(spool);
+    let queued = scan.messages.len();
+    let deliverer = Arc::new(Deliverer {
+        config: Arc::clone(&config),
+        spool: Arc::clone(&spool),
+        aliases: Arc::clone(&aliases),
+    });
+    let queue = Queue::start(deliverer, scan.messages)
+        .map_err(|e| ServeError::Setup("start the delivery workers", e))?;
 
     let mut listeners = Vec::with_capacity(config.listen.len());
     for addr in &config.listen {
@@ -83,6 +99,8 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     let shared = Arc::new(Shared {
         config: Arc::clone(&config),
         spool,
+        aliases,
+        handoff: Handoff::Queue(queue.handle()),
         shutting_down: AtomicBool::new(false),
     });
     let (pool_tx, pool_rx) = crossbeam_channel::bounded(config.accept_queue);
@@ -99,15 +117,27 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
             .join(" "),
         config.hostname,
         config.spool_dir.display(),
-        scan.messages.len(),
+        queued,
     );
 
-    listener::run(&config, listeners, &signals, &pool_tx)
-        .map_err(|e| ServeError::Setup("accept connections", e))?;
+    let queue_handle = queue.handle();
+    listener::run(&config, listeners, &signals, &pool_tx, &|| {
+        queue_handle.ring()
+    })
+    .map_err(|e| ServeError::Setup("accept connections", e))?;
     shared.shutting_down.store(true, Ordering::Relaxed);
     drop(pool_tx);
     wait_for_sessions(&done_rx, config.shutdown_grace);
+    queue.stop();
     Ok(())
+}
+
+/// The aliases file of the configuration, or none.
+pub fn load_aliases(config: &Config) -> Result<Aliases, ServeError> {
+    match &config.aliases {
+        Some(path) => Aliases::load(path).map_err(ServeError::Aliases),
+        None => Ok(Aliases::empty()),
+    }
 }
 
 /// Waits until every worker has finished its session, or the grace time is over.

@@ -1,62 +1,80 @@
-//! The server's answers to the questions the protocol cannot answer itself: who is local, who may relay.
+//! The server's answers to the questions the protocol cannot answer itself: who is local, who may relay, and
+//! what VRFY, EXPN and ETRN say.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::delivery::aliases::{Aliases, Target};
 use crate::delivery::local;
-use crate::smtp::{Domain, ForwardPath, Mailbox, Policy, RcptVerdict, Reply};
+use crate::smtp::{ForwardPath, Policy, RcptVerdict, Reply};
 
 /// The recipient policy for one client.
 pub struct ServerPolicy {
     config: Arc<Config>,
-    /// The client is in trusted_networks: it may relay.
+    aliases: Arc<Aliases>,
+    /// The client is in trusted_networks, or a local program: it may relay.
     trusted: bool,
 }
 
-impl ServerPolicy {
-    pub fn new(config: Arc<Config>, client: Option<IpAddr>) -> ServerPolicy {
-        let trusted = client.is_some_and(|ip| config.is_trusted(ip));
-        ServerPolicy { config, trusted }
-    }
-
-    fn is_local(&self, domain: &Domain) -> bool {
-        match domain {
-            Domain::Name(name) => self.config.is_local_domain(name),
-            Domain::Ipv4(ip) => self.is_own_address(IpAddr::V4(*ip)),
-            Domain::Ipv6(ip) => self.is_own_address(IpAddr::V6(*ip)),
-        }
-    }
-
-    /// An address literal names this host when it is one we listen on, or loopback.
-    fn is_own_address(&self, ip: IpAddr) -> bool {
-        ip.is_loopback() || self.config.listen.iter().any(|a| a.ip() == ip)
-    }
-
-    /// Parses a VRFY/EXPN argument: `user`, `user@domain` or `<user@domain>`.
-    fn local_user_named<'a>(&self, query: &'a str) -> Lookup<'a> {
-        let query = query.trim().trim_start_matches('<').trim_end_matches('>');
-        match query.rsplit_once('@') {
-            Some((_, domain)) if !self.config.is_local_domain(domain) => Lookup::Remote,
-            Some((user, _)) => Lookup::Local(user),
-            None => Lookup::Local(query),
-        }
-    }
+/// What a VRFY or EXPN argument names.
+enum Lookup {
+    /// An alias here (lower-cased name).
+    Alias(String),
+    /// A user with a mailbox here.
+    User(String),
+    /// A local name that is neither.
+    Unknown(String),
+    Remote,
 }
 
-enum Lookup<'a> {
-    Local(&'a str),
-    Remote,
+impl ServerPolicy {
+    pub fn new(config: Arc<Config>, aliases: Arc<Aliases>, trusted: bool) -> ServerPolicy {
+        ServerPolicy {
+            config,
+            aliases,
+            trusted,
+        }
+    }
+
+    /// Whether a local part names someone here: a user, an alias, or one of the names that always resolve.
+    fn knows(&self, local_part: &str) -> bool {
+        let name = local_part.to_lowercase();
+        local::ALWAYS_LOCAL.contains(&name.as_str())
+            || self.aliases.contains(&name)
+            || local::user_exists(&self.config, &name)
+    }
+
+    /// Reads a VRFY/EXPN argument: `user`, `user@domain` or `<user@domain>`.
+    fn lookup(&self, query: &str) -> Lookup {
+        let query = query.trim().trim_start_matches('<').trim_end_matches('>');
+        let user = match query.rsplit_once('@') {
+            Some((_, domain)) if !self.config.is_local_domain(domain) => return Lookup::Remote,
+            Some((user, _)) => user,
+            None => query,
+        };
+        let name = user.to_lowercase();
+        if self.aliases.contains(&name) {
+            Lookup::Alias(name)
+        } else if self.knows(&name) {
+            Lookup::User(name)
+        } else {
+            Lookup::Unknown(user.to_string())
+        }
+    }
+
+    fn address(&self, name: &str) -> String {
+        format!("<{name}@{}>", self.config.hostname)
+    }
 }
 
 impl Policy for ServerPolicy {
     fn recipient(&self, to: &ForwardPath) -> RcptVerdict {
-        let mailbox: &Mailbox = match to {
+        let mailbox = match to {
             ForwardPath::Postmaster => return RcptVerdict::Accept,
             ForwardPath::Mailbox(m) => m,
         };
-        if self.is_local(&mailbox.domain) {
-            if mailbox.is_postmaster() || local::user_exists(&self.config, &mailbox.local) {
+        if local::is_local(&self.config, &mailbox.domain) {
+            if self.knows(&mailbox.local) {
                 RcptVerdict::Accept
             } else {
                 RcptVerdict::UnknownUser
@@ -69,12 +87,13 @@ impl Policy for ServerPolicy {
     }
 
     fn vrfy(&self, query: &str) -> Reply {
-        match self.local_user_named(query) {
-            Lookup::Local(user) if local::user_exists(&self.config, user) => {
-                let name = local::mailbox_name(user).unwrap_or_default();
-                Reply::new(250, "2.1.5", format!("<{name}@{}>", self.config.hostname))
+        match self.lookup(query) {
+            Lookup::User(name) | Lookup::Alias(name) => {
+                Reply::new(250, "2.1.5", self.address(&name))
             }
-            Lookup::Local(user) => Reply::new(550, "5.1.1", format!("<{user}>: user unknown")),
+            Lookup::Unknown(user) => {
+                Reply::new(550, "5.1.1", format!("<{user}>: no such user here"))
+            }
             Lookup::Remote => Reply::new(
                 252,
                 "2.1.5",
@@ -84,7 +103,35 @@ impl Policy for ServerPolicy {
     }
 
     fn expn(&self, list: &str) -> Reply {
-        self.vrfy(list)
+        if !self.config.expn {
+            return Reply::new(502, "5.7.0", "Error: EXPN is disabled on this server");
+        }
+        match self.lookup(list) {
+            Lookup::Alias(name) => {
+                let members = self
+                    .aliases
+                    .expand(&name)
+                    .targets
+                    .into_iter()
+                    .map(|target| match target {
+                        Target::Local(user) => self.address(&user),
+                        Target::Address(address) => format!("<{address}>"),
+                        Target::Command(_) | Target::File(_) => {
+                            format!("{name} (delivered by a program)")
+                        }
+                    })
+                    .collect::<Vec<_>>();
+                if members.is_empty() {
+                    return Reply::new(550, "5.1.1", format!("<{name}>: the list is empty"));
+                }
+                Reply::lines(250, "2.1.5", members)
+            }
+            Lookup::User(name) => Reply::new(250, "2.1.5", self.address(&name)),
+            Lookup::Unknown(user) => {
+                Reply::new(550, "5.1.1", format!("<{user}>: no such list here"))
+            }
+            Lookup::Remote => Reply::new(252, "2.1.5", "Cannot EXPN a remote list"),
+        }
     }
 
     fn etrn(&self, domain: &str) -> Reply {

@@ -123,6 +123,7 @@ fn serve(connection: Incoming, session_id: &str, shared: &Shared) {
     let client = Client {
         ip: Some(crate::net::canonical(peer.ip())),
         label: peer.to_string(),
+        trusted: shared.config.is_trusted(peer.ip()),
     };
     connection::run(&mut stream, &client, session_id, shared);
     drop(slot);

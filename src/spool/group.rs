@@ -4,6 +4,7 @@
 use std::fs::{self, File};
 use std::io::{self, IoSlice};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::thread;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -12,7 +13,8 @@ use nix::errno::Errno;
 use nix::sys::uio::pwritev;
 
 use super::id::QueueId;
-use super::{SpoolError, sync_dir};
+use super::live::LiveFiles;
+use super::{SpoolError, copy_io_error, sync_dir};
 
 /// A segment takes no more batches once it is this long.
 const SEGMENT_LIMIT: u64 = 16 * 1024 * 1024;
@@ -44,13 +46,14 @@ struct Segment {
 }
 
 impl GroupCommit {
-    /// Starts the thread; it creates its segments in `queue`.
-    pub(super) fn start(queue: &Path) -> Result<GroupCommit, SpoolError> {
+    /// Starts the thread; it creates its segments in `queue` and enters them and their records in
+    /// `live`.
+    pub(super) fn start(queue: &Path, live: Arc<LiveFiles>) -> Result<GroupCommit, SpoolError> {
         let (requests, incoming) = crossbeam_channel::unbounded();
         let thread_queue = queue.to_path_buf();
         thread::Builder::new()
             .name("spool-commit".to_string())
-            .spawn(move || run(&thread_queue, &incoming))
+            .spawn(move || run(&thread_queue, &live, &incoming))
             .map_err(SpoolError::io(queue))?;
         Ok(GroupCommit {
             requests,
@@ -88,12 +91,12 @@ impl GroupCommit {
 
 /// The thread's loop. A batch is the request that ends the wait and every other one already queued
 /// behind it.
-fn run(queue: &Path, incoming: &Receiver<Request>) {
+fn run(queue: &Path, live: &LiveFiles, incoming: &Receiver<Request>) {
     let mut segment = None;
     while let Ok(first) = incoming.recv() {
         let mut batch = vec![first];
         batch.extend(incoming.try_iter().take(MAX_BATCH - 1));
-        match append(queue, &mut segment, &batch) {
+        match append(queue, live, &mut segment, &batch) {
             Ok((path, mut offset)) => {
                 for request in batch {
                     let _ = request.reply.send(Ok((path.clone(), offset)));
@@ -102,13 +105,9 @@ fn run(queue: &Path, incoming: &Receiver<Request>) {
             }
             Err((path, e)) => {
                 for request in batch {
-                    let source = match e.raw_os_error() {
-                        Some(code) => io::Error::from_raw_os_error(code),
-                        None => io::Error::new(e.kind(), e.to_string()),
-                    };
                     let _ = request.reply.send(Err(SpoolError::Io {
                         path: path.clone(),
-                        source,
+                        source: copy_io_error(&e),
                     }));
                 }
             }
@@ -116,17 +115,19 @@ fn run(queue: &Path, incoming: &Receiver<Request>) {
     }
 }
 
-/// Appends a batch to the current segment (starting one if there is none) and syncs it; returns the
-/// segment's path and the batch's offset. On failure the segment is cut back to what was
-/// acknowledged and left for good, so that no later record follows a torn one.
+/// Appends a batch to the current segment (starting one if there is none), syncs it and enters its
+/// records in `live`; returns the segment's path and the batch's offset. On failure the segment is
+/// cut back to what was acknowledged and left for good, so that no later record follows a torn
+/// one. A segment left (full, or after a failure) is deleted if its messages are all finished.
 fn append(
     queue: &Path,
+    live: &LiveFiles,
     current: &mut Option<Segment>,
     batch: &[Request],
 ) -> Result<(PathBuf, u64), (PathBuf, io::Error)> {
     let segment = match current.take() {
         Some(segment) => segment,
-        None => Segment::create(queue, &batch[0].id)?,
+        None => Segment::create(queue, live, &batch[0].id)?,
     };
     let mut buffers: Vec<IoSlice> = batch
         .iter()
@@ -137,8 +138,10 @@ fn append(
     if let Err(e) = written {
         let path = segment.path.clone();
         segment.undo();
+        live.retire(&path);
         return Err((path, e));
     }
+    live.add(&segment.path, batch.iter().map(|r| &r.id));
     let placed = (segment.path.clone(), segment.len);
     let len = segment.len
         + batch
@@ -147,18 +150,35 @@ fn append(
             .sum::<u64>();
     if len < SEGMENT_LIMIT {
         *current = Some(Segment { len, ..segment });
+    } else {
+        live.retire(&segment.path);
     }
     Ok(placed)
 }
 
 impl Segment {
     /// Creates `queue/<id>` and syncs the directory, so that the file is there before any record
-    /// in it is acknowledged.
-    fn create(queue: &Path, id: &QueueId) -> Result<Segment, (PathBuf, io::Error)> {
+    /// in it is acknowledged. It is entered in `live` first, so that no one takes it for a file
+    /// that another program queued.
+    fn create(
+        queue: &Path,
+        live: &LiveFiles,
+        id: &QueueId,
+    ) -> Result<Segment, (PathBuf, io::Error)> {
         let path = queue.join(id.as_str());
-        let file = File::options().write(true).create_new(true).open(&path);
-        let file = file.map_err(|e| (path.clone(), e))?;
-        sync_dir(queue).map_err(|e| (queue.to_path_buf(), e))?;
+        live.start_segment(&path);
+        let file = match File::options().write(true).create_new(true).open(&path) {
+            Ok(file) => file,
+            Err(e) => {
+                live.forget(&path);
+                return Err((path, e));
+            }
+        };
+        if let Err(e) = sync_dir(queue) {
+            let _ = fs::remove_file(&path);
+            live.forget(&path);
+            return Err((queue.to_path_buf(), e));
+        }
         Ok(Segment { file, path, len: 0 })
     }
 

@@ -47,6 +47,17 @@ impl QueueId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The id as a number (its 80 bits), the compact key the spool's bookkeeping uses; 0 when
+    /// unassigned.
+    pub(super) fn key(&self) -> u128 {
+        u128::from_str_radix(&self.0, 16).unwrap_or(0)
+    }
+
+    /// The id whose key this is.
+    pub(super) fn from_key(key: u128) -> QueueId {
+        QueueId(format!("{key:020X}"))
+    }
 }
 
 impl fmt::Display for QueueId {
@@ -91,6 +102,7 @@ mod tests {
         assert!(ids.windows(2).all(|pair| pair[0] < pair[1]));
         for id in &ids {
             assert_eq!(id.as_str().parse::<QueueId>(), Ok(id.clone()));
+            assert_eq!(QueueId::from_key(id.key()), *id);
         }
     }
 

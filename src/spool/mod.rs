@@ -7,41 +7,63 @@
 //! sessions committing at that moment to one segment file with one `fdatasync`; a large one (and
 //! every message when that thread is not running) is streamed into a file of its own in tmp/ and
 //! renamed into queue/.
+//!
+//! A delivery worker calls [`Spool::record`] with the results of each attempt and [`Spool::finish`]
+//! once nothing is left to do; both return once their entries are durable in the journal. The
+//! spool counts the live records of each queue file and deletes the file when the last one is
+//! finished; a repairing [`Spool::scan`] at start-up finishes that work and compacts the journal.
 
 mod envelope;
 mod group;
 mod id;
+mod journal;
+mod live;
 mod record;
 mod scan;
+mod state;
 mod writer;
 
 #[cfg(test)]
+mod delivery_tests;
+#[cfg(test)]
 mod tests;
 
+use std::collections::HashSet;
 use std::error::Error;
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
 pub use envelope::Envelope;
 pub use id::{InvalidQueueId, QueueId};
+pub use state::{DeliveryState, Outcome, RecipientResult};
 pub use writer::MessageWriter;
 
 use group::GroupCommit;
+use journal::Journal;
+use live::LiveFiles;
 use record::HEADER_LEN;
+use state::Entry;
 use writer::{Body, Sealed, TmpFile};
 
-/// The spool directory. Shared by all session threads.
+/// The spool directory. Shared by all session threads and delivery workers.
 pub struct Spool {
     dir: PathBuf,
     tmp: PathBuf,
     queue: PathBuf,
     /// The group-commit thread, once started.
     group: Option<GroupCommit>,
+    /// The delivery results and finished messages.
+    journal: Journal,
+    /// Which queue files this process knows and how many of their messages are live.
+    live: Arc<LiveFiles>,
 }
 
 /// What went wrong in the spool; every variant but `Busy` and `NoRecipients` names the file.
@@ -71,6 +93,8 @@ pub struct Queued {
     pub file: PathBuf,
     /// Where the body starts in `file`.
     pub body_offset: u64,
+    /// Its deliveries so far (nothing for a message just committed).
+    pub state: DeliveryState,
 }
 
 /// What [`Spool::scan`] found.
@@ -107,13 +131,16 @@ impl Spool {
         }
         Ok(Spool {
             dir: dir.to_path_buf(),
+            journal: Journal::new(dir),
+            live: Arc::new(LiveFiles::new(&queue)),
             tmp,
             queue,
             group: None,
         })
     }
 
-    /// Takes the lock that the process owning the queue holds (flock on `lock`, without waiting).
+    /// Takes the lock that the process owning the queue holds (flock on `lock`, without waiting),
+    /// and writes this process's PID into the lock file.
     pub fn lock(&self) -> Result<SpoolLock, SpoolError> {
         let path = self.dir.join("lock");
         let file = File::options()
@@ -122,27 +149,155 @@ impl Spool {
             .write(true)
             .open(&path);
         let file = file.map_err(SpoolError::io(&path))?;
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => Ok(SpoolLock { _lock: lock }),
-            Err((_, Errno::EWOULDBLOCK)) => Err(SpoolError::Busy),
-            Err((_, errno)) => Err(SpoolError::Io {
-                path,
-                source: errno.into(),
-            }),
-        }
+        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((_, Errno::EWOULDBLOCK)) => return Err(SpoolError::Busy),
+            Err((_, errno)) => {
+                return Err(SpoolError::Io {
+                    path,
+                    source: errno.into(),
+                });
+            }
+        };
+        // The PID goes over the old one first and the file is cut after it, so that a reader always
+        // finds a whole PID on the first line.
+        let pid = format!("{}\n", std::process::id());
+        lock.write_all_at(pid.as_bytes(), 0)
+            .and_then(|()| lock.set_len(pid.len() as u64))
+            .map_err(SpoolError::io(&path))?;
+        Ok(SpoolLock { _lock: lock })
     }
 
-    /// Reads every record in queue/ and checks its checksum. A torn tail (what a crash during an
-    /// append leaves) ends the reading of its file; files that are not queue files are left alone.
-    /// With `repair`, which only the holder of the lock may ask for, it also empties tmp/ and cuts
-    /// torn tails off. Every problem is reported in [`Scan::problems`].
+    /// The PID of the process that holds the spool lock (the running daemon); None if the lock is
+    /// free, or if its holder has not written a PID within a tenth of a second. The lock is probed
+    /// by taking it shared for an instant, so a `lock()` at that very instant fails as Busy. The
+    /// lock is per open file: a second `Spool` in the holder's own process sees it held too.
+    pub fn owner(&self) -> Option<u32> {
+        let path = self.dir.join("lock");
+        for _ in 0..20 {
+            let file = File::open(&path).ok()?;
+            match Flock::lock(file, FlockArg::LockSharedNonblock) {
+                Err((file, Errno::EWOULDBLOCK)) => {
+                    let mut text = String::new();
+                    let _ = (&file).take(32).read_to_string(&mut text);
+                    let pid = text.lines().next().and_then(|line| line.parse().ok());
+                    if pid.is_some() {
+                        return pid;
+                    }
+                }
+                Ok(_free) => return None,
+                Err(_) => return None,
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    }
+
+    /// Reads every record in queue/ and checks its checksum, and reads the journal. A torn tail
+    /// (what a crash during an append leaves) ends the reading of its file; files that are not queue
+    /// files are left alone. Finished messages are left out; each other one comes with its
+    /// delivery state. With `repair`, which only the holder of the lock may ask for (at start-up,
+    /// before anything is committed), it also empties tmp/, cuts torn tails off, deletes the queue
+    /// files whose messages are all finished, and compacts the journal. Every problem is reported
+    /// in [`Scan::problems`].
     pub fn scan(&self, repair: bool) -> Result<Scan, SpoolError> {
-        scan::scan(&self.tmp, &self.queue, repair)
+        let journal = self.journal.path();
+        let replay = Journal::read(journal).map_err(SpoolError::io(journal))?;
+        let mut found = scan::scan(&self.tmp, &self.queue, repair)?;
+        let mut scan = found.scan;
+        scan.messages.retain_mut(
+            |message| match replay.messages.get(&message.envelope.id.key()) {
+                Some(replayed) if replayed.done => false,
+                Some(replayed) => {
+                    message.state = replayed.state.clone();
+                    true
+                }
+                None => true,
+            },
+        );
+        for file in &mut found.files {
+            for (id, done) in &mut file.records {
+                *done = replay.done(id);
+            }
+        }
+        if repair {
+            let mut deleted = false;
+            for file in &found.files {
+                if !file.pinned && file.records.iter().all(|(_, done)| *done) {
+                    match fs::remove_file(&file.path) {
+                        Ok(()) => deleted = true,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(SpoolError::io(&file.path)(e)),
+                    }
+                }
+            }
+            found
+                .files
+                .retain(|file| file.pinned || file.records.iter().any(|(_, done)| !done));
+            if deleted {
+                sync_dir(&self.queue).map_err(SpoolError::io(&self.queue))?;
+            }
+        }
+        self.live.load(found.files, found.foreign, repair);
+        let cut = if repair { " cut off" } else { "" };
+        for (offset, what) in &replay.bad {
+            scan.problems.push(format!(
+                "{}: bad entry at byte {offset} ({what}); skipped",
+                journal.display()
+            ));
+        }
+        if let Some((offset, what)) = &replay.torn {
+            scan.problems.push(format!(
+                "{}: torn entry at byte {offset}{cut} ({what})",
+                journal.display()
+            ));
+        }
+        if repair {
+            self.journal.compact(replay.messages, &self.live)?;
+        }
+        Ok(scan)
+    }
+
+    /// The messages in queue files that appeared since `known` was known: files another program
+    /// (`postel sendmail`, `postel inetd`) committed while this process holds the lock. Files named
+    /// in `known`, and every file this spool committed, scanned or is appending to, are skipped;
+    /// nothing is repaired. The messages come with no delivery state (only the lock holder records
+    /// any, and it has not seen them).
+    pub fn pick_up(&self, known: &HashSet<PathBuf>) -> Result<Scan, SpoolError> {
+        let found = scan::scan_some(&self.queue, |path| {
+            !known.contains(path) && !self.live.knows(path)
+        })?;
+        self.live.load(found.files, found.foreign, false);
+        Ok(found.scan)
     }
 
     /// Starts the group-commit thread, which [`commit`](Spool::commit) then uses for small messages.
     pub fn start_group_commit(&mut self) -> Result<(), SpoolError> {
-        self.group = Some(GroupCommit::start(&self.queue)?);
+        self.group = Some(GroupCommit::start(&self.queue, Arc::clone(&self.live))?);
+        Ok(())
+    }
+
+    /// Records the results of one delivery attempt of `id` (counted as one attempt), durably:
+    /// returns once they are on disk. Only the holder of the lock may record.
+    pub fn record(&self, id: &QueueId, results: &[RecipientResult]) -> Result<(), SpoolError> {
+        let mut entries = Vec::with_capacity(128 * (results.len() + 1));
+        for result in results {
+            state::encode(id, &Entry::Result(result.clone()), &mut entries);
+        }
+        state::encode(id, &Entry::Attempts(1), &mut entries);
+        self.journal.append(&entries, &self.live)
+    }
+
+    /// Marks the message finished (every recipient delivered or failed, or removed by the admin),
+    /// durably; it will not be scanned again. Its queue file is deleted once every message in it is
+    /// finished and nothing appends to it any more (a segment the group-commit thread is still
+    /// filling goes when it is full, or at the next start-up). Only the holder of the lock may
+    /// finish messages.
+    pub fn finish(&self, id: &QueueId) -> Result<(), SpoolError> {
+        let mut entry = Vec::with_capacity(64);
+        state::encode(id, &Entry::Done, &mut entry);
+        self.journal.append(&entry, &self.live)?;
+        self.live.finish(id);
         Ok(())
     }
 
@@ -175,13 +330,20 @@ impl Spool {
             len,
             file,
             body_offset: offset + body_start,
+            state: DeliveryState::default(),
         })
     }
 
-    /// Moves a record from tmp/ to `queue/<id>`, durably.
+    /// Moves a record from tmp/ to `queue/<id>`, durably. The file is entered in the bookkeeping
+    /// before it appears, so that [`pick_up`](Spool::pick_up) never takes it for another program's.
     fn commit_file(&self, id: &QueueId, head: &[u8], tmp: TmpFile) -> Result<PathBuf, SpoolError> {
         let target = self.queue.join(id.as_str());
-        tmp.persist(&head[..HEADER_LEN], &target)?;
+        self.live.add(&target, [id]);
+        let persisted = tmp.persist(&head[..HEADER_LEN], &target);
+        if let Err(e) = persisted {
+            self.live.forget(&target);
+            return Err(e);
+        }
         sync_dir(&self.queue).map_err(SpoolError::io(&self.queue))?;
         Ok(target)
     }
@@ -207,6 +369,14 @@ impl Spool {
 /// Makes a directory's entries durable.
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// The same error again, for each of the callers that one failed write concerns.
+fn copy_io_error(e: &io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(e.kind(), e.to_string()),
+    }
 }
 
 impl SpoolError {

@@ -5,29 +5,82 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use crc32fast::Hasher;
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 
 use super::envelope::Envelope;
 use super::id::QueueId;
+use super::live::FoundFile;
 use super::record::{self, HEADER_LEN, Header};
+use super::state::DeliveryState;
 use super::{Queued, Scan, SpoolError, sync_dir};
 
+/// What a scan of queue files found.
+#[derive(Default)]
+pub(super) struct Found {
+    /// The sound records (each with a fresh delivery state) and the problems.
+    pub scan: Scan,
+    /// Each queue file read, with the ids of its sound records (none of them done yet).
+    pub files: Vec<FoundFile>,
+    /// The files that are not queue files.
+    pub foreign: Vec<PathBuf>,
+}
+
+impl Found {
+    /// Reports a file that is not a queue file.
+    fn foreign(&mut self, path: &Path) {
+        self.scan
+            .problems
+            .push(format!("{}: not a queue file; left alone", path.display()));
+        self.foreign.push(path.to_path_buf());
+    }
+}
+
 /// Scans tmp/ and queue/ (see [`Spool::scan`](super::Spool::scan)).
-pub(super) fn scan(tmp: &Path, queue: &Path, repair: bool) -> Result<Scan, SpoolError> {
-    let mut scan = Scan::default();
+pub(super) fn scan(tmp: &Path, queue: &Path, repair: bool) -> Result<Found, SpoolError> {
+    let mut found = Found::default();
     if repair {
         for path in entries(tmp)? {
-            fs::remove_file(&path).map_err(SpoolError::io(&path))?;
-            scan.problems
-                .push(format!("{}: unfinished message removed", path.display()));
+            if remove_unless_locked(&path).map_err(SpoolError::io(&path))? {
+                found
+                    .scan
+                    .problems
+                    .push(format!("{}: unfinished message removed", path.display()));
+            }
         }
     }
     for path in entries(queue)? {
-        scan_file(&path, repair, &mut scan).map_err(SpoolError::io(&path))?;
+        scan_file(&path, repair, &mut found).map_err(SpoolError::io(&path))?;
     }
-    if repair && !scan.problems.is_empty() {
+    if repair && !found.scan.problems.is_empty() {
         sync_dir(queue).map_err(SpoolError::io(queue))?;
     }
-    Ok(scan)
+    Ok(found)
+}
+
+/// Scans the files of queue/ that `wanted` selects, changing nothing.
+pub(super) fn scan_some(queue: &Path, wanted: impl Fn(&Path) -> bool) -> Result<Found, SpoolError> {
+    let mut found = Found::default();
+    for path in entries(queue)?.into_iter().filter(|p| wanted(p)) {
+        scan_file(&path, false, &mut found).map_err(SpoolError::io(&path))?;
+    }
+    Ok(found)
+}
+
+/// Removes a file left in tmp/, unless a program that is still writing it holds its flock (`postel
+/// sendmail` or `postel inetd` take in messages without the spool lock). Returns whether it was
+/// removed.
+fn remove_unless_locked(path: &Path) -> io::Result<bool> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(_locked) => fs::remove_file(path).map(|()| true),
+        Err((_, Errno::EWOULDBLOCK)) => Ok(false),
+        Err((_, errno)) => Err(errno.into()),
+    }
 }
 
 /// The paths in a directory, sorted.
@@ -44,7 +97,7 @@ fn entries(dir: &Path) -> Result<Vec<PathBuf>, SpoolError> {
 }
 
 /// What the next bytes of a queue file hold.
-enum Found {
+enum Next {
     /// A sound record.
     Record(Box<Queued>),
     /// A record whose checksum matches but whose envelope does not parse; it ends at `end`.
@@ -53,58 +106,75 @@ enum Found {
     Torn(String),
 }
 
-/// Scans one file of queue/: adds its records to `scan`, reports what is wrong, and with `repair`
-/// cuts a torn tail off (removing the file if nothing is left).
-fn scan_file(path: &Path, repair: bool, scan: &mut Scan) -> io::Result<()> {
+/// Scans one file of queue/: adds its records to `found`, reports what is wrong, and with `repair`
+/// cuts a torn tail off (removing the file if nothing is left). A file that vanished meanwhile is
+/// skipped.
+fn scan_file(path: &Path, repair: bool, found: &mut Found) -> io::Result<()> {
     let named_by_id = path
         .file_name()
         .and_then(|n| n.to_str())
         .is_some_and(|n| n.parse::<QueueId>().is_ok());
-    if !named_by_id || !fs::symlink_metadata(path)?.is_file() {
-        scan.problems
-            .push(format!("{}: not a queue file; left alone", path.display()));
+    let vanished = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
+    let is_file = match fs::symlink_metadata(path) {
+        Ok(metadata) => metadata.is_file(),
+        Err(e) if vanished(&e) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !(named_by_id && is_file) {
+        found.foreign(path);
         return Ok(());
     }
-    let file = File::open(path)?;
-    let size = file.metadata()?.len();
-    let mut reader = BufReader::with_capacity(64 * 1024, file);
+    let mut reader = match File::open(path) {
+        Ok(file) => BufReader::with_capacity(64 * 1024, file),
+        Err(e) if vanished(&e) => return Ok(()),
+        Err(e) => return Err(e),
+    };
     if !record::may_start_queue_file(reader.fill_buf()?) {
-        scan.problems
-            .push(format!("{}: not a queue file; left alone", path.display()));
+        found.foreign(path);
         return Ok(());
     }
+    let size = reader.get_ref().metadata()?.len();
+    let mut this = FoundFile {
+        path: path.to_path_buf(),
+        records: Vec::new(),
+        pinned: false,
+    };
     let mut offset = 0;
     let torn = loop {
         if size == 0 {
             break "the file is empty".to_string();
         }
         if offset == size {
+            found.files.push(this);
             return Ok(());
         }
         match read_record(&mut reader, path, offset, size)? {
-            Found::Record(queued) => {
+            Next::Record(queued) => {
                 offset = queued.body_offset + queued.len;
-                scan.messages.push(*queued);
+                this.records.push((queued.envelope.id.clone(), false));
+                found.scan.messages.push(*queued);
             }
-            Found::BadEnvelope { end, what } => {
+            Next::BadEnvelope { end, what } => {
                 let problem = format!(
                     "{}: bad envelope at byte {offset} ({what}); record skipped",
                     path.display()
                 );
-                scan.problems.push(problem);
+                found.scan.problems.push(problem);
+                this.pinned = true;
                 offset = end;
             }
-            Found::Torn(what) => break what,
+            Next::Torn(what) => break what,
         }
     };
     let problem = match (repair, offset) {
         (false, _) => format!("{}: torn record at byte {offset} ({torn})", path.display()),
         (true, 0) => {
             fs::remove_file(path)?;
-            format!(
+            found.scan.problems.push(format!(
                 "{}: torn record at byte 0 cut off ({torn}); file removed",
                 path.display()
-            )
+            ));
+            return Ok(());
         }
         (true, _) => {
             let file = File::options().write(true).open(path)?;
@@ -116,7 +186,8 @@ fn scan_file(path: &Path, repair: bool, scan: &mut Scan) -> io::Result<()> {
             )
         }
     };
-    scan.problems.push(problem);
+    found.scan.problems.push(problem);
+    found.files.push(this);
     Ok(())
 }
 
@@ -127,8 +198,8 @@ fn read_record(
     path: &Path,
     offset: u64,
     size: u64,
-) -> io::Result<Found> {
-    let torn = |what: &str| Ok(Found::Torn(what.to_string()));
+) -> io::Result<Next> {
+    let torn = |what: &str| Ok(Next::Torn(what.to_string()));
     if size - offset < HEADER_LEN as u64 {
         return torn("the header is cut short");
     }
@@ -164,12 +235,13 @@ fn read_record(
         return torn("checksum mismatch");
     }
     Ok(match Envelope::parse(&envelope) {
-        Ok(envelope) => Found::Record(Box::new(Queued {
+        Ok(envelope) => Next::Record(Box::new(Queued {
             envelope,
             len: header.body_len,
             file: path.to_path_buf(),
             body_offset,
+            state: DeliveryState::default(),
         })),
-        Err(what) => Found::BadEnvelope { end, what },
+        Err(what) => Next::BadEnvelope { end, what },
     })
 }

@@ -13,10 +13,10 @@ use super::writer::SMALL_LIMIT;
 use super::*;
 
 /// A fresh directory under the system's temp dir, removed on drop.
-struct TempDir(PathBuf);
+pub(super) struct TempDir(pub(super) PathBuf);
 
 impl TempDir {
-    fn new(name: &str) -> TempDir {
+    pub(super) fn new(name: &str) -> TempDir {
         static COUNT: AtomicUsize = AtomicUsize::new(0);
         let n = COUNT.fetch_add(1, Ordering::Relaxed);
         let path =
@@ -32,7 +32,7 @@ impl Drop for TempDir {
     }
 }
 
-fn envelope(recipients: &[&str]) -> Envelope {
+pub(super) fn envelope(recipients: &[&str]) -> Envelope {
     Envelope {
         id: QueueId::default(),
         arrival: Utc::now(),
@@ -48,7 +48,7 @@ fn envelope(recipients: &[&str]) -> Envelope {
 }
 
 /// A body of `len` bytes of CRLF lines, different for each `seed`.
-fn body(seed: usize, len: usize) -> Vec<u8> {
+pub(super) fn body(seed: usize, len: usize) -> Vec<u8> {
     let mut body = Vec::with_capacity(len + 40);
     let mut line = 0;
     while body.len() < len {
@@ -60,13 +60,13 @@ fn body(seed: usize, len: usize) -> Vec<u8> {
 }
 
 /// Writes a message in pieces of 1000 bytes and commits it.
-fn send(spool: &Spool, envelope: Envelope, body: &[u8]) -> Result<Queued, SpoolError> {
+pub(super) fn send(spool: &Spool, envelope: Envelope, body: &[u8]) -> Result<Queued, SpoolError> {
     let mut writer = spool.new_message(envelope);
     body.chunks(1000).for_each(|piece| writer.write(piece));
     spool.commit(writer)
 }
 
-fn read_body(spool: &Spool, queued: &Queued) -> Vec<u8> {
+pub(super) fn read_body(spool: &Spool, queued: &Queued) -> Vec<u8> {
     let mut bytes = Vec::new();
     spool
         .read_body(queued)
@@ -76,7 +76,7 @@ fn read_body(spool: &Spool, queued: &Queued) -> Vec<u8> {
     bytes
 }
 
-fn names(dir: &Path) -> Vec<String> {
+pub(super) fn names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())

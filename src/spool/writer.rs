@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crc32fast::Hasher;
-use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+use nix::fcntl::{AT_FDCWD, Flock, FlockArg, RenameFlags, renameat2};
 
 use super::SpoolError;
 use super::envelope::Envelope;
@@ -137,6 +137,9 @@ impl MessageWriter {
 pub(super) struct TmpFile {
     path: PathBuf,
     file: BufWriter<File>,
+    /// An flock on the file while it is written, so that a repairing scan by another process
+    /// leaves it alone.
+    _lock: Flock<File>,
     /// Whether `path` still names this file (it does until the rename into the queue).
     in_tmp: bool,
 }
@@ -146,9 +149,19 @@ impl TmpFile {
     pub(super) fn create(path: &Path, parts: &[&[u8]]) -> Result<TmpFile, SpoolError> {
         let file = File::options().write(true).create_new(true).open(path);
         let file = file.map_err(SpoolError::io(path))?;
+        let lock = file
+            .try_clone()
+            .and_then(|clone| {
+                Flock::lock(clone, FlockArg::LockExclusive).map_err(|(_, errno)| errno.into())
+            })
+            .inspect_err(|_| {
+                let _ = fs::remove_file(path);
+            })
+            .map_err(SpoolError::io(path))?;
         let mut tmp = TmpFile {
             path: path.to_path_buf(),
             file: BufWriter::with_capacity(64 * 1024, file),
+            _lock: lock,
             in_tmp: true,
         };
         for part in parts {

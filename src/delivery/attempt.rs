@@ -1,0 +1,333 @@
+//! One delivery attempt of one queued message: route every recipient, deliver to each target not yet done,
+//! notify the sender of failures, record the results, and finish the message when nothing is left to do.
+
+use std::io::{BufReader, Read};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use log::{info, warn};
+
+use crate::config::Config;
+use crate::delivery::aliases::Aliases;
+use crate::delivery::bounce::{self, Failure};
+use crate::delivery::local::{Destination, Route, Router};
+use crate::delivery::mbox::{self, MboxSettings};
+use crate::delivery::pipe;
+use crate::delivery::trace::{self, Loop, Origin};
+use crate::spool::{self, Outcome, QueueId, Queued, RecipientResult, Spool, SpoolError};
+
+/// How much of a message is read to find its header section (for loop checks and bounces).
+const HEADER_LIMIT: u64 = 64 * 1024;
+
+/// Delivers queued messages; shared by the delivery workers.
+pub struct Deliverer {
+    pub config: Arc<Config>,
+    pub spool: Arc<Spool>,
+    pub aliases: Arc<Aliases>,
+}
+
+/// What became of an attempt.
+pub struct Attempted {
+    /// When to try again; None when the message is finished.
+    pub next_try: Option<DateTime<Utc>>,
+    /// Notifications queued by this attempt, to be delivered in turn.
+    pub bounces: Vec<Queued>,
+}
+
+impl Deliverer {
+    /// Tries every target of `message` that is neither delivered nor failed. The results are on disk before this
+    /// returns; an Err means they could not be recorded, and the message stays as it was for a later attempt.
+    pub fn attempt(
+        &self,
+        message: &mut Queued,
+        now: DateTime<Utc>,
+    ) -> Result<Attempted, SpoolError> {
+        let envelope = &message.envelope;
+        let router = Router {
+            config: &self.config,
+            aliases: &self.aliases,
+        };
+        let headers = self.header_section(message)?;
+        let expired = now
+            .signed_duration_since(envelope.arrival)
+            .to_std()
+            .unwrap_or_default()
+            >= self.config.queue_lifetime;
+        let attempts = message.state.attempts + 1;
+        let mut results = Vec::new();
+        let mut failures = Vec::new();
+        let mut next_try = None;
+        let mut finished = true;
+        for route in router.routes(&envelope.recipients) {
+            match message.state.outcome(&route.key) {
+                Some(Outcome::Delivered | Outcome::Failed { .. }) => continue,
+                Some(Outcome::Deferred { .. }) | None => {}
+            }
+            let started = std::time::Instant::now();
+            let mut outcome = self.deliver(message, &route, &headers, now);
+            if let (
+                Outcome::Deferred {
+                    status, diagnostic, ..
+                },
+                true,
+            ) = (&outcome, expired)
+            {
+                let lifetime = crate::config::format_duration(self.config.queue_lifetime);
+                outcome = Outcome::Failed {
+                    status: status.replacen('4', "5", 1),
+                    diagnostic: format!("{diagnostic} (gave up: queued longer than {lifetime})"),
+                };
+            }
+            if let Outcome::Deferred { next_try: at, .. } = &mut outcome {
+                *at = now + backoff(&self.config, attempts);
+                next_try = Some(next_try.map_or(*at, |t: DateTime<Utc>| t.min(*at)));
+                finished = false;
+            }
+            log_outcome(&envelope.id, &route, &outcome, started);
+            if let Outcome::Failed { status, diagnostic } = &outcome {
+                failures.push(Failure {
+                    recipient: route.recipient.clone(),
+                    status: status.clone(),
+                    diagnostic: diagnostic.clone(),
+                    remote: matches!(route.destination, Destination::Remote(_)),
+                });
+            }
+            results.push(RecipientResult {
+                recipient: route.key,
+                outcome,
+            });
+        }
+        // The notification is queued before the failures are recorded: a crash in between sends it twice rather
+        // than never.
+        let bounces = self
+            .notify(message, &failures, &headers, now)?
+            .into_iter()
+            .collect();
+        if !results.is_empty() {
+            self.spool.record(&envelope.id, &results)?;
+        }
+        if finished {
+            self.spool.finish(&envelope.id)?;
+            info!("{}: removed", envelope.id);
+        }
+        message.state.apply(results);
+        Ok(Attempted { next_try, bounces })
+    }
+
+    fn deliver(
+        &self,
+        message: &Queued,
+        route: &Route,
+        headers: &[u8],
+        now: DateTime<Utc>,
+    ) -> Outcome {
+        match &route.destination {
+            Destination::Refused { status, reason } => return failed(status, reason.clone()),
+            Destination::Remote(_) => {
+                return deferred(
+                    "4.4.0",
+                    "remote delivery is not available on this host yet".into(),
+                );
+            }
+            Destination::Mailbox { .. } | Destination::File(_) | Destination::Command(_) => {}
+        }
+        match trace::find_loop(headers, &route.recipient) {
+            Some(Loop::AlreadyDelivered) => {
+                return failed(
+                    "5.4.6",
+                    format!(
+                        "mail forwarding loop: already delivered to {}",
+                        route.recipient
+                    ),
+                );
+            }
+            Some(Loop::TooManyHops(n)) => {
+                return failed(
+                    "5.4.6",
+                    format!("mail forwarding loop: {n} Received headers"),
+                );
+            }
+            None => {}
+        }
+        let envelope = &message.envelope;
+        let origin = Origin {
+            helo: &envelope.helo,
+            client: &envelope.client,
+            protocol: &envelope.protocol,
+            queue_id: envelope.id.as_str(),
+            sender: &envelope.sender,
+        };
+        let trace_headers =
+            trace::trace_headers(&origin, &self.config.hostname, &route.recipient, now);
+        let body = match self.spool.read_body(message) {
+            Ok(body) => body,
+            Err(e) => return deferred("4.3.0", format!("cannot read the queued message: {e}")),
+        };
+        let mut body = BufReader::with_capacity(64 * 1024, body);
+        match &route.destination {
+            Destination::Command(command) => {
+                pipe::deliver(command, trace_headers.as_bytes(), &mut body)
+            }
+            Destination::Mailbox { path, owner } => {
+                self.append(path, *owner, message, &trace_headers, &mut body)
+            }
+            Destination::File(path) => self.append(path, None, message, &trace_headers, &mut body),
+            Destination::Remote(_) | Destination::Refused { .. } => unreachable!("handled above"),
+        }
+    }
+
+    fn append(
+        &self,
+        path: &std::path::Path,
+        owner: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
+        message: &Queued,
+        trace_headers: &str,
+        body: &mut dyn std::io::BufRead,
+    ) -> Outcome {
+        let settings = MboxSettings {
+            lock_timeout: self.config.mailbox_lock_timeout,
+            stale_lock_age: self.config.stale_lock_age,
+            flock: self.config.mailbox_flock,
+            max_mailbox_size: self.config.mailbox_size_limit,
+        };
+        let envelope = &message.envelope;
+        let from = if envelope.sender.is_empty() {
+            "MAILER-DAEMON"
+        } else {
+            &envelope.sender
+        };
+        match mbox::append(
+            path,
+            owner,
+            &settings,
+            from,
+            envelope.arrival,
+            trace_headers.as_bytes(),
+            body,
+            message.len,
+        ) {
+            Ok(_) => Outcome::Delivered,
+            Err(e) if e.permanent => failed(e.status, e.message),
+            Err(e) => deferred(e.status, e.message),
+        }
+    }
+
+    /// The message's header section, read from the spool (at most [`HEADER_LIMIT`] bytes).
+    fn header_section(&self, message: &Queued) -> Result<Vec<u8>, SpoolError> {
+        let mut start = Vec::with_capacity(4096);
+        self.spool
+            .read_body(message)?
+            .take(HEADER_LIMIT)
+            .read_to_end(&mut start)
+            .map_err(|source| SpoolError::Io {
+                path: message.file.clone(),
+                source,
+            })?;
+        let headers = bounce::header_section(&start).len();
+        start.truncate(headers);
+        Ok(start)
+    }
+
+    /// Queues a notification of `failures` for the sender (or postmaster, for a message with the null sender).
+    /// A notification about a notification is never sent: it is dropped with a log line.
+    fn notify(
+        &self,
+        message: &Queued,
+        failures: &[Failure],
+        headers: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<Option<Queued>, SpoolError> {
+        if failures.is_empty() {
+            return Ok(None);
+        }
+        let envelope = &message.envelope;
+        let hostname = &self.config.hostname;
+        let double_bounce = bounce::double_bounce_sender(hostname);
+        if envelope.sender == double_bounce {
+            warn!(
+                "{}: undeliverable notification to postmaster dropped",
+                envelope.id
+            );
+            return Ok(None);
+        }
+        let (to, sender) = if envelope.sender.is_empty() {
+            ("postmaster".to_string(), double_bounce)
+        } else {
+            (envelope.sender.clone(), String::new())
+        };
+        let text = bounce::build(&bounce::Report {
+            hostname,
+            queue_id: envelope.id.as_str(),
+            arrival: envelope.arrival,
+            now,
+            to: &to,
+            failures,
+            original_headers: headers,
+        });
+        let mut writer = self.spool.new_message(spool::Envelope {
+            id: QueueId::default(),
+            arrival: now,
+            client: "unknown".into(),
+            helo: hostname.clone(),
+            protocol: "local".into(),
+            sender,
+            recipients: vec![to.clone()],
+            body: None,
+            smtputf8: false,
+            declared_size: None,
+        });
+        writer.write(&text);
+        let queued = self.spool.commit(writer)?;
+        info!(
+            "{}: sender non-delivery notification: {} to <{to}>",
+            envelope.id, queued.envelope.id
+        );
+        Ok(Some(queued))
+    }
+}
+
+/// The wait before attempt number `attempts + 1`: retry_first, doubling, at most retry_max.
+pub fn backoff(config: &Config, attempts: u32) -> chrono::Duration {
+    let factor = 2u32.saturating_pow(attempts.saturating_sub(1).min(30));
+    let wait = config
+        .retry_first
+        .saturating_mul(factor)
+        .min(config.retry_max);
+    chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX)
+}
+
+fn failed(status: &str, diagnostic: String) -> Outcome {
+    Outcome::Failed {
+        status: status.to_string(),
+        diagnostic,
+    }
+}
+
+fn deferred(status: &str, diagnostic: String) -> Outcome {
+    Outcome::Deferred {
+        status: status.to_string(),
+        diagnostic,
+        next_try: DateTime::<Utc>::MIN_UTC,
+    }
+}
+
+/// One line per delivery attempt of one target, as Postfix writes them.
+fn log_outcome(id: &QueueId, route: &Route, outcome: &Outcome, started: std::time::Instant) {
+    let to = if route.key == route.recipient {
+        format!("<{}>", route.key)
+    } else {
+        format!("<{}> (via <{}>)", route.key, route.recipient)
+    };
+    let delay = started.elapsed().as_secs_f64();
+    match outcome {
+        Outcome::Delivered => info!("{id}: to={to}, delay={delay:.3}s, status=sent (delivered)"),
+        Outcome::Deferred {
+            status, diagnostic, ..
+        } => {
+            info!("{id}: to={to}, delay={delay:.3}s, status=deferred ({status} {diagnostic})")
+        }
+        Outcome::Failed { status, diagnostic } => {
+            info!("{id}: to={to}, delay={delay:.3}s, status=bounced ({status} {diagnostic})")
+        }
+    }
+}

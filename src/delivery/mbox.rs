@@ -1,0 +1,1189 @@
+//! Appending one message to an mbox file: dot-lock, fcntl and flock locking, the From_ line, mboxrd quoting,
+//! the size limit, and rolling back to the old size on any failure.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufWriter, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, Flock, FlockArg, fcntl};
+use nix::sys::signal::kill;
+use nix::unistd::{Gid, Pid, Uid, fchown, geteuid};
+
+/// How mailboxes are locked and limited (from the configuration).
+#[derive(Debug, Clone)]
+pub struct MboxSettings {
+    /// How long to keep retrying the locks before giving up with a temporary failure.
+    pub lock_timeout: Duration,
+    /// A dot-lock older than this is stale and removed, whatever PID it holds (one naming a process that is gone
+    /// is removed at once).
+    pub stale_lock_age: Duration,
+    /// Also take flock(2), which on Linux does not see fcntl locks, for readers that use only flock.
+    pub flock: bool,
+    /// The largest a mailbox may grow to, in bytes; 0 means no limit.
+    pub max_mailbox_size: u64,
+}
+
+/// Why a message could not be appended, and whether trying again later could help.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MboxError {
+    /// True when retrying cannot help (bounce), false for a temporary failure (keep it queued).
+    pub permanent: bool,
+    /// The RFC 3463 enhanced status code, e.g. "4.2.0" (locked), "5.2.2" (mailbox full), "4.3.0".
+    pub status: &'static str,
+    /// What happened, naming the mailbox path.
+    pub message: String,
+}
+
+impl MboxError {
+    fn temporary(status: &'static str, message: String) -> Self {
+        MboxError {
+            permanent: false,
+            status,
+            message,
+        }
+    }
+
+    /// An I/O error while doing `what` to `path`, classified the way Postfix does: a full disk is temporary
+    /// (4.3.1), a full quota or file size limit is the recipient's mailbox full (5.2.2, permanent).
+    fn io(path: &Path, what: &str, err: &io::Error) -> Self {
+        let message = format!("{}: {what}: {err}", path.display());
+        match err.raw_os_error() {
+            Some(libc::ENOSPC) => MboxError::temporary("4.3.1", message),
+            Some(libc::EDQUOT | libc::EFBIG) => MboxError {
+                permanent: true,
+                status: "5.2.2",
+                message,
+            },
+            _ => MboxError::temporary("4.3.0", message),
+        }
+    }
+}
+
+impl fmt::Display for MboxError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.status, self.message)
+    }
+}
+
+impl std::error::Error for MboxError {}
+
+/// Appends one message to the mbox file at `path`, creating it if needed, and returns the bytes appended.
+///
+/// Writes `From <from_line_sender> <asctime of arrival>`, then `trace_headers`, then `body` (streamed; `body_len`
+/// is its size, used only for the size limit), with CRLF turned into LF, lines matching `^>*From ` quoted with one
+/// more `>` (mboxrd), a final newline added if missing, and one empty line. An empty sender becomes
+/// `MAILER-DAEMON`. A new mailbox gets mode 0600 and, when `owner` is given and we run as root, that owner.
+/// Locks and limits follow `settings`. On any failure the mailbox is left exactly as it was.
+// One call site, and each argument is a different part of the message.
+#[allow(clippy::too_many_arguments)]
+pub fn append(
+    path: &Path,
+    owner: Option<(Uid, Gid)>,
+    settings: &MboxSettings,
+    from_line_sender: &str,
+    arrival: DateTime<Utc>,
+    trace_headers: &[u8],
+    body: &mut dyn BufRead,
+    body_len: u64,
+) -> Result<u64, MboxError> {
+    let from_line = from_line(from_line_sender, arrival);
+    let locked = lock(path, owner, settings)?;
+    let old_size = locked.size;
+    let estimate = (from_line.len() + trace_headers.len() + 2) as u64 + body_len;
+    let limit = settings.max_mailbox_size;
+    if limit != 0 && old_size.saturating_add(estimate) > limit {
+        return Err(MboxError {
+            permanent: true,
+            status: "5.2.2",
+            message: format!(
+                "{}: mailbox full: {old_size} bytes plus about {estimate} for this message \
+                 exceed the limit of {limit}",
+                path.display()
+            ),
+        });
+    }
+    let undo = Undo {
+        file: &locked.file,
+        old_size,
+        done: false,
+    };
+    let result =
+        write_message(&locked.file, path, &from_line, trace_headers, body).and_then(|()| {
+            locked
+                .file
+                .sync_data()
+                .map_err(|e| MboxError::io(path, "syncing", &e))?;
+            locked
+                .file
+                .metadata()
+                .map(|meta| meta.len())
+                .map_err(|e| MboxError::io(path, "fstat", &e))
+        });
+    match result {
+        Ok(new_size) => {
+            undo.commit();
+            Ok(new_size - old_size)
+        }
+        Err(mut err) => {
+            // Undo while still locked (`locked` drops after this), so no reader ever sees half a message.
+            if let Err(undo_err) = undo.undo() {
+                log::error!(
+                    "{}: could not truncate back to {old_size} bytes: {undo_err}",
+                    path.display()
+                );
+                err.message +=
+                    &format!("; truncating back to {old_size} bytes also failed: {undo_err}");
+            }
+            Err(err)
+        }
+    }
+}
+
+/// The From_ line that starts a message: sender and arrival time in asctime format, e.g.
+/// `From alice@example.org Tue Nov 24 13:49:21 2026`.
+fn from_line(sender: &str, arrival: DateTime<Utc>) -> Vec<u8> {
+    // A control character (only a broken caller could pass one) would end the line early.
+    let sender: String = sender
+        .chars()
+        .map(|c| if c.is_control() { '_' } else { c })
+        .collect();
+    let sender = if sender.is_empty() {
+        "MAILER-DAEMON"
+    } else {
+        &sender
+    };
+    format!("From {sender} {}\n", arrival.format("%a %b %e %H:%M:%S %Y")).into_bytes()
+}
+
+/// Writes the whole message through one large buffer, so it reaches the file in a few big writes.
+fn write_message(
+    file: &File,
+    path: &Path,
+    from_line: &[u8],
+    trace_headers: &[u8],
+    body: &mut dyn BufRead,
+) -> Result<(), MboxError> {
+    let write_error = |e: io::Error| MboxError::io(path, "writing", &e);
+    let mut out = BufWriter::with_capacity(64 * 1024, file);
+    out.write_all(from_line).map_err(write_error)?;
+    let mut quoter = Mboxrd::new(out);
+    quoter.write(trace_headers).map_err(write_error)?;
+    loop {
+        let chunk = match body.fill_buf() {
+            Ok(chunk) => chunk,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(MboxError::temporary(
+                    "4.3.0",
+                    format!("{}: reading the message failed: {e}", path.display()),
+                ));
+            }
+        };
+        if chunk.is_empty() {
+            break;
+        }
+        let len = chunk.len();
+        quoter.write(chunk).map_err(write_error)?;
+        body.consume(len);
+    }
+    let mut out = quoter.finish().map_err(write_error)?;
+    out.flush().map_err(write_error)
+}
+
+/// Truncates the mailbox back to its size before the append unless the append is committed, also when a panic
+/// unwinds through it.
+struct Undo<'a> {
+    file: &'a File,
+    old_size: u64,
+    done: bool,
+}
+
+impl Undo<'_> {
+    fn commit(mut self) {
+        self.done = true;
+    }
+
+    fn undo(mut self) -> io::Result<()> {
+        self.done = true;
+        self.file.set_len(self.old_size)?;
+        self.file.sync_all()
+    }
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self
+                .file
+                .set_len(self.old_size)
+                .and_then(|()| self.file.sync_all());
+        }
+    }
+}
+
+const FROM: &[u8] = b"From ";
+
+/// Where the quoter is within the current line.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Line {
+    /// Still matching `>*From ` at the start of a line: `quotes` `>` seen, then `matched` bytes of "From ".
+    Start { quotes: u64, matched: usize },
+    /// Past the point where the line could need quoting.
+    Rest,
+}
+
+const LINE_START: Line = Line::Start {
+    quotes: 0,
+    matched: 0,
+};
+
+/// Streams a message into mbox form: CRLF becomes LF and lines matching `^>*From ` get one more `>` (mboxrd).
+/// Input may arrive in chunks of any size; nothing is held back except a partial `>*From ` or a CR.
+struct Mboxrd<W: Write> {
+    out: W,
+    line: Line,
+    /// A CR was the last byte seen: dropped if an LF follows, written otherwise.
+    pending_cr: bool,
+}
+
+impl<W: Write> Mboxrd<W> {
+    fn new(out: W) -> Self {
+        Mboxrd {
+            out,
+            line: LINE_START,
+            pending_cr: false,
+        }
+    }
+
+    fn write(&mut self, mut input: &[u8]) -> io::Result<()> {
+        while let Some(&byte) = input.first() {
+            if self.pending_cr {
+                self.pending_cr = false;
+                if byte != b'\n' {
+                    self.out.write_all(b"\r")?;
+                }
+            }
+            match self.line {
+                Line::Start { quotes, matched } => {
+                    if matched == 0 && byte == b'>' {
+                        self.line = Line::Start {
+                            quotes: quotes + 1,
+                            matched,
+                        };
+                    } else if byte == FROM[matched] {
+                        if matched + 1 < FROM.len() {
+                            self.line = Line::Start {
+                                quotes,
+                                matched: matched + 1,
+                            };
+                        } else {
+                            self.write_quotes(quotes + 1)?;
+                            self.out.write_all(FROM)?;
+                            self.line = Line::Rest;
+                        }
+                    } else {
+                        // Not a From_ line: write what was held back, then this byte as ordinary text.
+                        self.flush_start()?;
+                        continue;
+                    }
+                    input = &input[1..];
+                }
+                Line::Rest => match memchr::memchr2(b'\r', b'\n', input) {
+                    None => {
+                        self.out.write_all(input)?;
+                        input = &[];
+                    }
+                    Some(at) => {
+                        self.out.write_all(&input[..at])?;
+                        if input[at] == b'\n' {
+                            self.out.write_all(b"\n")?;
+                            self.line = LINE_START;
+                        } else {
+                            self.pending_cr = true;
+                        }
+                        input = &input[at + 1..];
+                    }
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the message: a newline if the last line had none, then the empty line that separates messages.
+    fn finish(mut self) -> io::Result<W> {
+        if self.pending_cr {
+            self.out.write_all(b"\r")?;
+        }
+        if self.line != LINE_START {
+            self.flush_start()?;
+            self.out.write_all(b"\n")?;
+        }
+        self.out.write_all(b"\n")?;
+        Ok(self.out)
+    }
+
+    /// Writes the held-back start of a line that turned out not to be a From_ line.
+    fn flush_start(&mut self) -> io::Result<()> {
+        if let Line::Start { quotes, matched } = self.line {
+            self.write_quotes(quotes)?;
+            self.out.write_all(&FROM[..matched])?;
+        }
+        self.line = Line::Rest;
+        Ok(())
+    }
+
+    fn write_quotes(&mut self, mut count: u64) -> io::Result<()> {
+        const QUOTES: [u8; 64] = [b'>'; 64];
+        while count > 0 {
+            let n = count.min(QUOTES.len() as u64) as usize;
+            self.out.write_all(&QUOTES[..n])?;
+            count -= n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// The open mailbox with every lock taken. Fields drop in order: flock, then the file (closing it releases the
+/// fcntl lock), then the dot-lock.
+struct Locked {
+    _flock: Option<Flock<File>>,
+    file: File,
+    _dotlock: DotLock,
+    /// The mailbox size once locked, before anything was appended.
+    size: u64,
+}
+
+/// Why one locking attempt did not get the mailbox.
+enum NotLocked {
+    /// Someone else holds a lock (described here); release everything, wait and try again.
+    Busy(String),
+    /// Trying again cannot help.
+    Failed(MboxError),
+}
+
+impl From<MboxError> for NotLocked {
+    fn from(err: MboxError) -> Self {
+        NotLocked::Failed(err)
+    }
+}
+
+/// Pause between locking attempts.
+const RETRY_DELAY: Duration = Duration::from_millis(50);
+
+/// Opens and locks the mailbox, retrying until `settings.lock_timeout`; every attempt starts from nothing held.
+fn lock(
+    path: &Path,
+    owner: Option<(Uid, Gid)>,
+    settings: &MboxSettings,
+) -> Result<Locked, MboxError> {
+    let deadline = Instant::now() + settings.lock_timeout;
+    loop {
+        match try_lock(path, owner, settings) {
+            Ok(locked) => return Ok(locked),
+            Err(NotLocked::Failed(err)) => return Err(err),
+            Err(NotLocked::Busy(holder)) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(MboxError::temporary(
+                        "4.2.0",
+                        format!(
+                            "{}: mailbox is locked ({holder}); gave up after {:?}",
+                            path.display(),
+                            settings.lock_timeout
+                        ),
+                    ));
+                }
+                thread::sleep(RETRY_DELAY.min(deadline - now));
+            }
+        }
+    }
+}
+
+/// One attempt at the locks, in the order Debian Policy 11.6 gives: dot-lock, then fcntl, then (if configured)
+/// flock. Whatever was taken is released by drop when a later step fails.
+fn try_lock(
+    path: &Path,
+    owner: Option<(Uid, Gid)>,
+    settings: &MboxSettings,
+) -> Result<Locked, NotLocked> {
+    let dotlock = DotLock::acquire(&lock_path(path), settings.stale_lock_age)?;
+    let file = open_mailbox(path, owner)?;
+    fcntl_lock(&file).map_err(|e| match e {
+        Errno::EAGAIN | Errno::EACCES => NotLocked::Busy(match fcntl_holder(&file) {
+            Some(pid) => format!("fcntl lock held by process {pid}"),
+            None => "fcntl lock held by another process".to_string(),
+        }),
+        e => MboxError::io(path, "fcntl lock", &e.into()).into(),
+    })?;
+    let flock = if settings.flock {
+        let dup = file
+            .try_clone()
+            .map_err(|e| MboxError::io(path, "dup", &e))?;
+        match Flock::lock(dup, FlockArg::LockExclusiveNonblock) {
+            Ok(flock) => Some(flock),
+            Err((_, Errno::EWOULDBLOCK)) => {
+                return Err(NotLocked::Busy("flock held by another process".to_string()));
+            }
+            Err((_, e)) => return Err(MboxError::io(path, "flock", &e.into()).into()),
+        }
+    } else {
+        None
+    };
+    let size = check_mailbox(path, &file)?;
+    Ok(Locked {
+        _flock: flock,
+        file,
+        _dotlock: dotlock,
+        size,
+    })
+}
+
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// Opens the mailbox for appending, creating it (mode 0600) if it is missing.
+fn open_mailbox(path: &Path, owner: Option<(Uid, Gid)>) -> Result<File, MboxError> {
+    let mut options = OpenOptions::new();
+    // O_NONBLOCK: a FIFO planted at the path must not hang the delivery thread; regular files ignore it.
+    options
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    // Creating with O_EXCL first tells us whether the file is new, and so ours to chown and make durable.
+    match options.clone().create_new(true).open(path) {
+        Ok(file) => {
+            settle_new_mailbox(path, &file, owner).inspect_err(|_| {
+                let _ = fs::remove_file(path);
+            })?;
+            Ok(file)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => options.open(path).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                refused(path, "is a symbolic link")
+            } else {
+                MboxError::io(path, "opening", &e)
+            }
+        }),
+        Err(e) => Err(MboxError::io(path, "creating", &e)),
+    }
+}
+
+/// Gives a new mailbox its owner and makes its directory entry durable before mail is written to it.
+fn settle_new_mailbox(
+    path: &Path,
+    file: &File,
+    owner: Option<(Uid, Gid)>,
+) -> Result<(), MboxError> {
+    if let Some((uid, gid)) = owner.filter(|_| geteuid().is_root()) {
+        fchown(file, Some(uid), Some(gid)).map_err(|e| MboxError::io(path, "chown", &e.into()))?;
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| MboxError::io(dir, "syncing the directory", &e))
+}
+
+/// Checks the locked file is a regular file with one link, still at `path`, and returns its size.
+fn check_mailbox(path: &Path, file: &File) -> Result<u64, NotLocked> {
+    let meta = file
+        .metadata()
+        .map_err(|e| MboxError::io(path, "fstat", &e))?;
+    let still_there =
+        fs::symlink_metadata(path).is_ok_and(|at| at.dev() == meta.dev() && at.ino() == meta.ino());
+    if !still_there {
+        // A mail reader removed or replaced the mailbox while we opened it: start over with the new one.
+        return Err(NotLocked::Busy(
+            "mailbox replaced while locking".to_string(),
+        ));
+    }
+    if !meta.file_type().is_file() {
+        return Err(refused(path, "is not a regular file").into());
+    }
+    if meta.nlink() != 1 {
+        return Err(refused(path, &format!("has {} hard links", meta.nlink())).into());
+    }
+    Ok(meta.len())
+}
+
+/// A mailbox the admin must look at: kept as a temporary failure so the mail waits in the queue meanwhile.
+fn refused(path: &Path, problem: &str) -> MboxError {
+    MboxError::temporary(
+        "4.3.0",
+        format!("{}: {problem}; refusing to deliver into it", path.display()),
+    )
+}
+
+/// A write lock on the whole file.
+fn whole_file_lock() -> libc::flock {
+    libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    }
+}
+
+/// Takes the fcntl write lock without waiting.
+fn fcntl_lock(file: &File) -> Result<(), Errno> {
+    fcntl(file, FcntlArg::F_SETLK(&whole_file_lock())).map(drop)
+}
+
+/// The process holding a conflicting fcntl lock, if it can be found.
+fn fcntl_holder(file: &File) -> Option<libc::pid_t> {
+    let mut probe = whole_file_lock();
+    fcntl(file, FcntlArg::F_GETLK(&mut probe)).ok()?;
+    (probe.l_type != libc::F_UNLCK as libc::c_short).then_some(probe.l_pid)
+}
+
+/// Our `<mailbox>.lock` file. Dropping it removes the file, but only while it is still the one we created.
+struct DotLock {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl DotLock {
+    /// Creates the dot-lock holding our PID as liblockfile writes it ("12345\n"). When one exists and is stale,
+    /// removes it and tries once more; when it is held, says by whom.
+    fn acquire(path: &Path, stale_age: Duration) -> Result<DotLock, NotLocked> {
+        for _ in 0..2 {
+            match DotLock::create(path) {
+                Ok(lock) => return Ok(lock),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    if let Some(holder) = held_by(path, stale_age)
+                        .map_err(|e| MboxError::io(path, "reading the dot-lock", &e))?
+                    {
+                        return Err(NotLocked::Busy(holder));
+                    }
+                }
+                Err(e) => return Err(MboxError::io(path, "creating the dot-lock", &e).into()),
+            }
+        }
+        Err(NotLocked::Busy(format!(
+            "dot-lock {} keeps coming back",
+            path.display()
+        )))
+    }
+
+    fn create(path: &Path) -> io::Result<DotLock> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(path)?;
+        let meta = file.metadata().inspect_err(|_| {
+            let _ = fs::remove_file(path);
+        })?;
+        let lock = DotLock {
+            path: path.to_owned(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        };
+        // On failure `lock` drops and removes the file again.
+        file.write_all(format!("{}\n", std::process::id()).as_bytes())?;
+        Ok(lock)
+    }
+}
+
+impl Drop for DotLock {
+    fn drop(&mut self) {
+        match fs::symlink_metadata(&self.path) {
+            Ok(meta) if meta.dev() == self.dev && meta.ino() == self.ino => {
+                if let Err(e) = fs::remove_file(&self.path) {
+                    log::warn!(
+                        "{}: could not remove our dot-lock: {e}",
+                        self.path.display()
+                    );
+                }
+            }
+            _ => log::warn!(
+                "{}: our dot-lock was removed by someone else",
+                self.path.display()
+            ),
+        }
+    }
+}
+
+/// Who holds the existing dot-lock at `path`, or None when it is gone or was stale and has been removed.
+///
+/// Stale means its PID names no process (ESRCH: the owner died, e.g. Postel after kill -9), or it is older than
+/// `stale_age` whatever it holds: a live PID may be a reused one, and a holder that needs a lock for long keeps
+/// touching it (liblockfile's lockfile_touch).
+fn held_by(path: &Path, stale_age: Duration) -> io::Result<Option<String>> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    let mut text = Vec::new();
+    (&file).take(32).read_to_end(&mut text)?;
+    let pid = std::str::from_utf8(&text)
+        .ok()
+        .and_then(|text| text.trim().parse::<i32>().ok())
+        .filter(|&pid| pid > 0);
+    let age = meta.modified()?.elapsed().unwrap_or_default();
+    let dead = pid.is_some_and(|pid| kill(Pid::from_raw(pid), None) == Err(Errno::ESRCH));
+    if !dead && age <= stale_age {
+        let holder = pid.map_or_else(|| "no PID".to_string(), |pid| format!("process {pid}"));
+        return Ok(Some(format!(
+            "dot-lock {} held by {holder}, {}s old",
+            path.display(),
+            age.as_secs()
+        )));
+    }
+    // Remove only the file we examined: another deliverer may have replaced it with a fresh lock meanwhile.
+    if fs::symlink_metadata(path)
+        .is_ok_and(|now| now.dev() == meta.dev() && now.ino() == meta.ino())
+    {
+        fs::remove_file(path).or_else(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })?;
+        let why = if dead {
+            "its process is gone"
+        } else {
+            "it is too old"
+        };
+        log::warn!(
+            "{}: removed stale dot-lock ({why}, pid {pid:?}, {}s old)",
+            path.display(),
+            age.as_secs()
+        );
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::BufReader;
+    use std::process::{Command, Stdio};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A fresh folder under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> TempDir {
+            static COUNT: AtomicUsize = AtomicUsize::new(0);
+            let n = COUNT.fetch_add(1, Ordering::Relaxed);
+            let dir = std::env::temp_dir().join(format!("postel-mbox-{}-{n}", std::process::id()));
+            fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+
+        fn mailbox(&self) -> PathBuf {
+            self.0.join("alice")
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn settings() -> MboxSettings {
+        MboxSettings {
+            lock_timeout: Duration::from_secs(5),
+            stale_lock_age: Duration::from_secs(300),
+            flock: false,
+            max_mailbox_size: 0,
+        }
+    }
+
+    fn arrival() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-04T13:49:21Z")
+            .unwrap()
+            .to_utc()
+    }
+
+    const TRACE: &[u8] = b"Return-Path: <bob@example.org>\r\nDelivered-To: alice@localhost\r\n";
+    const FROM_LINE: &str = "From bob@example.org Wed Nov  4 13:49:21 2026\n";
+    const TRACE_LF: &str = "Return-Path: <bob@example.org>\nDelivered-To: alice@localhost\n";
+
+    fn deliver_with(path: &Path, settings: &MboxSettings, body: &[u8]) -> Result<u64, MboxError> {
+        let result = append(
+            path,
+            None,
+            settings,
+            "bob@example.org",
+            arrival(),
+            TRACE,
+            &mut &body[..],
+            body.len() as u64,
+        );
+        assert!(!lock_path(path).exists(), "our dot-lock is left behind");
+        result
+    }
+
+    fn deliver(path: &Path, body: &[u8]) -> Result<u64, MboxError> {
+        deliver_with(path, &settings(), body)
+    }
+
+    /// What one message with `body_lf` (already in mbox form) looks like in the mailbox.
+    fn expected(body_lf: &str) -> String {
+        format!("{FROM_LINE}{TRACE_LF}{body_lf}\n")
+    }
+
+    /// The mbox form of `body` through the quoter alone, fed in chunks of `chunk` bytes.
+    fn quoted(body: &[u8], chunk: usize) -> Vec<u8> {
+        let mut quoter = Mboxrd::new(Vec::new());
+        for piece in body.chunks(chunk) {
+            quoter.write(piece).unwrap();
+        }
+        quoter.finish().unwrap()
+    }
+
+    #[test]
+    fn one_message_is_framed_converted_and_quoted() {
+        let dir = TempDir::new();
+        let body = "Subject: hi\r\n\r\nFrom here\r\n>From there\r\n>>From far\r\n\
+                    Fromage\r\n>From\r\n a From b\r\nbare\rcr\r\nend";
+        let appended = deliver(&dir.mailbox(), body.as_bytes()).unwrap();
+        let lf = "Subject: hi\n\n>From here\n>>From there\n>>>From far\n\
+                  Fromage\n>From\n a From b\nbare\rcr\nend\n";
+        let content = fs::read_to_string(dir.mailbox()).unwrap();
+        assert_eq!(content, expected(lf));
+        assert_eq!(appended, content.len() as u64);
+        let mode = fs::metadata(dir.mailbox()).unwrap().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn empty_bodies_and_final_newlines() {
+        for (body, lf) in [
+            ("", ""),
+            ("x\r\n", "x\n"),
+            ("x", "x\n"),
+            ("From", "From\n"),
+            (">>", ">>\n"),
+            ("a\r", "a\r\n"),
+        ] {
+            let dir = TempDir::new();
+            deliver(&dir.mailbox(), body.as_bytes()).unwrap();
+            assert_eq!(
+                fs::read_to_string(dir.mailbox()).unwrap(),
+                expected(lf),
+                "{body:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn chunking_does_not_change_the_result() {
+        let body = b"From a\r\n>>From b\r\n\r\nx\r\r\n>F>From \r\nFro\r\n\r";
+        let whole = quoted(body, body.len());
+        assert_eq!(whole, b">From a\n>>>From b\n\nx\r\n>F>From \nFro\n\r\n\n");
+        for chunk in 1..body.len() {
+            assert_eq!(quoted(body, chunk), whole, "chunks of {chunk}");
+        }
+    }
+
+    #[test]
+    fn two_messages_and_raw_bytes() {
+        let dir = TempDir::new();
+        deliver(&dir.mailbox(), b"Subject: one\r\n\r\nhello\r\n").unwrap();
+        deliver(
+            &dir.mailbox(),
+            b"Subject: two\r\n\r\ngr\xc3\xbc\xc3\x9fe \xff\x80\r\n",
+        )
+        .unwrap();
+        let mut want = expected("Subject: one\n\nhello\n").into_bytes();
+        want.extend_from_slice(FROM_LINE.as_bytes());
+        want.extend_from_slice(TRACE_LF.as_bytes());
+        want.extend_from_slice(b"Subject: two\n\ngr\xc3\xbc\xc3\x9fe \xff\x80\n\n");
+        assert_eq!(fs::read(dir.mailbox()).unwrap(), want);
+    }
+
+    #[test]
+    fn the_sender_line() {
+        let line = |sender| String::from_utf8(from_line(sender, arrival())).unwrap();
+        assert_eq!(line(""), "From MAILER-DAEMON Wed Nov  4 13:49:21 2026\n");
+        assert_eq!(line("a\nb@c"), "From a_b@c Wed Nov  4 13:49:21 2026\n");
+        let late = DateTime::parse_from_rfc3339("2026-11-24T13:49:21Z")
+            .unwrap()
+            .to_utc();
+        assert_eq!(
+            from_line("x@y", late),
+            b"From x@y Tue Nov 24 13:49:21 2026\n"
+        );
+    }
+
+    /// Yields `lines` copies of a 100-byte CRLF line, some of them From_ lines, without holding them all.
+    struct Lines {
+        left: usize,
+        line: Vec<u8>,
+        at: usize,
+    }
+
+    impl Read for Lines {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.at == self.line.len() {
+                if self.left == 0 {
+                    return Ok(0);
+                }
+                self.left -= 1;
+                self.at = 0;
+                let start: &[u8] = if self.left.is_multiple_of(10) {
+                    b"From "
+                } else {
+                    b"line "
+                };
+                self.line[..5].copy_from_slice(start);
+            }
+            let n = buf.len().min(self.line.len() - self.at);
+            buf[..n].copy_from_slice(&self.line[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_twenty_mebibyte_body_is_streamed() {
+        let dir = TempDir::new();
+        let lines = 210_000;
+        let mut line = vec![b'x'; 100];
+        line[98..].copy_from_slice(b"\r\n");
+        let mut body = BufReader::new(Lines {
+            left: lines,
+            line,
+            at: 100,
+        });
+        let size = (lines * 100) as u64;
+        let appended = append(
+            &dir.mailbox(),
+            None,
+            &settings(),
+            "bob",
+            arrival(),
+            b"",
+            &mut body,
+            size,
+        )
+        .unwrap();
+        let from = "From bob Wed Nov  4 13:49:21 2026\n".len() as u64;
+        let quoted = (lines / 10) as u64;
+        assert_eq!(appended, from + size - lines as u64 + quoted + 1);
+        assert_eq!(fs::metadata(dir.mailbox()).unwrap().len(), appended);
+    }
+
+    #[test]
+    fn a_lock_held_by_a_live_process_times_out() {
+        let dir = TempDir::new();
+        let lock = lock_path(&dir.mailbox());
+        let held = format!("{}\n", std::process::id());
+        fs::write(&lock, &held).unwrap();
+        let quick = MboxSettings {
+            lock_timeout: Duration::from_millis(300),
+            ..settings()
+        };
+        let started = Instant::now();
+        let err = append(
+            &dir.mailbox(),
+            None,
+            &quick,
+            "bob",
+            arrival(),
+            b"",
+            &mut &b"x"[..],
+            1,
+        )
+        .unwrap_err();
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert_eq!((err.permanent, err.status), (false, "4.2.0"));
+        assert!(
+            err.message
+                .contains(&format!("process {}", std::process::id())),
+            "{}",
+            err.message
+        );
+        assert_eq!(
+            fs::read_to_string(&lock).unwrap(),
+            held,
+            "someone else's lock must stay"
+        );
+        assert_eq!(fs::metadata(dir.mailbox()).map(|m| m.len()).unwrap_or(0), 0);
+    }
+
+    #[test]
+    fn a_lock_left_by_a_dead_process_is_removed_at_once() {
+        let dir = TempDir::new();
+        let mut child = Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        fs::write(lock_path(&dir.mailbox()), format!("{dead}\n")).unwrap();
+        let quick = MboxSettings {
+            lock_timeout: Duration::ZERO,
+            ..settings()
+        };
+        deliver_with(&dir.mailbox(), &quick, b"x").unwrap();
+    }
+
+    #[test]
+    fn a_lock_without_a_pid_is_stale_only_when_old() {
+        let dir = TempDir::new();
+        let lock = lock_path(&dir.mailbox());
+        fs::write(&lock, "").unwrap();
+        let quick = MboxSettings {
+            lock_timeout: Duration::from_millis(100),
+            ..settings()
+        };
+        let err = append(
+            &dir.mailbox(),
+            None,
+            &quick,
+            "bob",
+            arrival(),
+            b"",
+            &mut &b"x"[..],
+            1,
+        )
+        .unwrap_err();
+        assert_eq!(err.status, "4.2.0");
+        let old = std::time::SystemTime::now() - Duration::from_secs(600);
+        File::options()
+            .write(true)
+            .open(&lock)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        deliver_with(&dir.mailbox(), &quick, b"x").unwrap();
+    }
+
+    #[test]
+    fn an_fcntl_lock_held_elsewhere_is_waited_for() {
+        let dir = TempDir::new();
+        fs::write(dir.mailbox(), "").unwrap();
+        let script = "import fcntl, sys, time\n\
+                      f = open(sys.argv[1], 'a')\n\
+                      fcntl.lockf(f, fcntl.LOCK_EX)\n\
+                      print('locked', flush=True)\n\
+                      time.sleep(1)\n";
+        let Ok(mut holder) = Command::new("python3")
+            .args(["-c", script])
+            .arg(dir.mailbox())
+            .stdout(Stdio::piped())
+            .spawn()
+        else {
+            eprintln!("python3 not found: skipping");
+            return;
+        };
+        let mut said = String::new();
+        BufReader::new(holder.stdout.take().unwrap())
+            .read_line(&mut said)
+            .unwrap();
+        assert_eq!(said, "locked\n");
+        let quick = MboxSettings {
+            lock_timeout: Duration::from_millis(200),
+            ..settings()
+        };
+        let err = deliver_with(&dir.mailbox(), &quick, b"x").unwrap_err();
+        assert!(
+            err.message
+                .contains(&format!("fcntl lock held by process {}", holder.id())),
+            "{}",
+            err.message
+        );
+        let started = Instant::now();
+        deliver(&dir.mailbox(), b"x").unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        holder.wait().unwrap();
+        assert_eq!(fs::read_to_string(dir.mailbox()).unwrap(), expected("x\n"));
+    }
+
+    #[test]
+    fn flock_is_taken_when_configured() {
+        let dir = TempDir::new();
+        fs::write(dir.mailbox(), "").unwrap();
+        let held =
+            Flock::lock(File::open(dir.mailbox()).unwrap(), FlockArg::LockExclusive).unwrap();
+        let with_flock = MboxSettings {
+            flock: true,
+            lock_timeout: Duration::from_millis(100),
+            ..settings()
+        };
+        let err = deliver_with(&dir.mailbox(), &with_flock, b"x").unwrap_err();
+        assert!(err.message.contains("flock held"), "{}", err.message);
+        drop(held);
+        deliver_with(&dir.mailbox(), &with_flock, b"x").unwrap();
+    }
+
+    #[test]
+    fn a_symlink_at_the_mailbox_path_is_refused() {
+        let dir = TempDir::new();
+        let target = dir.0.join("target");
+        fs::write(&target, "keep").unwrap();
+        std::os::unix::fs::symlink(&target, dir.mailbox()).unwrap();
+        let err = deliver(&dir.mailbox(), b"x").unwrap_err();
+        assert_eq!((err.permanent, err.status), (false, "4.3.0"));
+        assert!(err.message.contains("symbolic link"), "{}", err.message);
+        assert_eq!(fs::read_to_string(&target).unwrap(), "keep");
+    }
+
+    #[test]
+    fn a_hard_linked_mailbox_is_refused() {
+        let dir = TempDir::new();
+        fs::write(dir.mailbox(), "keep").unwrap();
+        fs::hard_link(dir.mailbox(), dir.0.join("other")).unwrap();
+        let err = deliver(&dir.mailbox(), b"x").unwrap_err();
+        assert_eq!((err.permanent, err.status), (false, "4.3.0"));
+        assert!(err.message.contains("2 hard links"), "{}", err.message);
+        assert_eq!(fs::read_to_string(dir.mailbox()).unwrap(), "keep");
+    }
+
+    #[test]
+    fn a_full_mailbox_fails_permanently_and_stays_unchanged() {
+        let dir = TempDir::new();
+        deliver(&dir.mailbox(), b"first").unwrap();
+        let before = fs::read(dir.mailbox()).unwrap();
+        let small = MboxSettings {
+            max_mailbox_size: 1000,
+            ..settings()
+        };
+        let err = deliver_with(&dir.mailbox(), &small, &[b'x'; 900]).unwrap_err();
+        assert_eq!((err.permanent, err.status), (true, "5.2.2"));
+        assert_eq!(fs::read(dir.mailbox()).unwrap(), before);
+        deliver_with(&dir.mailbox(), &small, b"fits").unwrap();
+    }
+
+    /// Yields `good` bytes of text, then fails (or panics).
+    struct Failing {
+        good: usize,
+        panic: bool,
+    }
+
+    impl Read for Failing {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.good == 0 {
+                assert!(!self.panic, "reader panics");
+                return Err(io::Error::other("spool disk on fire"));
+            }
+            let n = buf.len().min(self.good);
+            buf[..n].fill(b'y');
+            self.good -= n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_failure_halfway_truncates_back() {
+        let dir = TempDir::new();
+        deliver(&dir.mailbox(), b"first\r\n").unwrap();
+        let before = fs::read(dir.mailbox()).unwrap();
+        // More than the 64 KiB write buffer, so part of the message has reached the file when the reader fails.
+        let mut body = BufReader::new(Failing {
+            good: 200_000,
+            panic: false,
+        });
+        let err = append(
+            &dir.mailbox(),
+            None,
+            &settings(),
+            "bob",
+            arrival(),
+            TRACE,
+            &mut body,
+            400_000,
+        )
+        .unwrap_err();
+        assert_eq!((err.permanent, err.status), (false, "4.3.0"));
+        assert!(
+            err.message.contains("spool disk on fire"),
+            "{}",
+            err.message
+        );
+        assert_eq!(fs::read(dir.mailbox()).unwrap(), before);
+        assert!(!lock_path(&dir.mailbox()).exists());
+    }
+
+    #[test]
+    fn a_panic_halfway_truncates_back_and_unlocks() {
+        let dir = TempDir::new();
+        deliver(&dir.mailbox(), b"first\r\n").unwrap();
+        let before = fs::read(dir.mailbox()).unwrap();
+        let panicked = std::panic::catch_unwind(|| {
+            let mut body = BufReader::new(Failing {
+                good: 200_000,
+                panic: true,
+            });
+            append(
+                &dir.mailbox(),
+                None,
+                &settings(),
+                "bob",
+                arrival(),
+                TRACE,
+                &mut body,
+                400_000,
+            )
+        });
+        assert!(panicked.is_err());
+        assert_eq!(fs::read(dir.mailbox()).unwrap(), before);
+        assert!(!lock_path(&dir.mailbox()).exists());
+    }
+
+    #[test]
+    fn python_reads_the_mailbox() {
+        let dir = TempDir::new();
+        let bodies = [
+            "Subject: one\r\n\r\nFrom the start\r\n>From quoted\r\n",
+            "Subject: two\r\n\r\nno final newline",
+            "Subject: three\r\n\r\n\r\nFrom \r\n",
+        ];
+        for body in bodies {
+            deliver(&dir.mailbox(), body.as_bytes()).unwrap();
+        }
+        let script =
+            "import mailbox, sys\nfor m in mailbox.mbox(sys.argv[1]): print(m['Subject'])\n";
+        let Ok(out) = Command::new("python3")
+            .args(["-c", script])
+            .arg(dir.mailbox())
+            .output()
+        else {
+            eprintln!("python3 not found: skipping");
+            return;
+        };
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), "one\ntwo\nthree\n");
+    }
+
+    #[test]
+    fn errors_are_classified_like_postfix() {
+        let path = Path::new("/var/mail/alice");
+        let status = |errno| {
+            let err = MboxError::io(path, "writing", &io::Error::from_raw_os_error(errno));
+            (err.permanent, err.status)
+        };
+        assert_eq!(status(libc::ENOSPC), (false, "4.3.1"));
+        assert_eq!(status(libc::EDQUOT), (true, "5.2.2"));
+        assert_eq!(status(libc::EIO), (false, "4.3.0"));
+        let err = MboxError::io(path, "writing", &io::Error::from_raw_os_error(libc::EIO));
+        assert!(
+            err.to_string()
+                .starts_with("4.3.0 /var/mail/alice: writing: "),
+            "{err}"
+        );
+    }
+}

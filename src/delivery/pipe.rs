@@ -1,0 +1,133 @@
+//! Delivery to a command named by an alias (`|command`, only with `alias_commands = true`): the command runs
+//! under /bin/sh with the message on stdin, LF line ends. Nothing from the client reaches the command line or
+//! the environment; the command comes from the admin's aliases file alone.
+
+use std::io::{self, BufRead, Read, Write};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::spool::Outcome;
+
+/// How long a command may take before it is killed and the delivery deferred.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// sysexits.h EX_TEMPFAIL: the command asks to be tried again later.
+const EX_TEMPFAIL: i32 = 75;
+
+/// Runs `command` with `trace_headers` and then the message on stdin.
+pub fn deliver(command: &str, trace_headers: &[u8], body: &mut dyn BufRead) -> Outcome {
+    let mut child = match Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => return deferred(format!("cannot run '{command}': {e}")),
+    };
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let errors = thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.by_ref().take(4096).read_to_string(&mut text);
+        text
+    });
+    // A command that exits without reading everything closes the pipe: its exit status tells what happened.
+    let _ = write_lf(trace_headers, &mut stdin).and_then(|()| copy_lf(body, &mut stdin));
+    drop(stdin);
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return deferred(format!(
+                    "'{command}' took longer than {}s and was killed",
+                    COMMAND_TIMEOUT.as_secs()
+                ));
+            }
+            Err(e) => return deferred(format!("cannot wait for '{command}': {e}")),
+        }
+    };
+    let said = errors.join().unwrap_or_default();
+    let said = said.lines().next().unwrap_or("").trim();
+    match status.code() {
+        Some(0) => Outcome::Delivered,
+        Some(EX_TEMPFAIL) => deferred(format!("'{command}' asked to try again later: {said}")),
+        Some(code) => Outcome::Failed {
+            status: "5.3.0".into(),
+            diagnostic: format!("'{command}' failed with exit status {code}: {said}"),
+        },
+        None => deferred(format!("'{command}' was killed by a signal")),
+    }
+}
+
+fn deferred(diagnostic: String) -> Outcome {
+    Outcome::Deferred {
+        status: "4.3.0".into(),
+        diagnostic,
+        next_try: chrono::DateTime::<chrono::Utc>::MIN_UTC,
+    }
+}
+
+fn write_lf(text: &[u8], out: &mut impl Write) -> io::Result<()> {
+    copy_lf(&mut &text[..], out)
+}
+
+/// Copies `input`, turning CR LF into LF.
+fn copy_lf(input: &mut dyn BufRead, out: &mut impl Write) -> io::Result<()> {
+    let mut line = Vec::with_capacity(1024);
+    loop {
+        line.clear();
+        if input.read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+        if line.ends_with(b"\r\n") {
+            line.truncate(line.len() - 2);
+            line.push(b'\n');
+        }
+        out.write_all(&line)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_gets_the_message_and_its_exit_status_decides() {
+        let dir = std::env::temp_dir().join(format!("postel-pipe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("out");
+        let command = format!("cat > {}", out.display());
+        let outcome = deliver(
+            &command,
+            b"Received: x\r\n",
+            &mut &b"Subject: hi\r\n\r\nbody\r\n"[..],
+        );
+        assert_eq!(outcome, Outcome::Delivered);
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            b"Received: x\nSubject: hi\n\nbody\n"
+        );
+        assert!(matches!(
+            deliver("exit 75", b"", &mut &b""[..]),
+            Outcome::Deferred { .. }
+        ));
+        match deliver("echo no such list >&2; exit 1", b"", &mut &b"x\r\n"[..]) {
+            Outcome::Failed { status, diagnostic } => {
+                assert_eq!(status, "5.3.0");
+                assert!(diagnostic.contains("no such list"), "{diagnostic}");
+            }
+            other => panic!("{other:?}"),
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,251 @@
+//! The daemon's queue: one manager thread that knows every queued message and when it is due, and a fixed pool
+//! of delivery workers fed with messages over a crossbeam channel. New messages come from the sessions as soon
+//! as they are queued, from the start-up scan, from files other programs leave in the spool, and from the retry
+//! schedule. A message is with at most one worker at a time.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use log::{error, info, warn};
+
+use crate::delivery::attempt::{Attempted, Deliverer};
+use crate::delivery::control::{self, Request};
+use crate::spool::{QueueId, Queued, SpoolError};
+
+/// How often the manager looks for messages other programs left in the spool and for control requests, when
+/// nobody rings.
+const PICKUP_INTERVAL: Duration = Duration::from_secs(5);
+
+enum Event {
+    /// A message to deliver now.
+    New(Queued),
+    /// A worker is done with a message.
+    Done(Queued, Result<Attempted, SpoolError>),
+    /// Look at the control requests and for new files now.
+    Doorbell,
+    Stop,
+}
+
+/// Hands messages to the queue; cheap to clone.
+#[derive(Clone)]
+pub struct QueueHandle(Sender<Event>);
+
+impl QueueHandle {
+    /// Delivers a message just queued.
+    pub fn enqueue(&self, message: Queued) {
+        let _ = self.0.send(Event::New(message));
+    }
+
+    /// Something was asked of the daemon (SIGUSR1).
+    pub fn ring(&self) {
+        let _ = self.0.send(Event::Doorbell);
+    }
+}
+
+/// The running queue: its manager and workers.
+pub struct Queue {
+    handle: QueueHandle,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Queue {
+    /// Starts the manager and `config.delivery_workers` workers with the messages already queued.
+    pub fn start(deliverer: Arc<Deliverer>, queued: Vec<Queued>) -> std::io::Result<Queue> {
+        let (events, inbox) = crossbeam_channel::unbounded();
+        let (work, jobs) = crossbeam_channel::unbounded::<Queued>();
+        let mut threads = Vec::new();
+        for n in 0..deliverer.config.delivery_workers {
+            let (jobs, events, deliverer) = (jobs.clone(), events.clone(), Arc::clone(&deliverer));
+            threads.push(thread::Builder::new().name(format!("delivery-{n}")).spawn(
+                move || {
+                    for mut message in jobs.iter() {
+                        let attempted =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                deliverer.attempt(&mut message, Utc::now())
+                            }))
+                            .unwrap_or_else(|_| {
+                                error!(
+                                    "{}: delivery failed on an internal error; the worker goes on",
+                                    message.envelope.id
+                                );
+                                Err(SpoolError::Io {
+                                    path: message.file.clone(),
+                                    source: std::io::Error::other("internal error during delivery"),
+                                })
+                            });
+                        if events.send(Event::Done(message, attempted)).is_err() {
+                            return;
+                        }
+                    }
+                },
+            )?);
+        }
+        let manager = Manager {
+            deliverer,
+            work,
+            waiting: BTreeMap::new(),
+            in_flight: HashSet::new(),
+            remove_when_done: HashSet::new(),
+            known_files: HashSet::new(),
+        };
+        let handle = QueueHandle(events);
+        for message in queued {
+            handle.enqueue(message);
+        }
+        threads.push(
+            thread::Builder::new()
+                .name("queue".into())
+                .spawn(move || manager.run(inbox))?,
+        );
+        Ok(Queue { handle, threads })
+    }
+
+    pub fn handle(&self) -> QueueHandle {
+        self.handle.clone()
+    }
+
+    /// Stops taking new work, lets each worker finish the message it holds, and waits for them.
+    pub fn stop(self) {
+        let _ = self.handle.0.send(Event::Stop);
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Manager {
+    deliverer: Arc<Deliverer>,
+    work: Sender<Queued>,
+    /// Deferred messages by their next try.
+    waiting: BTreeMap<(DateTime<Utc>, QueueId), Queued>,
+    in_flight: HashSet<QueueId>,
+    /// Removed by the admin while a worker held them.
+    remove_when_done: HashSet<QueueId>,
+    /// Files whose messages this daemon knows of; others found in the queue are picked up.
+    known_files: HashSet<PathBuf>,
+}
+
+impl Manager {
+    fn run(mut self, inbox: Receiver<Event>) {
+        loop {
+            let timeout = self
+                .waiting
+                .keys()
+                .next()
+                .map_or(PICKUP_INTERVAL, |(due, _)| {
+                    due.signed_duration_since(Utc::now())
+                        .to_std()
+                        .unwrap_or_default()
+                        .min(PICKUP_INTERVAL)
+                });
+            match inbox.recv_timeout(timeout) {
+                Ok(Event::New(message)) => self.dispatch(message),
+                Ok(Event::Done(message, attempted)) => self.done(message, attempted),
+                Ok(Event::Doorbell) => self.look_around(),
+                Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.dispatch_due(Utc::now());
+                    self.look_around();
+                }
+            }
+        }
+    }
+
+    fn dispatch(&mut self, message: Queued) {
+        if !self.in_flight.insert(message.envelope.id.clone()) {
+            return;
+        }
+        self.known_files.insert(message.file.clone());
+        let _ = self.work.send(message);
+    }
+
+    fn dispatch_due(&mut self, now: DateTime<Utc>) {
+        while let Some(entry) = self.waiting.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let message = entry.remove();
+            self.dispatch(message);
+        }
+    }
+
+    fn done(&mut self, message: Queued, attempted: Result<Attempted, SpoolError>) {
+        let id = message.envelope.id.clone();
+        self.in_flight.remove(&id);
+        let removed = self.remove_when_done.remove(&id);
+        match attempted {
+            Ok(Attempted { next_try, bounces }) => {
+                for bounce in bounces {
+                    self.dispatch(bounce);
+                }
+                match next_try {
+                    None => {}
+                    Some(_) if removed => self.remove(message),
+                    Some(next_try) => {
+                        self.waiting.insert((next_try, id), message);
+                    }
+                }
+            }
+            Err(e) => {
+                warn!("{id}: delivery results could not be recorded, trying again later: {e}");
+                let retry =
+                    Utc::now() + crate::delivery::attempt::backoff(&self.deliverer.config, 1);
+                self.waiting.insert((retry, id), message);
+            }
+        }
+    }
+
+    /// Carries out control requests and picks up messages other programs queued.
+    fn look_around(&mut self) {
+        let spool_dir = self.deliverer.config.spool_dir.clone();
+        for request in control::take(&spool_dir) {
+            match request {
+                Request::RunQueue => {
+                    info!("queue run requested: trying every queued message now");
+                    self.dispatch_due(DateTime::<Utc>::MAX_UTC);
+                }
+                Request::Remove(id) => {
+                    if self.in_flight.contains(&id) {
+                        self.remove_when_done.insert(id);
+                    } else if let Some(key) = self
+                        .waiting
+                        .keys()
+                        .find(|(_, queued)| *queued == id)
+                        .cloned()
+                    {
+                        let message = self.waiting.remove(&key).expect("the key was just found");
+                        self.remove(message);
+                    } else {
+                        warn!("remove {id}: no such message in the queue");
+                    }
+                }
+            }
+        }
+        self.known_files.retain(|file| file.exists());
+        match self.deliverer.spool.pick_up(&self.known_files) {
+            Ok(scan) => {
+                for problem in scan.problems {
+                    warn!("spool: {problem}");
+                }
+                for message in scan.messages {
+                    info!("{}: picked up from the spool", message.envelope.id);
+                    self.dispatch(message);
+                }
+            }
+            Err(e) => warn!("spool: cannot look for new messages: {e}"),
+        }
+    }
+
+    fn remove(&mut self, message: Queued) {
+        let id = &message.envelope.id;
+        match self.deliverer.spool.finish(id) {
+            Ok(()) => info!("{id}: removed by the administrator"),
+            Err(e) => error!("{id}: cannot remove: {e}"),
+        }
+    }
+}

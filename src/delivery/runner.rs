@@ -1,0 +1,83 @@
+//! Delivery for the programs that are not the daemon (`postel inetd`, `postel sendmail`, `postel queue run`):
+//! when a daemon runs, it is asked to deliver; otherwise the program takes the spool lock and delivers itself,
+//! so the same message is never delivered by two processes at once.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use log::{info, warn};
+
+use crate::delivery::attempt::Deliverer;
+use crate::delivery::control::{self, Request};
+use crate::spool::{Queued, SpoolError};
+
+/// Who delivers the messages just queued.
+pub enum HandedTo {
+    /// The running daemon, with this PID.
+    Daemon(u32),
+    /// This process delivered them (deferred ones wait for a daemon or a queue run).
+    Here,
+    /// Another program holds the spool; the messages wait for it or for the daemon.
+    Nobody,
+}
+
+/// Makes sure `messages` get delivered: by the daemon if one runs, else here and now.
+pub fn hand_off(deliverer: &Arc<Deliverer>, messages: Vec<Queued>) -> Result<HandedTo, SpoolError> {
+    if messages.is_empty() {
+        return Ok(HandedTo::Nobody);
+    }
+    if let Some(pid) = deliverer.spool.owner() {
+        if let Err(e) = control::ring(pid) {
+            info!(
+                "cannot signal the daemon (pid {pid}): {e}; it will pick the message up within seconds"
+            );
+        }
+        return Ok(HandedTo::Daemon(pid));
+    }
+    let _lock = match deliverer.spool.lock() {
+        Ok(lock) => lock,
+        Err(SpoolError::Busy) => return Ok(HandedTo::Nobody),
+        Err(e) => return Err(e),
+    };
+    deliver_all(deliverer, messages);
+    Ok(HandedTo::Here)
+}
+
+/// Runs the whole queue: asks the daemon if one runs, else delivers every queued message here, now.
+pub fn run_queue(deliverer: &Arc<Deliverer>) -> Result<HandedTo, SpoolError> {
+    let spool = &deliverer.spool;
+    if let Some(pid) = spool.owner() {
+        control::send(&deliverer.config.spool_dir, &Request::RunQueue).map_err(|source| {
+            SpoolError::Io {
+                path: deliverer.config.spool_dir.join("control"),
+                source,
+            }
+        })?;
+        let _ = control::ring(pid);
+        return Ok(HandedTo::Daemon(pid));
+    }
+    let _lock = match spool.lock() {
+        Ok(lock) => lock,
+        Err(SpoolError::Busy) => return Ok(HandedTo::Nobody),
+        Err(e) => return Err(e),
+    };
+    let scan = spool.scan(true)?;
+    for problem in &scan.problems {
+        warn!("spool: {problem}");
+    }
+    deliver_all(deliverer, scan.messages);
+    Ok(HandedTo::Here)
+}
+
+/// One attempt for each message, and for the notifications those attempts queue.
+fn deliver_all(deliverer: &Deliverer, mut messages: Vec<Queued>) {
+    while let Some(mut message) = messages.pop() {
+        match deliverer.attempt(&mut message, Utc::now()) {
+            Ok(attempted) => messages.extend(attempted.bounces),
+            Err(e) => warn!(
+                "{}: delivery results could not be recorded: {e}",
+                message.envelope.id
+            ),
+        }
+    }
+}
