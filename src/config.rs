@@ -79,7 +79,7 @@ pub struct Config {
     pub alias_files: bool,
     /// EXPN expands aliases; false refuses it (`expn`).
     pub expn: bool,
-    /// Delivery worker threads (`delivery_workers`).
+    /// Delivery worker threads (`delivery_workers`); 0 holds every message in the queue.
     pub delivery_workers: usize,
     /// Wait before the first retry of a temporary failure (`retry_first`); doubles up to `retry_max`.
     pub retry_first: Duration,
@@ -352,9 +352,12 @@ pub const KEYS: &[Key] = &[
     },
     Key {
         name: "delivery_workers",
-        doc: "delivery threads: messages delivered at once",
+        doc: "delivery threads: messages delivered at once; 0 holds all mail in the queue (nothing is delivered)",
         set: |c, v| {
-            c.delivery_workers = positive(v)?;
+            c.delivery_workers = match v.as_integer() {
+                Some(n) if n >= 0 => usize::try_from(n).map_err(|_| "too large".to_string())?,
+                _ => return Err("expected a number of threads (0 holds mail in the queue)".into()),
+            };
             Ok(())
         },
         get: |c| integer(c.delivery_workers as u64),

@@ -23,7 +23,7 @@ pub enum HandedTo {
 
 /// Makes sure `messages` get delivered: by the daemon if one runs, else here and now.
 pub fn hand_off(deliverer: &Arc<Deliverer>, messages: Vec<Queued>) -> Result<HandedTo, SpoolError> {
-    if messages.is_empty() {
+    if messages.is_empty() || deliverer.config.delivery_workers == 0 {
         return Ok(HandedTo::Nobody);
     }
     if let Some(pid) = deliverer.spool.owner() {

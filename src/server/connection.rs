@@ -48,6 +48,8 @@ pub enum Handoff {
     Queue(QueueHandle),
     /// Kept for the program to hand on when the session is over (inetd mode, `sendmail -bs`).
     Collect(std::sync::Mutex<Vec<Queued>>),
+    /// Left in the queue (`delivery_workers = 0`).
+    Hold,
 }
 
 impl Handoff {
@@ -58,6 +60,7 @@ impl Handoff {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(message),
+            Handoff::Hold => {}
         }
     }
 }

@@ -17,7 +17,7 @@ use nix::sys::signalfd::SignalFd;
 use crate::config::Config;
 use crate::net::canonical;
 use crate::server::connection::refuse;
-use crate::server::pool::{ClientCounts, Incoming};
+use crate::server::pool::{ClientCounts, Incoming, Occupancy};
 
 const SIGNALS: Token = Token(usize::MAX);
 
@@ -42,6 +42,7 @@ pub fn run(
         Interest::READABLE,
     )?;
     let counts = Arc::new(ClientCounts::default());
+    let occupancy = Arc::new(Occupancy::default());
     let mut events = Events::with_capacity(64);
     loop {
         if let Err(e) = poll.poll(&mut events, None) {
@@ -66,7 +67,7 @@ pub fn run(
                 continue;
             }
             if let Some(listener) = listeners.get(event.token().0) {
-                accept_all(config, listener, &counts, pool);
+                accept_all(config, listener, &counts, &occupancy, pool);
             }
         }
     }
@@ -77,6 +78,7 @@ fn accept_all(
     config: &Config,
     listener: &TcpListener,
     counts: &Arc<ClientCounts>,
+    occupancy: &Arc<Occupancy>,
     pool: &Sender<Incoming>,
 ) {
     loop {
@@ -89,6 +91,16 @@ fn accept_all(
                 warn!("accept failed: {e}");
                 return;
             }
+        };
+        let Some(occupant) = occupancy.try_enter(config.workers + config.accept_queue) else {
+            warn!("refused {peer}: all session workers are busy");
+            refuse(
+                &mut stream,
+                "4.3.2",
+                "All session workers are busy, try again later",
+                &config.hostname,
+            );
+            continue;
         };
         let ip = canonical(peer.ip());
         let slot = if config.is_trusted(ip) {
@@ -112,18 +124,13 @@ fn accept_all(
             stream: stream.into(),
             peer,
             slot,
+            occupant,
         };
-        match pool.try_send(incoming) {
-            Ok(()) => {}
-            Err(TrySendError::Full(mut refused) | TrySendError::Disconnected(mut refused)) => {
-                warn!("refused {peer}: all session workers are busy");
-                refuse(
-                    &mut refused.stream,
-                    "4.3.2",
-                    "All session workers are busy, try again later",
-                    &config.hostname,
-                );
-            }
+        // The channel holds as many as the occupancy admits, so it has room; it fails only at shutdown.
+        if let Err(TrySendError::Full(refused) | TrySendError::Disconnected(refused)) =
+            pool.try_send(incoming)
+        {
+            warn!("refused {}: the session workers are gone", refused.peer);
         }
     }
 }

@@ -87,8 +87,14 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         spool: Arc::clone(&spool),
         aliases: Arc::clone(&aliases),
     });
-    let queue = Queue::start(deliverer, scan.messages)
-        .map_err(|e| ServeError::Setup("start the delivery workers", e))?;
+    let queue = if config.delivery_workers > 0 {
+        let queue = Queue::start(deliverer, scan.messages)
+            .map_err(|e| ServeError::Setup("start the delivery workers", e))?;
+        Some(queue)
+    } else {
+        warn!("delivery_workers = 0: accepted mail is held in the queue, nothing is delivered");
+        None
+    };
 
     let mut listeners = Vec::with_capacity(config.listen.len());
     for addr in &config.listen {
@@ -100,10 +106,12 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         config: Arc::clone(&config),
         spool,
         aliases,
-        handoff: Handoff::Queue(queue.handle()),
+        handoff: queue
+            .as_ref()
+            .map_or(Handoff::Hold, |q| Handoff::Queue(q.handle())),
         shutting_down: AtomicBool::new(false),
     });
-    let (pool_tx, pool_rx) = crossbeam_channel::bounded(config.accept_queue);
+    let (pool_tx, pool_rx) = crossbeam_channel::bounded(config.workers + config.accept_queue);
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
     pool::start(config.workers, pool_rx, Arc::clone(&shared), done_tx)
         .map_err(|e| ServeError::Setup("start the session workers", e))?;
@@ -120,15 +128,19 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         queued,
     );
 
-    let queue_handle = queue.handle();
-    listener::run(&config, listeners, &signals, &pool_tx, &|| {
-        queue_handle.ring()
-    })
-    .map_err(|e| ServeError::Setup("accept connections", e))?;
+    let doorbell = || {
+        if let Some(queue) = &queue {
+            queue.handle().ring();
+        }
+    };
+    listener::run(&config, listeners, &signals, &pool_tx, &doorbell)
+        .map_err(|e| ServeError::Setup("accept connections", e))?;
     shared.shutting_down.store(true, Ordering::Relaxed);
     drop(pool_tx);
     wait_for_sessions(&done_rx, config.shutdown_grace);
-    queue.stop();
+    if let Some(queue) = queue {
+        queue.stop();
+    }
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
@@ -19,6 +19,35 @@ pub struct Incoming {
     pub peer: SocketAddr,
     /// Holds the client's place in the per-client count until the connection ends.
     pub slot: Option<ClientSlot>,
+    /// Holds the connection's place in the pool until it ends.
+    pub occupant: Occupant,
+}
+
+/// Connections handed to the pool and not finished yet: those being served and those waiting for a worker.
+/// Counting them, rather than asking whether the channel has room, admits a burst of connections while the
+/// idle workers are still waking up to take them.
+#[derive(Default)]
+pub struct Occupancy(AtomicUsize);
+
+impl Occupancy {
+    /// Takes a place unless `limit` connections are already in the pool. Only the listener thread enters, so
+    /// the check and the increment cannot race with another entry.
+    pub fn try_enter(self: &Arc<Self>, limit: usize) -> Option<Occupant> {
+        if self.0.load(Ordering::Acquire) >= limit {
+            return None;
+        }
+        self.0.fetch_add(1, Ordering::AcqRel);
+        Some(Occupant(Arc::clone(self)))
+    }
+}
+
+/// One connection's place in the pool, given back when dropped.
+pub struct Occupant(Arc<Occupancy>);
+
+impl Drop for Occupant {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Open connections per untrusted client address.
@@ -103,6 +132,7 @@ fn serve(connection: Incoming, session_id: &str, shared: &Shared) {
         mut stream,
         peer,
         slot,
+        occupant,
     } = connection;
     if let Err(e) = stream
         .set_nonblocking(false)
@@ -126,5 +156,5 @@ fn serve(connection: Incoming, session_id: &str, shared: &Shared) {
         trusted: shared.config.is_trusted(peer.ip()),
     };
     connection::run(&mut stream, &client, session_id, shared);
-    drop(slot);
+    drop((slot, occupant));
 }

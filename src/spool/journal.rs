@@ -137,18 +137,16 @@ impl Journal {
         let bytes = mem::take(&mut inner.pending);
         let batch = mem::take(&mut inner.batch);
         let file = inner.file.take();
+        let compact_at = inner.compact_at;
         drop(inner);
 
         let (file, result) = self.write(file, &bytes);
-        let compact = result.is_ok()
-            && file
-                .as_ref()
-                .is_some_and(|(_, len)| *len >= self.compact_at());
+        let grown = result.is_ok() && file.as_ref().is_some_and(|(_, len)| *len >= compact_at);
         let _ = batch.0.set(result.map_err(Arc::new));
         let mut inner = self.lock();
         inner.file = file;
         self.flushed.notify_all();
-        if compact && live.complete() {
+        if grown && live.complete() {
             drop(inner);
             let compacted =
                 Journal::read(&self.path).and_then(|replay| self.rewrite(replay.messages, live));
@@ -164,10 +162,6 @@ impl Journal {
         inner.flushing = false;
         self.flushed.notify_all();
         inner
-    }
-
-    fn compact_at(&self) -> u64 {
-        self.lock().compact_at
     }
 
     /// Lets a test compact a small journal.

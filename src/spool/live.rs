@@ -86,20 +86,32 @@ impl LiveFiles {
         self.table().records.contains_key(&id)
     }
 
+    /// Whether the group-commit thread is appending to `path`.
+    pub(super) fn appending(&self, path: &Path) -> bool {
+        file_key(path).is_some_and(|key| self.table().files.get(&key).is_some_and(|f| f.appending))
+    }
+
     /// Whether a repairing scan filled the table.
     pub(super) fn complete(&self) -> bool {
         self.table().complete
     }
 
-    /// Takes in what a scan found. `start_up` (the repairing scan) starts the table afresh; otherwise
-    /// files already known are left as they are. Foreign files are remembered, to be skipped.
+    /// Takes in what a scan found. `start_up` (the repairing scan) starts the table afresh but for
+    /// the segment being appended to; otherwise files already known are left as they are. Foreign
+    /// files are remembered, to be skipped.
     pub(super) fn load(&self, files: Vec<FoundFile>, foreign: Vec<PathBuf>, start_up: bool) {
         let mut table = self.table();
         if start_up {
-            *table = Table {
-                complete: true,
-                ..Table::default()
-            };
+            let old = std::mem::take(&mut *table);
+            table.complete = true;
+            for (key, entry) in old.files.into_iter().filter(|(_, f)| f.appending) {
+                for id in &entry.ids {
+                    if let Some(record) = old.records.get(id) {
+                        table.records.insert(*id, *record);
+                    }
+                }
+                table.files.insert(key, entry);
+            }
         }
         table.foreign.extend(foreign);
         for found in files {

@@ -196,10 +196,11 @@ impl Spool {
     /// Reads every record in queue/ and checks its checksum, and reads the journal. A torn tail
     /// (what a crash during an append leaves) ends the reading of its file; files that are not queue
     /// files are left alone. Finished messages are left out; each other one comes with its
-    /// delivery state. With `repair`, which only the holder of the lock may ask for (at start-up,
-    /// before anything is committed), it also empties tmp/, cuts torn tails off, deletes the queue
-    /// files whose messages are all finished, and compacts the journal. Every problem is reported
-    /// in [`Scan::problems`].
+    /// delivery state. With `repair`, which only the holder of the lock may ask for (at start-up),
+    /// it also empties tmp/ (but for files that other programs are still writing), cuts torn tails
+    /// off, deletes the queue files whose messages are all finished (but for the segment the
+    /// group-commit thread is filling), and compacts the journal. Every problem is reported in
+    /// [`Scan::problems`].
     pub fn scan(&self, repair: bool) -> Result<Scan, SpoolError> {
         let journal = self.journal.path();
         let replay = Journal::read(journal).map_err(SpoolError::io(journal))?;
@@ -221,22 +222,7 @@ impl Spool {
             }
         }
         if repair {
-            let mut deleted = false;
-            for file in &found.files {
-                if !file.pinned && file.records.iter().all(|(_, done)| *done) {
-                    match fs::remove_file(&file.path) {
-                        Ok(()) => deleted = true,
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(SpoolError::io(&file.path)(e)),
-                    }
-                }
-            }
-            found
-                .files
-                .retain(|file| file.pinned || file.records.iter().any(|(_, done)| !done));
-            if deleted {
-                sync_dir(&self.queue).map_err(SpoolError::io(&self.queue))?;
-            }
+            self.delete_finished(&mut found.files)?;
         }
         self.live.load(found.files, found.foreign, repair);
         let cut = if repair { " cut off" } else { "" };
@@ -256,6 +242,28 @@ impl Spool {
             self.journal.compact(replay.messages, &self.live)?;
         }
         Ok(scan)
+    }
+
+    /// Deletes the scanned files whose messages are all finished, durably, and leaves them out of
+    /// `files`; the segment being appended to is left out too (the bookkeeping keeps its own
+    /// account of it).
+    fn delete_finished(&self, files: &mut Vec<live::FoundFile>) -> Result<(), SpoolError> {
+        files.retain(|file| !self.live.appending(&file.path));
+        let mut deleted = false;
+        for file in files.iter() {
+            if !file.pinned && file.records.iter().all(|(_, done)| *done) {
+                match fs::remove_file(&file.path) {
+                    Ok(()) => deleted = true,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(SpoolError::io(&file.path)(e)),
+                }
+            }
+        }
+        files.retain(|file| file.pinned || file.records.iter().any(|(_, done)| !done));
+        if deleted {
+            sync_dir(&self.queue).map_err(SpoolError::io(&self.queue))?;
+        }
+        Ok(())
     }
 
     /// The messages in queue files that appeared since `known` was known: files another program

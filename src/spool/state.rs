@@ -159,9 +159,7 @@ pub(super) fn parse(line: &[u8]) -> Result<(QueueId, Entry), String> {
         .ok_or("the line has no newline at its end")?;
     let text = std::str::from_utf8(line).map_err(|_| "the line is not UTF-8")?;
     let (content, crc) = text.rsplit_once(' ').ok_or("no checksum")?;
-    if u32::from_str_radix(crc, 16).ok() != Some(crc32fast::hash(content.as_bytes()))
-        || crc.len() != 8
-    {
+    if crc.len() != 8 || u32::from_str_radix(crc, 16) != Ok(crc32fast::hash(content.as_bytes())) {
         return Err("checksum mismatch".to_string());
     }
     let mut fields = content.split(' ');

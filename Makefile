@@ -1,0 +1,67 @@
+# Postel: build, run, test, benchmark, install.
+#   make run    build (release) and serve on 127.0.0.1:2525 with ./spool and ./mailboxes
+#   make test   install missing test tools (as root), unit tests, then the integration tests in tests/
+
+PREFIX ?= /usr/local
+SBINDIR ?= $(PREFIX)/sbin
+CARGO ?= cargo
+PYTHON ?= python3
+
+.PHONY: all build release run test tools unit integration bench fmt lint install uninstall clean
+
+all: build
+
+build:
+	$(CARGO) build
+
+release:
+	$(CARGO) build --release
+
+run:
+	$(CARGO) run --release -- serve
+
+# The tools the integration tests drive (swaks, socat, smtp-source, mutt, dnsmasq, pytest).
+tools:
+	sh tests/setup-tools.sh
+
+# Both suites run even when the first fails; the result fails if either did.
+test: tools
+	@status=0; \
+	$(MAKE) --no-print-directory unit || status=1; \
+	$(MAKE) --no-print-directory integration || status=1; \
+	exit $$status
+
+unit:
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --no-fail-fast --no-tests=pass; \
+	else \
+		$(CARGO) test; \
+	fi
+
+integration: build
+	$(PYTHON) -m pytest -q tests
+
+bench: release
+	$(PYTHON) bench/run.py
+
+fmt:
+	$(CARGO) fmt
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+# sendmail and mailq are the same binary under other names (it looks at argv[0]).
+install: release
+	install -d $(DESTDIR)$(SBINDIR)
+	install -m 755 target/release/postel $(DESTDIR)$(SBINDIR)/postel
+	ln -sf postel $(DESTDIR)$(SBINDIR)/sendmail
+	ln -sf postel $(DESTDIR)$(SBINDIR)/mailq
+
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/postel $(DESTDIR)$(SBINDIR)/sendmail $(DESTDIR)$(SBINDIR)/mailq
+
+# Build output and test caches only; ./spool and ./mailboxes may hold mail and stay.
+clean:
+	$(CARGO) clean
+	rm -rf .pytest_cache tests/__pycache__ bench/__pycache__

@@ -1,0 +1,369 @@
+"""What the integration tests share: the scripted SMTP client, config files, a running server.
+
+`SmtpConn` reads whole replies (multi-line included) with a deadline, so no
+test can hang; `Postel` is one `postel serve` on a free 127.0.0.1 port with
+its own config, spool and mailboxes in a folder. The binary is $POSTEL_BIN,
+or target/debug/postel in the repository.
+"""
+
+import functools
+import json
+import os
+import re
+import select
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import spool
+
+REPO = Path(__file__).resolve().parent.parent
+POSTEL_BIN = Path(os.environ.get("POSTEL_BIN", REPO / "target" / "debug" / "postel")).resolve()
+HOSTNAME = "postel.test"
+START_TIMEOUT = 10.0
+REPLY_TIMEOUT = 10.0
+ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
+QUEUED = re.compile(r"queued as ([0-9A-F]{20})")
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def toml_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML for {value!r}")
+
+
+@functools.lru_cache(maxsize=None)
+def hold_keys():
+    """Config keys that keep accepted messages in queue/ (no delivery), if this binary has them.
+
+    The tests read what was stored from the spool; a message that delivery has already taken out
+    of it cannot be checked. `delivery_workers = 0` asks for no delivery at all.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "hold.toml"
+        path.write_text("delivery_workers = 0\n")
+        run = subprocess.run([str(POSTEL_BIN), "check", "--config", str(path)], capture_output=True, timeout=10)
+    return {"delivery_workers": 0} if run.returncode == 0 else {}
+
+
+def write_config(folder, port=None, **keys):
+    """Writes <folder>/postel.toml: the test defaults, then `keys` (None drops a key)."""
+    folder = Path(folder)
+    (folder / "spool").mkdir(exist_ok=True)
+    (folder / "mailboxes").mkdir(exist_ok=True)
+    config = {
+        "listen": [f"127.0.0.1:{port or free_port()}"],
+        "hostname": HOSTNAME,
+        "spool_dir": str(folder / "spool"),
+        "mailbox_dir": str(folder / "mailboxes"),
+        "local_users": ["alice", "bob"],
+        **hold_keys(),
+    }
+    config.update(keys)
+    path = folder / "postel.toml"
+    path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in config.items() if v is not None))
+    return path
+
+
+class Reply:
+    """One SMTP reply: `code`, the text `lines` (after "250-"/"250 "), `raw`."""
+
+    def __init__(self, raw_lines):
+        self.raw = raw_lines
+        self.code = int(raw_lines[0][:3])
+        self.lines = [line[4:] for line in raw_lines]
+
+    @property
+    def text(self):
+        return "\n".join(self.lines)
+
+    @property
+    def enhanced(self):
+        """The RFC 3463 status code that starts the last line, or None."""
+        first = self.lines[-1].split(" ", 1)[0]
+        return first if ENHANCED.match(first) else None
+
+    @property
+    def queue_id(self):
+        m = QUEUED.search(self.text)
+        return m[1] if m else None
+
+    def __repr__(self):
+        return "<" + " / ".join(self.raw) + ">"
+
+
+class SmtpConn:
+    """A scripted SMTP client over raw bytes, for tests that need exact bytes on the wire."""
+
+    def __init__(self, sock=None, rfd=None, wfd=None, close_write=None):
+        """Over a socket, or over two file descriptors; `close_write` closes the writing side of those."""
+        self.sock = sock
+        self.rfd = sock.fileno() if sock else rfd
+        self.wfd = wfd
+        self.close_write = close_write
+        self.buf = b""
+        self.eof = False
+
+    @classmethod
+    def connect(cls, port, source=None, timeout=REPLY_TIMEOUT):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        if source:
+            sock.bind((source, 0))
+        sock.connect(("127.0.0.1", port))
+        return cls(sock)
+
+    def send(self, data):
+        if isinstance(data, str):
+            data = data.encode()
+        if self.sock:
+            self.sock.sendall(data)
+        else:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.wfd, view):]
+
+    def _fill(self, deadline):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no complete reply in time; got so far: {self.buf[:300]!r}")
+        ready, _, _ = select.select([self.rfd], [], [], left)
+        if not ready:
+            raise TimeoutError(f"no complete reply in time; got so far: {self.buf[:300]!r}")
+        chunk = self.sock.recv(65536) if self.sock else os.read(self.rfd, 65536)
+        if not chunk:
+            self.eof = True
+            raise EOFError(f"connection closed; unread: {self.buf[:300]!r}")
+        self.buf += chunk
+
+    def read_line(self, timeout=REPLY_TIMEOUT):
+        deadline = time.monotonic() + timeout
+        while b"\r\n" not in self.buf:
+            self._fill(deadline)
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line.decode("utf-8", "replace")
+
+    def reply(self, timeout=REPLY_TIMEOUT):
+        """Reads one whole reply (all its lines)."""
+        deadline = time.monotonic() + timeout
+        lines = []
+        while True:
+            line = self.read_line(max(deadline - time.monotonic(), 0.001))
+            if not re.match(r"^\d{3}[ -]", line) and not re.fullmatch(r"\d{3}", line):
+                raise AssertionError(f"not an SMTP reply line: {line!r} (after {lines})")
+            lines.append(line)
+            if len(line) == 3 or line[3] == " ":
+                return Reply(lines)
+
+    def cmd(self, line, timeout=REPLY_TIMEOUT):
+        """Sends one command line (CRLF added) and returns its reply."""
+        self.send(line.encode() + b"\r\n" if isinstance(line, str) else line + b"\r\n")
+        return self.reply(timeout)
+
+    def expect(self, line, code, enhanced=None):
+        r = self.cmd(line)
+        assert r.code == code, f"{line!r} -> {r}, expected {code}"
+        if enhanced:
+            assert r.enhanced == enhanced, f"{line!r} -> {r}, expected {code} {enhanced}"
+        return r
+
+    def greet(self, helo="client.test", ehlo=True):
+        """Reads the greeting and says EHLO (or HELO); returns the EHLO reply."""
+        g = self.reply()
+        assert g.code == 220, f"greeting {g}"
+        return self.expect(f"{'EHLO' if ehlo else 'HELO'} {helo}", 250)
+
+    def closed(self, timeout=5.0):
+        """True when the peer closes the connection within `timeout` (unread data is dropped)."""
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                self._fill(deadline)
+        except EOFError:
+            return True
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+
+    def shutdown_write(self):
+        """Ends what the client sends: the server reads end of file."""
+        if self.sock:
+            self.sock.shutdown(socket.SHUT_WR)
+        else:
+            self.close_write()
+
+    def close(self):
+        if self.sock:
+            self.sock.close()
+
+
+def transaction(conn, sender, rcpts, body, end=b".\r\n"):
+    """MAIL, RCPT..., DATA, the body (dot-stuffed, ending in CRLF) and `end`; returns the final reply."""
+    conn.expect(f"MAIL FROM:<{sender}>", 250, "2.1.0")
+    for r in rcpts:
+        conn.expect(f"RCPT TO:<{r}>", 250, "2.1.5")
+    conn.expect("DATA", 354)
+    conn.send(body + end)
+    return conn.reply()
+
+
+def find_record(spool_dir, queue_id, log=""):
+    """The one record with this queue id in <spool_dir>/queue/, as (envelope, body)."""
+    found = [(e, b) for e, b in spool.read_queue(spool_dir) if e["id"] == queue_id]
+    if not found and re.search(rf"^.*{queue_id}: (removed|.*status=sent).*$", log, re.M):
+        raise AssertionError(
+            f"{queue_id} was delivered and left the spool before the test could read it; the tests need "
+            f"accepted mail to stay queued (`delivery_workers = 0`, see hold_keys() in tests/helpers.py)")
+    assert len(found) == 1, f"queue id {queue_id}: {len(found)} records in {spool_dir}/queue"
+    return found[0]
+
+
+class Postel:
+    """A running `postel serve`: its port, folders, process and log."""
+
+    def __init__(self, folder, **config):
+        self.dir = Path(folder)
+        self.port = free_port()
+        self.config_path = write_config(self.dir, self.port, **config)
+        self.spool = self.dir / "spool"
+        self.mailboxes = self.dir / "mailboxes"
+        self.log_path = self.dir / "postel.log"
+        self.conns = []
+        self.stopped = False
+        env = dict(os.environ)
+        env["RUST_LOG"] = os.environ.get("POSTEL_TEST_RUST_LOG", "debug")
+        env.pop("RUST_BACKTRACE", None)
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [str(POSTEL_BIN), "serve", "--config", str(self.config_path)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                cwd=self.dir, env=env,
+            )
+        self._wait_ready()
+
+    def _wait_ready(self):
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"postel exited with {self.proc.returncode} at start:\n{self.log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise AssertionError(f"postel did not accept on port {self.port} within {START_TIMEOUT}s:\n{self.log()}")
+                time.sleep(0.05)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def log(self):
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_log(self, pattern, timeout=5.0):
+        """Waits until the log matches `pattern` (a regex); returns the match."""
+        deadline = time.monotonic() + timeout
+        while True:
+            m = re.search(pattern, self.log(), re.M)
+            if m:
+                return m
+            if time.monotonic() > deadline:
+                raise AssertionError(f"log never matched {pattern!r}; log tail:\n{self.log()[-3000:]}")
+            time.sleep(0.05)
+
+    def wait_disconnects(self, count, timeout=5.0):
+        """Waits until the log shows `count` ended sessions (the start-up probe is the first)."""
+        deadline = time.monotonic() + timeout
+        while self.log().count(": disconnect from ") < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"fewer than {count} disconnects logged; log tail:\n{self.log()[-3000:]}")
+            time.sleep(0.05)
+
+    def connect(self, source=None, timeout=REPLY_TIMEOUT):
+        conn = SmtpConn.connect(self.port, source, timeout)
+        self.conns.append(conn)
+        return conn
+
+    def session(self, helo="client.test", source=None):
+        """A connection that has read the greeting and said EHLO."""
+        conn = self.connect(source)
+        conn.greet(helo)
+        return conn
+
+    def records(self):
+        return spool.read_queue(self.spool)
+
+    def queued_ids(self):
+        """Queue ids of the messages the log says were accepted (it holds them whether or not delivered)."""
+        return re.findall(r"([0-9A-F]{20}): from=.*\(queued\)$", self.log(), re.M)
+
+    def assert_nothing_queued(self):
+        assert self.records() == [], f"queue/ holds {[e for e, _ in self.records()]}"
+        assert self.queued_ids() == [], f"the log shows messages queued: {self.queued_ids()}"
+
+    def record(self, queue_id):
+        """The one queue record with this id."""
+        return find_record(self.spool, queue_id, self.log())
+
+    def tmp_files(self):
+        return spool.tmp_files(self.spool)
+
+    def status(self, field):
+        """A field of /proc/<pid>/status in KiB (VmHWM, VmRSS, ...)."""
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+        raise KeyError(field)
+
+    def signal(self, sig):
+        self.stopped = True
+        self.proc.send_signal(sig)
+
+    def wait_exit(self, timeout=15.0):
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"postel still running {timeout}s later; log tail:\n{self.log()[-3000:]}") from None
+
+    def kill(self):
+        for conn in self.conns:
+            conn.close()
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def message(subject="test", body="Hello.\r\n", headers=""):
+    """A small message with CRLF line ends, as bytes."""
+    text = (
+        f"From: Carol <carol@example.org>\r\n"
+        f"To: Alice <alice@localhost>\r\n"
+        f"Subject: {subject}\r\n"
+        f"Message-ID: <{subject.replace(' ', '.')}@client.test>\r\n"
+        f"{headers}"
+        f"\r\n"
+        f"{body}"
+    )
+    return text.encode()
