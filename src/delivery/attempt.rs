@@ -84,6 +84,9 @@ impl Deliverer {
                 finished = false;
             }
             log_outcome(&envelope.id, &route, &outcome, started);
+            if outcome == Outcome::Delivered {
+                self.spool.record_delivered(&envelope.id, &route.key)?;
+            }
             if let Outcome::Failed { status, diagnostic } = &outcome {
                 failures.push(Failure {
                     recipient: route.recipient.clone(),
@@ -97,14 +100,19 @@ impl Deliverer {
                 outcome,
             });
         }
-        // The notification is queued before the failures are recorded: a crash in between sends it twice rather
-        // than never.
+        // Deliveries are recorded as they happen. The notification is queued before the failures are recorded:
+        // a crash in between sends it twice rather than never.
         let bounces = self
             .notify(message, &failures, &headers, now)?
             .into_iter()
             .collect();
-        if !results.is_empty() {
-            self.spool.record(&envelope.id, &results)?;
+        let unfinished: Vec<RecipientResult> = results
+            .iter()
+            .filter(|r| r.outcome != Outcome::Delivered)
+            .cloned()
+            .collect();
+        if !unfinished.is_empty() {
+            self.spool.record(&envelope.id, &unfinished)?;
         }
         if finished {
             self.spool.finish(&envelope.id)?;

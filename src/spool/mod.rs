@@ -296,6 +296,18 @@ impl Spool {
         self.journal.append(&entries, &self.live)
     }
 
+    /// Records one recipient's delivery at once, durably, without counting an attempt: a crash later in the
+    /// same attempt must not deliver to this recipient again. Only the holder of the lock may record.
+    pub fn record_delivered(&self, id: &QueueId, recipient: &str) -> Result<(), SpoolError> {
+        let mut entry = Vec::with_capacity(128);
+        let result = RecipientResult {
+            recipient: recipient.to_string(),
+            outcome: Outcome::Delivered,
+        };
+        state::encode(id, &Entry::Result(result), &mut entry);
+        self.journal.append(&entry, &self.live)
+    }
+
     /// Marks the message finished (every recipient delivered or failed, or removed by the admin),
     /// durably; it will not be scanned again. Its queue file is deleted once every message in it is
     /// finished and nothing appends to it any more (a segment the group-commit thread is still
