@@ -790,6 +790,18 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_documents_every_key() {
+        let readme = include_str!("../README.md");
+        for key in KEYS {
+            assert!(
+                readme.contains(&format!("| `{}` |", key.name)),
+                "README.md lacks a row for {}",
+                key.name
+            );
+        }
+    }
+
+    #[test]
     fn durations_round_trip() {
         for text in ["500ms", "30s", "5m", "1h", "5d", "90s"] {
             assert_eq!(format_duration(parse_duration(text).unwrap()), text);
