@@ -95,6 +95,22 @@ pub struct Config {
     pub stale_lock_age: Duration,
     /// Also take flock(2) on mailboxes (`mailbox_flock`).
     pub mailbox_flock: bool,
+    /// DNS servers for MX lookups (`nameservers`); empty: those of /etc/resolv.conf.
+    pub nameservers: Vec<SocketAddr>,
+    /// The port of other hosts' SMTP servers (`remote_port`).
+    pub remote_port: u16,
+    /// Send all non-local mail to this host instead of the MX (`smarthost`): "host" or "host:port".
+    pub smarthost: Option<String>,
+    /// Domains this host accepts mail for from anyone and forwards, as a backup MX (`relay_domains`).
+    pub relay_domains: Vec<String>,
+    /// Connections to one destination at once (`remote_concurrency`).
+    pub remote_concurrency: usize,
+    /// How long to wait for another server to answer a connection (`remote_connect_timeout`).
+    pub remote_connect_timeout: Duration,
+    /// How long to wait for another server's reply to a command (`remote_command_timeout`).
+    pub remote_command_timeout: Duration,
+    /// How long to wait for another server's reply after the message content (`remote_data_timeout`).
+    pub remote_data_timeout: Duration,
 }
 
 /// A configuration error, already worded for the admin: `file:line: key: what is wrong`.
@@ -428,6 +444,85 @@ pub const KEYS: &[Key] = &[
         },
         get: |c| c.mailbox_flock.into(),
     },
+    Key {
+        name: "nameservers",
+        doc: "DNS servers for MX lookups, \"ip:port\" (default: those of /etc/resolv.conf)",
+        set: |c, v| {
+            c.nameservers = list(v, |s| {
+                s.parse()
+                    .map_err(|_| format!("'{s}' is not an ip:port address"))
+            })?;
+            Ok(())
+        },
+        get: |c| strings(c.nameservers.iter()),
+    },
+    Key {
+        name: "remote_port",
+        doc: "the port other hosts' SMTP servers listen on",
+        set: |c, v| {
+            c.remote_port =
+                u16::try_from(positive(v)?).map_err(|_| "expected a port number".to_string())?;
+            Ok(())
+        },
+        get: |c| integer(u64::from(c.remote_port)),
+    },
+    Key {
+        name: "smarthost",
+        doc: "send all non-local mail to this \"host\" or \"host:port\" instead of the MX (default: none)",
+        set: |c, v| {
+            c.smarthost = match string(v)? {
+                "" => None,
+                host => Some(host.to_string()),
+            };
+            Ok(())
+        },
+        get: |c| c.smarthost.clone().unwrap_or_default().into(),
+    },
+    Key {
+        name: "relay_domains",
+        doc: "domains accepted from anyone and forwarded, as a backup MX",
+        set: |c, v| {
+            c.relay_domains = list(v, |s| domain_name(&Value::from(s)))?;
+            Ok(())
+        },
+        get: |c| strings(c.relay_domains.iter()),
+    },
+    Key {
+        name: "remote_concurrency",
+        doc: "connections to one destination at once",
+        set: |c, v| {
+            c.remote_concurrency = positive(v)?;
+            Ok(())
+        },
+        get: |c| integer(c.remote_concurrency as u64),
+    },
+    Key {
+        name: "remote_connect_timeout",
+        doc: "how long to wait for another server to answer a connection",
+        set: |c, v| {
+            c.remote_connect_timeout = duration(v)?;
+            Ok(())
+        },
+        get: |c| format_duration(c.remote_connect_timeout).into(),
+    },
+    Key {
+        name: "remote_command_timeout",
+        doc: "how long to wait for another server's reply to a command (RFC 5321: 5 minutes)",
+        set: |c, v| {
+            c.remote_command_timeout = duration(v)?;
+            Ok(())
+        },
+        get: |c| format_duration(c.remote_command_timeout).into(),
+    },
+    Key {
+        name: "remote_data_timeout",
+        doc: "how long to wait for another server's reply after the message (RFC 5321: 10 minutes)",
+        set: |c, v| {
+            c.remote_data_timeout = duration(v)?;
+            Ok(())
+        },
+        get: |c| format_duration(c.remote_data_timeout).into(),
+    },
 ];
 
 /// Where a system install keeps its configuration.
@@ -478,6 +573,14 @@ impl Config {
             mailbox_lock_timeout: Duration::from_secs(30),
             stale_lock_age: Duration::from_secs(5 * 60),
             mailbox_flock: false,
+            nameservers: Vec::new(),
+            remote_port: 25,
+            smarthost: None,
+            relay_domains: Vec::new(),
+            remote_concurrency: 2,
+            remote_connect_timeout: Duration::from_secs(30),
+            remote_command_timeout: Duration::from_secs(5 * 60),
+            remote_data_timeout: Duration::from_secs(10 * 60),
         }
     }
 
@@ -551,6 +654,13 @@ impl Config {
     /// Whether `ip` belongs to one of the trusted networks.
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
         self.trusted_networks.iter().any(|n| n.contains(ip))
+    }
+
+    /// Whether `domain` (any case) is one this host accepts from anyone and forwards.
+    pub fn is_relay_domain(&self, domain: &str) -> bool {
+        self.relay_domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(domain))
     }
 
     /// Whether `domain` (any case) is one this host delivers locally.

@@ -5,6 +5,7 @@ pub mod commands;
 pub mod config;
 pub mod delivery;
 pub mod net;
+pub mod remote;
 pub mod server;
 pub mod smtp;
 pub mod spool;

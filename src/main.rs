@@ -13,7 +13,7 @@ const USAGE: &str = "\
 usage: postel serve [--config FILE] [--listen ADDR]... [--spool DIR] [--mailboxes DIR]
        postel inetd [--config FILE] [--spool DIR] [--mailboxes DIR]
        postel check [--config FILE]
-       postel queue list|run|show ID|remove ID [--config FILE]
+       postel queue list|run [--domain D]|show ID|remove ID [--config FILE]
        postel sendmail [--config FILE] [sendmail options] [recipient...]
 
   serve     run the SMTP server (127.0.0.1:2525, ./spool and ./mailboxes unless configured)
@@ -34,6 +34,8 @@ struct Options {
     mailboxes: Option<PathBuf>,
     /// Words that are not options: the queue command's action and id.
     words: Vec<String>,
+    /// `queue run --domain D`.
+    domain: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -142,11 +144,11 @@ fn run(args: Vec<String>) -> Result<(), String> {
             .as_slice()
         {
             ["list"] | [] => queue::list(&config, &mut out),
-            ["run"] => queue::run(config, &mut out),
+            ["run"] => queue::run(config, options.domain.as_deref(), &mut out),
             ["show", id] => queue::show(&config, id, &mut out),
             ["remove", id] => queue::remove(config, id, &mut out),
             _ => Err(format!(
-                "usage: postel queue list|run|show ID|remove ID\n{USAGE}"
+                "usage: postel queue list|run [--domain D]|show ID|remove ID\n{USAGE}"
             )),
         },
         other => Err(format!("unknown command '{other}'\n{USAGE}")),
@@ -172,6 +174,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
             "--listen" => options.listen.push(value()?),
             "--spool" => options.spool = Some(value()?.into()),
             "--mailboxes" => options.mailboxes = Some(value()?.into()),
+            "--domain" => options.domain = Some(value()?),
             _ if !flag.starts_with('-') => options.words.push(arg.clone()),
             _ => return Err(format!("unknown option '{arg}'\n{USAGE}")),
         }

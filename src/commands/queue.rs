@@ -118,10 +118,11 @@ pub fn show(config: &Config, id: &str, out: &mut dyn Write) -> Result<(), String
     Ok(())
 }
 
-/// `postel queue run`: every queued message is tried now, by the daemon or, when none runs, here.
-pub fn run(config: Config, out: &mut dyn Write) -> Result<(), String> {
+/// `postel queue run [--domain D]`: every queued message (or those for D) is tried now, by the daemon or, when
+/// none runs, here.
+pub fn run(config: Config, node: Option<&str>, out: &mut dyn Write) -> Result<(), String> {
     let deliverer = deliverer(config)?;
-    let said = match runner::run_queue(&deliverer).map_err(|e| e.to_string())? {
+    let said = match runner::run_queue(&deliverer, node).map_err(|e| e.to_string())? {
         HandedTo::Daemon(pid) => format!("asked the running daemon (pid {pid}) to run the queue"),
         HandedTo::Here => "queue run finished".to_string(),
         HandedTo::Nobody => "another program is running the queue; try again shortly".to_string(),
@@ -167,9 +168,5 @@ pub fn deliverer(config: Config) -> Result<Arc<Deliverer>, String> {
     let config = Arc::new(config);
     let aliases = Arc::new(load_aliases(&config).map_err(|e| e.to_string())?);
     let spool = Arc::new(Spool::open(&config.spool_dir).map_err(|e| e.to_string())?);
-    Ok(Arc::new(Deliverer {
-        config,
-        spool,
-        aliases,
-    }))
+    Ok(Arc::new(Deliverer::new(config, spool, aliases)))
 }

@@ -139,7 +139,7 @@ pub fn run(
     let software = |e: String| (EX_SOFTWARE, e);
     match invocation.mode {
         Mode::List => queue::list(&config, out).map_err(software),
-        Mode::RunQueue => queue::run(config, out).map_err(software),
+        Mode::RunQueue => queue::run(config, None, out).map_err(software),
         Mode::Smtp => {
             let client = Client {
                 ip: None,

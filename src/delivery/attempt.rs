@@ -1,6 +1,7 @@
 //! One delivery attempt of one queued message: route every recipient, deliver to each target not yet done,
 //! notify the sender of failures, record the results, and finish the message when nothing is left to do.
 
+use std::collections::HashMap;
 use std::io::{BufReader, Read};
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use crate::delivery::local::{Destination, Route, Router};
 use crate::delivery::mbox::{self, MboxSettings};
 use crate::delivery::pipe;
 use crate::delivery::trace::{self, Loop, Origin};
+use crate::remote::relay::Relay;
 use crate::spool::{self, Outcome, QueueId, Queued, RecipientResult, Spool, SpoolError};
 
 /// How much of a message is read to find its header section (for loop checks and bounces).
@@ -24,6 +26,7 @@ pub struct Deliverer {
     pub config: Arc<Config>,
     pub spool: Arc<Spool>,
     pub aliases: Arc<Aliases>,
+    relay: Relay,
 }
 
 /// What became of an attempt.
@@ -35,6 +38,16 @@ pub struct Attempted {
 }
 
 impl Deliverer {
+    pub fn new(config: Arc<Config>, spool: Arc<Spool>, aliases: Arc<Aliases>) -> Deliverer {
+        let relay = Relay::new(&config);
+        Deliverer {
+            config,
+            spool,
+            aliases,
+            relay,
+        }
+    }
+
     /// Tries every target of `message` that is neither delivered nor failed. The results are on disk before this
     /// returns; an Err means they could not be recorded, and the message stays as it was for a later attempt.
     pub fn attempt(
@@ -58,13 +71,22 @@ impl Deliverer {
         let mut failures = Vec::new();
         let mut next_try = None;
         let mut finished = true;
-        for route in router.routes(&envelope.recipients) {
-            match message.state.outcome(&route.key) {
-                Some(Outcome::Delivered | Outcome::Failed { .. }) => continue,
-                Some(Outcome::Deferred { .. }) | None => {}
-            }
-            let started = std::time::Instant::now();
-            let mut outcome = self.deliver(message, &route, &headers, now);
+        let pending: Vec<Route> = router
+            .routes(&envelope.recipients)
+            .into_iter()
+            .filter(|route| {
+                !matches!(
+                    message.state.outcome(&route.key),
+                    Some(Outcome::Delivered | Outcome::Failed { .. })
+                )
+            })
+            .collect();
+        let mut relayed = self.relay_all(message, &pending);
+        for route in pending {
+            let mut outcome = match relayed.remove(&route.key) {
+                Some(outcome) => outcome,
+                None => self.deliver(message, &route, &headers, now),
+            };
             if let (
                 Outcome::Deferred {
                     status, diagnostic, ..
@@ -83,7 +105,7 @@ impl Deliverer {
                 next_try = Some(next_try.map_or(*at, |t: DateTime<Utc>| t.min(*at)));
                 finished = false;
             }
-            log_outcome(&envelope.id, &route, &outcome, started);
+            log_outcome(&envelope.id, &route, &outcome, envelope.arrival);
             if outcome == Outcome::Delivered {
                 self.spool.record_delivered(&envelope.id, &route.key)?;
             }
@@ -122,6 +144,33 @@ impl Deliverer {
         Ok(Attempted { next_try, bounces })
     }
 
+    /// Sends the message on to the remote recipients among `routes`: one transaction per domain, for all its
+    /// recipients. Returns the outcome for each remote route's key.
+    fn relay_all(&self, message: &Queued, routes: &[Route]) -> HashMap<String, Outcome> {
+        let mut by_domain: Vec<(String, Vec<String>)> = Vec::new();
+        for route in routes {
+            let Destination::Remote(address) = &route.destination else {
+                continue;
+            };
+            let domain = address
+                .rsplit_once('@')
+                .map_or("", |(_, d)| d)
+                .to_ascii_lowercase();
+            match by_domain.iter_mut().find(|(d, _)| *d == domain) {
+                Some((_, addresses)) => addresses.push(address.clone()),
+                None => by_domain.push((domain, vec![address.clone()])),
+            }
+        }
+        let mut outcomes = HashMap::new();
+        for (domain, addresses) in by_domain {
+            let results = self
+                .relay
+                .deliver(&self.spool, message, &domain, &addresses);
+            outcomes.extend(addresses.into_iter().zip(results));
+        }
+        outcomes
+    }
+
     fn deliver(
         &self,
         message: &Queued,
@@ -131,12 +180,7 @@ impl Deliverer {
     ) -> Outcome {
         match &route.destination {
             Destination::Refused { status, reason } => return failed(status, reason.clone()),
-            Destination::Remote(_) => {
-                return deferred(
-                    "4.4.0",
-                    "remote delivery is not available on this host yet".into(),
-                );
-            }
+            Destination::Remote(_) => unreachable!("remote routes are relayed"),
             Destination::Mailbox { .. } | Destination::File(_) | Destination::Command(_) => {}
         }
         match trace::find_loop(headers, &route.recipient) {
@@ -319,14 +363,17 @@ fn deferred(status: &str, diagnostic: String) -> Outcome {
     }
 }
 
-/// One line per delivery attempt of one target, as Postfix writes them.
-fn log_outcome(id: &QueueId, route: &Route, outcome: &Outcome, started: std::time::Instant) {
+/// One line per delivery attempt of one target, as Postfix writes them; the delay counts from the arrival.
+fn log_outcome(id: &QueueId, route: &Route, outcome: &Outcome, arrival: DateTime<Utc>) {
     let to = if route.key == route.recipient {
         format!("<{}>", route.key)
     } else {
         format!("<{}> (via <{}>)", route.key, route.recipient)
     };
-    let delay = started.elapsed().as_secs_f64();
+    let delay = (Utc::now() - arrival)
+        .num_microseconds()
+        .unwrap_or(i64::MAX) as f64
+        / 1e6;
     match outcome {
         Outcome::Delivered => info!("{id}: to={to}, delay={delay:.3}s, status=sent (delivered)"),
         Outcome::Deferred {

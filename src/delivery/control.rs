@@ -14,8 +14,9 @@ use crate::spool::QueueId;
 /// What the daemon is asked to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
-    /// Try every queued message now, whatever its retry time.
-    RunQueue,
+    /// Try every queued message now, whatever its retry time; with a node (ETRN's "example.org", or
+    /// "@example.org" for it and its subdomains), only the messages with recipients there.
+    RunQueue(Option<String>),
     /// Drop a message from the queue.
     Remove(QueueId),
 }
@@ -29,7 +30,8 @@ pub fn send(spool_dir: &Path, request: &Request) -> io::Result<()> {
     let dir = control_dir(spool_dir);
     fs::create_dir_all(&dir)?;
     let name = match request {
-        Request::RunQueue => "run".to_string(),
+        Request::RunQueue(None) => "run".to_string(),
+        Request::RunQueue(Some(node)) => format!("run.{node}"),
         Request::Remove(id) => format!("remove.{id}"),
     };
     fs::write(dir.join(name), b"")
@@ -50,11 +52,17 @@ pub fn take(spool_dir: &Path) -> Vec<Request> {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let request = match name.to_str() {
-            Some("run") => Request::RunQueue,
-            Some(name) => match name.strip_prefix("remove.").and_then(|id| id.parse().ok()) {
-                Some(id) => Request::Remove(id),
-                None => continue,
-            },
+            Some("run") => Request::RunQueue(None),
+            Some(name) => {
+                if let Some(node) = name.strip_prefix("run.") {
+                    Request::RunQueue(Some(node.to_string()))
+                } else if let Some(id) = name.strip_prefix("remove.").and_then(|id| id.parse().ok())
+                {
+                    Request::Remove(id)
+                } else {
+                    continue;
+                }
+            }
             None => continue,
         };
         if fs::remove_file(entry.path()).is_ok() && !requests.contains(&request) {
@@ -72,12 +80,20 @@ mod tests {
     fn requests_are_taken_once() {
         let dir = std::env::temp_dir().join(format!("postel-control-{}", std::process::id()));
         let id: QueueId = "19AB5D7C5E3F1001A3F2".parse().unwrap();
-        send(&dir, &Request::RunQueue).unwrap();
+        send(&dir, &Request::RunQueue(None)).unwrap();
+        send(&dir, &Request::RunQueue(Some("@example.org".into()))).unwrap();
         send(&dir, &Request::Remove(id.clone())).unwrap();
         fs::write(control_dir(&dir).join("junk"), b"").unwrap();
         let mut taken = take(&dir);
         taken.sort_by_key(|r| format!("{r:?}"));
-        assert_eq!(taken, [Request::Remove(id), Request::RunQueue]);
+        assert_eq!(
+            taken,
+            [
+                Request::Remove(id),
+                Request::RunQueue(None),
+                Request::RunQueue(Some("@example.org".into()))
+            ]
+        );
         assert!(take(&dir).is_empty());
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -28,6 +28,8 @@ enum Event {
     Done(Queued, Result<Attempted, SpoolError>),
     /// Look at the control requests and for new files now.
     Doorbell,
+    /// ETRN: try the messages for a node now, and say how many.
+    RunNode(String, Sender<usize>),
     Stop,
 }
 
@@ -44,6 +46,14 @@ impl QueueHandle {
     /// Something was asked of the daemon (SIGUSR1).
     pub fn ring(&self) {
         let _ = self.0.send(Event::Doorbell);
+    }
+
+    /// ETRN: tries the waiting messages with recipients at `node` now ("example.org", or "@example.org" for it
+    /// and its subdomains); returns how many, or None if the queue did not answer in time.
+    pub fn run_node(&self, node: &str) -> Option<usize> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.0.send(Event::RunNode(node.to_string(), reply)).ok()?;
+        answer.recv_timeout(Duration::from_secs(2)).ok()
     }
 }
 
@@ -147,6 +157,9 @@ impl Manager {
                 Ok(Event::New(message)) => self.dispatch(message),
                 Ok(Event::Done(message, attempted)) => self.done(message, attempted),
                 Ok(Event::Doorbell) => self.look_around(),
+                Ok(Event::RunNode(node, reply)) => {
+                    let _ = reply.send(self.run_node(&node));
+                }
                 Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 Err(RecvTimeoutError::Timeout) => {
                     self.dispatch_due(Utc::now());
@@ -205,9 +218,13 @@ impl Manager {
         let spool_dir = self.deliverer.config.spool_dir.clone();
         for request in control::take(&spool_dir) {
             match request {
-                Request::RunQueue => {
+                Request::RunQueue(None) => {
                     info!("queue run requested: trying every queued message now");
                     self.dispatch_due(DateTime::<Utc>::MAX_UTC);
+                }
+                Request::RunQueue(Some(node)) => {
+                    let started = self.run_node(&node);
+                    info!("queue run for {node} requested: {started} messages tried now");
                 }
                 Request::Remove(id) => {
                     if self.in_flight.contains(&id) {
@@ -241,11 +258,58 @@ impl Manager {
         }
     }
 
+    /// Dispatches the waiting messages with a recipient at `node` at once; returns how many.
+    fn run_node(&mut self, node: &str) -> usize {
+        let keys: Vec<_> = self
+            .waiting
+            .iter()
+            .filter(|(_, message)| message.envelope.recipients.iter().any(|r| at_node(r, node)))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &keys {
+            let message = self.waiting.remove(key).expect("the key was just found");
+            self.dispatch(message);
+        }
+        keys.len()
+    }
+
     fn remove(&mut self, message: Queued) {
         let id = &message.envelope.id;
         match self.deliverer.spool.finish(id) {
             Ok(()) => info!("{id}: removed by the administrator"),
             Err(e) => error!("{id}: cannot remove: {e}"),
         }
+    }
+}
+
+/// Whether `recipient` is at an ETRN node: "example.org" is that domain, "@example.org" also its subdomains.
+pub fn at_node(recipient: &str, node: &str) -> bool {
+    let Some((_, domain)) = recipient.rsplit_once('@') else {
+        return false;
+    };
+    match node.strip_prefix('@') {
+        Some(parent) => {
+            domain.eq_ignore_ascii_case(parent)
+                || domain.len() > parent.len()
+                    && domain[domain.len() - parent.len()..].eq_ignore_ascii_case(parent)
+                    && domain.as_bytes()[domain.len() - parent.len() - 1] == b'.'
+        }
+        None => domain.eq_ignore_ascii_case(node),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etrn_nodes() {
+        assert!(at_node("a@example.org", "example.org"));
+        assert!(at_node("a@Example.ORG", "example.org"));
+        assert!(!at_node("a@mx.example.org", "example.org"));
+        assert!(at_node("a@mx.example.org", "@example.org"));
+        assert!(at_node("a@example.org", "@example.org"));
+        assert!(!at_node("a@badexample.org", "@example.org"));
+        assert!(!at_node("postmaster", "example.org"));
     }
 }

@@ -9,6 +9,7 @@ use log::{info, warn};
 
 use crate::delivery::attempt::Deliverer;
 use crate::delivery::control::{self, Request};
+use crate::delivery::queue::at_node;
 use crate::spool::{Queued, SpoolError};
 
 /// Who delivers the messages just queued.
@@ -43,15 +44,15 @@ pub fn hand_off(deliverer: &Arc<Deliverer>, messages: Vec<Queued>) -> Result<Han
     Ok(HandedTo::Here)
 }
 
-/// Runs the whole queue: asks the daemon if one runs, else delivers every queued message here, now.
-pub fn run_queue(deliverer: &Arc<Deliverer>) -> Result<HandedTo, SpoolError> {
+/// Runs the queue — every message, or those with recipients at `node` (see [`at_node`]): asks the daemon if one
+/// runs, else delivers them here, now.
+pub fn run_queue(deliverer: &Arc<Deliverer>, node: Option<&str>) -> Result<HandedTo, SpoolError> {
     let spool = &deliverer.spool;
     if let Some(pid) = spool.owner() {
-        control::send(&deliverer.config.spool_dir, &Request::RunQueue).map_err(|source| {
-            SpoolError::Io {
-                path: deliverer.config.spool_dir.join("control"),
-                source,
-            }
+        let request = Request::RunQueue(node.map(str::to_string));
+        control::send(&deliverer.config.spool_dir, &request).map_err(|source| SpoolError::Io {
+            path: deliverer.config.spool_dir.join("control"),
+            source,
         })?;
         let _ = control::ring(pid);
         return Ok(HandedTo::Daemon(pid));
@@ -65,7 +66,12 @@ pub fn run_queue(deliverer: &Arc<Deliverer>) -> Result<HandedTo, SpoolError> {
     for problem in &scan.problems {
         warn!("spool: {problem}");
     }
-    deliver_all(deliverer, scan.messages);
+    let messages = scan
+        .messages
+        .into_iter()
+        .filter(|m| node.is_none_or(|node| m.envelope.recipients.iter().any(|r| at_node(r, node))))
+        .collect();
+    deliver_all(deliverer, messages);
     Ok(HandedTo::Here)
 }
 

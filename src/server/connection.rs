@@ -89,6 +89,10 @@ pub fn run(transport: &mut dyn Transport, client: &Client, session_id: &str, sha
             Arc::clone(config),
             Arc::clone(&shared.aliases),
             client.trusted,
+            match &shared.handoff {
+                Handoff::Queue(queue) => Some(queue.clone()),
+                Handoff::Collect(_) | Handoff::Hold => None,
+            },
         )),
     );
     let mut driver = Driver {

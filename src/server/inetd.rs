@@ -101,11 +101,7 @@ pub fn run_on_stdio(config: Config, client: &Client, session_id: &str) -> Result
         unreachable!("a stdio session collects its messages");
     };
     let queued = queued.into_inner().unwrap_or_else(|p| p.into_inner());
-    let deliverer = Arc::new(Deliverer {
-        config,
-        spool,
-        aliases,
-    });
+    let deliverer = Arc::new(Deliverer::new(config, spool, aliases));
     runner::hand_off(&deliverer, queued)?;
     Ok(())
 }

@@ -82,11 +82,11 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     spool.start_group_commit()?;
     let spool = Arc::new(spool);
     let queued = scan.messages.len();
-    let deliverer = Arc::new(Deliverer {
-        config: Arc::clone(&config),
-        spool: Arc::clone(&spool),
-        aliases: Arc::clone(&aliases),
-    });
+    let deliverer = Arc::new(Deliverer::new(
+        Arc::clone(&config),
+        Arc::clone(&spool),
+        Arc::clone(&aliases),
+    ));
     let queue = if config.delivery_workers > 0 {
         let queue = Queue::start(deliverer, scan.messages)
             .map_err(|e| ServeError::Setup("start the delivery workers", e))?;

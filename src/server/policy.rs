@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::delivery::aliases::{Aliases, Target};
 use crate::delivery::local;
+use crate::delivery::queue::QueueHandle;
 use crate::smtp::{ForwardPath, Policy, RcptVerdict, Reply};
 
 /// The recipient policy for one client.
@@ -14,6 +15,8 @@ pub struct ServerPolicy {
     aliases: Arc<Aliases>,
     /// The client is in trusted_networks, or a local program: it may relay.
     trusted: bool,
+    /// The daemon's queue, for ETRN; None in inetd mode.
+    queue: Option<QueueHandle>,
 }
 
 /// What a VRFY or EXPN argument names.
@@ -28,11 +31,17 @@ enum Lookup {
 }
 
 impl ServerPolicy {
-    pub fn new(config: Arc<Config>, aliases: Arc<Aliases>, trusted: bool) -> ServerPolicy {
+    pub fn new(
+        config: Arc<Config>,
+        aliases: Arc<Aliases>,
+        trusted: bool,
+        queue: Option<QueueHandle>,
+    ) -> ServerPolicy {
         ServerPolicy {
             config,
             aliases,
             trusted,
+            queue,
         }
     }
 
@@ -79,7 +88,7 @@ impl Policy for ServerPolicy {
             } else {
                 RcptVerdict::UnknownUser
             }
-        } else if self.trusted {
+        } else if self.trusted || self.config.is_relay_domain(&mailbox.domain.to_string()) {
             RcptVerdict::Accept
         } else {
             RcptVerdict::RelayDenied
@@ -134,13 +143,47 @@ impl Policy for ServerPolicy {
         }
     }
 
-    fn etrn(&self, domain: &str) -> Reply {
-        Reply::new(
-            458,
-            "4.3.0",
-            format!(
-                "Unable to queue messages for node {domain}: remote delivery is not available yet"
+    /// ETRN (RFC 1985): the mail waiting for a node is tried now.
+    fn etrn(&self, node: &str) -> Reply {
+        if node.starts_with('#') {
+            return Reply::new(
+                458,
+                "4.3.0",
+                format!("Unable to queue messages for {node}: queue names are not supported"),
+            );
+        }
+        let name = node.strip_prefix('@').unwrap_or(node);
+        let valid = !name.is_empty()
+            && name.len() <= 255
+            && name.split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !valid {
+            return Reply::new(
+                501,
+                "5.5.4",
+                format!("Syntax: ETRN <domain>; '{node}' is not a domain"),
+            );
+        }
+        let Some(queue) = &self.queue else {
+            return Reply::new(
+                458,
+                "4.3.0",
+                format!("Unable to queue messages for node {node}: no queue runner in this mode"),
+            );
+        };
+        match queue.run_node(node) {
+            Some(0) => Reply::new(
+                251,
+                "2.0.0",
+                format!("OK, no messages waiting for node {node}"),
             ),
-        )
+            Some(n) => Reply::new(
+                253,
+                "2.0.0",
+                format!("OK, {n} pending messages for node {node} started"),
+            ),
+            None => Reply::new(250, "2.0.0", format!("Queuing for node {node} started")),
+        }
     }
 }

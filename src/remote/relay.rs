@@ -1,0 +1,446 @@
+//! Relaying one message's recipients at one domain: find the destination (smarthost, MX, or the domain itself),
+//! send one copy per destination host for all of them, reuse connections across messages, and turn what the
+//! other server said into an outcome per recipient.
+
+use std::collections::HashMap;
+use std::io::BufReader;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use log::{debug, info};
+
+use crate::config::Config;
+use crate::remote::client::{ClientError, Connection, RemoteReply, Timeouts};
+use crate::remote::dns::{DnsError, Resolver, Route as MxRoute};
+use crate::spool::{Outcome, Queued, Spool};
+
+/// An idle connection is kept this long for the next message to the same server.
+const IDLE_LIMIT: Duration = Duration::from_secs(10);
+
+/// How long a delivery waits for its turn at a destination that already has `remote_concurrency` connections.
+const SLOT_WAIT: Duration = Duration::from_secs(30);
+
+/// Sends mail to other hosts; shared by the delivery workers.
+pub struct Relay {
+    hostname: String,
+    port: u16,
+    smarthost: Option<(String, u16)>,
+    concurrency: usize,
+    timeouts: Timeouts,
+    /// None when no nameserver is known (no /etc/resolv.conf, none configured): lookups fail for now.
+    resolver: Option<Resolver>,
+    idle: Mutex<HashMap<SocketAddr, Vec<(Connection, Instant)>>>,
+    busy: Mutex<HashMap<String, usize>>,
+    freed: Condvar,
+}
+
+/// A server to try, by name or address, and its port.
+struct Host {
+    name: String,
+    port: u16,
+}
+
+impl Relay {
+    pub fn new(config: &Config) -> Relay {
+        let servers = if config.nameservers.is_empty() {
+            Resolver::from_resolv_conf(std::path::Path::new("/etc/resolv.conf")).unwrap_or_default()
+        } else {
+            config.nameservers.clone()
+        };
+        let smarthost = config.smarthost.as_deref().map(|text| split_port(text, 25));
+        Relay {
+            hostname: config.hostname.clone(),
+            port: config.remote_port,
+            smarthost,
+            concurrency: config.remote_concurrency,
+            timeouts: Timeouts {
+                connect: config.remote_connect_timeout,
+                greeting: config.remote_command_timeout,
+                command: config.remote_command_timeout,
+                data_block: config.remote_data_timeout,
+                end_of_data: config.remote_data_timeout,
+            },
+            resolver: (!servers.is_empty()).then(|| Resolver::new(servers, Duration::from_secs(5))),
+            idle: Mutex::new(HashMap::new()),
+            busy: Mutex::new(HashMap::new()),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Sends `message` to `recipients`, all at `domain`; returns an outcome per recipient, in order.
+    pub fn deliver(
+        &self,
+        spool: &Spool,
+        message: &Queued,
+        domain: &str,
+        recipients: &[String],
+    ) -> Vec<Outcome> {
+        let all = |outcome: Outcome| vec![outcome; recipients.len()];
+        let hosts = match self.hosts(domain) {
+            Ok(hosts) => hosts,
+            Err(outcome) => return all(outcome),
+        };
+        let destination = hosts
+            .first()
+            .map_or_else(String::new, |h| h.name.to_ascii_lowercase());
+        let Some(_slot) = self.take_slot(&destination) else {
+            return all(deferred(
+                "4.4.5",
+                format!("too many deliveries to {destination} at once"),
+            ));
+        };
+        let mut last_error = format!("no server for {domain} could be reached");
+        for host in &hosts {
+            let addresses = match self.addresses(&host.name) {
+                Ok(addresses) => addresses,
+                Err(e) => {
+                    last_error = format!("{}: {e}", host.name);
+                    continue;
+                }
+            };
+            for ip in addresses {
+                let addr = SocketAddr::new(ip, host.port);
+                match self.send(spool, message, addr, recipients) {
+                    Sent::Done(outcomes) => return outcomes,
+                    Sent::TryNext(why) => last_error = format!("{} [{addr}]: {why}", host.name),
+                }
+            }
+        }
+        all(deferred("4.4.1", last_error))
+    }
+
+    /// The servers for `domain`, best first, or the outcome for every recipient when there is none.
+    fn hosts(&self, domain: &str) -> Result<Vec<Host>, Outcome> {
+        if let Some((name, port)) = &self.smarthost {
+            return Ok(vec![Host {
+                name: name.clone(),
+                port: *port,
+            }]);
+        }
+        if let Some(literal) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
+            let ip = literal
+                .strip_prefix("IPv6:")
+                .or(literal.strip_prefix("ipv6:"))
+                .unwrap_or(literal);
+            return Ok(vec![Host {
+                name: ip.to_string(),
+                port: self.port,
+            }]);
+        }
+        let resolver = self.resolver.as_ref().ok_or_else(|| {
+            deferred(
+                "4.4.3",
+                "no DNS server is configured (nameservers, /etc/resolv.conf)".into(),
+            )
+        })?;
+        let exchangers = match resolver.mx(domain) {
+            Ok(MxRoute::Mx(exchangers)) => exchangers,
+            Ok(MxRoute::Implicit) => vec![(0, domain.to_string())],
+            Ok(MxRoute::NullMx) => {
+                return Err(failed(
+                    "5.1.10",
+                    format!("{domain} accepts no mail (null MX, RFC 7505)"),
+                ));
+            }
+            Err(DnsError::NotFound(why)) => {
+                return Err(failed("5.1.2", format!("domain {domain} not found: {why}")));
+            }
+            Err(DnsError::Temporary(why)) => {
+                return Err(deferred("4.4.3", format!("DNS lookup for {domain}: {why}")));
+            }
+        };
+        // RFC 5321 5.1: when this host is one of the exchangers, only better ones may be used.
+        let own = exchangers
+            .iter()
+            .find(|(_, host)| self.is_me(host))
+            .map(|(preference, _)| *preference);
+        let hosts: Vec<Host> = exchangers
+            .into_iter()
+            .filter(|(preference, _)| own.is_none_or(|own| *preference < own))
+            .map(|(_, name)| Host {
+                name,
+                port: self.port,
+            })
+            .collect();
+        if hosts.is_empty() {
+            return Err(failed(
+                "5.4.6",
+                format!("mail for {domain} loops back to myself (MX points to this host)"),
+            ));
+        }
+        Ok(hosts)
+    }
+
+    fn is_me(&self, host: &str) -> bool {
+        host.trim_end_matches('.')
+            .eq_ignore_ascii_case(&self.hostname)
+    }
+
+    fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, String> {
+        if let Ok(ip) = host.parse() {
+            return Ok(vec![ip]);
+        }
+        match &self.resolver {
+            Some(resolver) => resolver.addresses(host).map_err(|e| e.to_string()),
+            None => Err("no DNS server is configured".into()),
+        }
+    }
+
+    /// One transaction with one server, on a cached connection if there is one.
+    fn send(
+        &self,
+        spool: &Spool,
+        message: &Queued,
+        addr: SocketAddr,
+        recipients: &[String],
+    ) -> Sent {
+        let envelope = &message.envelope;
+        let eight_bit = envelope.body.as_deref() == Some("8BITMIME");
+        let (mut connection, reused) = match self.cached(addr) {
+            Some(connection) => (connection, true),
+            None => match Connection::open(addr, &self.hostname, &self.timeouts) {
+                Ok(connection) => (connection, false),
+                Err(ClientError::Rejected { reply, .. }) => {
+                    return Sent::TryNext(reply.to_string());
+                }
+                Err(e) => return Sent::TryNext(e.to_string()),
+            },
+        };
+        let body = match spool.read_body(message) {
+            Ok(body) => body,
+            Err(e) => {
+                return Sent::Done(vec![
+                    deferred(
+                        "4.3.0",
+                        format!("cannot read the queued message: {e}")
+                    );
+                    recipients.len()
+                ]);
+            }
+        };
+        let mut body = BufReader::with_capacity(64 * 1024, body);
+        let server = connection.server_name().to_string();
+        match connection.send(
+            &envelope.sender,
+            recipients,
+            &mut body,
+            message.len,
+            eight_bit,
+            envelope.smtputf8,
+        ) {
+            Ok(sent) => {
+                let outcomes = sent
+                    .recipients
+                    .into_iter()
+                    .map(|result| match result {
+                        Ok(()) => Outcome::Delivered,
+                        Err(reply) => from_reply(&reply),
+                    })
+                    .collect();
+                info!(
+                    "{}: sent to {addr} ({server}): {}",
+                    envelope.id, sent.final_reply
+                );
+                self.keep(addr, connection);
+                Sent::Done(outcomes)
+            }
+            // A cached connection the server has closed meanwhile: try once more on a new one.
+            Err(ClientError::Connection(why)) if reused => {
+                debug!(
+                    "{}: cached connection to {addr} failed ({why}); opening a new one",
+                    envelope.id
+                );
+                self.send(spool, message, addr, recipients)
+            }
+            Err(ClientError::Connection(why)) => Sent::TryNext(why),
+            Err(ClientError::Rejected { step, reply }) => {
+                if !reply.is_permanent() {
+                    self.keep(addr, connection);
+                }
+                let outcome = from_reply(&reply);
+                let outcome = match outcome {
+                    Outcome::Failed { status, diagnostic } => Outcome::Failed {
+                        status,
+                        diagnostic: format!("{diagnostic} (in reply to {step})"),
+                    },
+                    other => other,
+                };
+                Sent::Done(vec![outcome; recipients.len()])
+            }
+            Err(ClientError::Unsendable(why)) => {
+                Sent::Done(vec![failed("5.3.4", why); recipients.len()])
+            }
+        }
+    }
+
+    fn cached(&self, addr: SocketAddr) -> Option<Connection> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut expired = Vec::new();
+        for connections in idle.values_mut() {
+            let (old, fresh): (Vec<_>, Vec<_>) = connections
+                .drain(..)
+                .partition(|(_, since)| since.elapsed() > IDLE_LIMIT);
+            expired.extend(old.into_iter().map(|(c, _)| c));
+            *connections = fresh;
+        }
+        let connection = idle.get_mut(&addr).and_then(|c| c.pop()).map(|(c, _)| c);
+        drop(idle);
+        for old in expired {
+            old.quit();
+        }
+        connection
+    }
+
+    fn keep(&self, addr: SocketAddr, mut connection: Connection) {
+        if connection.reset().is_ok() {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            idle.entry(addr)
+                .or_default()
+                .push((connection, Instant::now()));
+        }
+    }
+
+    /// Waits for a free place among the deliveries to `destination`; None after [`SLOT_WAIT`].
+    fn take_slot(&self, destination: &str) -> Option<Slot<'_>> {
+        let deadline = Instant::now() + SLOT_WAIT;
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let count = busy.entry(destination.to_string()).or_insert(0);
+            if *count < self.concurrency {
+                *count += 1;
+                return Some(Slot {
+                    relay: self,
+                    destination: destination.to_string(),
+                });
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            busy = self
+                .freed
+                .wait_timeout(busy, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+/// One delivery's place at a destination, given back when dropped.
+struct Slot<'a> {
+    relay: &'a Relay,
+    destination: String,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut busy = self.relay.busy.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = busy.get_mut(&self.destination) {
+            *count -= 1;
+            if *count == 0 {
+                busy.remove(&self.destination);
+            }
+        }
+        self.relay.freed.notify_all();
+    }
+}
+
+enum Sent {
+    /// The server took part: an outcome per recipient.
+    Done(Vec<Outcome>),
+    /// This server could not be used: try the next one.
+    TryNext(String),
+}
+
+/// A reply from another server as an outcome: 5xx fails, anything else waits for a retry.
+fn from_reply(reply: &RemoteReply) -> Outcome {
+    let text = format!("{} {}", reply.code, reply.text);
+    if reply.is_permanent() {
+        Outcome::Failed {
+            status: reply.enhanced_status().unwrap_or_else(|| "5.0.0".into()),
+            diagnostic: text,
+        }
+    } else {
+        deferred_owned(
+            reply.enhanced_status().unwrap_or_else(|| "4.0.0".into()),
+            text,
+        )
+    }
+}
+
+fn failed(status: &str, diagnostic: String) -> Outcome {
+    Outcome::Failed {
+        status: status.to_string(),
+        diagnostic,
+    }
+}
+
+fn deferred(status: &str, diagnostic: String) -> Outcome {
+    deferred_owned(status.to_string(), diagnostic)
+}
+
+fn deferred_owned(status: String, diagnostic: String) -> Outcome {
+    Outcome::Deferred {
+        status,
+        diagnostic,
+        next_try: chrono::DateTime::<chrono::Utc>::MIN_UTC,
+    }
+}
+
+/// "host:port" or "host" (then `default`), also "[v6]:port".
+fn split_port(text: &str, default: u16) -> (String, u16) {
+    if let Some(rest) = text.strip_prefix('[')
+        && let Some((host, port)) = rest.split_once(']')
+    {
+        let port = port
+            .strip_prefix(':')
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(default);
+        return (host.to_string(), port);
+    }
+    match text.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => {
+            (host.to_string(), port.parse().unwrap_or(default))
+        }
+        _ => (text.to_string(), default),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smarthost_names_and_ports() {
+        assert_eq!(
+            split_port("mail.isp.example:587", 25),
+            ("mail.isp.example".into(), 587)
+        );
+        assert_eq!(
+            split_port("mail.isp.example", 25),
+            ("mail.isp.example".into(), 25)
+        );
+        assert_eq!(split_port("[::1]:2526", 25), ("::1".into(), 2526));
+        assert_eq!(split_port("127.0.0.1:2526", 25), ("127.0.0.1".into(), 2526));
+    }
+
+    #[test]
+    fn replies_become_outcomes() {
+        let reply = RemoteReply {
+            code: 550,
+            text: "5.1.1 no such user".into(),
+        };
+        assert_eq!(
+            from_reply(&reply),
+            Outcome::Failed {
+                status: "5.1.1".into(),
+                diagnostic: "550 5.1.1 no such user".into()
+            }
+        );
+        let reply = RemoteReply {
+            code: 451,
+            text: "try later".into(),
+        };
+        assert!(
+            matches!(from_reply(&reply), Outcome::Deferred { status, .. } if status == "4.0.0")
+        );
+    }
+}
