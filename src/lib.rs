@@ -10,3 +10,5 @@ pub mod server;
 pub mod smtp;
 pub mod spool;
 pub mod submit;
+#[cfg(test)]
+mod testing;

@@ -424,36 +424,13 @@ impl Walk {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use crate::testing::TempDir;
 
-    /// A fresh directory for one test's include files, removed when dropped.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new() -> TempDir {
-            static COUNT: AtomicUsize = AtomicUsize::new(0);
-            let unique = format!(
-                "postel-aliases-{}-{}",
-                std::process::id(),
-                COUNT.fetch_add(1, Ordering::Relaxed)
-            );
-            let path = std::env::temp_dir().join(unique);
-            fs::create_dir_all(&path).unwrap();
-            TempDir(path)
-        }
-
-        /// Writes `text` to `name` in the directory and returns its full path as a string.
-        fn file(&self, name: &str, text: &str) -> String {
-            let path = self.0.join(name);
-            fs::write(&path, text).unwrap();
-            path.display().to_string()
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
+    /// Writes `text` to `name` in `dir` and returns its full path as a string.
+    fn file(dir: &TempDir, name: &str, text: &str) -> String {
+        let path = dir.0.join(name);
+        fs::write(&path, text).unwrap();
+        path.display().to_string()
     }
 
     fn parse(text: &str) -> Aliases {
@@ -572,9 +549,10 @@ mod tests {
 
     #[test]
     fn include_files_are_read_with_their_comments_and_line_breaks() {
-        let dir = TempDir::new();
-        let nested = dir.file("nested", "dave\n");
-        let list = dir.file(
+        let dir = TempDir::new("aliases");
+        let nested = file(&dir, "nested", "dave\n");
+        let list = file(
+            &dir,
             "list",
             &format!("# members\nalice, bob\n\ncarol\n:INCLUDE: {nested}\n"),
         );
@@ -591,7 +569,7 @@ mod tests {
 
     #[test]
     fn include_errors_name_the_line_and_the_include_path() {
-        let dir = TempDir::new();
+        let dir = TempDir::new("aliases");
         let missing = dir.0.join("missing").display().to_string();
         let message = error(&format!("root: bob\nstaff: :include:{missing}\n"));
         assert!(
@@ -599,21 +577,22 @@ mod tests {
             "{message}"
         );
 
-        let bad = dir.file("bad", "alice\n\"bob\n");
+        let bad = file(&dir, "bad", "alice\n\"bob\n");
         assert_eq!(
             error(&format!("staff: :include:{bad}\n")),
             format!("/etc/aliases:1: in {bad}:2: unterminated quote")
         );
 
         let looping = dir.0.join("loop").display().to_string();
-        dir.file("loop", &format!(":include:{looping}\n"));
+        file(&dir, "loop", &format!(":include:{looping}\n"));
         let expected = format!(
             "/etc/aliases:1: in {looping}:1: :include:{looping} includes itself (an include loop)"
         );
         assert_eq!(error(&format!("staff: :include:{looping}\n")), expected);
 
         for depth in 0..=MAX_INCLUDE_DEPTH {
-            dir.file(
+            file(
+                &dir,
                 &format!("deep{depth}"),
                 &format!(
                     ":include:{}\n",
@@ -638,8 +617,8 @@ mod tests {
 
     #[test]
     fn the_same_file_may_be_included_twice_side_by_side() {
-        let dir = TempDir::new();
-        let list = dir.file("list", "alice\n");
+        let dir = TempDir::new("aliases");
+        let list = file(&dir, "list", "alice\n");
         let aliases = parse(&format!("staff: :include:{list}, :include:{list}\n"));
         assert_eq!(targets(&aliases, "staff"), [local("alice")]);
     }
@@ -700,7 +679,7 @@ mod tests {
 
     #[test]
     fn an_unreadable_aliases_file_is_named() {
-        let dir = TempDir::new();
+        let dir = TempDir::new("aliases");
         let path = dir.0.join("aliases");
         let message = Aliases::load(&path).map(|_| ()).unwrap_err().to_string();
         assert!(

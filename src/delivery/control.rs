@@ -78,7 +78,8 @@ mod tests {
 
     #[test]
     fn requests_are_taken_once() {
-        let dir = std::env::temp_dir().join(format!("postel-control-{}", std::process::id()));
+        let temp = crate::testing::TempDir::new("control");
+        let dir = temp.0.clone();
         let id: QueueId = "19AB5D7C5E3F1001A3F2".parse().unwrap();
         send(&dir, &Request::RunQueue(None)).unwrap();
         send(&dir, &Request::RunQueue(Some("@example.org".into()))).unwrap();
@@ -95,6 +96,5 @@ mod tests {
             ]
         );
         assert!(take(&dir).is_empty());
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -673,31 +673,12 @@ fn held_by(path: &Path, stale_age: Duration) -> io::Result<Option<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::TempDir;
     use std::io::BufReader;
     use std::process::{Command, Stdio};
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A fresh folder under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new() -> TempDir {
-            static COUNT: AtomicUsize = AtomicUsize::new(0);
-            let n = COUNT.fetch_add(1, Ordering::Relaxed);
-            let dir = std::env::temp_dir().join(format!("postel-mbox-{}-{n}", std::process::id()));
-            fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-
-        fn mailbox(&self) -> PathBuf {
-            self.0.join("alice")
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
+    fn mailbox(dir: &TempDir) -> PathBuf {
+        dir.0.join("alice")
     }
 
     fn settings() -> MboxSettings {
@@ -754,16 +735,16 @@ mod tests {
 
     #[test]
     fn one_message_is_framed_converted_and_quoted() {
-        let dir = TempDir::new();
+        let dir = TempDir::new("mbox");
         let body = "Subject: hi\r\n\r\nFrom here\r\n>From there\r\n>>From far\r\n\
                     Fromage\r\n>From\r\n a From b\r\nbare\rcr\r\nend";
-        let appended = deliver(&dir.mailbox(), body.as_bytes()).unwrap();
+        let appended = deliver(&mailbox(&dir), body.as_bytes()).unwrap();
         let lf = "Subject: hi\n\n>From here\n>>From there\n>>>From far\n\
                   Fromage\n>From\n a From b\nbare\rcr\nend\n";
-        let content = fs::read_to_string(dir.mailbox()).unwrap();
+        let content = fs::read_to_string(mailbox(&dir)).unwrap();
         assert_eq!(content, expected(lf));
         assert_eq!(appended, content.len() as u64);
-        let mode = fs::metadata(dir.mailbox()).unwrap().mode();
+        let mode = fs::metadata(mailbox(&dir)).unwrap().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 
@@ -777,10 +758,10 @@ mod tests {
             (">>", ">>\n"),
             ("a\r", "a\r\n"),
         ] {
-            let dir = TempDir::new();
-            deliver(&dir.mailbox(), body.as_bytes()).unwrap();
+            let dir = TempDir::new("mbox");
+            deliver(&mailbox(&dir), body.as_bytes()).unwrap();
             assert_eq!(
-                fs::read_to_string(dir.mailbox()).unwrap(),
+                fs::read_to_string(mailbox(&dir)).unwrap(),
                 expected(lf),
                 "{body:?}"
             );
@@ -799,10 +780,10 @@ mod tests {
 
     #[test]
     fn two_messages_and_raw_bytes() {
-        let dir = TempDir::new();
-        deliver(&dir.mailbox(), b"Subject: one\r\n\r\nhello\r\n").unwrap();
+        let dir = TempDir::new("mbox");
+        deliver(&mailbox(&dir), b"Subject: one\r\n\r\nhello\r\n").unwrap();
         deliver(
-            &dir.mailbox(),
+            &mailbox(&dir),
             b"Subject: two\r\n\r\ngr\xc3\xbc\xc3\x9fe \xff\x80\r\n",
         )
         .unwrap();
@@ -810,7 +791,7 @@ mod tests {
         want.extend_from_slice(FROM_LINE.as_bytes());
         want.extend_from_slice(TRACE_LF.as_bytes());
         want.extend_from_slice(b"Subject: two\n\ngr\xc3\xbc\xc3\x9fe \xff\x80\n\n");
-        assert_eq!(fs::read(dir.mailbox()).unwrap(), want);
+        assert_eq!(fs::read(mailbox(&dir)).unwrap(), want);
     }
 
     #[test]
@@ -858,7 +839,7 @@ mod tests {
 
     #[test]
     fn a_twenty_mebibyte_body_is_streamed() {
-        let dir = TempDir::new();
+        let dir = TempDir::new("mbox");
         let lines = 210_000;
         let mut line = vec![b'x'; 100];
         line[98..].copy_from_slice(b"\r\n");
@@ -869,7 +850,7 @@ mod tests {
         });
         let size = (lines * 100) as u64;
         let appended = append(
-            &dir.mailbox(),
+            &mailbox(&dir),
             None,
             &settings(),
             "bob",
@@ -882,13 +863,13 @@ mod tests {
         let from = "From bob Wed Nov  4 13:49:21 2026\n".len() as u64;
         let quoted = (lines / 10) as u64;
         assert_eq!(appended, from + size - lines as u64 + quoted + 1);
-        assert_eq!(fs::metadata(dir.mailbox()).unwrap().len(), appended);
+        assert_eq!(fs::metadata(mailbox(&dir)).unwrap().len(), appended);
     }
 
     #[test]
     fn a_lock_held_by_a_live_process_times_out() {
-        let dir = TempDir::new();
-        let lock = lock_path(&dir.mailbox());
+        let dir = TempDir::new("mbox");
+        let lock = lock_path(&mailbox(&dir));
         let held = format!("{}\n", std::process::id());
         fs::write(&lock, &held).unwrap();
         let quick = MboxSettings {
@@ -897,7 +878,7 @@ mod tests {
         };
         let started = Instant::now();
         let err = append(
-            &dir.mailbox(),
+            &mailbox(&dir),
             None,
             &quick,
             "bob",
@@ -920,34 +901,34 @@ mod tests {
             held,
             "someone else's lock must stay"
         );
-        assert_eq!(fs::metadata(dir.mailbox()).map(|m| m.len()).unwrap_or(0), 0);
+        assert_eq!(fs::metadata(mailbox(&dir)).map(|m| m.len()).unwrap_or(0), 0);
     }
 
     #[test]
     fn a_lock_left_by_a_dead_process_is_removed_at_once() {
-        let dir = TempDir::new();
+        let dir = TempDir::new("mbox");
         let mut child = Command::new("true").spawn().unwrap();
         let dead = child.id();
         child.wait().unwrap();
-        fs::write(lock_path(&dir.mailbox()), format!("{dead}\n")).unwrap();
+        fs::write(lock_path(&mailbox(&dir)), format!("{dead}\n")).unwrap();
         let quick = MboxSettings {
             lock_timeout: Duration::ZERO,
             ..settings()
         };
-        deliver_with(&dir.mailbox(), &quick, b"x").unwrap();
+        deliver_with(&mailbox(&dir), &quick, b"x").unwrap();
     }
 
     #[test]
     fn a_lock_without_a_pid_is_stale_only_when_old() {
-        let dir = TempDir::new();
-        let lock = lock_path(&dir.mailbox());
+        let dir = TempDir::new("mbox");
+        let lock = lock_path(&mailbox(&dir));
         fs::write(&lock, "").unwrap();
         let quick = MboxSettings {
             lock_timeout: Duration::from_millis(100),
             ..settings()
         };
         let err = append(
-            &dir.mailbox(),
+            &mailbox(&dir),
             None,
             &quick,
             "bob",
@@ -965,13 +946,13 @@ mod tests {
             .unwrap()
             .set_modified(old)
             .unwrap();
-        deliver_with(&dir.mailbox(), &quick, b"x").unwrap();
+        deliver_with(&mailbox(&dir), &quick, b"x").unwrap();
     }
 
     #[test]
     fn an_fcntl_lock_held_elsewhere_is_waited_for() {
-        let dir = TempDir::new();
-        fs::write(dir.mailbox(), "").unwrap();
+        let dir = TempDir::new("mbox");
+        fs::write(mailbox(&dir), "").unwrap();
         let script = "import fcntl, sys, time\n\
                       f = open(sys.argv[1], 'a')\n\
                       fcntl.lockf(f, fcntl.LOCK_EX)\n\
@@ -979,7 +960,7 @@ mod tests {
                       time.sleep(1)\n";
         let Ok(mut holder) = Command::new("python3")
             .args(["-c", script])
-            .arg(dir.mailbox())
+            .arg(mailbox(&dir))
             .stdout(Stdio::piped())
             .spawn()
         else {
@@ -995,7 +976,7 @@ mod tests {
             lock_timeout: Duration::from_millis(200),
             ..settings()
         };
-        let err = deliver_with(&dir.mailbox(), &quick, b"x").unwrap_err();
+        let err = deliver_with(&mailbox(&dir), &quick, b"x").unwrap_err();
         assert!(
             err.message
                 .contains(&format!("fcntl lock held by process {}", holder.id())),
@@ -1003,36 +984,36 @@ mod tests {
             err.message
         );
         let started = Instant::now();
-        deliver(&dir.mailbox(), b"x").unwrap();
+        deliver(&mailbox(&dir), b"x").unwrap();
         assert!(started.elapsed() >= Duration::from_millis(300));
         holder.wait().unwrap();
-        assert_eq!(fs::read_to_string(dir.mailbox()).unwrap(), expected("x\n"));
+        assert_eq!(fs::read_to_string(mailbox(&dir)).unwrap(), expected("x\n"));
     }
 
     #[test]
     fn flock_is_taken_when_configured() {
-        let dir = TempDir::new();
-        fs::write(dir.mailbox(), "").unwrap();
+        let dir = TempDir::new("mbox");
+        fs::write(mailbox(&dir), "").unwrap();
         let held =
-            Flock::lock(File::open(dir.mailbox()).unwrap(), FlockArg::LockExclusive).unwrap();
+            Flock::lock(File::open(mailbox(&dir)).unwrap(), FlockArg::LockExclusive).unwrap();
         let with_flock = MboxSettings {
             flock: true,
             lock_timeout: Duration::from_millis(100),
             ..settings()
         };
-        let err = deliver_with(&dir.mailbox(), &with_flock, b"x").unwrap_err();
+        let err = deliver_with(&mailbox(&dir), &with_flock, b"x").unwrap_err();
         assert!(err.message.contains("flock held"), "{}", err.message);
         drop(held);
-        deliver_with(&dir.mailbox(), &with_flock, b"x").unwrap();
+        deliver_with(&mailbox(&dir), &with_flock, b"x").unwrap();
     }
 
     #[test]
     fn a_symlink_at_the_mailbox_path_is_refused() {
-        let dir = TempDir::new();
+        let dir = TempDir::new("mbox");
         let target = dir.0.join("target");
         fs::write(&target, "keep").unwrap();
-        std::os::unix::fs::symlink(&target, dir.mailbox()).unwrap();
-        let err = deliver(&dir.mailbox(), b"x").unwrap_err();
+        std::os::unix::fs::symlink(&target, mailbox(&dir)).unwrap();
+        let err = deliver(&mailbox(&dir), b"x").unwrap_err();
         assert_eq!((err.permanent, err.status), (false, "4.3.0"));
         assert!(err.message.contains("symbolic link"), "{}", err.message);
         assert_eq!(fs::read_to_string(&target).unwrap(), "keep");
@@ -1040,28 +1021,28 @@ mod tests {
 
     #[test]
     fn a_hard_linked_mailbox_is_refused() {
-        let dir = TempDir::new();
-        fs::write(dir.mailbox(), "keep").unwrap();
-        fs::hard_link(dir.mailbox(), dir.0.join("other")).unwrap();
-        let err = deliver(&dir.mailbox(), b"x").unwrap_err();
+        let dir = TempDir::new("mbox");
+        fs::write(mailbox(&dir), "keep").unwrap();
+        fs::hard_link(mailbox(&dir), dir.0.join("other")).unwrap();
+        let err = deliver(&mailbox(&dir), b"x").unwrap_err();
         assert_eq!((err.permanent, err.status), (false, "4.3.0"));
         assert!(err.message.contains("2 hard links"), "{}", err.message);
-        assert_eq!(fs::read_to_string(dir.mailbox()).unwrap(), "keep");
+        assert_eq!(fs::read_to_string(mailbox(&dir)).unwrap(), "keep");
     }
 
     #[test]
     fn a_full_mailbox_fails_permanently_and_stays_unchanged() {
-        let dir = TempDir::new();
-        deliver(&dir.mailbox(), b"first").unwrap();
-        let before = fs::read(dir.mailbox()).unwrap();
+        let dir = TempDir::new("mbox");
+        deliver(&mailbox(&dir), b"first").unwrap();
+        let before = fs::read(mailbox(&dir)).unwrap();
         let small = MboxSettings {
             max_mailbox_size: 1000,
             ..settings()
         };
-        let err = deliver_with(&dir.mailbox(), &small, &[b'x'; 900]).unwrap_err();
+        let err = deliver_with(&mailbox(&dir), &small, &[b'x'; 900]).unwrap_err();
         assert_eq!((err.permanent, err.status), (true, "5.2.2"));
-        assert_eq!(fs::read(dir.mailbox()).unwrap(), before);
-        deliver_with(&dir.mailbox(), &small, b"fits").unwrap();
+        assert_eq!(fs::read(mailbox(&dir)).unwrap(), before);
+        deliver_with(&mailbox(&dir), &small, b"fits").unwrap();
     }
 
     /// Yields `good` bytes of text, then fails (or panics).
@@ -1085,16 +1066,16 @@ mod tests {
 
     #[test]
     fn a_failure_halfway_truncates_back() {
-        let dir = TempDir::new();
-        deliver(&dir.mailbox(), b"first\r\n").unwrap();
-        let before = fs::read(dir.mailbox()).unwrap();
+        let dir = TempDir::new("mbox");
+        deliver(&mailbox(&dir), b"first\r\n").unwrap();
+        let before = fs::read(mailbox(&dir)).unwrap();
         // More than the 64 KiB write buffer, so part of the message has reached the file when the reader fails.
         let mut body = BufReader::new(Failing {
             good: 200_000,
             panic: false,
         });
         let err = append(
-            &dir.mailbox(),
+            &mailbox(&dir),
             None,
             &settings(),
             "bob",
@@ -1110,22 +1091,22 @@ mod tests {
             "{}",
             err.message
         );
-        assert_eq!(fs::read(dir.mailbox()).unwrap(), before);
-        assert!(!lock_path(&dir.mailbox()).exists());
+        assert_eq!(fs::read(mailbox(&dir)).unwrap(), before);
+        assert!(!lock_path(&mailbox(&dir)).exists());
     }
 
     #[test]
     fn a_panic_halfway_truncates_back_and_unlocks() {
-        let dir = TempDir::new();
-        deliver(&dir.mailbox(), b"first\r\n").unwrap();
-        let before = fs::read(dir.mailbox()).unwrap();
+        let dir = TempDir::new("mbox");
+        deliver(&mailbox(&dir), b"first\r\n").unwrap();
+        let before = fs::read(mailbox(&dir)).unwrap();
         let panicked = std::panic::catch_unwind(|| {
             let mut body = BufReader::new(Failing {
                 good: 200_000,
                 panic: true,
             });
             append(
-                &dir.mailbox(),
+                &mailbox(&dir),
                 None,
                 &settings(),
                 "bob",
@@ -1136,26 +1117,26 @@ mod tests {
             )
         });
         assert!(panicked.is_err());
-        assert_eq!(fs::read(dir.mailbox()).unwrap(), before);
-        assert!(!lock_path(&dir.mailbox()).exists());
+        assert_eq!(fs::read(mailbox(&dir)).unwrap(), before);
+        assert!(!lock_path(&mailbox(&dir)).exists());
     }
 
     #[test]
     fn python_reads_the_mailbox() {
-        let dir = TempDir::new();
+        let dir = TempDir::new("mbox");
         let bodies = [
             "Subject: one\r\n\r\nFrom the start\r\n>From quoted\r\n",
             "Subject: two\r\n\r\nno final newline",
             "Subject: three\r\n\r\n\r\nFrom \r\n",
         ];
         for body in bodies {
-            deliver(&dir.mailbox(), body.as_bytes()).unwrap();
+            deliver(&mailbox(&dir), body.as_bytes()).unwrap();
         }
         let script =
             "import mailbox, sys\nfor m in mailbox.mbox(sys.argv[1]): print(m['Subject'])\n";
         let Ok(out) = Command::new("python3")
             .args(["-c", script])
-            .arg(dir.mailbox())
+            .arg(mailbox(&dir))
             .output()
         else {
             eprintln!("python3 not found: skipping");

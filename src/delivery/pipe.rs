@@ -103,8 +103,8 @@ mod tests {
 
     #[test]
     fn the_command_gets_the_message_and_its_exit_status_decides() {
-        let dir = std::env::temp_dir().join(format!("postel-pipe-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let temp = crate::testing::TempDir::new("pipe");
+        let dir = temp.0.clone();
         let out = dir.join("out");
         let command = format!("cat > {}", out.display());
         let outcome = deliver(
@@ -128,6 +128,5 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
