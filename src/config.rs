@@ -133,6 +133,51 @@ pub struct Key {
     get: fn(&Config) -> Value,
 }
 
+/// A key whose value is a duration like "30s", kept in the field of the same name.
+macro_rules! duration_key {
+    ($field:ident, $doc:literal) => {
+        Key {
+            name: stringify!($field),
+            doc: $doc,
+            set: |c, v| {
+                c.$field = duration(v)?;
+                Ok(())
+            },
+            get: |c| format_duration(c.$field).into(),
+        }
+    };
+}
+
+/// A key whose value is true or false, kept in the field of the same name.
+macro_rules! boolean_key {
+    ($field:ident, $doc:literal) => {
+        Key {
+            name: stringify!($field),
+            doc: $doc,
+            set: |c, v| {
+                c.$field = boolean(v)?;
+                Ok(())
+            },
+            get: |c| c.$field.into(),
+        }
+    };
+}
+
+/// A key whose value is a positive count, kept in the field of the same name.
+macro_rules! count_key {
+    ($field:ident, $doc:literal) => {
+        Key {
+            name: stringify!($field),
+            doc: $doc,
+            set: |c, v| {
+                c.$field = positive(v)?;
+                Ok(())
+            },
+            get: |c| integer(c.$field as u64),
+        }
+    };
+}
+
 /// Every configuration key, in the order `postel check` prints them.
 pub const KEYS: &[Key] = &[
     Key {
@@ -183,24 +228,14 @@ pub const KEYS: &[Key] = &[
         },
         get: |c| c.mailbox_dir.display().to_string().into(),
     },
-    Key {
-        name: "workers",
-        doc: "session worker threads: connections served at once",
-        set: |c, v| {
-            c.workers = positive(v)?;
-            Ok(())
-        },
-        get: |c| integer(c.workers as u64),
-    },
-    Key {
-        name: "accept_queue",
-        doc: "accepted connections that may wait for a worker; beyond it, 421 (default: as many as workers)",
-        set: |c, v| {
-            c.accept_queue = positive(v)?;
-            Ok(())
-        },
-        get: |c| integer(c.accept_queue as u64),
-    },
+    count_key!(
+        workers,
+        "session worker threads: connections served at once"
+    ),
+    count_key!(
+        accept_queue,
+        "accepted connections that may wait for a worker; beyond it, 421 (default: as many as workers)"
+    ),
     Key {
         name: "max_message_size",
         doc: "largest message accepted, in bytes",
@@ -210,15 +245,7 @@ pub const KEYS: &[Key] = &[
         },
         get: |c| integer(c.max_message_size),
     },
-    Key {
-        name: "max_recipients",
-        doc: "recipients per message",
-        set: |c, v| {
-            c.max_recipients = positive(v)?;
-            Ok(())
-        },
-        get: |c| integer(c.max_recipients as u64),
-    },
+    count_key!(max_recipients, "recipients per message"),
     Key {
         name: "max_line_length",
         doc: "longest command line in octets, CRLF included (512 to 32768)",
@@ -250,42 +277,16 @@ pub const KEYS: &[Key] = &[
         },
         get: |c| strings(c.trusted_networks.iter()),
     },
-    Key {
-        name: "max_connections_per_client",
-        doc: "simultaneous connections from one untrusted address; beyond it, 421",
-        set: |c, v| {
-            c.max_connections_per_client = positive(v)?;
-            Ok(())
-        },
-        get: |c| integer(c.max_connections_per_client as u64),
-    },
-    Key {
-        name: "command_timeout",
-        doc: "how long to wait for a command",
-        set: |c, v| {
-            c.command_timeout = duration(v)?;
-            Ok(())
-        },
-        get: |c| format_duration(c.command_timeout).into(),
-    },
-    Key {
-        name: "data_timeout",
-        doc: "how long to wait for more message content",
-        set: |c, v| {
-            c.data_timeout = duration(v)?;
-            Ok(())
-        },
-        get: |c| format_duration(c.data_timeout).into(),
-    },
-    Key {
-        name: "shutdown_grace",
-        doc: "how long sessions may take to finish after SIGTERM",
-        set: |c, v| {
-            c.shutdown_grace = duration(v)?;
-            Ok(())
-        },
-        get: |c| format_duration(c.shutdown_grace).into(),
-    },
+    count_key!(
+        max_connections_per_client,
+        "simultaneous connections from one untrusted address; beyond it, 421"
+    ),
+    duration_key!(command_timeout, "how long to wait for a command"),
+    duration_key!(data_timeout, "how long to wait for more message content"),
+    duration_key!(
+        shutdown_grace,
+        "how long sessions may take to finish after SIGTERM"
+    ),
     Key {
         name: "bare_lf",
         doc: "a bare LF in message content: \"normalize\" (store CRLF) or \"reject\" (550 5.6.0)",
@@ -339,33 +340,15 @@ pub const KEYS: &[Key] = &[
                 .into()
         },
     },
-    Key {
-        name: "alias_commands",
-        doc: "alias targets \"|command\" may run (the command gets the message on stdin)",
-        set: |c, v| {
-            c.alias_commands = boolean(v)?;
-            Ok(())
-        },
-        get: |c| c.alias_commands.into(),
-    },
-    Key {
-        name: "alias_files",
-        doc: "alias targets \"/path\" may be appended to as mbox files",
-        set: |c, v| {
-            c.alias_files = boolean(v)?;
-            Ok(())
-        },
-        get: |c| c.alias_files.into(),
-    },
-    Key {
-        name: "expn",
-        doc: "EXPN shows who is on a list; false refuses it (502)",
-        set: |c, v| {
-            c.expn = boolean(v)?;
-            Ok(())
-        },
-        get: |c| c.expn.into(),
-    },
+    boolean_key!(
+        alias_commands,
+        "alias targets \"|command\" may run (the command gets the message on stdin)"
+    ),
+    boolean_key!(
+        alias_files,
+        "alias targets \"/path\" may be appended to as mbox files"
+    ),
+    boolean_key!(expn, "EXPN shows who is on a list; false refuses it (502)"),
     Key {
         name: "delivery_workers",
         doc: "delivery threads: messages delivered at once; 0 holds all mail in the queue (nothing is delivered)",
@@ -378,33 +361,15 @@ pub const KEYS: &[Key] = &[
         },
         get: |c| integer(c.delivery_workers as u64),
     },
-    Key {
-        name: "retry_first",
-        doc: "first retry after a temporary failure; the wait doubles each time",
-        set: |c, v| {
-            c.retry_first = duration(v)?;
-            Ok(())
-        },
-        get: |c| format_duration(c.retry_first).into(),
-    },
-    Key {
-        name: "retry_max",
-        doc: "longest wait between retries",
-        set: |c, v| {
-            c.retry_max = duration(v)?;
-            Ok(())
-        },
-        get: |c| format_duration(c.retry_max).into(),
-    },
-    Key {
-        name: "queue_lifetime",
-        doc: "how long a message may wait in the queue before it bounces",
-        set: |c, v| {
-            c.queue_lifetime = duration(v)?;
-            Ok(())
-        },
-        get: |c| format_duration(c.queue_lifetime).into(),
-    },
+    duration_key!(
+        retry_first,
+        "first retry after a temporary failure; the wait doubles each time"
+    ),
+    duration_key!(retry_max, "longest wait between retries"),
+    duration_key!(
+        queue_lifetime,
+        "how long a message may wait in the queue before it bounces"
+    ),
     Key {
         name: "mailbox_size_limit",
         doc: "largest mailbox file in bytes; a message that would pass it bounces (5.2.2); 0: no limit",
@@ -417,33 +382,18 @@ pub const KEYS: &[Key] = &[
         },
         get: |c| integer(c.mailbox_size_limit),
     },
-    Key {
-        name: "mailbox_lock_timeout",
-        doc: "how long delivery waits for a locked mailbox before it retries later",
-        set: |c, v| {
-            c.mailbox_lock_timeout = duration(v)?;
-            Ok(())
-        },
-        get: |c| format_duration(c.mailbox_lock_timeout).into(),
-    },
-    Key {
-        name: "stale_lock_age",
-        doc: "a mailbox dot-lock this old, whose holder cannot be seen, is removed",
-        set: |c, v| {
-            c.stale_lock_age = duration(v)?;
-            Ok(())
-        },
-        get: |c| format_duration(c.stale_lock_age).into(),
-    },
-    Key {
-        name: "mailbox_flock",
-        doc: "also take flock(2) on mailboxes, beside fcntl and the dot-lock",
-        set: |c, v| {
-            c.mailbox_flock = boolean(v)?;
-            Ok(())
-        },
-        get: |c| c.mailbox_flock.into(),
-    },
+    duration_key!(
+        mailbox_lock_timeout,
+        "how long delivery waits for a locked mailbox before it retries later"
+    ),
+    duration_key!(
+        stale_lock_age,
+        "a mailbox dot-lock this old, whose holder cannot be seen, is removed"
+    ),
+    boolean_key!(
+        mailbox_flock,
+        "also take flock(2) on mailboxes, beside fcntl and the dot-lock"
+    ),
     Key {
         name: "nameservers",
         doc: "DNS servers for MX lookups, \"ip:port\" (default: those of /etc/resolv.conf)",
@@ -487,42 +437,19 @@ pub const KEYS: &[Key] = &[
         },
         get: |c| strings(c.relay_domains.iter()),
     },
-    Key {
-        name: "remote_concurrency",
-        doc: "connections to one destination at once",
-        set: |c, v| {
-            c.remote_concurrency = positive(v)?;
-            Ok(())
-        },
-        get: |c| integer(c.remote_concurrency as u64),
-    },
-    Key {
-        name: "remote_connect_timeout",
-        doc: "how long to wait for another server to answer a connection",
-        set: |c, v| {
-            c.remote_connect_timeout = duration(v)?;
-            Ok(())
-        },
-        get: |c| format_duration(c.remote_connect_timeout).into(),
-    },
-    Key {
-        name: "remote_command_timeout",
-        doc: "how long to wait for another server's reply to a command (RFC 5321: 5 minutes)",
-        set: |c, v| {
-            c.remote_command_timeout = duration(v)?;
-            Ok(())
-        },
-        get: |c| format_duration(c.remote_command_timeout).into(),
-    },
-    Key {
-        name: "remote_data_timeout",
-        doc: "how long to wait for another server's reply after the message (RFC 5321: 10 minutes)",
-        set: |c, v| {
-            c.remote_data_timeout = duration(v)?;
-            Ok(())
-        },
-        get: |c| format_duration(c.remote_data_timeout).into(),
-    },
+    count_key!(remote_concurrency, "connections to one destination at once"),
+    duration_key!(
+        remote_connect_timeout,
+        "how long to wait for another server to answer a connection"
+    ),
+    duration_key!(
+        remote_command_timeout,
+        "how long to wait for another server's reply to a command (RFC 5321: 5 minutes)"
+    ),
+    duration_key!(
+        remote_data_timeout,
+        "how long to wait for another server's reply after the message (RFC 5321: 10 minutes)"
+    ),
 ];
 
 /// Where a system install keeps its configuration.
