@@ -28,9 +28,9 @@ struct Stdio {
 
 impl Read for Stdio {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let millis = u16::try_from(self.timeout.as_millis()).unwrap_or(u16::MAX);
+        let timeout = PollTimeout::try_from(self.timeout).unwrap_or(PollTimeout::MAX);
         let mut fds = [PollFd::new(self.input.as_fd(), PollFlags::POLLIN)];
-        if poll(&mut fds, PollTimeout::from(millis))? == 0 {
+        if poll(&mut fds, timeout)? == 0 {
             return Err(io::ErrorKind::TimedOut.into());
         }
         self.input.read(buf)
