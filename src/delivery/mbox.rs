@@ -1,11 +1,13 @@
 //! Appending one message to an mbox file: dot-lock, fcntl and flock locking, the From_ line, mboxrd quoting,
 //! the size limit, and rolling back to the old size on any failure.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufWriter, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, LazyLock, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -93,6 +95,7 @@ pub fn append(
     body_len: u64,
 ) -> Result<u64, MboxError> {
     let from_line = from_line(from_line_sender, arrival);
+    let _turn = Turn::take(path);
     let locked = lock(path, owner, settings)?;
     let old_size = locked.size;
     let estimate = (from_line.len() + trace_headers.len() + 2) as u64 + body_len;
@@ -142,6 +145,40 @@ pub fn append(
             }
             Err(err)
         }
+    }
+}
+
+/// A delivery thread's turn at one mailbox. Threads of this process wait for each other here, in order, before
+/// they take the file locks: fcntl locks do not keep apart threads of one process, and the dot-lock's retry
+/// delay would make them wait far longer than an append takes.
+struct Turn {
+    path: PathBuf,
+}
+
+/// The mailboxes a thread of this process is appending to, and the signal that one of them is free again.
+static BUSY: LazyLock<(Mutex<HashSet<PathBuf>>, Condvar)> = LazyLock::new(Default::default);
+
+impl Turn {
+    fn take(path: &Path) -> Turn {
+        let (busy, freed) = &*BUSY;
+        let mut busy = busy.lock().unwrap_or_else(|p| p.into_inner());
+        while busy.contains(path) {
+            busy = freed.wait(busy).unwrap_or_else(|p| p.into_inner());
+        }
+        busy.insert(path.to_path_buf());
+        Turn {
+            path: path.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let (busy, freed) = &*BUSY;
+        busy.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.path);
+        freed.notify_all();
     }
 }
 
