@@ -43,6 +43,8 @@ integration: build
 
 bench: release
 	$(PYTHON) bench/run.py
+	$(PYTHON) bench/relay.py
+	$(PYTHON) bench/delivery.py
 
 fmt:
 	$(CARGO) fmt

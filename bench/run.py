@@ -32,6 +32,7 @@ import os
 import re
 import shutil
 import signal
+import smtplib
 import socket
 import subprocess
 import sys
@@ -311,6 +312,19 @@ def build():
     return REPO / "target" / "release" / "postel"
 
 
+def big_message_growth(server, size=20 * 1024 * 1024):
+    """How much the server's peak RSS grows while it takes in one `size`-byte message (KiB)."""
+    wait_idle(server)
+    server.reset_peak()
+    before = status_kib(server.proc.pid, "VmHWM")
+    line = b"x" * 998 + b"\r\n"
+    body = b"Subject: big\r\n\r\n" + line * (size // len(line))
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=60) as client:
+        client.sendmail("bench@localhost", ["big@localhost"], body)
+    wait_idle(server)
+    return status_kib(server.proc.pid, "VmHWM") - before
+
+
 def main():
     if not os.access(SMTP_SOURCE, os.X_OK):
         sys.exit("smtp-source (Debian package postfix) is missing: run tests/setup-tools.sh as root")
@@ -345,6 +359,8 @@ def main():
                 else:
                     print(f"{label:<44} {server.name:<8} {messages:>6} {'failed':>9}")
                 sys.stdout.flush()
+        growth = big_message_growth(postel)
+        print(f"\npostel: peak RSS grew by {growth / 1024:.2f} MiB while a 20 MiB message arrived")
         if postfix:
             print(f"\n{'Postel/Postfix':<44} {'msg/s':>9} {'cpu/msg':>9} {'peak mem':>9}")
             for label, *_ in CASES:

@@ -246,16 +246,26 @@ class Postel:
         self.log_path = self.dir / "postel.log"
         self.conns = []
         self.stopped = False
+        self._start("wb")
+
+    def _start(self, mode):
         env = dict(os.environ)
         env["RUST_LOG"] = os.environ.get("POSTEL_TEST_RUST_LOG", "debug")
         env.pop("RUST_BACKTRACE", None)
-        with open(self.log_path, "wb") as log:
+        env.pop("POSTEL_CONFIG", None)
+        with open(self.log_path, mode) as log:
             self.proc = subprocess.Popen(
                 [str(POSTEL_BIN), "serve", "--config", str(self.config_path)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 cwd=self.dir, env=env,
             )
         self._wait_ready()
+
+    def restart(self):
+        """Starts `postel serve` again on the same config, spool and port (after kill() or an exit); the log goes on."""
+        assert self.proc.poll() is not None, "restart() of a server that still runs"
+        self.stopped = False
+        self._start("ab")
 
     def _wait_ready(self):
         deadline = time.monotonic() + START_TIMEOUT

@@ -6,7 +6,7 @@ use std::io::{BufReader, Read};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use log::{info, warn};
+use log::{error, info, warn};
 
 use crate::config::Config;
 use crate::delivery::aliases::Aliases;
@@ -106,7 +106,9 @@ impl Deliverer {
                 finished = false;
             }
             log_outcome(&envelope.id, &route, &outcome, envelope.arrival);
-            if outcome == Outcome::Delivered {
+            // Relayed deliveries were recorded as soon as the other server took them.
+            let relayed = matches!(route.destination, Destination::Remote(_));
+            if outcome == Outcome::Delivered && !relayed {
                 self.spool.record_delivered(&envelope.id, &route.key)?;
             }
             if let Outcome::Failed { status, diagnostic } = &outcome {
@@ -163,9 +165,19 @@ impl Deliverer {
         }
         let mut outcomes = HashMap::new();
         for (domain, addresses) in by_domain {
+            let record = |taken: &[&String]| {
+                for address in taken {
+                    if let Err(e) = self.spool.record_delivered(&message.envelope.id, address) {
+                        error!(
+                            "{}: cannot record the delivery to {address}: {e}",
+                            message.envelope.id
+                        );
+                    }
+                }
+            };
             let results = self
                 .relay
-                .deliver(&self.spool, message, &domain, &addresses);
+                .deliver(&self.spool, message, &domain, &addresses, &record);
             outcomes.extend(addresses.into_iter().zip(results));
         }
         outcomes

@@ -7,6 +7,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufWriter, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, LazyLock, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -615,23 +616,34 @@ impl DotLock {
         )))
     }
 
+    /// Writes our PID into a file of our own and links it into place, as liblockfile does, so the lock never
+    /// exists without the PID in it (a kill between creating and writing would leave a lock nobody can claim).
     fn create(path: &Path) -> io::Result<DotLock> {
-        let mut file = OpenOptions::new()
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let mut own = path.as_os_str().to_owned();
+        own.push(format!(
+            ".{}.{}",
+            std::process::id(),
+            COUNT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let own = PathBuf::from(own);
+        let written = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o644)
-            .open(path)?;
-        let meta = file.metadata().inspect_err(|_| {
+            .open(&own)
+            .and_then(|mut file| file.write_all(format!("{}\n", std::process::id()).as_bytes()));
+        let linked = written.and_then(|()| fs::hard_link(&own, path));
+        let _ = fs::remove_file(&own);
+        linked?;
+        let meta = fs::symlink_metadata(path).inspect_err(|_| {
             let _ = fs::remove_file(path);
         })?;
-        let lock = DotLock {
+        Ok(DotLock {
             path: path.to_owned(),
             dev: meta.dev(),
             ino: meta.ino(),
-        };
-        // On failure `lock` drops and removes the file again.
-        file.write_all(format!("{}\n", std::process::id()).as_bytes())?;
-        Ok(lock)
+        })
     }
 }
 

@@ -24,6 +24,20 @@ pub fn trace_headers(
     recipient: &str,
     now: DateTime<Utc>,
 ) -> String {
+    format!(
+        "Return-Path: <{sender}>\nDelivered-To: {recipient}\n{received}",
+        sender = origin.sender,
+        received = received(origin, hostname, Some(recipient), now),
+    )
+}
+
+/// The Received header (RFC 5321 4.4) this host adds, LF line ends; `for` names the recipient when there is one.
+pub fn received(
+    origin: &Origin,
+    hostname: &str,
+    recipient: Option<&str>,
+    now: DateTime<Utc>,
+) -> String {
     let from = if origin.client == "unknown" || origin.protocol == "local" {
         format!("from {} (local submission)", sanitize(origin.helo))
     } else {
@@ -33,13 +47,9 @@ pub fn trace_headers(
             origin.client
         )
     };
+    let target = recipient.map_or_else(String::new, |r| format!("\n\tfor <{r}>"));
     format!(
-        "Return-Path: <{sender}>\n\
-         Delivered-To: {recipient}\n\
-         Received: {from}\n\
-         \tby {hostname} (Postel) with {protocol} id {id}\n\
-         \tfor <{recipient}>; {date}\n",
-        sender = origin.sender,
+        "Received: {from}\n\tby {hostname} (Postel) with {protocol} id {id}{target}; {date}\n",
         protocol = origin.protocol,
         id = origin.queue_id,
         date = now.to_rfc2822(),

@@ -3,14 +3,16 @@
 //! other server said into an outcome per recipient.
 
 use std::collections::HashMap;
-use std::io::BufReader;
+use std::io::{BufReader, Cursor, Read};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use chrono::Utc;
 use log::{debug, info};
 
 use crate::config::Config;
+use crate::delivery::trace::{self, Origin};
 use crate::remote::client::{ClientError, Connection, RemoteReply, Timeouts};
 use crate::remote::dns::{DnsError, Resolver, Route as MxRoute};
 use crate::spool::{Outcome, Queued, Spool};
@@ -69,12 +71,15 @@ impl Relay {
     }
 
     /// Sends `message` to `recipients`, all at `domain`; returns an outcome per recipient, in order.
+    /// `accepted` is called with the recipients the other server took, as soon as it has answered the content, so
+    /// that their delivery is recorded before anything else can go wrong.
     pub fn deliver(
         &self,
         spool: &Spool,
         message: &Queued,
         domain: &str,
         recipients: &[String],
+        accepted: &dyn Fn(&[&String]),
     ) -> Vec<Outcome> {
         let all = |outcome: Outcome| vec![outcome; recipients.len()];
         let hosts = match self.hosts(domain) {
@@ -101,7 +106,7 @@ impl Relay {
             };
             for ip in addresses {
                 let addr = SocketAddr::new(ip, host.port);
-                match self.send(spool, message, addr, recipients) {
+                match self.send(spool, message, addr, recipients, accepted) {
                     Sent::Done(outcomes) => return outcomes,
                     Sent::TryNext(why) => last_error = format!("{} [{addr}]: {why}", host.name),
                 }
@@ -194,6 +199,7 @@ impl Relay {
         message: &Queued,
         addr: SocketAddr,
         recipients: &[String],
+        accepted: &dyn Fn(&[&String]),
     ) -> Sent {
         let envelope = &message.envelope;
         let eight_bit = envelope.body.as_deref() == Some("8BITMIME");
@@ -219,17 +225,26 @@ impl Relay {
                 ]);
             }
         };
-        let mut body = BufReader::with_capacity(64 * 1024, body);
+        let received = self.received(message, recipients);
+        let received_len = received.get_ref().len() as u64;
+        let mut body = BufReader::with_capacity(64 * 1024, received.chain(body));
         let server = connection.server_name().to_string();
         match connection.send(
             &envelope.sender,
             recipients,
             &mut body,
-            message.len,
+            message.len + received_len,
             eight_bit,
             envelope.smtputf8,
         ) {
             Ok(sent) => {
+                let taken: Vec<&String> = recipients
+                    .iter()
+                    .zip(&sent.recipients)
+                    .filter(|(_, result)| result.is_ok())
+                    .map(|(recipient, _)| recipient)
+                    .collect();
+                accepted(&taken);
                 let outcomes = sent
                     .recipients
                     .into_iter()
@@ -251,7 +266,7 @@ impl Relay {
                     "{}: cached connection to {addr} failed ({why}); opening a new one",
                     envelope.id
                 );
-                self.send(spool, message, addr, recipients)
+                self.send(spool, message, addr, recipients, accepted)
             }
             Err(ClientError::Connection(why)) => Sent::TryNext(why),
             Err(ClientError::Rejected { step, reply }) => {
@@ -272,6 +287,21 @@ impl Relay {
                 Sent::Done(vec![failed("5.3.4", why); recipients.len()])
             }
         }
+    }
+
+    /// The Received header this host adds to a message it relays (RFC 5321 4.4), CRLF line ends.
+    fn received(&self, message: &Queued, recipients: &[String]) -> Cursor<Vec<u8>> {
+        let envelope = &message.envelope;
+        let origin = Origin {
+            helo: &envelope.helo,
+            client: &envelope.client,
+            protocol: &envelope.protocol,
+            queue_id: envelope.id.as_str(),
+            sender: &envelope.sender,
+        };
+        let only = (recipients.len() == 1).then(|| recipients[0].as_str());
+        let header = trace::received(&origin, &self.hostname, only, Utc::now());
+        Cursor::new(header.replace('\n', "\r\n").into_bytes())
     }
 
     fn cached(&self, addr: SocketAddr) -> Option<Connection> {

@@ -1,0 +1,164 @@
+"""Aliases (doc/delivery.md "Aliases"): lists, nesting, loops, :include:, EXPN/VRFY, and |command targets."""
+
+import collections
+import email
+import re
+
+import pytest
+
+from helpers import REPO
+from mboxutil import deliver, message_ids, messages, queue_empty, strip_trace, wait_until
+
+USERS = ["alice", "bob", "carol"]
+
+
+@pytest.fixture
+def aliases(tmp_path):
+    """Writes an aliases file (and an :include: list); returns (path, file the pipe alias writes)."""
+    members = tmp_path / "members.txt"
+    members.write_text("# the list\nalice\nbob, carol\n")
+    out = tmp_path / "pipe-out.txt"
+    path = tmp_path / "aliases"
+    path.write_text(
+        "# test aliases\n"
+        "staff: alice, bob\n"
+        "team: staff,\n"
+        "# a comment between a line and its continuation\n"
+        "    carol\n"
+        "everyone: team, staff, alice\n"
+        "loop1: loop2\n"
+        "loop2: loop1\n"
+        "half: loop1, carol\n"
+        f"listed: :include:{members}\n"
+        "Mixed-Case: bob\n"
+        f'pipe: "|cat > {out}"\n'
+    )
+    return path, out
+
+
+def send(postel, sender, rcpts, subject):
+    conn = postel.session()
+    conn.expect(f"MAIL FROM:<{sender}>", 250)
+    for r in rcpts:
+        conn.expect(f"RCPT TO:<{r}>", 250)
+    conn.expect("DATA", 354)
+    conn.send(f"Subject: {subject}\r\nMessage-ID: <{subject}@alias.test>\r\n\r\nTo the list.\r\n.\r\n".encode())
+    r = conn.reply()
+    assert r.code == 250, r
+    conn.cmd("QUIT")
+    return r.queue_id
+
+
+def mailbox_counts(postel):
+    counts = {}
+    for user in USERS + ["root"]:
+        counts[user] = collections.Counter(message_ids(postel.mailboxes / user))
+    return counts
+
+
+def settle(postel):
+    assert wait_until(lambda: queue_empty(postel.config_path), 15), postel.log()[-3000:]
+
+
+def test_lists_nested_aliases_and_includes_reach_each_member_once(make_postel, aliases):
+    path, _ = aliases
+    postel = make_postel(**deliver(local_users=USERS, aliases=str(path)))
+    send(postel, "carol@example.org", ["staff@localhost"], "staff")
+    send(postel, "carol@example.org", ["everyone@localhost"], "everyone")
+    send(postel, "carol@example.org", ["team@localhost", "staff@localhost", "alice@localhost"], "overlap")
+    send(postel, "carol@example.org", ["listed@localhost"], "listed")
+    send(postel, "carol@example.org", ["MIXED-case@localhost"], "mixed")
+    settle(postel)
+    counts = mailbox_counts(postel)
+    assert counts["alice"] == {"<staff@alias.test>": 1, "<everyone@alias.test>": 1, "<overlap@alias.test>": 1,
+                               "<listed@alias.test>": 1}, counts
+    assert counts["bob"] == {"<staff@alias.test>": 1, "<everyone@alias.test>": 1, "<overlap@alias.test>": 1,
+                             "<listed@alias.test>": 1, "<mixed@alias.test>": 1}, counts
+    assert counts["carol"] == {"<everyone@alias.test>": 1, "<overlap@alias.test>": 1, "<listed@alias.test>": 1}, counts
+    for _, raw in messages(postel.mailboxes / "bob"):
+        assert raw.split(b"\n")[1].startswith(b"Delivered-To: "), raw[:200]
+
+
+def test_an_alias_loop_is_logged_and_delivers_nothing_twice(make_postel, aliases):
+    path, _ = aliases
+    postel = make_postel(**deliver(local_users=USERS, aliases=str(path)))
+    send(postel, "alice@localhost", ["half@localhost"], "half")
+    settle(postel)
+    assert "loop" in postel.log().lower(), "the alias loop is not logged"
+    counts = mailbox_counts(postel)
+    assert counts["carol"] == {"<half@alias.test>": 1}, counts
+    assert counts["bob"] == {} and counts["root"] == {}, counts
+    # Either nothing more happens, or alice (the sender) gets one notification; never a loop of them.
+    assert sum(counts["alice"].values()) <= 1, counts
+    send(postel, "alice@localhost", ["loop1@localhost"], "pure-loop")
+    settle(postel)
+    counts = mailbox_counts(postel)
+    assert all(c["<pure-loop@alias.test>"] == 0 for c in counts.values()), counts
+
+
+def test_expn_and_vrfy(make_postel, aliases):
+    path, _ = aliases
+    postel = make_postel(**deliver(local_users=USERS, aliases=str(path)))
+    conn = postel.session()
+    r = conn.expect("EXPN staff", 250)
+    assert len(r.lines) == 2, r
+    assert any("alice@" in line for line in r.lines) and any("bob@" in line for line in r.lines), r
+    assert [line[:1] for line in r.raw] == ["2", "2"] and r.raw[0][3] == "-", r
+    r = conn.expect("EXPN listed", 250)
+    assert len(r.lines) == 3, r
+    for name in ("staff", "alice"):
+        conn.expect(f"VRFY {name}", 250)
+    conn.expect("VRFY nobody", 550, "5.1.1")
+    r = conn.cmd("VRFY someone@example.org")
+    assert r.code == 252, r
+
+    off = make_postel(**deliver(local_users=USERS, aliases=str(path), expn=False))
+    conn = off.session()
+    conn.expect("EXPN staff", 502, "5.7.0")
+    conn.expect("VRFY staff", 250)
+
+
+def test_command_alias_is_refused_by_default(make_postel, aliases):
+    path, out = aliases
+    postel = make_postel(**deliver(local_users=USERS, aliases=str(path)))
+    send(postel, "alice@localhost", ["pipe@localhost"], "piped")
+    settle(postel)
+    assert not out.exists(), "a |command alias ran with alias_commands = false"
+    got = messages(postel.mailboxes / "alice")
+    assert len(got) == 1, f"alice (the sender) should have one notification, has {len(got)}"
+    report = email.message_from_bytes(strip_trace(got[0][1]))
+    assert report.get_content_type() == "multipart/report"
+    ((status,),) = [[b for b in p.get_payload()[1:]] for p in report.get_payload()
+                    if p.get_content_type() == "message/delivery-status"]
+    assert status["Status"].strip() == "5.7.1", status
+    assert "pipe" in postel.log(), "the log does not name the alias"
+
+
+def test_command_alias_runs_when_allowed(make_postel, aliases):
+    path, out = aliases
+    postel = make_postel(**deliver(local_users=USERS, aliases=str(path), alias_commands=True))
+    send(postel, "alice@localhost", ["pipe@localhost", "bob@localhost"], "piped")
+    settle(postel)
+    assert out.exists(), f"the command did not run:\n{postel.log()[-2000:]}"
+    text = out.read_bytes()
+    assert b"Subject: piped" in text and b"To the list." in text, text
+    assert message_ids(postel.mailboxes / "bob") == ["<piped@alias.test>"]
+    assert not (postel.mailboxes / "alice").exists(), "a notification was sent although the command succeeded"
+
+
+def test_the_aliases_example_in_the_docs_loads(make_postel, tmp_path):
+    """doc/delivery.md shows an aliases file: the server must start with it as written (its :include: made real)."""
+    doc = (REPO / "doc" / "delivery.md").read_text()
+    section = doc.split("## Aliases", 1)[1]
+    example = re.search(r"```\n(.*?)```", section, re.S)[1]
+    lists = tmp_path / "lists.txt"
+    lists.write_text("alice\n")
+    example = example.replace("/etc/mail/lists.txt", str(lists))
+    path = tmp_path / "aliases"
+    path.write_text(example)
+    postel = make_postel(**deliver(aliases=str(path), local_users=["alice", "bob"], alias_files=True,
+                                   alias_commands=True))
+    conn = postel.session()
+    r = conn.expect("EXPN staff", 250)
+    assert len(r.lines) == 3, r
+    conn.expect("VRFY nospam", 250)

@@ -1,0 +1,141 @@
+"""A disk that fills up (doc/spool.md, doc/delivery.md): the spool answers 452 and keeps nothing half-written; a full
+mailbox disk defers the delivery, leaves the mailbox as it was, and the retry delivers once there is room.
+
+Needs a small file system: a 2 MiB tmpfs (mount needs root), else a loop-mounted ext4 image; skipped otherwise.
+"""
+
+import errno
+import os
+import shutil
+import subprocess
+
+import pytest
+
+import spool
+from mboxutil import DELIVER, message_ids, messages, sent_to, wait_until
+
+
+def _try(argv):
+    return subprocess.run(argv, capture_output=True, timeout=30).returncode == 0
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A mounted 2 MiB file system; unmounted at the end."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    how = None
+    if _try(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs", str(mount)]):
+        how = "tmpfs"
+    elif shutil.which("mkfs.ext4"):
+        image = tmp_path / "small.img"
+        with open(image, "wb") as f:
+            f.truncate(4 * 1024 * 1024)
+        if _try(["mkfs.ext4", "-q", "-F", str(image)]) and _try(["mount", "-o", "loop", str(image), str(mount)]):
+            how = "ext4 on a loop device"
+    if how is None:
+        pytest.skip("cannot mount a small file system here (mount -t tmpfs and mount -o loop both refused: not root, "
+                    "or no CAP_SYS_ADMIN in this container)")
+    try:
+        yield mount
+    finally:
+        if not _try(["umount", str(mount)]):
+            _try(["umount", "-l", str(mount)])
+
+
+def fill(folder, leave=0):
+    """Fills the file system of `folder` (a folder at its root) with a file beside it until ENOSPC, then frees `leave`
+    bytes of that file."""
+    path = folder.parent / "filler"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        for chunk in (1 << 16, 1 << 12, 1 << 9, 1):
+            while True:
+                try:
+                    os.write(fd, b"\0" * chunk)
+                except OSError as e:
+                    assert e.errno == errno.ENOSPC, e
+                    break
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if leave:
+        size = path.stat().st_size
+        os.truncate(path, max(0, size - leave))
+    return path
+
+
+def send(postel, subject, size):
+    """One message of about `size` bytes to alice; returns the end-of-data reply (or the first refusal)."""
+    conn = postel.session()
+    for line in ("MAIL FROM:<carol@example.org>", "RCPT TO:<alice@localhost>", "DATA"):
+        r = conn.cmd(line)
+        if r.code >= 400:
+            return r, line
+    body = (f"Subject: {subject}\r\nMessage-ID: <{subject}@disk.test>\r\n\r\n").encode()
+    body += (b"z" * 78 + b"\r\n") * (size // 80 + 1)
+    conn.send(body + b".\r\n")
+    return conn.reply(timeout=20), "end of data"
+
+
+def test_full_spool_answers_452_and_keeps_nothing_half_written(make_postel, small_fs):
+    spool_dir = small_fs / "spool"
+    spool_dir.mkdir()
+    postel = make_postel(**DELIVER, spool_dir=str(spool_dir))
+    r, _ = send(postel, "before", 1000)
+    assert r.code == 250, r
+    assert wait_until(lambda: sent_to(postel.log(), "alice"), 10)
+    filler = fill(spool_dir, leave=16 * 1024)
+    results = {}
+    for subject, size in (("small1", 1000), ("large1", 300_000), ("small2", 1000), ("large2", 600_000)):
+        results[subject] = send(postel, subject, size)
+    # With 16 KiB free some small messages may still fit; the large ones cannot.
+    for subject in ("large1", "large2"):
+        r, stage = results[subject]
+        assert r.code == 452 and stage == "end of data", f"{subject}: {r} at {stage}"
+        assert r.enhanced and r.enhanced.startswith("4.3."), r
+    fill(spool_dir)  # now nothing fits at all
+    r, stage = send(postel, "small3", 1000)
+    assert r.code == 452 and stage == "end of data", f"small3 on a full disk: {r} at {stage}"
+    # Nothing half-written: tmp/ is empty, every queue file parses, and no refused message is in it.
+    assert wait_until(lambda: postel.tmp_files() == [], 5), f"left in tmp/: {postel.tmp_files()}"
+    records = spool.read_queue(spool_dir)
+    refused = [s for s, (r, _) in results.items() if r.code != 250] + ["small3"]
+    for envelope, body in records:
+        for s in refused:
+            assert f"<{s}@disk.test>".encode() not in body, f"refused message {s} is in the queue: {envelope}"
+    assert "panicked" not in postel.log()
+    # Room again: mail flows.
+    filler.unlink()
+    r, _ = send(postel, "after", 1000)
+    assert r.code == 250, r
+    accepted = ["before"] + [s for s, (r, _) in results.items() if r.code == 250] + ["after"]
+    assert wait_until(lambda: len(sent_to(postel.log(), "alice")) >= len(accepted), 15), postel.log()[-2000:]
+    assert sorted(message_ids(postel.mailboxes / "alice")) == sorted(f"<{s}@disk.test>" for s in accepted)
+
+
+def test_full_mailbox_disk_defers_and_the_retry_delivers(make_postel, small_fs):
+    mail_dir = small_fs / "mail"
+    mail_dir.mkdir()
+    postel = make_postel(**DELIVER, mailbox_dir=str(mail_dir))
+    box = mail_dir / "alice"
+    r, _ = send(postel, "first", 2000)
+    assert r.code == 250, r
+    assert wait_until(lambda: sent_to(postel.log(), "alice"), 10)
+    before = box.read_bytes()
+    filler = fill(mail_dir, leave=16 * 1024)  # the next append gets part-way, then ENOSPC
+    r, _ = send(postel, "second", 200_000)
+    assert r.code == 250, r  # the spool is on another disk
+    postel.wait_log(rf"{r.queue_id}: to=<alice>.*status=deferred", timeout=10)
+    assert box.read_bytes() == before, "the mailbox was changed by a delivery that failed (not truncated back)"
+    assert messages(box) and message_ids(box) == ["<first@disk.test>"]
+    assert not (mail_dir / "alice.lock").exists(), "dot-lock left behind after the failed delivery"
+    # Still full at the next retry: still deferred, still intact.
+    assert wait_until(lambda: postel.log().count(f"{r.queue_id}: to=<alice>") >= 2, 10), postel.log()[-2000:]
+    assert box.read_bytes() == before
+    filler.unlink()
+    assert wait_until(lambda: sent_to(postel.log(), "alice")[1:], 15), (
+        f"not delivered after space was freed:\n{postel.log()[-2000:]}")
+    assert message_ids(box) == ["<first@disk.test>", "<second@disk.test>"]
+    ((_, raw1), (_, raw2)) = messages(box)
+    assert raw2.count(b"z" * 78 + b"\n") == 200_000 // 80 + 1

@@ -1,0 +1,128 @@
+"""The queue commands (doc/delivery.md "The queue commands"): list, show, run and remove, with a daemon running (it
+does the work, asked through <spool>/control/ and SIGUSR1) and without one (the command does it itself).
+
+A recipient at remote.test stays deferred: mail for other hosts goes to a loopback port that refuses connections.
+"""
+
+import re
+
+import pytest
+
+from helpers import write_config
+from mboxutil import deliver, message_ids, postel, queue_empty, queue_files, queue_list, sent_to, wait_until
+
+USERS = ["alice", "bob", "carol"]
+SLOW = {"retry_first": "1h", "retry_max": "1h"}  # nothing is retried unless asked
+
+
+def journal_attempts(spool, qid):
+    """How many delivery attempts the journal records for `qid` (doc/spool.md: `<id> attempts <n> <crc>`)."""
+    try:
+        text = (spool / "journal").read_text()
+    except FileNotFoundError:
+        return 0
+    return sum(int(m[1]) for m in re.finditer(rf"^{qid} attempts (\d+) [0-9a-f]{{8}}$", text, re.M))
+
+
+def check_listing(listing, qid):
+    assert qid in listing, listing
+    entry = listing[listing.index(qid):]
+    assert "<carol@localhost>" in entry.split("\n")[0], entry
+    assert "x@remote.test" in entry and "deferred" in entry, entry
+    assert re.search(r"alice.*delivered", entry), entry
+
+
+def check_show(run, qid):
+    assert run.returncode == 0, run.stderr
+    text = run.stdout.decode()
+    assert f"id: {qid}" in text or f"id {qid}" in text, text
+    assert "<carol@localhost>" in text and "x@remote.test" in text, text
+    assert "Subject: queued for later" in text and "The body." in text, text
+
+
+def submit_by_smtp(server):
+    conn = server.session()
+    conn.expect("MAIL FROM:<carol@localhost>", 250)
+    conn.expect("RCPT TO:<x@remote.test>", 250)  # a trusted client (127.0.0.1) may relay
+    conn.expect("RCPT TO:<alice@localhost>", 250)
+    conn.expect("DATA", 354)
+    conn.send(b"Subject: queued for later\r\nMessage-ID: <later@queue.test>\r\n\r\nThe body.\r\n.\r\n")
+    r = conn.reply()
+    assert r.code == 250, r
+    conn.cmd("QUIT")
+    return r.queue_id
+
+
+def test_queue_commands_with_a_daemon(make_postel):
+    server = make_postel(**deliver(local_users=USERS, **SLOW))
+    qid = submit_by_smtp(server)
+    server.wait_log(rf"{qid}: to=<x@remote.test>.*status=deferred", timeout=15)
+    assert wait_until(lambda: sent_to(server.log(), "alice"), 10)
+    check_listing(queue_list(server.config_path), qid)
+    check_show(postel(["queue", "show", qid], server.config_path), qid)
+    assert postel(["queue", "show", "0" * 20], server.config_path).returncode != 0
+
+    tries = server.log().count(f"{qid}: to=<x@remote.test>")
+    run = postel(["queue", "run"], server.config_path)
+    assert run.returncode == 0, run.stderr
+    assert wait_until(lambda: server.log().count(f"{qid}: to=<x@remote.test>") > tries, 10), (
+        f"`queue run` did not make the daemon try again:\n{server.log()[-2000:]}")
+    assert message_ids(server.mailboxes / "alice") == ["<later@queue.test>"], "alice got the message again"
+
+    run = postel(["queue", "remove", qid], server.config_path)
+    assert run.returncode == 0, run.stderr
+    assert wait_until(lambda: queue_empty(server.config_path), 10), queue_list(server.config_path)
+    server.wait_log(rf"{qid}: removed", timeout=5)
+    # Removed, not bounced: no notification to carol.
+    assert not (server.mailboxes / "carol").exists()
+
+
+def test_queue_commands_without_a_daemon(make_postel, tmp_path):
+    folder = tmp_path / "alone"
+    folder.mkdir()
+    config = write_config(folder, **deliver(local_users=USERS, **SLOW))
+    spool = folder / "spool"
+    run = postel(["sendmail", "-f", "carol@localhost", "x@remote.test", "alice@localhost"], config,
+                 input=b"Subject: queued for later\nMessage-ID: <later@queue.test>\n\nThe body.\n")
+    assert run.returncode == 0, run.stderr
+    listing = queue_list(config)
+    (qid,) = set(re.findall(r"\b[0-9A-F]{20}\b", listing))
+    check_listing(listing, qid)
+    check_show(postel(["queue", "show", qid], config), qid)
+    assert message_ids(folder / "mailboxes" / "alice") == ["<later@queue.test>"]
+
+    before = journal_attempts(spool, qid)
+    assert before >= 1
+    run = postel(["queue", "run"], config)
+    assert run.returncode == 0, run.stderr
+    assert journal_attempts(spool, qid) == before + 1, "`queue run` without a daemon did not try the message"
+    assert message_ids(folder / "mailboxes" / "alice") == ["<later@queue.test>"], "alice got the message again"
+
+    run = postel(["queue", "remove", qid], config)
+    assert run.returncode == 0, run.stderr
+    assert queue_empty(config), queue_list(config)
+    assert postel(["queue", "show", qid], config).returncode != 0
+    # A daemon started now finds nothing to do: the message is gone, not delivered, not bounced.
+    server = make_postel(**deliver(local_users=USERS, spool_dir=str(spool), mailbox_dir=str(folder / "mailboxes")))
+    assert "0 messages queued" in server.log(), server.log()
+    assert queue_files(spool) == [], queue_files(spool)
+    assert not (folder / "mailboxes" / "carol").exists()
+
+
+@pytest.mark.parametrize("daemon", [True, False], ids=["daemon", "no daemon"])
+def test_queue_remove_of_an_unknown_id(make_postel, tmp_path, daemon):
+    server = None
+    if daemon:
+        server = make_postel(**deliver(local_users=USERS))
+        config = server.config_path
+    else:
+        (tmp_path / "x").mkdir()
+        config = write_config(tmp_path / "x", **deliver(local_users=USERS))
+    run = postel(["queue", "remove", "not-an-id"], config)
+    assert run.returncode != 0, run
+    run = postel(["queue", "remove", "0" * 20], config)
+    if server and run.returncode == 0:
+        # Handed to the daemon, which can only say so in its log.
+        server.wait_log(r"0{20}.*no such message", timeout=10)
+    else:
+        assert run.returncode != 0, run

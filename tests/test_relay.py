@@ -1,0 +1,661 @@
+"""Relaying (doc/relay.md): who may relay, MX lookup, one copy per host, connection reuse, failures, DSNs, ETRN.
+
+The sending Postel listens on 127.0.0.1 and delivers (delivery_workers > 0); the other side is real: dnsmasq for the
+DNS, Postfix's smtp-sink, a second Postel, or a scripted Python server (relayutil.FakeSmtp) where a scenario needs
+exact replies. Remote servers listen on 127.0.0.2, 127.0.0.3 ... on one port, the sender's `remote_port`.
+"""
+
+import random
+import re
+import socket
+import time
+
+import pytest
+
+from helpers import transaction
+from relayutil import dsns, lab, mbox_messages, run_postel, wait_local, wait_until  # noqa: F401 (lab: a fixture)
+
+ALICE = "alice@localhost"  # a local user of the sending server: bounces come back to her
+
+
+def msg(subject, body=b"Hello there.\r\n", mid=None, extra=b""):
+    mid = mid or f"<{subject.replace(' ', '.')}@client.test>"
+    return (b"From: Alice <alice@localhost>\r\n"
+            b"To: someone@example.test\r\n"
+            b"Subject: " + subject.encode() + b"\r\n"
+            b"Date: Tue, 24 Nov 2026 13:49:21 +0000\r\n"
+            b"Message-ID: " + mid.encode() + b"\r\n" + extra + b"\r\n" + body)
+
+
+def submit(server, rcpts, body, sender=ALICE, source=None):
+    """One transaction on a new session with `server`; returns the queue id."""
+    conn = server.connect(source)
+    conn.greet()
+    r = transaction(conn, sender, rcpts, body)
+    assert r.code == 250, r
+    conn.expect("QUIT", 221)
+    return r.queue_id
+
+
+def statuses(log, qid):
+    """{recipient: [status words in order]} from the sender's delivery log lines for message `qid`."""
+    out = {}
+    for to, status in re.findall(rf"^.*{qid}: to=<([^>]+)>.*?, status=(\w+)", log, re.M):
+        out.setdefault(to, []).append(status)
+    return out
+
+
+def wait_status(server, qid, rcpt, status, count=1, timeout=20.0):
+    ok = wait_until(lambda: statuses(server.log(), qid).get(rcpt, []).count(status) >= count, timeout)
+    assert ok, f"{qid} to {rcpt}: no {count}x status={status}; got {statuses(server.log(), qid)}; log tail:\n" \
+               f"{server.log()[-3000:]}"
+
+
+def wait_removed(server, qid, timeout=20.0):
+    ok = wait_until(lambda: re.search(rf"^.*{qid}: removed", server.log(), re.M), timeout)
+    assert ok, f"{qid} never left the queue; log tail:\n{server.log()[-3000:]}"
+
+
+def message_id(data):
+    m = re.search(rb"(?im)^Message-ID:\s*(<[^>]+>)", data)
+    return m[1].decode() if m else None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 1. One copy per host, one connection for many messages
+
+
+def test_three_recipients_one_transaction_at_smtp_sink(lab):
+    lab.dns()
+    sink = lab.sink("127.0.0.2")
+    sender = lab.sender()
+    rcpts = ["one@example.test", "two@example.test", "three@example.test"]
+    qid = submit(sender, rcpts, msg("three rcpts"))
+    for r in rcpts:
+        wait_status(sender, qid, r, "sent")
+    wait_removed(sender, qid)
+    (got,) = sink.wait_messages(1)
+    assert sorted(a.split()[0] for a in got["rcpts"]) == sorted(f"<{r}>" for r in rcpts), got
+    assert got["mail"].split()[0] == f"<{ALICE}>", got
+    assert message_id(got["message"]) == "<three.rcpts@client.test>"
+    assert b"Hello there." in got["message"]
+    assert len(sink.messages()) == 1, "more than one transaction for one message and one host"
+    assert re.search(rf"{qid}: sent to 127\.0\.0\.2:{lab.remote_port} \(sink-127\.0\.0\.2\): 250", sender.log())
+
+
+def test_ten_messages_one_connection(lab):
+    lab.dns()
+    fake = lab.fake("127.0.0.2")
+    sender = lab.sender(remote_concurrency=1)
+    conn = sender.session()
+    ids = []
+    for i in range(10):
+        r = transaction(conn, ALICE, [f"user{i}@example.test"], msg(f"reuse {i}"))
+        assert r.code == 250, r
+        ids.append(r.queue_id)
+    got = fake.wait_delivered(10)
+    for qid in ids:
+        wait_removed(sender, qid)
+    assert sorted(message_id(t.data) for t in got) == sorted(f"<reuse.{i}@client.test>" for i in range(10))
+    assert all(len(t.accepted) == 1 for t in got)
+    assert len(fake.connections) == 1, (
+        f"10 messages to one host with remote_concurrency = 1 used {len(fake.connections)} connections: "
+        f"{[c['commands'][:2] for c in fake.connections]}")
+    assert fake.max_active == 1
+
+
+def test_concurrency_limit_per_destination(lab):
+    """Many messages at once never open more than remote_concurrency connections to one destination."""
+    lab.dns()
+    fake = lab.fake("127.0.0.2", data_delay=0.2)
+    sender = lab.sender(remote_concurrency=2, delivery_workers=8)
+    conn = sender.session()
+    for i in range(12):
+        assert transaction(conn, ALICE, [f"u{i}@example.test"], msg(f"limit {i}")).code == 250
+    fake.wait_delivered(12)
+    assert fake.max_active <= 2, f"{fake.max_active} connections at once to one destination, remote_concurrency = 2"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 2. MX fallback
+
+
+def test_primary_mx_refuses_secondary_gets_it(lab):
+    lab.dns()
+    # Nothing listens on 127.0.0.2 (mx1, preference 10); a Postel on 127.0.0.3 (mx2, preference 20) takes it.
+    backup = lab.receiver("127.0.0.3")
+    sender = lab.sender()
+    qid = submit(sender, ["carol@example.test"], msg("fallback"))
+    wait_status(sender, qid, "carol@example.test", "sent")
+    (got,) = wait_local(backup, "carol", 1, address="carol@example.test")
+    assert got["Message-ID"] == "<fallback@client.test>"
+    assert re.search(rf"{qid}: sent to 127\.0\.0\.3:{lab.remote_port} ", sender.log()), sender.log()[-2000:]
+    assert "deferred" not in "".join(statuses(sender.log(), qid)["carol@example.test"])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 3. 451 twice, then accepted
+
+
+def test_temporary_failure_retried_until_accepted(lab):
+    lab.dns()
+    tries = []
+
+    def rcpt(server, txn, address):
+        tries.append(address)
+        if len(tries) <= 2:
+            return "451 4.7.1 Greylisted by fake, come back later"
+        return None
+
+    fake = lab.fake("127.0.0.2", on_rcpt=rcpt)
+    sender = lab.sender(retry_first="1s", retry_max="1s")
+    qid = submit(sender, ["grey@example.test"], msg("greylisted"))
+    wait_status(sender, qid, "grey@example.test", "deferred")
+    # While it waits, the queue listing shows the deferred state and the remote's reply as the last error.
+    listing = {"text": ""}
+
+    def shows_deferred():
+        run = run_postel(["queue", "list"], sender.config_path)
+        assert run.returncode == 0, run.stderr
+        listing["text"] = run.stdout.decode(errors="replace")
+        return re.search(r"grey@example\.test: deferred until .*451 4\.7\.1 Greylisted by fake", listing["text"])
+
+    assert wait_until(shows_deferred, 10, step=0.02), f"queue list never showed the deferral:\n{listing['text']}"
+    assert qid in listing["text"]
+    got = fake.wait_delivered(1)
+    wait_status(sender, qid, "grey@example.test", "sent")
+    wait_removed(sender, qid)
+    assert len(tries) == 3, tries
+    assert len(got) == 1 and message_id(got[0].data) == "<greylisted@client.test>"
+    assert statuses(sender.log(), qid)["grey@example.test"] == ["deferred", "deferred", "sent"]
+    assert sum(1 for t in fake.transactions if t.data is not None) == 1, fake.transactions
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 4. 550 to one recipient
+
+
+def test_rcpt_550_bounces_that_recipient_only(lab):
+    lab.dns()
+    reply550 = "550 5.1.1 <bad@example.test>: Recipient address rejected: fake has no such user"
+    fake = lab.fake("127.0.0.2", on_rcpt=lambda s, t, a: reply550 if a == "bad@example.test" else None)
+    sender = lab.sender()
+    rcpts = ["good1@example.test", "bad@example.test", "good2@example.test"]
+    qid = submit(sender, rcpts, msg("one bad"))
+    (txn,) = fake.wait_delivered(1)
+    assert sorted(txn.accepted) == ["good1@example.test", "good2@example.test"]
+    assert [a for a, _ in txn.rcpts] == rcpts, "all three recipients in one transaction"
+    wait_status(sender, qid, "bad@example.test", "bounced")
+    wait_removed(sender, qid)
+    ((report, per_message, per_rcpt),) = dsns(sender, "alice", 1)
+    assert report["From"] and "mailer-daemon" in report["From"].lower(), report["From"]
+    assert len(per_rcpt) == 1, f"the DSN lists {per_rcpt}, expected only bad@example.test"
+    (fields,) = per_rcpt
+    assert fields["final-recipient"].lower().replace(" ", "") == "rfc822;bad@example.test", fields
+    assert fields["action"] == "failed", fields
+    assert re.fullmatch(r"5\.\d{1,3}\.\d{1,3}", fields["status"]), fields
+    assert fields["status"] == "5.1.1", fields
+    assert fields["diagnostic-code"].startswith("smtp; 550"), fields
+    assert reply550 in fields["diagnostic-code"], f"the DSN does not quote the remote's reply: {fields}"
+    # The original message's headers come back with it.
+    assert "<one.bad@client.test>" in report.as_string()
+    time.sleep(1)
+    assert len(mbox_messages(sender.mailboxes / "alice")) == 1, "more than one DSN"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 5. Null MX and unknown domains
+
+
+def test_null_mx_and_nxdomain_bounce_at_once(lab):
+    lab.dns()
+    fake = lab.fake("127.0.0.2")
+    sender = lab.sender(retry_first="1h", retry_max="1h")
+    q1 = submit(sender, ["nobody@nullmx.test"], msg("null mx"))
+    wait_status(sender, q1, "nobody@nullmx.test", "bounced")
+    q2 = submit(sender, ["nobody@no-such-domain.test"], msg("nxdomain"))
+    wait_status(sender, q2, "nobody@no-such-domain.test", "bounced")
+    wait_removed(sender, q1)
+    wait_removed(sender, q2)
+    got = dsns(sender, "alice", 2)
+    by_rcpt = {}
+    for report, _, per_rcpt in got:
+        for fields in per_rcpt:
+            by_rcpt[fields["final-recipient"].split(";")[-1].strip().lower()] = fields
+    assert set(by_rcpt) == {"nobody@nullmx.test", "nobody@no-such-domain.test"}, by_rcpt
+    assert by_rcpt["nobody@nullmx.test"]["status"] == "5.1.10", by_rcpt["nobody@nullmx.test"]
+    assert by_rcpt["nobody@no-such-domain.test"]["status"] == "5.1.2", by_rcpt["nobody@no-such-domain.test"]
+    assert all(f["action"] == "failed" for f in by_rcpt.values())
+    assert fake.connections == [], "a connection to an MX host for a domain without one"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 6. Queue lifetime
+
+
+def test_message_older_than_queue_lifetime_bounces(lab):
+    lab.dns()  # nothing listens on either MX host
+    sender = lab.sender(queue_lifetime="2s", retry_first="1s", retry_max="1s")
+    qid = submit(sender, ["late@example.test"], msg("too old"))
+    wait_status(sender, qid, "late@example.test", "deferred")
+    wait_status(sender, qid, "late@example.test", "bounced", timeout=15)
+    wait_removed(sender, qid)
+    ((report, _, per_rcpt),) = dsns(sender, "alice", 1)
+    (fields,) = per_rcpt
+    assert fields["final-recipient"].lower().endswith("late@example.test"), fields
+    assert fields["action"] == "failed", fields
+    assert re.fullmatch(r"[45]\.\d{1,3}\.\d{1,3}", fields["status"]), fields
+    assert "<too.old@client.test>" in report.as_string()
+    text = report.as_string().lower()
+    assert "refused" in text or "could not be reached" in text or "no server" in text, \
+        f"the DSN does not say why (connection refused):\n{report.as_string()[:3000]}"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 7. Who may relay
+
+
+def test_relay_denied_to_untrusted_allowed_to_trusted_and_sendmail(lab):
+    lab.dns()
+    receiver = lab.receiver("127.0.0.2", local_domains=["example.test", "backup.test"])
+    sender = lab.sender(trusted_networks=["127.0.0.1/32"], relay_domains=["backup.test"])
+
+    outsider = sender.connect(source="127.0.0.5")
+    outsider.greet("outsider.test")
+    outsider.expect("MAIL FROM:<someone@outside.test>", 250)
+    r = outsider.cmd("RCPT TO:<victim@example.test>")
+    assert r.code == 550 and r.enhanced == "5.7.1", r
+    assert "relay" in r.text.lower(), r
+    # A domain in relay_domains is accepted from anyone (backup MX), and passed on.
+    outsider.expect("RCPT TO:<user@backup.test>", 250, "2.1.5")
+    outsider.expect("DATA", 354)
+    outsider.send(msg("backup mx") + b".\r\n")
+    assert outsider.reply().code == 250
+    outsider.expect("QUIT", 221)
+
+    # From a trusted address the same recipient is fine.
+    qid = submit(sender, ["victim@example.test"], msg("trusted"), source="127.0.0.1")
+
+    # And from the local sendmail program.
+    run = run_postel(["sendmail", "-f", ALICE, "viasendmail@example.test"], sender.config_path,
+                     input=msg("via sendmail").replace(b"\r\n", b"\n"))
+    assert run.returncode == 0, (run.returncode, run.stderr.decode(errors="replace"))
+
+    assert wait_until(lambda: len(mbox_messages(receiver.mailboxes / "viasendmail")) == 1
+                      and len(mbox_messages(receiver.mailboxes / "victim")) == 1
+                      and len(mbox_messages(receiver.mailboxes / "user")) == 1, 20), \
+        f"not all three arrived; receiver log:\n{receiver.log()[-3000:]}\nsender log:\n{sender.log()[-3000:]}"
+    wait_removed(sender, qid)
+    assert mbox_messages(receiver.mailboxes / "victim")[0]["Message-ID"] == "<trusted@client.test>"
+    assert mbox_messages(receiver.mailboxes / "viasendmail")[0]["Message-ID"] == "<via.sendmail@client.test>"
+    assert mbox_messages(receiver.mailboxes / "user")[0]["Message-ID"] == "<backup.mx@client.test>"
+
+
+def test_untrusted_client_not_open_relay_variants(lab):
+    """Address tricks from an untrusted client get 550 5.7.1 too (source routes, %-hack, a literal)."""
+    lab.dns()
+    sender = lab.sender(trusted_networks=["127.0.0.1/32"])
+    c = sender.connect(source="127.0.0.5")
+    c.greet("outsider.test")
+    c.expect("MAIL FROM:<someone@outside.test>", 250)
+    for rcpt in ["victim@example.test", "victim%example.test@localhost", "victim@[127.0.0.2]",
+                 "@localhost:victim@example.test", "VICTIM@EXAMPLE.TEST"]:
+        r = c.cmd(f"RCPT TO:<{rcpt}>")
+        assert r.code >= 500 and not (r.code == 250), f"RCPT TO:<{rcpt}> from an untrusted client -> {r}"
+    # A local user is still fine.
+    c.expect("RCPT TO:<alice@localhost>", 250)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 8. Smarthost
+
+
+def test_smarthost_takes_everything_without_dns(lab):
+    dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a UDP port that never answers
+    dead.bind(("127.0.0.1", 0))
+    try:
+        sink = lab.sink("127.0.0.3")
+        sender = lab.sender(smarthost=f"127.0.0.3:{lab.remote_port}",
+                            nameservers=[f"127.0.0.1:{dead.getsockname()[1]}"])
+        rcpts = ["a@example.test", "b@nowhere.test", "c@another.example"]
+        qid = submit(sender, rcpts, msg("smarthost"))
+        for r in rcpts:
+            wait_status(sender, qid, r, "sent", timeout=15)
+        got = sink.wait_messages(1)
+        seen = sorted(a.split()[0] for m in got for a in m["rcpts"])
+        assert seen == sorted(f"<{r}>" for r in rcpts), got
+        assert all(message_id(m["message"]) == "<smarthost@client.test>" for m in got)
+        dead.settimeout(0.01)
+        try:
+            stray = dead.recv(512)
+        except OSError:
+            stray = None
+        assert stray is None, "the smarthost path asked DNS anyway"
+    finally:
+        dead.close()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 9. ETRN and queue run
+
+
+@pytest.mark.parametrize("how", ["etrn", "queue-run"])
+def test_etrn_and_queue_run_deliver_deferred_mail_now(lab, how):
+    lab.dns()
+    sender = lab.sender(retry_first="1h", retry_max="1h")
+    qid = submit(sender, ["waiting@example.test"], msg(f"etrn {how}"))
+    wait_status(sender, qid, "waiting@example.test", "deferred")
+    sink = lab.sink("127.0.0.2")
+    time.sleep(1)
+    assert sink.counters()["mesg"] == 0, "delivered before ETRN with retry_first = 1h"
+    if how == "etrn":
+        c = sender.session()
+        r = c.cmd("ETRN nothing.test")
+        assert r.code == 251, r
+        r = c.cmd("ETRN example.test")
+        assert r.code == 253, r
+        assert "1 pending" in r.text, r
+        c.expect("QUIT", 221)
+    else:
+        run = run_postel(["queue", "run", "--domain", "example.test"], sender.config_path)
+        assert run.returncode == 0, (run.stdout, run.stderr)
+    (got,) = sink.wait_messages(1, timeout=15)
+    assert message_id(got["message"]) == f"<etrn.{how}@client.test>"
+    wait_status(sender, qid, "waiting@example.test", "sent")
+    wait_removed(sender, qid)
+
+
+def test_etrn_other_forms(lab):
+    lab.dns()
+    sender = lab.sender(retry_first="1h", retry_max="1h")
+    c = sender.session()
+    assert c.cmd("ETRN #queue").code == 458
+    assert c.cmd("ETRN @example.test").code == 251  # nothing waits
+    r = c.cmd("ETRN")
+    assert r.code == 501, r
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 10. Durability of remote delivery under SIGKILL
+
+
+def test_sigkill_during_remote_delivery_loses_nothing(lab):
+    lab.dns()
+    fake = lab.fake("127.0.0.2", data_delay=0.02)
+    sender = lab.sender(delivery_workers=4, remote_concurrency=2, retry_first="1s", retry_max="1s")
+    total = 100
+    acked = []
+    kills = 0
+    rnd = random.Random(7)
+    i = 0
+    deadline = time.monotonic() + 60
+    next_kill = time.monotonic() + rnd.uniform(0.3, 0.8)
+    conn = None
+    while i < total and time.monotonic() < deadline:
+        if time.monotonic() >= next_kill and kills < 6:
+            sender.kill()
+            kills += 1
+            conn = None
+            sender.restart()
+            next_kill = time.monotonic() + rnd.uniform(0.3, 0.8)
+        try:
+            if conn is None:
+                conn = sender.session()
+            mid = f"<dur.{i}@client.test>"
+            r = transaction(conn, ALICE, [f"d{i % 7}@example.test"], msg(f"dur {i}", mid=mid))
+            if r.code == 250:
+                acked.append(mid)
+                i += 1
+        except (OSError, EOFError, TimeoutError):
+            conn = None
+    # Keep killing while deliveries are still in flight.
+    while kills < 6 and time.monotonic() < deadline:
+        time.sleep(rnd.uniform(0.1, 0.4))
+        sender.kill()
+        kills += 1
+        sender.restart()
+    assert i == total, f"only {i} messages accepted in time"
+
+    def arrived():
+        return {message_id(t.data) for t in fake.delivered()}
+
+    ok = wait_until(lambda: set(acked) <= arrived(), 30)
+    missing = sorted(set(acked) - arrived())
+    counts = {}
+    for t in fake.delivered():
+        counts[message_id(t.data)] = counts.get(message_id(t.data), 0) + 1
+    duplicates = sum(n - 1 for n in counts.values())
+    print(f"durability: {len(acked)} acknowledged, {kills} kills, {len(missing)} missing, {duplicates} duplicates "
+          f"({sorted(m for m, n in counts.items() if n > 1)})")
+    assert ok and not missing, f"acknowledged but never arrived: {missing}"
+    assert duplicates <= kills, f"{duplicates} duplicates after {kills} kills: " \
+                                f"{ {m: n for m, n in counts.items() if n > 1} }"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 11. What the receiver cannot take: 8-bit to a 7-bit server, too big for its SIZE
+
+
+def test_8bit_to_server_without_8bitmime_bounces(lab):
+    lab.dns()
+    fake = lab.fake("127.0.0.2", extensions=("PIPELINING", "SIZE 10240000", "ENHANCEDSTATUSCODES"))
+    sender = lab.sender()
+    conn = sender.session()
+    conn.expect(f"MAIL FROM:<{ALICE}> BODY=8BITMIME", 250)
+    conn.expect("RCPT TO:<seven@example.test>", 250)
+    conn.expect("DATA", 354)
+    conn.send(msg("eight bit", body="Grüße aus Köln.\r\n".encode()) + b".\r\n")
+    r = conn.reply()
+    assert r.code == 250, r
+    qid = r.queue_id
+    wait_status(sender, qid, "seven@example.test", "bounced")
+    ((report, _, per_rcpt),) = dsns(sender, "alice", 1)
+    (fields,) = per_rcpt
+    assert fields["status"].startswith("5."), fields
+    assert "8BITMIME" in fields.get("diagnostic-code", "") or "8bit" in fields.get("diagnostic-code", "").lower(), \
+        fields
+    assert not any(t.data is not None for t in fake.transactions), "the 8-bit content went to a 7-bit server"
+
+
+def test_message_over_remote_size_bounces_unsent(lab):
+    lab.dns()
+    fake = lab.fake("127.0.0.2", extensions=("PIPELINING", "SIZE 1000", "8BITMIME", "ENHANCEDSTATUSCODES"))
+    sender = lab.sender()
+    big = msg("too big", body=b"x" * 70 + b"\r\n" * 1 + (b"y" * 70 + b"\r\n") * 68)
+    assert len(big) > 5000
+    qid = submit(sender, ["small@example.test"], big)
+    wait_status(sender, qid, "small@example.test", "bounced")
+    ((report, _, per_rcpt),) = dsns(sender, "alice", 1)
+    (fields,) = per_rcpt
+    assert fields["status"].startswith("5."), fields
+    assert re.search(r"(?i)size|too big|too large|exceeds|accepts at most", fields.get("diagnostic-code", "")), fields
+    assert not any(t.data is not None for t in fake.transactions), "the message was sent though it is too big"
+    assert not any(c.upper().startswith("DATA") for c in fake.commands()), fake.commands()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The at-least-once window is only between the remote's 250 and the record of it
+
+
+@pytest.mark.parametrize("slow", ["rset", "other-domain"])
+def test_delivery_recorded_as_soon_as_remote_accepts(lab, slow):
+    """doc/relay.md "At least once": a recipient's delivery is recorded as soon as the other server has accepted the
+    message, so a crash afterwards does not send it again. Here something slow follows the 250: the remote takes 8 s
+    to answer the RSET after the transaction, or the same message's other domain takes 8 s to greet."""
+    lab.dns()
+    fast = lab.fake("127.0.0.2", rset_delay=8 if slow == "rset" else 0)
+    if slow == "other-domain":
+        lab.fake("127.0.0.4", greeting_delay=8)
+    sender = lab.sender(retry_first="1h", retry_max="1h")
+    rcpts = ["one@example.test"] + (["two@slow.test"] if slow == "other-domain" else [])
+    qid = submit(sender, rcpts, msg(f"record {slow}"))
+    fast.wait_delivered(1)
+    listing = {"text": ""}
+
+    def recorded():
+        run = run_postel(["queue", "list"], sender.config_path)
+        listing["text"] = run.stdout.decode(errors="replace")
+        return "one@example.test: delivered" in listing["text"] or qid not in listing["text"]
+
+    on_time = wait_until(recorded, 3, step=0.1)
+    # What a late record means: SIGKILL now (the remote has had the message for 3 s), restart, and it goes again.
+    sender.kill()
+    sender.restart()
+    wait_until(lambda: fast.count_delivered() >= 2, 6)
+    copies = fast.count_delivered()
+    assert on_time and copies == 1, (
+        f"3 s after {fast.ip} answered 250 to the content (slow {slow}), the spool still did not record "
+        f"one@example.test as delivered; after kill -9 and restart it received {copies} copies. queue list:\n"
+        f"{listing['text']}")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# More of "Finding the destination" and "When it fails"
+
+
+def test_implicit_mx(lab):
+    """No MX, an A record: the domain itself is the destination. (Address literals cannot be tried here: a loopback
+    literal such as [127.0.0.2] names this host, and nothing may leave 127.0.0.0/8.)"""
+    lab.dns()
+    fake = lab.fake("127.0.0.2")
+    sender = lab.sender()
+    qid = submit(sender, ["a@implicit.test"], msg("implicit mx"))
+    (txn,) = fake.wait_delivered(1)
+    assert message_id(txn.data) == "<implicit.mx@client.test>"
+    assert txn.accepted == ["a@implicit.test"]
+    wait_removed(sender, qid)
+
+
+def test_mx_pointing_to_myself_bounces_as_loop(lab):
+    lab.dns()
+    fake = lab.fake("127.0.0.3")  # mx2, preference 20, for loop2.test: worse than this host's 10
+    sender = lab.sender()  # hostname postel.test, the MX of loop.test and the best MX of loop2.test
+    q1 = submit(sender, ["x@loop.test"], msg("loop one"))
+    q2 = submit(sender, ["y@loop2.test"], msg("loop two"))
+    wait_status(sender, q1, "x@loop.test", "bounced")
+    wait_status(sender, q2, "y@loop2.test", "bounced")
+    statuses_seen = {}
+    for _, _, per_rcpt in dsns(sender, "alice", 2):
+        for f in per_rcpt:
+            statuses_seen[f["final-recipient"].split(";")[-1].strip()] = f["status"]
+    assert statuses_seen == {"x@loop.test": "5.4.6", "y@loop2.test": "5.4.6"}, statuses_seen
+    assert fake.connections == [], "a worse MX than this host was used"
+
+
+def test_dns_failure_is_temporary(lab):
+    dns = lab.servfail_dns()
+    sender = lab.sender(nameservers=[dns.address], retry_first="1s", retry_max="1s")
+    qid = submit(sender, ["x@example.test"], msg("servfail"))
+    wait_status(sender, qid, "x@example.test", "deferred", count=2, timeout=30)
+    log = sender.log()
+    assert re.search(rf"{qid}: to=<x@example\.test>.*status=deferred \(4\.4\.3 ", log), log[-2000:]
+    assert "bounced" not in statuses(log, qid)["x@example.test"]
+    assert dns.queries >= 2
+
+
+def test_4xx_greeting_tries_next_mx_and_helo_fallback(lab):
+    lab.dns()
+    busy = lab.fake("127.0.0.2", greeting="421 4.3.2 mx1 busy, try another")
+    old = lab.fake("127.0.0.3", ehlo_reply="502 5.5.2 EHLO? what is that", extensions=())
+    sender = lab.sender()
+    qid = submit(sender, ["z@example.test"], msg("next mx"))
+    (txn,) = old.wait_delivered(1)
+    assert message_id(txn.data) == "<next.mx@client.test>"
+    assert any(c.upper().startswith("HELO ") for c in old.commands()), old.commands()
+    assert len(busy.connections) >= 1
+    wait_removed(sender, qid)
+
+
+@pytest.mark.parametrize("step", ["MAIL", "end of data"])
+def test_5xx_to_mail_or_content_bounces_every_recipient(lab, step):
+    lab.dns()
+    reply = "554 5.7.1 fake says no to this message"
+    if step == "MAIL":
+        lab.fake("127.0.0.2", on_mail=lambda s, t: reply)
+    else:
+        lab.fake("127.0.0.2", on_data_end=lambda s, t: reply)
+    sender = lab.sender()
+    rcpts = ["p@example.test", "q@example.test"]
+    qid = submit(sender, rcpts, msg("all bounce"))
+    for r in rcpts:
+        wait_status(sender, qid, r, "bounced")
+    ((_, _, per_rcpt),) = dsns(sender, "alice", 1)
+    assert sorted(f["final-recipient"].split(";")[-1].strip() for f in per_rcpt) == rcpts
+    for f in per_rcpt:
+        assert f["status"] == "5.7.1", f
+        assert reply in f["diagnostic-code"], f
+
+
+def test_content_is_dot_stuffed_and_arrives_unchanged(lab):
+    lab.dns()
+    fake = lab.fake("127.0.0.2")
+    sender = lab.sender()
+    body = b".leading dot\r\n..two dots\r\n.\r\nmiddle\r\n. space\r\nFrom line\r\n" + b"z" * 990 + b"\r\nend\r\n"
+    sent = msg("dots", body=body)
+    conn = sender.session()
+    wire = re.sub(rb"(?m)^\.", b"..", sent)
+    assert transaction(conn, ALICE, ["d@example.test"], wire).code == 250
+    (txn,) = fake.wait_delivered(1)
+    # Below the trace header the relay adds, the message is byte for byte what was sent.
+    assert txn.data.endswith(sent), txn.data[-400:]
+
+
+def test_relay_adds_received_header(lab):
+    """RFC 5321 4.4: a server that receives a message for delivery or relaying MUST insert a Received line at the top
+    of the content -- also when it passes the message on (the next hops count them to detect loops)."""
+    lab.dns()
+    fake = lab.fake("127.0.0.2")
+    sender = lab.sender()
+    sent = msg("trace")
+    submit(sender, ["t@example.test"], sent)
+    (txn,) = fake.wait_delivered(1)
+    assert txn.data.endswith(sent), txn.data[-400:]
+    added = txn.data[:len(txn.data) - len(sent)]
+    assert added.lower().startswith(b"received:") and b"by postel.test" in added, (
+        f"the relayed message has no Received header of the relaying host; it starts: {txn.data[:120]!r}")
+
+
+def test_bounce_of_a_bounce_goes_to_postmaster_not_back_out(lab):
+    """A message with the null sender that fails remotely: the notice goes to postmaster (root here), never to <>."""
+    lab.dns()
+    fake = lab.fake("127.0.0.2", on_rcpt=lambda s, t, a: "550 5.1.1 no such user (fake)")
+    sender = lab.sender()
+    qid = submit(sender, ["gone@example.test"], msg("null sender"), sender="")
+    wait_status(sender, qid, "gone@example.test", "bounced")
+    ((report, _, per_rcpt),) = dsns(sender, "root", 1)
+    assert per_rcpt[0]["final-recipient"].endswith("gone@example.test")
+    time.sleep(1)
+    assert len(fake.transactions) == 1, f"something was sent out again: {fake.transactions}"
+
+
+def test_remote_timeouts(lab):
+    """A greeting that never comes (remote_command_timeout) moves on to the next MX; a reply to the content that
+    never comes (remote_data_timeout) defers the message."""
+    lab.dns()
+    mute = lab.fake("127.0.0.2", greeting_delay=8)
+    slow = lab.fake("127.0.0.3", data_delay=8)
+    sender = lab.sender(remote_command_timeout="1s", remote_data_timeout="2s", retry_first="1h", retry_max="1h")
+    qid = submit(sender, ["late@example.test"], msg("timeouts"))
+    wait_status(sender, qid, "late@example.test", "deferred", timeout=15)
+    line = re.search(rf"^.*{qid}: to=<late@example\.test>.*status=deferred.*$", sender.log(), re.M)[0]
+    assert "4." in line and re.search(r"(?i)time|timed out", line), line
+    assert len(mute.connections) == 1 and len(slow.connections) == 1, (mute.connections, slow.connections)
+    assert slow.transactions and slow.transactions[0].data is not None, "mx2 was never given the content"
+
+
+def test_smtputf8_to_server_without_it_bounces(lab):
+    lab.dns()
+    fake = lab.fake("127.0.0.2")  # PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES -- no SMTPUTF8
+    sender = lab.sender()
+    conn = sender.session()
+    conn.expect(f"MAIL FROM:<{ALICE}> SMTPUTF8", 250)
+    conn.expect("RCPT TO:<jürgen@example.test>", 250)
+    conn.expect("DATA", 354)
+    conn.send(msg("utf8", body="Grüße\r\n".encode()) + b".\r\n")
+    r = conn.reply()
+    assert r.code == 250, r
+    wait_status(sender, r.queue_id, "jürgen@example.test", "bounced")
+    ((_, _, per_rcpt),) = dsns(sender, "alice", 1)
+    assert per_rcpt[0]["status"].startswith("5."), per_rcpt
+    assert "SMTPUTF8" in per_rcpt[0].get("diagnostic-code", ""), per_rcpt
+    assert not any(t.data is not None for t in fake.transactions), fake.transactions
