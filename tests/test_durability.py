@@ -158,8 +158,8 @@ def test_sigkill_under_load_loses_and_duplicates_nothing(make_postel):
 
 
 
-def killed_at_first_write(tmp_path, path, syscalls="write"):
-    """Runs `postel serve` under strace, which kills it (SIGKILL) at its first write to `path` (`path` given relative
+def killed_at_write(tmp_path, path, syscalls="write", nth=1):
+    """Runs `postel serve` under strace, which kills it (SIGKILL) at its `nth` call of `syscalls` on `path` (`path` given relative
     to the server's folder); sends one message to alice first. Returns the folder, for a server to start again on it.
     """
     strace = shutil.which("strace")
@@ -171,7 +171,7 @@ def killed_at_first_write(tmp_path, path, syscalls="write"):
     port = int(re.search(r"127\.0\.0\.1:(\d+)", config.read_text())[1])
     log = open(folder / "traced.log", "wb")
     traced = subprocess.Popen([strace, "-f", "-qq", "-o", str(folder / "strace.out"), "-P", str(folder / path),
-                               "-e", f"trace={syscalls}", "-e", f"inject={syscalls}:signal=KILL",
+                               "-e", f"trace={syscalls}", "-e", f"inject={syscalls}:signal=KILL:when={nth}",
                                str(POSTEL_BIN), "serve", "--config", str(config)],
                               stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                               env=dict(os.environ, RUST_LOG="info"))
@@ -209,7 +209,7 @@ def test_sigkill_while_taking_the_dot_lock_does_not_block_the_mailbox(make_poste
     (doc/delivery.md: a lock left by Postel after a kill -9 is cleared at once). The lock is a file holding the PID,
     linked into place as liblockfile does: strace kills the server at that link(2), after the PID is written.
     """
-    folder = killed_at_first_write(tmp_path, "mailboxes/alice.lock", "link,linkat")
+    folder = killed_at_write(tmp_path, "mailboxes/alice.lock", "link,linkat")
     own = list((folder / "mailboxes").glob("alice.lock.*"))
     assert own and own[0].read_text().strip().isdigit(), "the kill did not land while the dot-lock was taken"
     server = restarted(make_postel, folder)
@@ -218,9 +218,10 @@ def test_sigkill_while_taking_the_dot_lock_does_not_block_the_mailbox(make_poste
 
 
 def test_sigkill_between_the_append_and_its_journal_entry_does_not_deliver_twice(make_postel, tmp_path):
-    """doc/delivery.md: "a crash or a restart never delivers to the same mailbox twice". strace kills the server at
-    its first write to spool/journal: after the append to alice's mailbox and its fsync, before the record of it."""
-    folder = killed_at_first_write(tmp_path, "spool/journal", "write,pwrite64,pwritev,pwritev2")
+    """doc/delivery.md: "a crash or a restart never delivers to the same mailbox twice". The journal gets two writes
+    for the delivery: where the append will go, then that it is done. strace kills the server at the second: after
+    the append to alice's mailbox and its fsync, before the record of it."""
+    folder = killed_at_write(tmp_path, "spool/journal", "write,pwrite64,pwritev,pwritev2", nth=2)
     box = folder / "mailboxes" / "alice"
     assert message_ids(box) == ["<killed@test>"], "the kill did not land after the append"
     server = restarted(make_postel, folder)

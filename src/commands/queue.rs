@@ -45,6 +45,11 @@ fn write_summary(message: &Queued, out: &mut dyn Write) -> std::io::Result<()> {
     for result in &message.state.results {
         let state = match &result.outcome {
             Outcome::Delivered => "delivered".to_string(),
+            Outcome::Appending { offset, .. } => {
+                format!(
+                    "being appended at byte {offset} when delivery stopped; checked at the next try"
+                )
+            }
             Outcome::Failed { status, diagnostic } => format!("failed: {status} {diagnostic}"),
             Outcome::Deferred {
                 status,

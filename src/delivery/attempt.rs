@@ -223,20 +223,26 @@ impl Deliverer {
         };
         let trace_headers =
             trace::trace_headers(&origin, &self.config.hostname, &route.recipient, now);
-        let body = match self.spool.read_body(message) {
-            Ok(body) => body,
-            Err(e) => return deferred("4.3.0", format!("cannot read the queued message: {e}")),
-        };
-        let mut body = BufReader::with_capacity(64 * 1024, body);
         match &route.destination {
-            Destination::Command(command) => {
-                pipe::deliver(command, trace_headers.as_bytes(), &mut body)
-            }
+            Destination::Command(command) => match self.body(message) {
+                Ok(mut body) => pipe::deliver(command, trace_headers.as_bytes(), &mut body),
+                Err(outcome) => outcome,
+            },
             Destination::Mailbox { path, owner } => {
-                self.append(path, *owner, message, &trace_headers, &mut body)
+                self.append(path, *owner, message, &route.key, &trace_headers)
             }
-            Destination::File(path) => self.append(path, None, message, &trace_headers, &mut body),
+            Destination::File(path) => self.append(path, None, message, &route.key, &trace_headers),
             Destination::Remote(_) | Destination::Refused { .. } => unreachable!("handled above"),
+        }
+    }
+
+    fn body(&self, message: &Queued) -> Result<BufReader<impl Read + use<>>, Outcome> {
+        match self.spool.read_body(message) {
+            Ok(body) => Ok(BufReader::with_capacity(64 * 1024, body)),
+            Err(e) => Err(deferred(
+                "4.3.0",
+                format!("cannot read the queued message: {e}"),
+            )),
         }
     }
 
@@ -245,8 +251,8 @@ impl Deliverer {
         path: &std::path::Path,
         owner: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
         message: &Queued,
+        key: &str,
         trace_headers: &str,
-        body: &mut dyn std::io::BufRead,
     ) -> Outcome {
         let settings = MboxSettings {
             lock_timeout: self.config.mailbox_lock_timeout,
@@ -260,15 +266,51 @@ impl Deliverer {
         } else {
             &envelope.sender
         };
+        let id = &envelope.id;
+        // An append announced before a crash may have happened: then it must not happen twice.
+        if let Some(&Outcome::Appending { offset, len }) = message.state.outcome(key) {
+            match mbox::appended_whole(path, &settings, offset, len, id.as_str()) {
+                Ok(true) => {
+                    info!(
+                        "{id}: {key}: found whole in {} after a restart",
+                        path.display()
+                    );
+                    return Outcome::Delivered;
+                }
+                Ok(false) => {}
+                Err(e) => return deferred(e.status, e.message),
+            }
+        }
+        let trace = trace_headers.as_bytes();
+        let len = match self
+            .body(message)
+            .map(|mut body| mbox::rendered_len(path, from, envelope.arrival, trace, &mut body))
+        {
+            Ok(Ok(len)) => len,
+            Ok(Err(e)) => return deferred(e.status, e.message),
+            Err(outcome) => return outcome,
+        };
+        let mut body = match self.body(message) {
+            Ok(body) => body,
+            Err(outcome) => return outcome,
+        };
+        let mut announce = |offset| {
+            self.spool
+                .record_appending(id, key, offset, len)
+                .map_err(|e| {
+                    mbox::MboxError::temporary("4.3.0", format!("cannot record the delivery: {e}"))
+                })
+        };
         match mbox::append(
             path,
             owner,
             &settings,
             from,
             envelope.arrival,
-            trace_headers.as_bytes(),
-            body,
+            trace,
+            &mut body,
             message.len,
+            &mut announce,
         ) {
             Ok(_) => Outcome::Delivered,
             Err(e) if e.permanent => failed(e.status, e.message),
@@ -388,6 +430,9 @@ fn log_outcome(id: &QueueId, route: &Route, outcome: &Outcome, arrival: DateTime
         / 1e6;
     match outcome {
         Outcome::Delivered => info!("{id}: to={to}, delay={delay:.3}s, status=sent (delivered)"),
+        Outcome::Appending { offset, .. } => {
+            info!("{id}: to={to}, delay={delay:.3}s, status=appending (at byte {offset})")
+        }
         Outcome::Deferred {
             status, diagnostic, ..
         } => {

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufWriter, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, LazyLock, Mutex};
@@ -44,7 +44,7 @@ pub struct MboxError {
 }
 
 impl MboxError {
-    fn temporary(status: &'static str, message: String) -> Self {
+    pub fn temporary(status: &'static str, message: String) -> Self {
         MboxError {
             permanent: false,
             status,
@@ -94,6 +94,7 @@ pub fn append(
     trace_headers: &[u8],
     body: &mut dyn BufRead,
     body_len: u64,
+    announce: &mut dyn FnMut(u64) -> Result<(), MboxError>,
 ) -> Result<u64, MboxError> {
     let from_line = from_line(from_line_sender, arrival);
     let _turn = Turn::take(path);
@@ -112,13 +113,14 @@ pub fn append(
             ),
         });
     }
+    announce(old_size)?;
     let undo = Undo {
         file: &locked.file,
         old_size,
         done: false,
     };
     let result =
-        write_message(&locked.file, path, &from_line, trace_headers, body).and_then(|()| {
+        write_message(&locked.file, path, &from_line, trace_headers, body).and_then(|_| {
             locked
                 .file
                 .sync_data()
@@ -200,15 +202,15 @@ fn from_line(sender: &str, arrival: DateTime<Utc>) -> Vec<u8> {
 }
 
 /// Writes the whole message through one large buffer, so it reaches the file in a few big writes.
-fn write_message(
-    file: &File,
+fn write_message<W: Write>(
+    sink: W,
     path: &Path,
     from_line: &[u8],
     trace_headers: &[u8],
     body: &mut dyn BufRead,
-) -> Result<(), MboxError> {
+) -> Result<W, MboxError> {
     let write_error = |e: io::Error| MboxError::io(path, "writing", &e);
-    let mut out = BufWriter::with_capacity(64 * 1024, file);
+    let mut out = BufWriter::with_capacity(64 * 1024, sink);
     out.write_all(from_line).map_err(write_error)?;
     let mut quoter = Mboxrd::new(out);
     quoter.write(trace_headers).map_err(write_error)?;
@@ -230,8 +232,86 @@ fn write_message(
         quoter.write(chunk).map_err(write_error)?;
         body.consume(len);
     }
-    let mut out = quoter.finish().map_err(write_error)?;
-    out.flush().map_err(write_error)
+    let out = quoter.finish().map_err(write_error)?;
+    out.into_inner().map_err(|e| write_error(e.into_error()))
+}
+
+/// How many bytes [`append`] will add for this message: the same rendering, counted instead of written.
+pub fn rendered_len(
+    path: &Path,
+    from_line_sender: &str,
+    arrival: DateTime<Utc>,
+    trace_headers: &[u8],
+    body: &mut dyn BufRead,
+) -> Result<u64, MboxError> {
+    let from_line = from_line(from_line_sender, arrival);
+    Ok(write_message(Counter(0), path, &from_line, trace_headers, body)?.0)
+}
+
+/// A sink that only counts what is written to it.
+struct Counter(u64);
+
+impl Write for Counter {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.0 += bytes.len() as u64;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// After a crash during a delivery: whether the `len`-byte message announced at `offset` is in the mailbox whole
+/// (it starts with a From_ line naming `queue_id` in its trace headers, ends with its empty line, and the next
+/// thing is the end of the file or another message). A torn copy at the end of the file, left by a crash in the
+/// middle of the write, is cut off, so the retry appends a whole one.
+pub fn appended_whole(
+    path: &Path,
+    settings: &MboxSettings,
+    offset: u64,
+    len: u64,
+    queue_id: &str,
+) -> Result<bool, MboxError> {
+    let _turn = Turn::take(path);
+    let locked = lock(path, None, settings)?;
+    let read_error = |e: io::Error| MboxError::io(path, "reading", &e);
+    let reader = File::open(path).map_err(read_error)?;
+    let size = locked.size;
+    if size <= offset || len < 2 {
+        return Ok(false);
+    }
+    let mut start = vec![0; len.min(4096).min(size - offset) as usize];
+    reader
+        .read_exact_at(&mut start, offset)
+        .map_err(read_error)?;
+    let ours = start.starts_with(b"From ")
+        && memchr::memmem::find(&start, format!(" id {queue_id}").as_bytes()).is_some();
+    if !ours {
+        return Ok(false);
+    }
+    if size < offset + len {
+        // Torn, and nothing after it: cut it off under the lock, as a failed append would have been.
+        locked
+            .file
+            .set_len(offset)
+            .map_err(|e| MboxError::io(path, "truncating", &e))?;
+        locked
+            .file
+            .sync_all()
+            .map_err(|e| MboxError::io(path, "syncing", &e))?;
+        log::warn!(
+            "{}: cut off a message torn by a crash at byte {offset}",
+            path.display()
+        );
+        return Ok(false);
+    }
+    let mut end = [0; 7];
+    let tail = &mut end[..(2 + (size - offset - len).min(5)) as usize];
+    reader
+        .read_exact_at(tail, offset + len - 2)
+        .map_err(read_error)?;
+    Ok(tail.starts_with(b"\n\n") && (tail.len() == 2 || tail[2..].starts_with(b"From ")))
 }
 
 /// Truncates the mailbox back to its size before the append unless the append is committed, also when a panic
@@ -759,6 +839,7 @@ mod tests {
             TRACE,
             &mut &body[..],
             body.len() as u64,
+            &mut |_| Ok(()),
         );
         assert!(!lock_path(path).exists(), "our dot-lock is left behind");
         result
@@ -907,6 +988,7 @@ mod tests {
             b"",
             &mut body,
             size,
+            &mut |_| Ok(()),
         )
         .unwrap();
         let from = "From bob Wed Nov  4 13:49:21 2026\n".len() as u64;
@@ -935,6 +1017,7 @@ mod tests {
             b"",
             &mut &b"x"[..],
             1,
+            &mut |_| Ok(()),
         )
         .unwrap_err();
         assert!(started.elapsed() >= Duration::from_millis(300));
@@ -985,6 +1068,7 @@ mod tests {
             b"",
             &mut &b"x"[..],
             1,
+            &mut |_| Ok(()),
         )
         .unwrap_err();
         assert_eq!(err.status, "4.2.0");
@@ -1132,6 +1216,7 @@ mod tests {
             TRACE,
             &mut body,
             400_000,
+            &mut |_| Ok(()),
         )
         .unwrap_err();
         assert_eq!((err.permanent, err.status), (false, "4.3.0"));
@@ -1163,6 +1248,7 @@ mod tests {
                 TRACE,
                 &mut body,
                 400_000,
+                &mut |_| Ok(()),
             )
         });
         assert!(panicked.is_err());
@@ -1215,5 +1301,59 @@ mod tests {
                 .starts_with("4.3.0 /var/mail/alice: writing: "),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_append_announced_before_a_crash_is_found_whole_or_cut_off() {
+        let dir = TempDir::new("mbox");
+        let path = mailbox(&dir);
+        let id_trace = b"Received: from x\r\n\tby mx.test (Postel) with ESMTP id Q1; now\r\n";
+        deliver(&path, b"Subject: first\r\n\r\nfirst\r\n").unwrap();
+        let body = b"Subject: second\r\n\r\nFrom here\r\nno final newline";
+        let len = rendered_len(
+            &path,
+            "bob@example.org",
+            arrival(),
+            id_trace,
+            &mut &body[..],
+        )
+        .unwrap();
+        let mut announced = None;
+        let appended = append(
+            &path,
+            None,
+            &settings(),
+            "bob@example.org",
+            arrival(),
+            id_trace,
+            &mut &body[..],
+            body.len() as u64,
+            &mut |offset| {
+                announced = Some(offset);
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(appended, len, "the counted length is what append writes");
+        let offset = announced.unwrap();
+        assert!(appended_whole(&path, &settings(), offset, len, "Q1").unwrap());
+        assert!(
+            !appended_whole(&path, &settings(), offset, len, "Q2").unwrap(),
+            "another message's id"
+        );
+        assert!(
+            !appended_whole(&path, &settings(), offset + len, len, "Q1").unwrap(),
+            "nothing there"
+        );
+        // A crash in the middle of the write: the torn copy is cut off.
+        let whole = fs::metadata(&path).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(whole - 10)
+            .unwrap();
+        assert!(!appended_whole(&path, &settings(), offset, len, "Q1").unwrap());
+        assert_eq!(fs::metadata(&path).unwrap().len(), offset);
     }
 }

@@ -299,10 +299,31 @@ impl Spool {
     /// Records one recipient's delivery at once, durably, without counting an attempt: a crash later in the
     /// same attempt must not deliver to this recipient again. Only the holder of the lock may record.
     pub fn record_delivered(&self, id: &QueueId, recipient: &str) -> Result<(), SpoolError> {
+        self.record_one(id, recipient, Outcome::Delivered)
+    }
+
+    /// Records, durably and without counting an attempt, that an append to a recipient's mailbox is about to
+    /// begin, where and how long: after a crash, [`Outcome::Appending`] tells whether it happened.
+    pub fn record_appending(
+        &self,
+        id: &QueueId,
+        recipient: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), SpoolError> {
+        self.record_one(id, recipient, Outcome::Appending { offset, len })
+    }
+
+    fn record_one(
+        &self,
+        id: &QueueId,
+        recipient: &str,
+        outcome: Outcome,
+    ) -> Result<(), SpoolError> {
         let mut entry = Vec::with_capacity(128);
         let result = RecipientResult {
             recipient: recipient.to_string(),
-            outcome: Outcome::Delivered,
+            outcome,
         };
         state::encode(id, &Entry::Result(result), &mut entry);
         self.journal.append(&entry, &self.live)

@@ -20,6 +20,12 @@ pub enum Outcome {
         diagnostic: String,
         next_try: DateTime<Utc>,
     },
+    /// An append of `len` bytes at byte `offset` of a mailbox was under way: if it is found there, whole, the
+    /// delivery happened (a crash came between the append and its record); if not, it is tried again.
+    Appending {
+        offset: u64,
+        len: u64,
+    },
 }
 
 /// The outcome of a delivery to one final recipient ("alice@localhost", "|/usr/bin/prog -x", ...).
@@ -141,6 +147,12 @@ pub(super) fn encode(id: &QueueId, entry: &Entry, out: &mut Vec<u8>) {
                 field(status);
                 field(diagnostic);
             }
+            Outcome::Appending { offset, len } => {
+                field("appending");
+                field(recipient);
+                field(&offset.to_string());
+                field(&len.to_string());
+            }
         },
         Entry::Attempts(n) => {
             field("attempts");
@@ -193,6 +205,15 @@ pub(super) fn parse(line: &[u8]) -> Result<(QueueId, Entry), String> {
                 next_try: NaiveDateTime::parse_from_str(next_try, TIME_FORMAT)
                     .map_err(|e| format!("bad time {next_try:?}: {e}"))?
                     .and_utc(),
+            },
+        ),
+        ("appending", [recipient, offset, len]) => result(
+            recipient,
+            Outcome::Appending {
+                offset: offset
+                    .parse()
+                    .map_err(|_| format!("bad offset {offset:?}"))?,
+                len: len.parse().map_err(|_| format!("bad length {len:?}"))?,
             },
         ),
         ("attempts", [n]) => Entry::Attempts(n.parse().map_err(|_| format!("bad count {n:?}"))?),
