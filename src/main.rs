@@ -18,7 +18,7 @@ usage: postel serve [--config FILE] [--listen ADDR]... [--spool DIR] [--mailboxe
 
   serve     run the SMTP server (127.0.0.1:2525, ./spool and ./mailboxes unless configured)
   inetd     run one SMTP session on stdin/stdout, for inetd, xinetd or systemd socket activation
-  check     validate the configuration and print it, with every default, as TOML
+  check     validate the configuration (and its aliases file) and print it, with every default, as TOML
   queue     list the queued messages, run the queue now, show or remove one message
   sendmail  submit a message from a local program, as /usr/sbin/sendmail does
 
@@ -133,6 +133,7 @@ fn run(args: Vec<String>) -> Result<(), String> {
         "serve" => server::serve(config).map_err(|e| e.to_string()),
         "inetd" => server::inetd::run(config).map_err(|e| e.to_string()),
         "check" => {
+            server::load_aliases(&config).map_err(|e| e.to_string())?;
             print!("{}", config.to_toml());
             Ok(())
         }

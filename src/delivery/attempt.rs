@@ -95,9 +95,12 @@ impl Deliverer {
             ) = (&outcome, expired)
             {
                 let lifetime = crate::config::format_duration(self.config.queue_lifetime);
+                // RFC 3463 4.4.7: delivery time expired; the last error says why.
                 outcome = Outcome::Failed {
-                    status: status.replacen('4', "5", 1),
-                    diagnostic: format!("{diagnostic} (gave up: queued longer than {lifetime})"),
+                    status: "4.4.7".to_string(),
+                    diagnostic: format!(
+                        "{status} {diagnostic} (gave up: queued longer than {lifetime})"
+                    ),
                 };
             }
             if let Outcome::Deferred { next_try: at, .. } = &mut outcome {
