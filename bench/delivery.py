@@ -105,7 +105,7 @@ class Server:
         """Messages in the mailboxes, counted by From_ lines."""
         total = 0
         for box in (self.folder / "mailboxes").iterdir():
-            if box.name.endswith(".lock"):
+            if ".lock" in box.name:  # dot-locks, and the files they are made from
                 continue
             with open(box, "rb") as f:
                 data = f.read()
