@@ -2,7 +2,7 @@
 //! with the length limits of section 4.5.3.1 and the UTF-8 extensions of RFC 6531.
 
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use core::net::{Ipv4Addr, Ipv6Addr};
 
 /// The domain part of a mailbox.
 #[derive(Clone, Debug, PartialEq, Eq)]
