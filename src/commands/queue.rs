@@ -138,6 +138,9 @@ pub fn run(config: Config, node: Option<&str>, out: &mut dyn Write) -> Result<()
 /// `postel queue remove ID`: drops a message, through the daemon if one runs.
 pub fn remove(config: Config, id: &str, out: &mut dyn Write) -> Result<(), String> {
     let id = parse_id(id)?;
+    if !scan(&config)?.iter().any(|m| m.envelope.id == id) {
+        return Err(format!("{id}: no such message in the queue"));
+    }
     let spool = Spool::open(&config.spool_dir).map_err(|e| e.to_string())?;
     if let Some(pid) = spool.owner() {
         control::send(&config.spool_dir, &Request::Remove(id.clone()))
@@ -150,10 +153,6 @@ pub fn remove(config: Config, id: &str, out: &mut dyn Write) -> Result<(), Strin
         .map_err(|e| e.to_string());
     }
     let _lock = spool.lock().map_err(|e| e.to_string())?;
-    let messages = spool.scan(false).map_err(|e| e.to_string())?.messages;
-    if !messages.iter().any(|m| m.envelope.id == id) {
-        return Err(format!("{id}: no such message in the queue"));
-    }
     spool.finish(&id).map_err(|e| e.to_string())?;
     writeln!(out, "{id}: removed").map_err(|e| e.to_string())
 }

@@ -87,20 +87,12 @@ impl Deliverer {
                 Some(outcome) => outcome,
                 None => self.deliver(message, &route, &headers, now),
             };
-            if let (
-                Outcome::Deferred {
-                    status, diagnostic, ..
-                },
-                true,
-            ) = (&outcome, expired)
-            {
+            if let (Outcome::Deferred { diagnostic, .. }, true) = (&outcome, expired) {
                 let lifetime = crate::config::format_duration(self.config.queue_lifetime);
                 // RFC 3463 4.4.7: delivery time expired; the last error says why.
                 outcome = Outcome::Failed {
                     status: "4.4.7".to_string(),
-                    diagnostic: format!(
-                        "{status} {diagnostic} (gave up: queued longer than {lifetime})"
-                    ),
+                    diagnostic: format!("{diagnostic} (gave up: queued longer than {lifetime})"),
                 };
             }
             if let Outcome::Deferred { next_try: at, .. } = &mut outcome {
@@ -119,7 +111,8 @@ impl Deliverer {
                     recipient: route.recipient.clone(),
                     status: status.clone(),
                     diagnostic: diagnostic.clone(),
-                    remote: matches!(route.destination, Destination::Remote(_)),
+                    remote: matches!(route.destination, Destination::Remote(_))
+                        && is_smtp_reply(diagnostic),
                 });
             }
             results.push(RecipientResult {
@@ -445,4 +438,10 @@ fn log_outcome(id: &QueueId, route: &Route, outcome: &Outcome, arrival: DateTime
             info!("{id}: to={to}, delay={delay:.3}s, status=bounced ({status} {diagnostic})")
         }
     }
+}
+
+/// Whether a diagnostic is another server's reply (`550 5.1.1 ...`) rather than a reason of our own.
+fn is_smtp_reply(diagnostic: &str) -> bool {
+    let bytes = diagnostic.as_bytes();
+    bytes.len() > 4 && bytes[..3].iter().all(u8::is_ascii_digit) && bytes[3] == b' '
 }

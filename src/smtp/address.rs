@@ -1,8 +1,8 @@
 //! The RFC 5321 path grammar (section 4.1.2): reverse and forward paths, mailboxes, domains and address literals,
 //! with the length limits of section 4.5.3.1 and the UTF-8 extensions of RFC 6531.
 
-use std::fmt;
 use core::net::{Ipv4Addr, Ipv6Addr};
+use std::fmt;
 
 /// The domain part of a mailbox.
 #[derive(Clone, Debug, PartialEq, Eq)]
