@@ -102,8 +102,8 @@ impl Deliverer {
             }
             log_outcome(&envelope.id, &route, &outcome, envelope.arrival);
             // Relayed deliveries were recorded as soon as the other server took them.
-            let relayed = matches!(route.destination, Destination::Remote(_));
-            if outcome == Outcome::Delivered && !relayed {
+            let remote = matches!(route.destination, Destination::Remote(_));
+            if outcome == Outcome::Delivered && !remote {
                 self.spool.record_delivered(&envelope.id, &route.key)?;
             }
             if let Outcome::Failed { status, diagnostic } = &outcome {
@@ -111,8 +111,7 @@ impl Deliverer {
                     recipient: route.recipient.clone(),
                     status: status.clone(),
                     diagnostic: diagnostic.clone(),
-                    remote: matches!(route.destination, Destination::Remote(_))
-                        && is_smtp_reply(diagnostic),
+                    remote: remote && is_smtp_reply(diagnostic),
                 });
             }
             results.push(RecipientResult {
@@ -187,7 +186,7 @@ impl Deliverer {
         now: DateTime<Utc>,
     ) -> Outcome {
         match &route.destination {
-            Destination::Refused { status, reason } => return failed(status, reason.clone()),
+            Destination::Refused { status, reason } => return failed(*status, reason.clone()),
             Destination::Remote(_) => unreachable!("remote routes are relayed"),
             Destination::Mailbox { .. } | Destination::File(_) | Destination::Command(_) => {}
         }
@@ -210,13 +209,7 @@ impl Deliverer {
             None => {}
         }
         let envelope = &message.envelope;
-        let origin = Origin {
-            helo: &envelope.helo,
-            client: &envelope.client,
-            protocol: &envelope.protocol,
-            queue_id: envelope.id.as_str(),
-            sender: &envelope.sender,
-        };
+        let origin = Origin::of(envelope);
         let trace_headers =
             trace::trace_headers(&origin, &self.config.hostname, &route.recipient, now);
         match &route.destination {
@@ -398,17 +391,19 @@ pub fn backoff(config: &Config, attempts: u32) -> chrono::Duration {
     chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX)
 }
 
-fn failed(status: &str, diagnostic: String) -> Outcome {
+/// A permanent failure of one delivery.
+pub fn failed(status: impl Into<String>, diagnostic: impl Into<String>) -> Outcome {
     Outcome::Failed {
-        status: status.to_string(),
-        diagnostic,
+        status: status.into(),
+        diagnostic: diagnostic.into(),
     }
 }
 
-fn deferred(status: &str, diagnostic: String) -> Outcome {
+/// A temporary failure of one delivery; [`Deliverer::attempt`] sets when it is tried again.
+pub fn deferred(status: impl Into<String>, diagnostic: impl Into<String>) -> Outcome {
     Outcome::Deferred {
-        status: status.to_string(),
-        diagnostic,
+        status: status.into(),
+        diagnostic: diagnostic.into(),
         next_try: DateTime::<Utc>::MIN_UTC,
     }
 }

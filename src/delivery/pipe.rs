@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::delivery::attempt::{deferred, failed};
 use crate::spool::Outcome;
 
 /// How long a command may take before it is killed and the delivery deferred.
@@ -28,7 +29,7 @@ pub fn deliver(command: &str, trace_headers: &[u8], body: &mut dyn BufRead) -> O
         .spawn()
     {
         Ok(child) => child,
-        Err(e) => return deferred(format!("cannot run '{command}': {e}")),
+        Err(e) => return deferred("4.3.0", format!("cannot run '{command}': {e}")),
     };
     let mut stdin = child.stdin.take().expect("stdin is piped");
     let mut stderr = child.stderr.take().expect("stderr is piped");
@@ -48,32 +49,30 @@ pub fn deliver(command: &str, trace_headers: &[u8], body: &mut dyn BufRead) -> O
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return deferred(format!(
-                    "'{command}' took longer than {}s and was killed",
-                    COMMAND_TIMEOUT.as_secs()
-                ));
+                return deferred(
+                    "4.3.0",
+                    format!(
+                        "'{command}' took longer than {}s and was killed",
+                        COMMAND_TIMEOUT.as_secs()
+                    ),
+                );
             }
-            Err(e) => return deferred(format!("cannot wait for '{command}': {e}")),
+            Err(e) => return deferred("4.3.0", format!("cannot wait for '{command}': {e}")),
         }
     };
     let said = errors.join().unwrap_or_default();
     let said = said.lines().next().unwrap_or("").trim();
     match status.code() {
         Some(0) => Outcome::Delivered,
-        Some(EX_TEMPFAIL) => deferred(format!("'{command}' asked to try again later: {said}")),
-        Some(code) => Outcome::Failed {
-            status: "5.3.0".into(),
-            diagnostic: format!("'{command}' failed with exit status {code}: {said}"),
-        },
-        None => deferred(format!("'{command}' was killed by a signal")),
-    }
-}
-
-fn deferred(diagnostic: String) -> Outcome {
-    Outcome::Deferred {
-        status: "4.3.0".into(),
-        diagnostic,
-        next_try: chrono::DateTime::<chrono::Utc>::MIN_UTC,
+        Some(EX_TEMPFAIL) => deferred(
+            "4.3.0",
+            format!("'{command}' asked to try again later: {said}"),
+        ),
+        Some(code) => failed(
+            "5.3.0",
+            format!("'{command}' failed with exit status {code}: {said}"),
+        ),
+        None => deferred("4.3.0", format!("'{command}' was killed by a signal")),
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -141,18 +141,18 @@ struct Manager {
 }
 
 impl Manager {
+    /// Handles events until Stop. Due retries and the periodic look around happen whatever else arrives, so a
+    /// steady stream of new messages cannot hold them back.
     fn run(mut self, inbox: Receiver<Event>) {
+        let mut next_look = Instant::now() + PICKUP_INTERVAL;
         loop {
-            let timeout = self
-                .waiting
-                .keys()
-                .next()
-                .map_or(PICKUP_INTERVAL, |(due, _)| {
-                    due.signed_duration_since(Utc::now())
-                        .to_std()
-                        .unwrap_or_default()
-                        .min(PICKUP_INTERVAL)
-                });
+            let until_look = next_look.saturating_duration_since(Instant::now());
+            let timeout = self.waiting.keys().next().map_or(until_look, |(due, _)| {
+                due.signed_duration_since(Utc::now())
+                    .to_std()
+                    .unwrap_or_default()
+                    .min(until_look)
+            });
             match inbox.recv_timeout(timeout) {
                 Ok(Event::New(message)) => self.dispatch(message),
                 Ok(Event::Done(message, attempted)) => self.done(message, attempted),
@@ -161,10 +161,12 @@ impl Manager {
                     let _ = reply.send(self.run_node(&node));
                 }
                 Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-                Err(RecvTimeoutError::Timeout) => {
-                    self.dispatch_due(Utc::now());
-                    self.look_around();
-                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            self.dispatch_due(Utc::now());
+            if Instant::now() >= next_look {
+                self.look_around();
+                next_look = Instant::now() + PICKUP_INTERVAL;
             }
         }
     }

@@ -17,6 +17,19 @@ pub struct Origin<'a> {
     pub sender: &'a str,
 }
 
+impl<'a> Origin<'a> {
+    /// The origin a spool envelope records.
+    pub fn of(envelope: &'a crate::spool::Envelope) -> Origin<'a> {
+        Origin {
+            helo: &envelope.helo,
+            client: &envelope.client,
+            protocol: &envelope.protocol,
+            queue_id: envelope.id.as_str(),
+            sender: &envelope.sender,
+        }
+    }
+}
+
 /// The lines delivery puts above a message for `recipient`, LF line ends (mbox form).
 pub fn trace_headers(
     origin: &Origin,

@@ -12,6 +12,7 @@ use chrono::Utc;
 use log::{debug, info};
 
 use crate::config::Config;
+use crate::delivery::attempt::{deferred, failed};
 use crate::delivery::trace::{self, Origin};
 use crate::remote::client::{ClientError, Connection, RemoteReply, Timeouts};
 use crate::remote::dns::{DnsError, Resolver, Route as MxRoute};
@@ -136,7 +137,7 @@ impl Relay {
         let resolver = self.resolver.as_ref().ok_or_else(|| {
             deferred(
                 "4.4.3",
-                "no DNS server is configured (nameservers, /etc/resolv.conf)".into(),
+                "no DNS server is configured (nameservers, /etc/resolv.conf)",
             )
         })?;
         let exchangers = match resolver.mx(domain) {
@@ -292,13 +293,7 @@ impl Relay {
     /// The Received header this host adds to a message it relays (RFC 5321 4.4), CRLF line ends.
     fn received(&self, message: &Queued, recipients: &[String]) -> Cursor<Vec<u8>> {
         let envelope = &message.envelope;
-        let origin = Origin {
-            helo: &envelope.helo,
-            client: &envelope.client,
-            protocol: &envelope.protocol,
-            queue_id: envelope.id.as_str(),
-            sender: &envelope.sender,
-        };
+        let origin = Origin::of(envelope);
         let only = (recipients.len() == 1).then(|| recipients[0].as_str());
         let header = trace::received(&origin, &self.hostname, only, Utc::now());
         Cursor::new(header.replace('\n', "\r\n").into_bytes())
@@ -384,34 +379,15 @@ enum Sent {
 fn from_reply(reply: &RemoteReply) -> Outcome {
     let text = format!("{} {}", reply.code, reply.text);
     if reply.is_permanent() {
-        Outcome::Failed {
-            status: reply.enhanced_status().unwrap_or_else(|| "5.0.0".into()),
-            diagnostic: text,
-        }
+        failed(
+            reply.enhanced_status().unwrap_or_else(|| "5.0.0".into()),
+            text,
+        )
     } else {
-        deferred_owned(
+        deferred(
             reply.enhanced_status().unwrap_or_else(|| "4.0.0".into()),
             text,
         )
-    }
-}
-
-fn failed(status: &str, diagnostic: String) -> Outcome {
-    Outcome::Failed {
-        status: status.to_string(),
-        diagnostic,
-    }
-}
-
-fn deferred(status: &str, diagnostic: String) -> Outcome {
-    deferred_owned(status.to_string(), diagnostic)
-}
-
-fn deferred_owned(status: String, diagnostic: String) -> Outcome {
-    Outcome::Deferred {
-        status,
-        diagnostic,
-        next_try: chrono::DateTime::<chrono::Utc>::MIN_UTC,
     }
 }
 

@@ -14,9 +14,7 @@ use crate::config::{BareLf, Config, MAX_LINE_LIMIT};
 use crate::delivery::aliases::Aliases;
 use crate::delivery::queue::QueueHandle;
 use crate::server::policy::ServerPolicy;
-use crate::smtp::{
-    self, BodyType, Envelope, ForwardPath, Protocol, Reply, Session, SessionParams, Step,
-};
+use crate::smtp::{self, Envelope, Reply, Session, SessionParams, Step};
 use crate::spool::{self, MessageWriter, Queued, Spool};
 
 /// A byte stream a session can run over: a TCP connection, or stdin/stdout in inetd mode.
@@ -301,27 +299,10 @@ fn spool_envelope(envelope: &Envelope, client: &Client) -> spool::Envelope {
             .ip
             .map_or_else(|| "unknown".to_string(), |ip| ip.to_string()),
         helo: envelope.helo.clone(),
-        protocol: match envelope.protocol {
-            Protocol::Smtp => "SMTP",
-            Protocol::Esmtp => "ESMTP",
-        }
-        .to_string(),
+        protocol: envelope.protocol.as_str().to_string(),
         sender: envelope.sender.to_string(),
-        recipients: envelope
-            .recipients
-            .iter()
-            .map(|r| match r {
-                ForwardPath::Postmaster => "postmaster".to_string(),
-                ForwardPath::Mailbox(m) => m.to_string(),
-            })
-            .collect(),
-        body: envelope.params.body.as_ref().map(|b| {
-            match b {
-                BodyType::SevenBit => "7BIT",
-                BodyType::EightBitMime => "8BITMIME",
-            }
-            .to_string()
-        }),
+        recipients: envelope.recipients.iter().map(|r| r.to_string()).collect(),
+        body: envelope.params.body.map(|b| b.as_str().to_string()),
         smtputf8: envelope.params.smtputf8,
         declared_size: envelope.params.size,
     }

@@ -56,6 +56,15 @@ pub enum BodyType {
     EightBitMime,
 }
 
+impl BodyType {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BodyType::SevenBit => "7BIT",
+            BodyType::EightBitMime => "8BITMIME",
+        }
+    }
+}
+
 /// The syntax of each command, for 501 replies and HELP.
 pub const SYNTAX: &[(&str, &str)] = &[
     ("HELO", "HELO <your host name>"),

@@ -46,12 +46,16 @@ impl Reply {
 
     /// Appends the reply as it goes on the wire: `250-first`, ..., `250 last`, each ended by CRLF.
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        let last = self.lines.len() - 1;
+        let digit = |n: u16| b'0' + (n % 10) as u8;
+        let code = [
+            digit(self.code / 100),
+            digit(self.code / 10),
+            digit(self.code),
+        ];
+        let last = self.lines.len().saturating_sub(1);
         for (n, line) in self.lines.iter().enumerate() {
-            let separator = if n == last { ' ' } else { '-' };
-            let code = self.code.to_string();
-            out.extend_from_slice(code.as_bytes());
-            out.push(separator as u8);
+            out.extend_from_slice(&code);
+            out.push(if n == last { b' ' } else { b'-' });
             if !self.status.is_empty() {
                 out.extend_from_slice(self.status.as_bytes());
                 out.push(b' ');

@@ -7,7 +7,7 @@ use log::{debug, trace};
 
 use super::ReversePath;
 use super::address::ForwardPath;
-use super::command::{self, BodyType, Command, MailParams};
+use super::command::{self, Command, MailParams};
 use super::data::{BareLf, DataReceiver, DataStep};
 use super::reply::Reply;
 
@@ -51,6 +51,16 @@ pub enum Protocol {
     #[default]
     Smtp,
     Esmtp,
+}
+
+impl Protocol {
+    /// The name the spool and the Received header use.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Protocol::Smtp => "SMTP",
+            Protocol::Esmtp => "ESMTP",
+        }
+    }
 }
 
 /// The transaction: who said hello, who sends, to whom, with which parameters.
@@ -627,16 +637,6 @@ fn help(topic: &str) -> Reply {
     match command::syntax(&topic.to_ascii_uppercase()) {
         Some(syntax) => Reply::new(214, "2.0.0", syntax),
         None => Reply::new(504, "5.5.1", format!("HELP: no such command '{topic}'")),
-    }
-}
-
-/// The body type as the spool records it.
-impl BodyType {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            BodyType::SevenBit => "7BIT",
-            BodyType::EightBitMime => "8BITMIME",
-        }
     }
 }
 
