@@ -722,6 +722,14 @@ mod tests {
         ]
     }
 
+    /// A server without PIPELINING: reads one command for each reply and answers it.
+    fn answer(replies: &[&'static str]) -> Vec<Step> {
+        replies
+            .iter()
+            .flat_map(|&reply| [Lines(1), Say(reply)])
+            .collect()
+    }
+
     /// Lines as the client sends them, each ending in CRLF.
     fn lines(lines: &[&str]) -> String {
         lines.iter().map(|line| format!("{line}\r\n")).collect()
@@ -770,16 +778,12 @@ mod tests {
     #[test]
     fn sends_one_command_at_a_time_without_pipelining() {
         let mut script = opening("250-fake.test\r\n250-SIZE 1000000\r\n250 8BITMIME\r\n");
-        script.extend([
-            Lines(1),
-            Say("250 2.1.0 Ok\r\n"),
-            Lines(1),
-            Say("250 2.1.5 Ok\r\n"),
-            Lines(1),
-            Say("354 Go ahead\r\n"),
-            Data,
-            Say("250 2.0.0 Ok: queued as 1\r\n"),
-        ]);
+        script.extend(answer(&[
+            "250 2.1.0 Ok\r\n",
+            "250 2.1.5 Ok\r\n",
+            "354 Go ahead\r\n",
+        ]));
+        script.extend([Data, Say("250 2.0.0 Ok: queued as 1\r\n")]);
         let (addr, server) = fake_server(script);
         let mut connection = open(addr).unwrap();
         assert_eq!(connection.server_name(), "fake.test");
@@ -830,21 +834,15 @@ mod tests {
 
     #[test]
     fn falls_back_to_helo_when_ehlo_is_not_implemented() {
-        let script = vec![
-            Say("220 old.test\r\n"),
-            Lines(1),
-            Say("502 5.5.1 Command not implemented\r\n"),
-            Lines(1),
-            Say("250 old.test\r\n"),
-            Lines(1),
-            Say("250 Ok\r\n"),
-            Lines(1),
-            Say("250 Ok\r\n"),
-            Lines(1),
-            Say("354 Go ahead\r\n"),
-            Data,
-            Say("250 Ok\r\n"),
-        ];
+        let mut script = vec![Say("220 old.test\r\n")];
+        script.extend(answer(&[
+            "502 5.5.1 Command not implemented\r\n",
+            "250 old.test\r\n",
+            "250 Ok\r\n",
+            "250 Ok\r\n",
+            "354 Go ahead\r\n",
+        ]));
+        script.extend([Data, Say("250 Ok\r\n")]);
         let (addr, server) = fake_server(script);
         let mut connection = open(addr).unwrap();
         send(&mut connection, &["bob@old.test"], "hi\r\n").unwrap();
@@ -893,16 +891,12 @@ mod tests {
     #[test]
     fn all_recipients_refused_sends_rset_and_no_data() {
         let mut script = opening("250 fake.test\r\n");
-        script.extend([
-            Lines(1),
-            Say("250 Ok\r\n"),
-            Lines(1),
-            Say("550 5.1.1 No such user\r\n"),
-            Lines(1),
-            Say("450 4.2.1 Try later\r\n"),
-            Lines(1),
-            Say("250 Ok\r\n"),
-        ]);
+        script.extend(answer(&[
+            "250 Ok\r\n",
+            "550 5.1.1 No such user\r\n",
+            "450 4.2.1 Try later\r\n",
+            "250 Ok\r\n",
+        ]));
         let (addr, server) = fake_server(script);
         let mut connection = open(addr).unwrap();
         let sent = send(&mut connection, &["a@fake.test", "b@fake.test"], "hi\r\n").unwrap();
@@ -948,16 +942,8 @@ mod tests {
     #[test]
     fn failure_at_end_of_data_is_rejected() {
         let mut script = opening("250 fake.test\r\n");
-        script.extend([
-            Lines(1),
-            Say("250 Ok\r\n"),
-            Lines(1),
-            Say("250 Ok\r\n"),
-            Lines(1),
-            Say("354 Go ahead\r\n"),
-            Data,
-            Say("452 4.3.1 Insufficient system storage\r\n"),
-        ]);
+        script.extend(answer(&["250 Ok\r\n", "250 Ok\r\n", "354 Go ahead\r\n"]));
+        script.extend([Data, Say("452 4.3.1 Insufficient system storage\r\n")]);
         let (addr, server) = fake_server(script);
         let mut connection = open(addr).unwrap();
         match send(&mut connection, &["bob@fake.test"], "hi\r\n") {
@@ -1108,12 +1094,7 @@ mod tests {
     #[test]
     fn a_421_in_the_middle_closes_the_connection() {
         let mut script = opening("250 fake.test\r\n");
-        script.extend([
-            Lines(1),
-            Say("250 Ok\r\n"),
-            Lines(1),
-            Say("421 4.4.2 Timeout\r\n"),
-        ]);
+        script.extend(answer(&["250 Ok\r\n", "421 4.4.2 Timeout\r\n"]));
         let (addr, server) = fake_server(script);
         let mut connection = open(addr).unwrap();
         match send(&mut connection, &["bob@fake.test"], "hi\r\n") {

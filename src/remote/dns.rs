@@ -256,7 +256,8 @@ impl Resolver {
         }
     }
 
-    /// The reply over TCP (RFC 1035 4.2.2: each message prefixed with its 2-octet length).
+    /// The reply over TCP (RFC 1035 4.2.2: each message prefixed with its 2-octet length), all of
+    /// it within the timeout.
     fn ask_tcp(
         &self,
         server: SocketAddr,
@@ -265,9 +266,7 @@ impl Resolver {
         qtype: u16,
     ) -> Result<Reply, String> {
         let mut stream = TcpStream::connect_timeout(&server, self.timeout).map_err(describe)?;
-        stream
-            .set_read_timeout(Some(self.timeout))
-            .map_err(describe)?;
+        let deadline = Instant::now() + self.timeout;
         stream
             .set_write_timeout(Some(self.timeout))
             .map_err(describe)?;
@@ -276,15 +275,35 @@ impl Resolver {
         framed.extend(query);
         stream.write_all(&framed).map_err(describe)?;
         let mut len = [0; 2];
-        stream.read_exact(&mut len).map_err(describe)?;
+        read_before(&mut stream, &mut len, deadline)?;
         let mut packet = vec![0; u16::from_be_bytes(len).into()];
-        stream.read_exact(&mut packet).map_err(describe)?;
+        read_before(&mut stream, &mut packet, deadline)?;
         match wire::decode(&packet, id, name, qtype)? {
             Decoded::Reply(reply) => Ok(reply),
             Decoded::Truncated => Err("sent a truncated reply over TCP".into()),
             Decoded::Foreign => Err("sent a reply over TCP that does not match the query".into()),
         }
     }
+}
+
+/// Fills `buf` from `stream` before `deadline`, so a server sending an octet at a time cannot
+/// hold the query longer than that.
+fn read_before(stream: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> Result<(), String> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("timed out".into());
+        }
+        stream.set_read_timeout(Some(left)).map_err(describe)?;
+        match stream.read(&mut buf[filled..]) {
+            Ok(0) => return Err("closed the TCP connection before the whole reply".into()),
+            Ok(read) => filled += read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(describe(error)),
+        }
+    }
+    Ok(())
 }
 
 /// The wire form of a host or domain name: lowercase, without the trailing dot.

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::mem;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -156,6 +156,8 @@ impl Journal {
                 Err(e) => {
                     warn!("{}: cannot compact: {e}", self.path.display());
                     inner.compact_at += inner.compact_min;
+                    // The rename may have happened: the next append opens the journal by name.
+                    inner.file = None;
                 }
             }
         }
@@ -208,7 +210,7 @@ impl Journal {
     /// line, so that the next entry starts a line of its own.
     fn open_for_append(&self) -> io::Result<(File, u64)> {
         let opened = File::options().read(true).write(true).open(&self.path);
-        let mut file = match opened {
+        let file = match opened {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let file = File::options()
@@ -216,13 +218,17 @@ impl Journal {
                     .write(true)
                     .create_new(true)
                     .open(&self.path)?;
-                sync_dir(&self.dir)?;
+                if let Err(e) = sync_dir(&self.dir) {
+                    // Removed, so that the next append creates it again and syncs the directory.
+                    let _ = fs::remove_file(&self.path);
+                    return Err(e);
+                }
                 return Ok((file, 0));
             }
             Err(e) => return Err(e),
         };
         let size = file.metadata()?.len();
-        let end = end_of_last_line(&mut file, size)?;
+        let end = end_of_last_line(&file, size)?;
         if end < size {
             warn!(
                 "{}: torn entry at byte {end} cut off (no newline at its end)",
@@ -287,9 +293,17 @@ impl Journal {
         while inner.flushing {
             inner = self.wait(inner);
         }
-        let (file, len) = self.rewrite(messages, live).map_err(|e| self.error(&e))?;
-        inner.compacted(file, len);
-        Ok(())
+        match self.rewrite(messages, live) {
+            Ok((file, len)) => {
+                inner.compacted(file, len);
+                Ok(())
+            }
+            Err(e) => {
+                // The rename may have happened: the next append opens the journal by name.
+                inner.file = None;
+                Err(self.error(&e))
+            }
+        }
     }
 
     /// Writes a new journal holding, for each message whose record is in a file still there, its
@@ -343,14 +357,13 @@ impl Inner {
 }
 
 /// Where the last complete line of a file of `size` bytes ends (0 when there is none).
-fn end_of_last_line(file: &mut File, size: u64) -> io::Result<u64> {
+fn end_of_last_line(file: &File, size: u64) -> io::Result<u64> {
     let mut end = size;
     let mut chunk = vec![0; 64 * 1024];
     while end > 0 {
         let start = end.saturating_sub(chunk.len() as u64);
         let piece = &mut chunk[..(end - start) as usize];
-        file.seek(SeekFrom::Start(start))?;
-        file.read_exact(piece)?;
+        file.read_exact_at(piece, start)?;
         if let Some(at) = piece.iter().rposition(|&b| b == b'\n') {
             return Ok(start + at as u64 + 1);
         }

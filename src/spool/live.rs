@@ -167,12 +167,7 @@ impl LiveFiles {
     /// Forgets a file that is not there (a commit into it failed).
     pub(super) fn forget(&self, path: &Path) {
         if let Some(key) = file_key(path) {
-            let table = &mut *self.table();
-            if let Some(entry) = table.files.remove(&key) {
-                entry.ids.iter().for_each(|id| {
-                    table.records.remove(id);
-                });
-            }
+            self.table().remove(key);
         }
     }
 
@@ -237,16 +232,21 @@ impl Table {
                 return;
             }
         }
+        self.remove(key);
+    }
+
+    /// Forgets a file and its records.
+    fn remove(&mut self, key: u128) {
         if let Some(entry) = self.files.remove(&key) {
-            entry.ids.iter().for_each(|id| {
+            for id in &entry.ids {
                 self.records.remove(id);
-            });
+            }
         }
     }
 }
 
 /// The key of the id that names a queue file; None for a name that is not a queue id.
-fn file_key(path: &Path) -> Option<u128> {
+pub(super) fn file_key(path: &Path) -> Option<u128> {
     let name = path.file_name()?.to_str()?;
     name.parse::<QueueId>().ok().map(|id| id.key())
 }

@@ -290,7 +290,7 @@ impl Spool {
     pub fn record(&self, id: &QueueId, results: &[RecipientResult]) -> Result<(), SpoolError> {
         let mut entries = Vec::with_capacity(128 * (results.len() + 1));
         for result in results {
-            state::encode(id, &Entry::Result(result.clone()), &mut entries);
+            state::encode_result(id, &result.recipient, &result.outcome, &mut entries);
         }
         state::encode(id, &Entry::Attempts(1), &mut entries);
         self.journal.append(&entries, &self.live)
@@ -321,11 +321,7 @@ impl Spool {
         outcome: Outcome,
     ) -> Result<(), SpoolError> {
         let mut entry = Vec::with_capacity(128);
-        let result = RecipientResult {
-            recipient: recipient.to_string(),
-            outcome,
-        };
-        state::encode(id, &Entry::Result(result), &mut entry);
+        state::encode_result(id, recipient, &outcome, &mut entry);
         self.journal.append(&entry, &self.live)
     }
 
@@ -380,12 +376,17 @@ impl Spool {
     fn commit_file(&self, id: &QueueId, head: &[u8], tmp: TmpFile) -> Result<PathBuf, SpoolError> {
         let target = self.queue.join(id.as_str());
         self.live.add(&target, [id]);
-        let persisted = tmp.persist(&head[..HEADER_LEN], &target);
+        let persisted = tmp.persist(&head[..HEADER_LEN], &target).and_then(|()| {
+            sync_dir(&self.queue).map_err(|e| {
+                // The sender is told the message was not queued, so it must not be delivered.
+                let _ = fs::remove_file(&target);
+                SpoolError::io(&self.queue)(e)
+            })
+        });
         if let Err(e) = persisted {
             self.live.forget(&target);
             return Err(e);
         }
-        sync_dir(&self.queue).map_err(SpoolError::io(&self.queue))?;
         Ok(target)
     }
 

@@ -9,8 +9,7 @@ use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
 use super::envelope::Envelope;
-use super::id::QueueId;
-use super::live::FoundFile;
+use super::live::{self, FoundFile};
 use super::record::{self, HEADER_LEN, Header};
 use super::state::DeliveryState;
 use super::{Queued, Scan, SpoolError, sync_dir};
@@ -110,10 +109,7 @@ enum Next {
 /// cuts a torn tail off (removing the file if nothing is left). A file that vanished meanwhile is
 /// skipped.
 fn scan_file(path: &Path, repair: bool, found: &mut Found) -> io::Result<()> {
-    let named_by_id = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.parse::<QueueId>().is_ok());
+    let named_by_id = live::file_key(path).is_some();
     let vanished = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
     let is_file = match fs::symlink_metadata(path) {
         Ok(metadata) => metadata.is_file(),

@@ -118,47 +118,47 @@ const TIME_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.fZ";
 
 /// Appends the entry's line, `<id> <verb> <fields...> <crc32>\n`, to `out`.
 pub(super) fn encode(id: &QueueId, entry: &Entry, out: &mut Vec<u8>) {
+    match entry {
+        Entry::Result(result) => encode_result(id, &result.recipient, &result.outcome, out),
+        Entry::Attempts(n) => encode_line(id, &["attempts", &n.to_string()], out),
+        Entry::Done => encode_line(id, &["done"], out),
+    }
+}
+
+/// Appends the line of a result entry, as [`encode`] does for [`Entry::Result`], from borrowed
+/// parts (so that recording a result copies nothing but into `out`).
+pub(super) fn encode_result(id: &QueueId, recipient: &str, outcome: &Outcome, out: &mut Vec<u8>) {
+    match outcome {
+        Outcome::Delivered => encode_line(id, &["delivered", recipient], out),
+        Outcome::Failed { status, diagnostic } => {
+            encode_line(id, &["failed", recipient, status, diagnostic], out);
+        }
+        Outcome::Deferred {
+            status,
+            diagnostic,
+            next_try,
+        } => {
+            let next_try = next_try.format(TIME_FORMAT).to_string();
+            encode_line(
+                id,
+                &["deferred", recipient, &next_try, status, diagnostic],
+                out,
+            );
+        }
+        Outcome::Appending { offset, len } => {
+            let (offset, len) = (offset.to_string(), len.to_string());
+            encode_line(id, &["appending", recipient, &offset, &len], out);
+        }
+    }
+}
+
+/// Appends `<id> <fields, escaped...> <crc32>\n` to `out`.
+fn encode_line(id: &QueueId, fields: &[&str], out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(id.as_str().as_bytes());
-    let mut field = |text: &str| {
+    for field in fields {
         out.push(b' ');
-        escape(text, out);
-    };
-    match entry {
-        Entry::Result(RecipientResult { recipient, outcome }) => match outcome {
-            Outcome::Delivered => {
-                field("delivered");
-                field(recipient);
-            }
-            Outcome::Failed { status, diagnostic } => {
-                field("failed");
-                field(recipient);
-                field(status);
-                field(diagnostic);
-            }
-            Outcome::Deferred {
-                status,
-                diagnostic,
-                next_try,
-            } => {
-                field("deferred");
-                field(recipient);
-                field(&next_try.format(TIME_FORMAT).to_string());
-                field(status);
-                field(diagnostic);
-            }
-            Outcome::Appending { offset, len } => {
-                field("appending");
-                field(recipient);
-                field(&offset.to_string());
-                field(&len.to_string());
-            }
-        },
-        Entry::Attempts(n) => {
-            field("attempts");
-            field(&n.to_string());
-        }
-        Entry::Done => field("done"),
+        escape(field, out);
     }
     let crc = crc32fast::hash(&out[start..]);
     out.extend_from_slice(format!(" {crc:08x}\n").as_bytes());

@@ -171,6 +171,20 @@ fn truncated_answers_are_asked_again_over_tcp() {
 }
 
 #[test]
+fn a_tcp_answer_cut_short_is_a_temporary_failure() {
+    let fake = Fake::start(|query, tcp| {
+        let truncated = respond(query, ANSWER | TRUNCATED, &[]);
+        if tcp { vec![] } else { vec![truncated] }
+    });
+    let result = resolver(&[fake.addr]).addresses("host.test");
+    assert!(
+        matches!(&result, Err(DnsError::Temporary(why))
+            if why.ends_with("closed the TCP connection before the whole reply")),
+        "{result:?}"
+    );
+}
+
+#[test]
 fn malformed_answers_are_temporary_failures() {
     let fake = Fake::start(|query, _| {
         vec![respond(
