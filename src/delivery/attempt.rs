@@ -250,11 +250,7 @@ impl Deliverer {
             max_mailbox_size: self.config.mailbox_size_limit,
         };
         let envelope = &message.envelope;
-        let from = if envelope.sender.is_empty() {
-            "MAILER-DAEMON"
-        } else {
-            &envelope.sender
-        };
+        let from = envelope.sender.as_str();
         let id = &envelope.id;
         // An append announced before a crash may have happened: then it must not happen twice.
         if let Some(&Outcome::Appending { offset, len }) = message.state.outcome(key) {

@@ -116,25 +116,22 @@ pub fn append(
     announce(old_size)?;
     let undo = Undo {
         file: &locked.file,
+        path,
         old_size,
         done: false,
     };
     let result =
-        write_message(&locked.file, path, &from_line, trace_headers, body).and_then(|_| {
+        write_message(&locked.file, path, &from_line, trace_headers, body).and_then(|written| {
             locked
                 .file
                 .sync_data()
                 .map_err(|e| MboxError::io(path, "syncing", &e))?;
-            locked
-                .file
-                .metadata()
-                .map(|meta| meta.len())
-                .map_err(|e| MboxError::io(path, "fstat", &e))
+            Ok(written)
         });
     match result {
-        Ok(new_size) => {
+        Ok(written) => {
             undo.commit();
-            Ok(new_size - old_size)
+            Ok(written)
         }
         Err(mut err) => {
             // Undo while still locked (`locked` drops after this), so no reader ever sees half a message.
@@ -201,16 +198,32 @@ fn from_line(sender: &str, arrival: DateTime<Utc>) -> Vec<u8> {
     format!("From {sender} {}\n", arrival.format("%a %b %e %H:%M:%S %Y")).into_bytes()
 }
 
-/// Writes the whole message through one large buffer, so it reaches the file in a few big writes.
-fn write_message<W: Write>(
-    sink: W,
+/// Writes the whole message to the mailbox through one large buffer, so it reaches the file in a few big writes,
+/// and returns the bytes written.
+fn write_message(
+    file: &File,
+    path: &Path,
+    from_line: &[u8],
+    trace_headers: &[u8],
+    body: &mut dyn BufRead,
+) -> Result<u64, MboxError> {
+    let out = BufWriter::with_capacity(64 * 1024, Counter::new(file));
+    let out = render(out, path, from_line, trace_headers, body)?;
+    let counted = out
+        .into_inner()
+        .map_err(|e| MboxError::io(path, "writing", e.error()))?;
+    Ok(counted.count)
+}
+
+/// Writes the message in mbox form to `out`: the From_ line, then the trace headers and the body, quoted.
+fn render<W: Write>(
+    mut out: W,
     path: &Path,
     from_line: &[u8],
     trace_headers: &[u8],
     body: &mut dyn BufRead,
 ) -> Result<W, MboxError> {
     let write_error = |e: io::Error| MboxError::io(path, "writing", &e);
-    let mut out = BufWriter::with_capacity(64 * 1024, sink);
     out.write_all(from_line).map_err(write_error)?;
     let mut quoter = Mboxrd::new(out);
     quoter.write(trace_headers).map_err(write_error)?;
@@ -232,8 +245,7 @@ fn write_message<W: Write>(
         quoter.write(chunk).map_err(write_error)?;
         body.consume(len);
     }
-    let out = quoter.finish().map_err(write_error)?;
-    out.into_inner().map_err(|e| write_error(e.into_error()))
+    quoter.finish().map_err(write_error)
 }
 
 /// How many bytes [`append`] will add for this message: the same rendering, counted instead of written.
@@ -245,20 +257,37 @@ pub fn rendered_len(
     body: &mut dyn BufRead,
 ) -> Result<u64, MboxError> {
     let from_line = from_line(from_line_sender, arrival);
-    Ok(write_message(Counter(0), path, &from_line, trace_headers, body)?.0)
+    let counted = render(
+        Counter::new(io::sink()),
+        path,
+        &from_line,
+        trace_headers,
+        body,
+    )?;
+    Ok(counted.count)
 }
 
-/// A sink that only counts what is written to it.
-struct Counter(u64);
+/// A writer that counts the bytes that reach `inner`.
+struct Counter<W> {
+    inner: W,
+    count: u64,
+}
 
-impl Write for Counter {
+impl<W: Write> Counter<W> {
+    fn new(inner: W) -> Self {
+        Counter { inner, count: 0 }
+    }
+}
+
+impl<W: Write> Write for Counter<W> {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        self.0 += bytes.len() as u64;
-        Ok(bytes.len())
+        let written = self.inner.write(bytes)?;
+        self.count += written as u64;
+        Ok(written)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        self.inner.flush()
     }
 }
 
@@ -273,6 +302,10 @@ pub fn appended_whole(
     len: u64,
     queue_id: &str,
 ) -> Result<bool, MboxError> {
+    if fs::symlink_metadata(path).is_err_and(|e| e.kind() == io::ErrorKind::NotFound) {
+        // Removed since: nothing to find, and locking would create it without its owner.
+        return Ok(false);
+    }
     let _turn = Turn::take(path);
     let locked = lock(path, None, settings)?;
     let read_error = |e: io::Error| MboxError::io(path, "reading", &e);
@@ -285,21 +318,16 @@ pub fn appended_whole(
     reader
         .read_exact_at(&mut start, offset)
         .map_err(read_error)?;
+    // The id must be in the header section, not in a body that quotes our headers (a bounce, say).
+    let head = &start[..memchr::memmem::find(&start, b"\n\n").unwrap_or(start.len())];
     let ours = start.starts_with(b"From ")
-        && memchr::memmem::find(&start, format!(" id {queue_id}").as_bytes()).is_some();
+        && memchr::memmem::find(head, format!(" id {queue_id}").as_bytes()).is_some();
     if !ours {
         return Ok(false);
     }
     if size < offset + len {
         // Torn, and nothing after it: cut it off under the lock, as a failed append would have been.
-        locked
-            .file
-            .set_len(offset)
-            .map_err(|e| MboxError::io(path, "truncating", &e))?;
-        locked
-            .file
-            .sync_all()
-            .map_err(|e| MboxError::io(path, "syncing", &e))?;
+        truncate(&locked.file, offset).map_err(|e| MboxError::io(path, "truncating", &e))?;
         log::warn!(
             "{}: cut off a message torn by a crash at byte {offset}",
             path.display()
@@ -318,6 +346,7 @@ pub fn appended_whole(
 /// unwinds through it.
 struct Undo<'a> {
     file: &'a File,
+    path: &'a Path,
     old_size: u64,
     done: bool,
 }
@@ -329,20 +358,28 @@ impl Undo<'_> {
 
     fn undo(mut self) -> io::Result<()> {
         self.done = true;
-        self.file.set_len(self.old_size)?;
-        self.file.sync_all()
+        truncate(self.file, self.old_size)
     }
 }
 
 impl Drop for Undo<'_> {
     fn drop(&mut self) {
-        if !self.done {
-            let _ = self
-                .file
-                .set_len(self.old_size)
-                .and_then(|()| self.file.sync_all());
+        if !self.done
+            && let Err(e) = truncate(self.file, self.old_size)
+        {
+            log::error!(
+                "{}: could not truncate back to {} bytes: {e}",
+                self.path.display(),
+                self.old_size
+            );
         }
     }
+}
+
+/// Cuts the mailbox back to `size` bytes and makes that durable.
+fn truncate(file: &File, size: u64) -> io::Result<()> {
+    file.set_len(size)?;
+    file.sync_all()
 }
 
 const FROM: &[u8] = b"From ";
@@ -569,29 +606,35 @@ fn lock_path(path: &Path) -> PathBuf {
 }
 
 /// Opens the mailbox for appending, creating it (mode 0600) if it is missing.
-fn open_mailbox(path: &Path, owner: Option<(Uid, Gid)>) -> Result<File, MboxError> {
+fn open_mailbox(path: &Path, owner: Option<(Uid, Gid)>) -> Result<File, NotLocked> {
     let mut options = OpenOptions::new();
     // O_NONBLOCK: a FIFO planted at the path must not hang the delivery thread; regular files ignore it.
     options
         .append(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
-    // Creating with O_EXCL first tells us whether the file is new, and so ours to chown and make durable.
-    match options.clone().create_new(true).open(path) {
+    match options.open(path) {
+        Ok(file) => return Ok(file),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(refused(path, "is a symbolic link").into());
+        }
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(MboxError::io(path, "opening", &e).into());
+        }
+        Err(_) => {}
+    }
+    // Creating with O_EXCL tells us the file is new, and so ours to chown and make durable.
+    match options.create_new(true).open(path) {
         Ok(file) => {
             settle_new_mailbox(path, &file, owner).inspect_err(|_| {
                 let _ = fs::remove_file(path);
             })?;
             Ok(file)
         }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => options.open(path).map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                refused(path, "is a symbolic link")
-            } else {
-                MboxError::io(path, "opening", &e)
-            }
-        }),
-        Err(e) => Err(MboxError::io(path, "creating", &e)),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            Err(NotLocked::Busy("mailbox created while locking".to_string()))
+        }
+        Err(e) => Err(MboxError::io(path, "creating", &e).into()),
     }
 }
 
@@ -829,18 +872,28 @@ mod tests {
     const FROM_LINE: &str = "From bob@example.org Wed Nov  4 13:49:21 2026\n";
     const TRACE_LF: &str = "Return-Path: <bob@example.org>\nDelivered-To: alice@localhost\n";
 
-    fn deliver_with(path: &Path, settings: &MboxSettings, body: &[u8]) -> Result<u64, MboxError> {
-        let result = append(
+    /// Appends `body`, said to be `len` bytes long, from bob@example.org with the TRACE headers.
+    fn append_body(
+        path: &Path,
+        settings: &MboxSettings,
+        body: &mut dyn BufRead,
+        len: u64,
+    ) -> Result<u64, MboxError> {
+        append(
             path,
             None,
             settings,
             "bob@example.org",
             arrival(),
             TRACE,
-            &mut &body[..],
-            body.len() as u64,
+            body,
+            len,
             &mut |_| Ok(()),
-        );
+        )
+    }
+
+    fn deliver_with(path: &Path, settings: &MboxSettings, body: &[u8]) -> Result<u64, MboxError> {
+        let result = append_body(path, settings, &mut &body[..], body.len() as u64);
         assert!(!lock_path(path).exists(), "our dot-lock is left behind");
         result
     }
@@ -1008,18 +1061,7 @@ mod tests {
             ..settings()
         };
         let started = Instant::now();
-        let err = append(
-            &mailbox(&dir),
-            None,
-            &quick,
-            "bob",
-            arrival(),
-            b"",
-            &mut &b"x"[..],
-            1,
-            &mut |_| Ok(()),
-        )
-        .unwrap_err();
+        let err = append_body(&mailbox(&dir), &quick, &mut &b"x"[..], 1).unwrap_err();
         assert!(started.elapsed() >= Duration::from_millis(300));
         assert_eq!((err.permanent, err.status), (false, "4.2.0"));
         assert!(
@@ -1059,18 +1101,7 @@ mod tests {
             lock_timeout: Duration::from_millis(100),
             ..settings()
         };
-        let err = append(
-            &mailbox(&dir),
-            None,
-            &quick,
-            "bob",
-            arrival(),
-            b"",
-            &mut &b"x"[..],
-            1,
-            &mut |_| Ok(()),
-        )
-        .unwrap_err();
+        let err = append_body(&mailbox(&dir), &quick, &mut &b"x"[..], 1).unwrap_err();
         assert_eq!(err.status, "4.2.0");
         let old = std::time::SystemTime::now() - Duration::from_secs(600);
         File::options()
@@ -1207,18 +1238,7 @@ mod tests {
             good: 200_000,
             panic: false,
         });
-        let err = append(
-            &mailbox(&dir),
-            None,
-            &settings(),
-            "bob",
-            arrival(),
-            TRACE,
-            &mut body,
-            400_000,
-            &mut |_| Ok(()),
-        )
-        .unwrap_err();
+        let err = append_body(&mailbox(&dir), &settings(), &mut body, 400_000).unwrap_err();
         assert_eq!((err.permanent, err.status), (false, "4.3.0"));
         assert!(
             err.message.contains("spool disk on fire"),
@@ -1239,17 +1259,7 @@ mod tests {
                 good: 200_000,
                 panic: true,
             });
-            append(
-                &mailbox(&dir),
-                None,
-                &settings(),
-                "bob",
-                arrival(),
-                TRACE,
-                &mut body,
-                400_000,
-                &mut |_| Ok(()),
-            )
+            append_body(&mailbox(&dir), &settings(), &mut body, 400_000)
         });
         assert!(panicked.is_err());
         assert_eq!(fs::read(mailbox(&dir)).unwrap(), before);
@@ -1355,5 +1365,11 @@ mod tests {
             .unwrap();
         assert!(!appended_whole(&path, &settings(), offset, len, "Q1").unwrap());
         assert_eq!(fs::metadata(&path).unwrap().len(), offset);
+        let gone = dir.0.join("gone");
+        assert!(!appended_whole(&gone, &settings(), 0, len, "Q1").unwrap());
+        assert!(
+            !gone.exists(),
+            "a removed mailbox is not created again here"
+        );
     }
 }
