@@ -538,6 +538,7 @@ fn lock(
     settings: &MboxSettings,
 ) -> Result<Locked, MboxError> {
     let deadline = Instant::now() + settings.lock_timeout;
+    clear_leftovers_once(path, settings.stale_lock_age);
     loop {
         match try_lock(path, owner, settings) {
             Ok(locked) => return Ok(locked),
@@ -801,38 +802,17 @@ fn held_by(path: &Path, stale_age: Duration) -> io::Result<Option<String>> {
         Err(e) => return Err(e),
     };
     let meta = file.metadata()?;
-    let mut text = Vec::new();
-    (&file).take(32).read_to_end(&mut text)?;
-    let pid = std::str::from_utf8(&text)
-        .ok()
-        .and_then(|text| text.trim().parse::<i32>().ok())
-        .filter(|&pid| pid > 0);
+    let pid = pid_in(&file)?;
     let age = meta.modified()?.elapsed().unwrap_or_default();
-    let dead = pid.is_some_and(|pid| kill(Pid::from_raw(pid), None) == Err(Errno::ESRCH));
-    if !dead && age <= stale_age {
+    let Some(why) = staleness(pid, age, stale_age) else {
         let holder = pid.map_or_else(|| "no PID".to_string(), |pid| format!("process {pid}"));
         return Ok(Some(format!(
             "dot-lock {} held by {holder}, {}s old",
             path.display(),
             age.as_secs()
         )));
-    }
-    // Remove only the file we examined: another deliverer may have replaced it with a fresh lock meanwhile.
-    if fs::symlink_metadata(path)
-        .is_ok_and(|now| now.dev() == meta.dev() && now.ino() == meta.ino())
-    {
-        fs::remove_file(path).or_else(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        })?;
-        let why = if dead {
-            "its process is gone"
-        } else {
-            "it is too old"
-        };
+    };
+    if remove_if_unchanged(path, &meta)? {
         log::warn!(
             "{}: removed stale dot-lock ({why}, pid {pid:?}, {}s old)",
             path.display(),
@@ -840,6 +820,124 @@ fn held_by(path: &Path, stale_age: Duration) -> io::Result<Option<String>> {
         );
     }
     Ok(None)
+}
+
+/// The PID a dot-lock file holds, as liblockfile writes it ("12345\n"), if it holds one.
+fn pid_in(file: &File) -> io::Result<Option<i32>> {
+    let mut text = Vec::new();
+    file.take(32).read_to_end(&mut text)?;
+    Ok(std::str::from_utf8(&text)
+        .ok()
+        .and_then(|text| text.trim().parse::<i32>().ok())
+        .filter(|&pid| pid > 0))
+}
+
+/// Why a lock file holding `pid`, `age` old, is stale, or None while its holder may still be at work.
+fn staleness(pid: Option<i32>, age: Duration, stale_age: Duration) -> Option<&'static str> {
+    if pid.is_some_and(|pid| kill(Pid::from_raw(pid), None) == Err(Errno::ESRCH)) {
+        Some("its process is gone")
+    } else if age > stale_age {
+        Some("it is too old")
+    } else {
+        None
+    }
+}
+
+/// Removes `path` if it is still the file `examined` describes (another deliverer may have replaced it with a
+/// fresh lock meanwhile); true when this call removed it.
+fn remove_if_unchanged(path: &Path, examined: &fs::Metadata) -> io::Result<bool> {
+    if !fs::symlink_metadata(path)
+        .is_ok_and(|now| now.dev() == examined.dev() && now.ino() == examined.ino())
+    {
+        return Ok(false);
+    }
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The folders whose leftover dot-lock files this process has cleared.
+static CLEARED: LazyLock<Mutex<HashSet<PathBuf>>> = LazyLock::new(Default::default);
+
+/// The first time this process locks a mailbox in a folder, removes the `<mailbox>.lock.PID.N` files that
+/// `DotLock::create` makes on the way to a dot-lock and that a kill before it removed them left behind. They
+/// are stale by the dot-lock's own rule: the PID in their name is gone, or they are older than `stale_age`.
+/// Failing to clear one is only logged: it holds no lock.
+fn clear_leftovers_once(mailbox: &Path, stale_age: Duration) {
+    let dir = match mailbox.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if !CLEARED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(dir.to_path_buf())
+    {
+        return;
+    }
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            log::warn!(
+                "{}: looking for leftover dot-lock files: {e}",
+                dir.display()
+            );
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if let Err(e) = clear_leftover(&path, stale_age) {
+            log::warn!("{}: removing a leftover dot-lock file: {e}", path.display());
+        }
+    }
+}
+
+/// Removes `path` if it is a stale file `DotLock::create` left: named `<mailbox>.lock.PID.N`, a regular file
+/// holding nothing or that PID (so a mailbox that happens to have such a name is never touched).
+fn clear_leftover(path: &Path, stale_age: Duration) -> io::Result<()> {
+    let Some(pid) = path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .and_then(leftover_pid)
+    else {
+        return Ok(());
+    };
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    // Empty (killed before the write) or holding its PID; it may also be linked as the dot-lock itself (killed
+    // after the link), which the dot-lock's own staleness check handles.
+    if !meta.is_file() || !(meta.len() == 0 || pid_in(&file)? == Some(pid)) {
+        return Ok(());
+    }
+    let age = meta.modified()?.elapsed().unwrap_or_default();
+    if let Some(why) = staleness(Some(pid), age, stale_age)
+        && remove_if_unchanged(path, &meta)?
+    {
+        log::warn!(
+            "{}: removed a leftover dot-lock file ({why}, {}s old)",
+            path.display(),
+            age.as_secs()
+        );
+    }
+    Ok(())
+}
+
+/// The PID in the name of a file `DotLock::create` makes, `<mailbox>.lock.PID.N`.
+fn leftover_pid(name: &str) -> Option<i32> {
+    let (rest, count) = name.rsplit_once('.')?;
+    let (rest, pid) = rest.rsplit_once('.')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !rest.ends_with(".lock") || rest == ".lock" || !digits(pid) || !digits(count) {
+        return None;
+    }
+    pid.parse().ok().filter(|&pid| pid > 0)
 }
 
 #[cfg(test)]
@@ -1090,6 +1188,57 @@ mod tests {
             ..settings()
         };
         deliver_with(&mailbox(&dir), &quick, b"x").unwrap();
+    }
+
+    #[test]
+    fn files_left_on_the_way_to_a_dot_lock_by_a_dead_process_are_removed() {
+        let dir = TempDir::new("mbox");
+        let mut child = Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let mine = std::process::id();
+        let left = |pid: u32, n: u32| dir.0.join(format!("alice.lock.{pid}.{n}"));
+        // Killed before writing its PID, and after it (then also linked as the dot-lock itself).
+        fs::write(left(dead, 0), "").unwrap();
+        fs::write(left(dead, 1), format!("{dead}\n")).unwrap();
+        fs::hard_link(left(dead, 1), lock_path(&mailbox(&dir))).unwrap();
+        // Another mailbox's, of a live process still at work, and a mailbox that only looks like one.
+        fs::write(
+            dir.0.join(format!("bob.lock.{mine}.7")),
+            format!("{mine}\n"),
+        )
+        .unwrap();
+        fs::write(dir.0.join(format!("carol.lock.{dead}.2")), "From x\n").unwrap();
+        deliver(&mailbox(&dir), b"x").unwrap();
+        let mut names: Vec<String> = fs::read_dir(&dir.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "alice".to_string(),
+                format!("bob.lock.{mine}.7"),
+                format!("carol.lock.{dead}.2")
+            ]
+        );
+    }
+
+    #[test]
+    fn leftover_names_are_recognised_exactly() {
+        assert_eq!(leftover_pid("alice.lock.123.4"), Some(123));
+        assert_eq!(leftover_pid("a.b.lock.1.0"), Some(1));
+        for name in [
+            "alice.lock",
+            "alice.lock.123",
+            "alice.lock.x.4",
+            ".lock.1.2",
+            "alice.123.4",
+            "alice.lock.0.1",
+        ] {
+            assert_eq!(leftover_pid(name), None, "{name}");
+        }
     }
 
     #[test]
