@@ -14,7 +14,7 @@ use crate::config::{BareLf, Config, MAX_LINE_LIMIT};
 use crate::delivery::aliases::Aliases;
 use crate::delivery::queue::QueueHandle;
 use crate::server::policy::ServerPolicy;
-use crate::smtp::{self, Envelope, Reply, Session, SessionParams, Step};
+use crate::smtp::{self, Detail, Envelope, Reply, Session, SessionParams, Step};
 use crate::spool::{self, MessageWriter, Queued, Spool};
 
 /// A byte stream a session can run over: a TCP connection, or stdin/stdout in inetd mode.
@@ -264,7 +264,7 @@ impl Driver<'_> {
                     if shutting_down && self.message.is_none() && self.start == self.end {
                         session.shutdown(Reply::new(
                             421,
-                            "4.3.2",
+                            Detail::NotAcceptingMessages,
                             format!(
                                 "{} Service shutting down, closing connection",
                                 config.hostname
@@ -276,7 +276,7 @@ impl Driver<'_> {
                     if waiting_since.elapsed() >= timeout {
                         session.shutdown(Reply::new(
                             421,
-                            "4.4.2",
+                            Detail::BadConnection,
                             format!("{} Error: timeout exceeded", config.hostname),
                         ));
                         self.flush(session)?;
@@ -310,8 +310,8 @@ fn spool_envelope(envelope: &Envelope, client: &Client) -> spool::Envelope {
 
 /// Answers a connection that will not get a session with one 421 line and leaves it to be closed. Best effort:
 /// the client may already be gone.
-pub fn refuse(stream: &mut impl Write, status: &'static str, text: &str, hostname: &str) {
+pub fn refuse(stream: &mut impl Write, detail: Detail, text: &str, hostname: &str) {
     let mut reply = Vec::with_capacity(96);
-    Reply::new(421, status, format!("{hostname} {text}")).write_to(&mut reply);
+    Reply::new(421, detail, format!("{hostname} {text}")).write_to(&mut reply);
     let _ = stream.write_all(&reply);
 }

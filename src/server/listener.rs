@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::net::canonical;
 use crate::server::connection::refuse;
 use crate::server::pool::{ClientCounts, Incoming, Occupancy};
+use crate::smtp::Detail;
 
 const SIGNALS: Token = Token(usize::MAX);
 
@@ -96,7 +97,7 @@ fn accept_all(
             warn!("refused {peer}: all session workers are busy");
             refuse(
                 &mut stream,
-                "4.3.2",
+                Detail::NotAcceptingMessages,
                 "All session workers are busy, try again later",
                 &config.hostname,
             );
@@ -112,7 +113,7 @@ fn accept_all(
                     warn!("refused {peer}: too many connections from this address");
                     refuse(
                         &mut stream,
-                        "4.3.2",
+                        Detail::NotAcceptingMessages,
                         "Too many connections from your address, try again later",
                         &config.hostname,
                     );

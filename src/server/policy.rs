@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::delivery::aliases::{Aliases, Target};
 use crate::delivery::local;
 use crate::delivery::queue::QueueHandle;
-use crate::smtp::{ForwardPath, Policy, RcptVerdict, Reply};
+use crate::smtp::{Detail, ForwardPath, Policy, RcptVerdict, Reply};
 
 /// The recipient policy for one client.
 pub struct ServerPolicy {
@@ -18,6 +18,19 @@ pub struct ServerPolicy {
     /// The daemon's queue, for ETRN; None in inetd mode.
     queue: Option<QueueHandle>,
 }
+
+const EXPN_DISABLED: Reply = Reply::fixed(
+    502,
+    Detail::OtherSecurity,
+    "Error: EXPN is disabled on this server",
+);
+const CANNOT_VRFY_REMOTE: Reply = Reply::fixed(
+    252,
+    Detail::DestinationValid,
+    "Cannot VRFY a remote user, but will accept the message and attempt delivery",
+);
+const CANNOT_EXPN_REMOTE: Reply =
+    Reply::fixed(252, Detail::DestinationValid, "Cannot EXPN a remote list");
 
 /// What a VRFY or EXPN argument names.
 enum Lookup {
@@ -98,22 +111,20 @@ impl Policy for ServerPolicy {
     fn vrfy(&self, query: &str) -> Reply {
         match self.lookup(query) {
             Lookup::User(name) | Lookup::Alias(name) => {
-                Reply::new(250, "2.1.5", self.address(&name))
+                Reply::new(250, Detail::DestinationValid, self.address(&name))
             }
-            Lookup::Unknown(user) => {
-                Reply::new(550, "5.1.1", format!("<{user}>: no such user here"))
-            }
-            Lookup::Remote => Reply::new(
-                252,
-                "2.1.5",
-                "Cannot VRFY a remote user, but will accept the message and attempt delivery",
+            Lookup::Unknown(user) => Reply::new(
+                550,
+                Detail::BadDestinationMailbox,
+                format!("<{user}>: no such user here"),
             ),
+            Lookup::Remote => CANNOT_VRFY_REMOTE,
         }
     }
 
     fn expn(&self, list: &str) -> Reply {
         if !self.config.expn {
-            return Reply::new(502, "5.7.0", "Error: EXPN is disabled on this server");
+            return EXPN_DISABLED;
         }
         match self.lookup(list) {
             Lookup::Alias(name) => {
@@ -123,23 +134,29 @@ impl Policy for ServerPolicy {
                     .targets
                     .into_iter()
                     .map(|target| match target {
-                        Target::Local(user) => self.address(&user),
-                        Target::Address(address) => format!("<{address}>"),
+                        Target::Local(user) => self.address(&user).into(),
+                        Target::Address(address) => format!("<{address}>").into(),
                         Target::Command(_) | Target::File(_) => {
-                            format!("{name} (delivered by a program)")
+                            format!("{name} (delivered by a program)").into()
                         }
                     })
                     .collect::<Vec<_>>();
                 if members.is_empty() {
-                    return Reply::new(550, "5.1.1", format!("<{name}>: the list is empty"));
+                    return Reply::new(
+                        550,
+                        Detail::BadDestinationMailbox,
+                        format!("<{name}>: the list is empty"),
+                    );
                 }
-                Reply::lines(250, "2.1.5", members)
+                Reply::lines(250, Some(Detail::DestinationValid), members)
             }
-            Lookup::User(name) => Reply::new(250, "2.1.5", self.address(&name)),
-            Lookup::Unknown(user) => {
-                Reply::new(550, "5.1.1", format!("<{user}>: no such list here"))
-            }
-            Lookup::Remote => Reply::new(252, "2.1.5", "Cannot EXPN a remote list"),
+            Lookup::User(name) => Reply::new(250, Detail::DestinationValid, self.address(&name)),
+            Lookup::Unknown(user) => Reply::new(
+                550,
+                Detail::BadDestinationMailbox,
+                format!("<{user}>: no such list here"),
+            ),
+            Lookup::Remote => CANNOT_EXPN_REMOTE,
         }
     }
 
@@ -148,7 +165,7 @@ impl Policy for ServerPolicy {
         if node.starts_with('#') {
             return Reply::new(
                 458,
-                "4.3.0",
+                Detail::OtherMailSystem,
                 format!("Unable to queue messages for {node}: queue names are not supported"),
             );
         }
@@ -161,29 +178,33 @@ impl Policy for ServerPolicy {
         if !valid {
             return Reply::new(
                 501,
-                "5.5.4",
+                Detail::InvalidArguments,
                 format!("Syntax: ETRN <domain>; '{node}' is not a domain"),
             );
         }
         let Some(queue) = &self.queue else {
             return Reply::new(
                 458,
-                "4.3.0",
+                Detail::OtherMailSystem,
                 format!("Unable to queue messages for node {node}: no queue runner in this mode"),
             );
         };
         match queue.run_node(node) {
             Some(0) => Reply::new(
                 251,
-                "2.0.0",
+                Detail::Undefined,
                 format!("OK, no messages waiting for node {node}"),
             ),
             Some(n) => Reply::new(
                 253,
-                "2.0.0",
+                Detail::Undefined,
                 format!("OK, {n} pending messages for node {node} started"),
             ),
-            None => Reply::new(250, "2.0.0", format!("Queuing for node {node} started")),
+            None => Reply::new(
+                250,
+                Detail::Undefined,
+                format!("Queuing for node {node} started"),
+            ),
         }
     }
 }

@@ -12,6 +12,7 @@ use crossbeam_channel::{Receiver, Sender};
 use log::{error, warn};
 
 use crate::server::connection::{self, Client, Shared};
+use crate::smtp::Detail;
 
 /// An accepted connection on its way to a worker.
 pub struct Incoming {
@@ -144,7 +145,7 @@ fn serve(connection: Incoming, session_id: &str, shared: &Shared) {
     if shared.shutting_down.load(Ordering::Relaxed) {
         connection::refuse(
             &mut stream,
-            "4.3.2",
+            Detail::NotAcceptingMessages,
             "Service shutting down, try again later",
             &shared.config.hostname,
         );

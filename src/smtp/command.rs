@@ -1,7 +1,8 @@
 //! One command line (without its line end) to a [`Command`], or the reply that explains why it is not one.
 
 use super::address::{self, AddressError, ForwardPath, ReversePath};
-use super::reply::Reply;
+use super::reply::{self, Reply};
+use super::status::Detail;
 
 /// A parsed SMTP command. Arguments borrow the command line.
 #[derive(Debug, PartialEq, Eq)]
@@ -103,7 +104,7 @@ pub fn syntax(verb: &str) -> Option<&'static str> {
 fn syntax_error(verb: &str) -> Reply {
     Reply::new(
         501,
-        "5.5.4",
+        Detail::InvalidArguments,
         format!("Syntax: {}", syntax(verb).unwrap_or(verb)),
     )
 }
@@ -111,14 +112,9 @@ fn syntax_error(verb: &str) -> Reply {
 /// Parses one command line. A line that is not a command gets the reply that says why.
 pub fn parse<'a>(line: &'a [u8]) -> Result<Command<'a>, Reply> {
     if line.contains(&0) {
-        return Err(Reply::new(
-            500,
-            "5.5.2",
-            "Error: NUL character in command line",
-        ));
+        return Err(reply::NUL_IN_COMMAND);
     }
-    let line = std::str::from_utf8(line)
-        .map_err(|_| Reply::new(500, "5.5.2", "Error: command line is not valid UTF-8"))?;
+    let line = std::str::from_utf8(line).map_err(|_| reply::COMMAND_NOT_UTF8)?;
     let (verb, args) = match line.split_once(' ') {
         Some((verb, args)) => (verb, args.trim()),
         None => (line.trim_end(), ""),
@@ -161,8 +157,8 @@ pub fn parse<'a>(line: &'a [u8]) -> Result<Command<'a>, Reply> {
         "SAML" => Ok(Command::TerminalDelivery("SAML")),
         "STARTTLS" => Ok(Command::NotOffered("STARTTLS")),
         "AUTH" => Ok(Command::NotOffered("AUTH")),
-        "" => Err(Reply::new(500, "5.5.2", "Error: empty command line")),
-        _ => Err(Reply::new(500, "5.5.2", "Error: command not recognized")),
+        "" => Err(reply::EMPTY_LINE),
+        _ => Err(reply::UNKNOWN_COMMAND),
     }
 }
 
@@ -175,8 +171,8 @@ fn after_keyword<'a>(args: &'a str, keyword: &str) -> Option<&'a str> {
 
 fn mail(args: &str) -> Result<Command<'_>, Reply> {
     let path = after_keyword(args, "FROM:").ok_or_else(|| syntax_error("MAIL"))?;
-    let (from, rest) =
-        address::parse_reverse_path(path, true).map_err(|e| address_error(e, "5.1.7", "sender"))?;
+    let (from, rest) = address::parse_reverse_path(path, true)
+        .map_err(|e| address_error(e, Detail::BadSenderSyntax, "sender"))?;
     let utf8 = !path[..path.len() - rest.len()].is_ascii();
     let mut params = MailParams::default();
     for (name, value) in parameters(rest)? {
@@ -186,10 +182,13 @@ fn mail(args: &str) -> Result<Command<'_>, Reply> {
                     .parse()
                     .ok()
                     .filter(|_| value.len() <= 20 && value.bytes().all(|b| b.is_ascii_digit()));
-                params.size =
-                    Some(size.ok_or_else(|| {
-                        Reply::new(501, "5.5.4", "Syntax: SIZE=<number of bytes>")
-                    })?);
+                params.size = Some(size.ok_or_else(|| {
+                    Reply::new(
+                        501,
+                        Detail::InvalidArguments,
+                        "Syntax: SIZE=<number of bytes>",
+                    )
+                })?);
             }
             ("BODY", Some(value)) if params.body.is_none() => {
                 params.body = Some(match value.to_ascii_uppercase().as_str() {
@@ -198,7 +197,7 @@ fn mail(args: &str) -> Result<Command<'_>, Reply> {
                     _ => {
                         return Err(Reply::new(
                             555,
-                            "5.5.4",
+                            Detail::InvalidArguments,
                             "Unsupported BODY type: 7BIT or 8BITMIME",
                         ));
                     }
@@ -208,7 +207,7 @@ fn mail(args: &str) -> Result<Command<'_>, Reply> {
             ("SIZE" | "BODY" | "SMTPUTF8", _) => {
                 return Err(Reply::new(
                     501,
-                    "5.5.4",
+                    Detail::InvalidArguments,
                     format!("Syntax: bad or repeated {name} parameter"),
                 ));
             }
@@ -221,7 +220,7 @@ fn mail(args: &str) -> Result<Command<'_>, Reply> {
 fn rcpt(args: &str) -> Result<Command<'_>, Reply> {
     let path = after_keyword(args, "TO:").ok_or_else(|| syntax_error("RCPT"))?;
     let (to, rest) = address::parse_forward_path(path, true)
-        .map_err(|e| address_error(e, "5.1.3", "recipient"))?;
+        .map_err(|e| address_error(e, Detail::BadDestinationSyntax, "recipient"))?;
     let utf8 = !path[..path.len() - rest.len()].is_ascii();
     if let Some((name, _)) = parameters(rest)?.first() {
         return Err(unknown_parameter(name));
@@ -251,7 +250,7 @@ fn parameters(text: &str) -> Result<Vec<(String, Option<&str>)>, Reply> {
     if !text.is_empty() && !text.starts_with(' ') {
         return Err(Reply::new(
             501,
-            "5.5.4",
+            Detail::InvalidArguments,
             "Syntax: a space must separate the address and its parameters",
         ));
     }
@@ -270,7 +269,7 @@ fn parameters(text: &str) -> Result<Vec<(String, Option<&str>)>, Reply> {
             if !valid_name {
                 return Err(Reply::new(
                     501,
-                    "5.5.4",
+                    Detail::InvalidArguments,
                     format!("Syntax: bad parameter '{param}'"),
                 ));
             }
@@ -280,20 +279,20 @@ fn parameters(text: &str) -> Result<Vec<(String, Option<&str>)>, Reply> {
 }
 
 fn unknown_parameter(name: &str) -> Reply {
-    Reply::new(555, "5.5.4", format!("Error: {name} is not supported here"))
+    Reply::new(
+        555,
+        Detail::InvalidArguments,
+        format!("Error: {name} is not supported here"),
+    )
 }
 
-fn address_error(error: AddressError, status: &'static str, role: &str) -> Reply {
-    match error {
-        AddressError::NeedsSmtputf8 => {
-            Reply::new(553, "5.6.7", format!("Error: {}", error.describe()))
-        }
-        _ => Reply::new(
-            501,
-            status,
-            format!("Error: bad {role} address: {}", error.describe()),
-        ),
-    }
+/// Addresses are parsed with UTF-8 allowed; whether the client may use it is the session's question.
+fn address_error(error: AddressError, detail: Detail, role: &str) -> Reply {
+    Reply::new(
+        501,
+        detail,
+        format!("Error: bad {role} address: {}", error.describe()),
+    )
 }
 
 #[cfg(test)]

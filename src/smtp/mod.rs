@@ -6,9 +6,11 @@ mod command;
 mod data;
 mod reply;
 mod session;
+mod status;
 
 pub use address::{AddressError, Domain, ForwardPath, Mailbox, ReversePath, parse_mailbox};
 pub use command::{BodyType, MailParams};
 pub use data::BareLf;
 pub use reply::Reply;
 pub use session::{Envelope, Policy, Protocol, RcptVerdict, Session, SessionParams, Step};
+pub use status::{Class, Detail, Status, Subject};

@@ -1,6 +1,7 @@
 //! The SMTP session as a state machine: input bytes in, replies and message events out. No sockets, files or
 //! clocks: the caller reads and writes, stores the message, and tells the session what became of it.
 
+use std::borrow::Cow;
 use std::mem;
 
 use log::{debug, trace};
@@ -9,7 +10,8 @@ use super::ReversePath;
 use super::address::ForwardPath;
 use super::command::{self, Command, MailParams};
 use super::data::{BareLf, DataReceiver, DataStep};
-use super::reply::Reply;
+use super::reply::{self, Reply};
+use super::status::Detail;
 
 /// The protocol settings of a session.
 #[derive(Clone, Debug)]
@@ -123,9 +125,6 @@ pub struct Session {
     output: Vec<u8>,
 }
 
-/// A reply that does not count against the error limit: the client did nothing wrong.
-const TOO_MANY_RECIPIENTS: &str = "4.5.3";
-
 impl Session {
     pub fn new(params: SessionParams, policy: Box<dyn Policy>) -> Session {
         Session {
@@ -147,7 +146,7 @@ impl Session {
     /// Writes the 220 greeting.
     pub fn greeting(&mut self) {
         let text = format!("{} ESMTP Postel", self.params.hostname);
-        self.reply(Reply::new(220, "", text));
+        self.reply(Reply::plain(220, text));
     }
 
     /// Replies waiting to be written.
@@ -195,9 +194,13 @@ impl Session {
         match result {
             Ok(id) => {
                 self.messages += 1;
-                self.reply(Reply::new(250, "2.0.0", format!("Ok: queued as {id}")));
+                self.reply(Reply::new(
+                    250,
+                    Detail::Undefined,
+                    format!("Ok: queued as {id}"),
+                ));
             }
-            Err(why) => self.reply(Reply::new(452, "4.3.1", why.to_string())),
+            Err(why) => self.reply(Reply::new(452, Detail::MailSystemFull, why.to_string())),
         }
         self.reset_transaction();
     }
@@ -279,7 +282,7 @@ impl Session {
         let limit = self.params.max_line_length;
         self.reply(Reply::new(
             500,
-            "5.5.2",
+            Detail::SyntaxError,
             format!("Error: line too long (the limit is {limit} octets)"),
         ));
     }
@@ -301,11 +304,7 @@ impl Session {
             return self.refuse_message(self.too_big_reply());
         }
         if receiver.saw_bare_lf {
-            return self.refuse_message(Reply::new(
-                550,
-                "5.6.0",
-                "Error: bare LF in the message; SMTP lines must end with CR LF",
-            ));
+            return self.refuse_message(reply::BARE_LF);
         }
         Step::EndMessage
     }
@@ -332,7 +331,7 @@ impl Session {
         }
         self.reply(Reply::new(
             250,
-            "2.0.0",
+            Detail::Undefined,
             format!("Ok: {size} octets received"),
         ));
         None
@@ -342,7 +341,7 @@ impl Session {
         let limit = self.params.max_message_size;
         Reply::new(
             552,
-            "5.3.4",
+            Detail::MessageTooBig,
             format!("Error: message too big: the limit is {limit} bytes"),
         )
     }
@@ -376,7 +375,7 @@ impl Session {
         debug!("{}: S: {reply}", self.params.id);
         reply.write_to(&mut self.output);
         if reply.is_error()
-            && reply.status() != TOO_MANY_RECIPIENTS
+            && reply != reply::TOO_MANY_RECIPIENTS
             && !matches!(self.phase, Phase::Closed)
         {
             self.errors += 1;
@@ -385,7 +384,7 @@ impl Session {
                     "{} Error: too many errors; closing the connection",
                     self.params.hostname
                 );
-                let goodbye = Reply::new(421, "4.7.0", text);
+                let goodbye = Reply::new(421, Detail::OtherSecurity, text);
                 debug!("{}: S: {goodbye}", self.params.id);
                 goodbye.write_to(&mut self.output);
                 self.set_phase(Phase::Closed);
@@ -412,11 +411,11 @@ impl Session {
             Command::Bdat { size, last } => return self.bdat(size, last),
             Command::Rset => {
                 self.reset_transaction();
-                Reply::new(250, "2.0.0", "Ok")
+                reply::OK
             }
-            Command::Noop => Reply::new(250, "2.0.0", "Ok"),
+            Command::Noop => reply::OK,
             Command::Quit => {
-                self.reply(Reply::new(221, "2.0.0", "Bye"));
+                self.reply(reply::BYE);
                 self.set_phase(Phase::Closed);
                 return Some(Step::Close);
             }
@@ -425,7 +424,7 @@ impl Session {
             Command::Help(topic) => help(topic),
             Command::Etrn(_) if self.in_transaction => Reply::new(
                 503,
-                "5.5.1",
+                Detail::InvalidCommand,
                 "Error: ETRN is not allowed during a mail transaction",
             ),
             Command::Etrn(domain) => self.policy.etrn(domain),
@@ -436,28 +435,28 @@ impl Session {
                 );
                 Reply::new(
                     250,
-                    "2.0.0",
+                    Detail::Undefined,
                     "Ok: verbose mode changes nothing here; the server logs the dialogue at debug level",
                 )
             }
             Command::Turn => Reply::new(
                 502,
-                "5.5.1",
+                Detail::InvalidCommand,
                 "Error: TURN is refused: it would hand mail queued here to an unauthenticated client",
             ),
             Command::Atrn => Reply::new(
                 502,
-                "5.5.1",
+                Detail::InvalidCommand,
                 "Error: ATRN needs authentication (RFC 2645), which this server does not offer",
             ),
             Command::TerminalDelivery(verb) => Reply::new(
                 502,
-                "5.5.1",
+                Detail::InvalidCommand,
                 format!("Error: {verb} (delivery to a user's terminal) is not offered; use MAIL"),
             ),
             Command::NotOffered(verb) => Reply::new(
                 502,
-                "5.5.1",
+                Detail::InvalidCommand,
                 format!("Error: {verb} is not offered by this server"),
             ),
         };
@@ -476,12 +475,12 @@ impl Session {
         self.envelope.protocol = protocol;
         let hostname = self.params.hostname.clone();
         if protocol == Protocol::Smtp {
-            return Reply::new(250, "", hostname);
+            return Reply::plain(250, hostname);
         }
         let lines = vec![
-            hostname,
+            hostname.into(),
             "PIPELINING".into(),
-            format!("SIZE {}", self.params.max_message_size),
+            format!("SIZE {}", self.params.max_message_size).into(),
             "8BITMIME".into(),
             "SMTPUTF8".into(),
             "ENHANCEDSTATUSCODES".into(),
@@ -489,25 +488,21 @@ impl Session {
             "ETRN".into(),
             "HELP".into(),
         ];
-        Reply::lines(250, "", lines)
+        Reply::lines(250, None, lines)
     }
 
     fn mail(&mut self, from: ReversePath, params: MailParams, utf8: bool) -> Reply {
         if !self.greeted {
-            return Reply::new(503, "5.5.1", "Error: send HELO or EHLO first");
+            return reply::NEED_HELO;
         }
         if self.in_transaction {
-            return Reply::new(503, "5.5.1", "Error: nested MAIL command");
+            return reply::NESTED_MAIL;
         }
         if self.envelope.protocol == Protocol::Smtp && params != MailParams::default() {
-            return Reply::new(555, "5.5.4", "Error: MAIL parameters need EHLO, not HELO");
+            return reply::MAIL_PARAMETERS_NEED_EHLO;
         }
         if utf8 && !params.smtputf8 {
-            return Reply::new(
-                553,
-                "5.6.7",
-                "Error: a non-ASCII address needs the SMTPUTF8 parameter",
-            );
+            return reply::SENDER_NEEDS_SMTPUTF8;
         }
         if params
             .size
@@ -516,45 +511,41 @@ impl Session {
             let limit = self.params.max_message_size;
             return Reply::new(
                 552,
-                "5.3.4",
+                Detail::MessageTooBig,
                 format!("Error: message too big: the limit is {limit} bytes"),
             );
         }
         self.in_transaction = true;
         self.envelope.sender = from;
         self.envelope.params = params;
-        Reply::new(250, "2.1.0", "Ok")
+        reply::SENDER_OK
     }
 
     fn rcpt(&mut self, to: ForwardPath, utf8: bool) -> Reply {
         if !self.in_transaction {
-            return Reply::new(503, "5.5.1", "Error: need MAIL command");
+            return reply::NEED_MAIL;
         }
         if utf8 && !self.envelope.params.smtputf8 {
-            return Reply::new(
-                553,
-                "5.6.7",
-                "Error: a non-ASCII address needs SMTPUTF8 in MAIL FROM",
-            );
+            return reply::RECIPIENT_NEEDS_SMTPUTF8;
         }
         if self.envelope.recipients.len() >= self.params.max_recipients {
-            return Reply::new(452, TOO_MANY_RECIPIENTS, "Error: too many recipients");
+            return reply::TOO_MANY_RECIPIENTS;
         }
         match self.policy.recipient(&to) {
             RcptVerdict::Accept => {
                 if !self.envelope.recipients.contains(&to) {
                     self.envelope.recipients.push(to);
                 }
-                Reply::new(250, "2.1.5", "Ok")
+                reply::RECIPIENT_OK
             }
             RcptVerdict::UnknownUser => Reply::new(
                 550,
-                "5.1.1",
+                Detail::BadDestinationMailbox,
                 format!("<{to}>: Recipient address rejected: no such user here"),
             ),
             RcptVerdict::RelayDenied => Reply::new(
                 550,
-                "5.7.1",
+                Detail::NotAuthorized,
                 format!("<{to}>: Relay access denied: this server does not forward mail for you"),
             ),
         }
@@ -563,9 +554,9 @@ impl Session {
     /// Why a message cannot start now, if it cannot.
     fn transaction_refusal(&self) -> Option<Reply> {
         if !self.in_transaction {
-            Some(Reply::new(503, "5.5.1", "Error: need MAIL command"))
+            Some(reply::NEED_MAIL)
         } else if self.envelope.recipients.is_empty() {
-            Some(Reply::new(554, "5.5.1", "Error: no valid recipients"))
+            Some(reply::NO_VALID_RECIPIENTS)
         } else {
             None
         }
@@ -573,16 +564,14 @@ impl Session {
 
     fn data(&mut self) -> Option<Step<'static>> {
         let refusal = match self.transaction_refusal() {
-            None if self.chunking => {
-                Some(Reply::new(503, "5.5.1", "Error: DATA cannot follow BDAT"))
-            }
+            None if self.chunking => Some(reply::DATA_AFTER_BDAT),
             refusal => refusal,
         };
         if let Some(reply) = refusal {
             self.reply(reply);
             return self.closed_step();
         }
-        self.reply(Reply::new(354, "", "End data with <CR><LF>.<CR><LF>"));
+        self.reply(reply::START_DATA);
         self.start_message();
         self.set_phase(Phase::Data(DataReceiver::new(self.params.bare_lf)));
         Some(Step::StartMessage)
@@ -632,11 +621,19 @@ fn help(topic: &str) -> Reply {
             "  then the message, then a line holding only a '.'",
             "HELP <command> shows how a command is written",
         ];
-        return Reply::lines(214, "2.0.0", lines.iter().map(|l| l.to_string()).collect());
+        return Reply::lines(
+            214,
+            Some(Detail::Undefined),
+            Vec::from(lines.map(Cow::Borrowed)),
+        );
     }
     match command::syntax(&topic.to_ascii_uppercase()) {
-        Some(syntax) => Reply::new(214, "2.0.0", syntax),
-        None => Reply::new(504, "5.5.1", format!("HELP: no such command '{topic}'")),
+        Some(syntax) => Reply::new(214, Detail::Undefined, syntax),
+        None => Reply::new(
+            504,
+            Detail::InvalidCommand,
+            format!("HELP: no such command '{topic}'"),
+        ),
     }
 }
 

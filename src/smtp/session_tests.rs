@@ -28,15 +28,15 @@ impl Policy for TestPolicy {
     }
 
     fn vrfy(&self, _: &str) -> Reply {
-        Reply::new(252, "2.1.5", "maybe")
+        Reply::new(252, Detail::DestinationValid, "maybe")
     }
 
     fn expn(&self, _: &str) -> Reply {
-        Reply::new(550, "5.1.1", "no such list")
+        Reply::new(550, Detail::BadDestinationMailbox, "no such list")
     }
 
     fn etrn(&self, _: &str) -> Reply {
-        Reply::new(458, "4.3.0", "not now")
+        Reply::new(458, Detail::OtherMailSystem, "not now")
     }
 }
 
@@ -486,7 +486,11 @@ fn queue_failures_shutdown_and_lost_connections() {
         }
     }
     session.message_queued(Err("Error: cannot write the message to the queue"));
-    session.shutdown(Reply::new(421, "4.3.2", "mx.test shutting down"));
+    session.shutdown(Reply::new(
+        421,
+        Detail::NotAcceptingMessages,
+        "mx.test shutting down",
+    ));
     let output = String::from_utf8(session.output().to_vec()).unwrap();
     assert!(output.ends_with("452 4.3.1 Error: cannot write the message to the queue\r\n421 4.3.2 mx.test shutting down\r\n"));
     assert_eq!(session.step(b"NOOP\r\n"), (0, Step::Close));
