@@ -337,6 +337,7 @@ impl Session {
         None
     }
 
+    /// The refusal of a message over the size limit, whether MAIL announced it (SIZE=) or the data showed it.
     fn too_big_reply(&self) -> Reply {
         let limit = self.params.max_message_size;
         Reply::new(
@@ -508,12 +509,7 @@ impl Session {
             .size
             .is_some_and(|size| size > self.params.max_message_size)
         {
-            let limit = self.params.max_message_size;
-            return Reply::new(
-                552,
-                Detail::MessageTooBig,
-                format!("Error: message too big: the limit is {limit} bytes"),
-            );
+            return self.too_big_reply();
         }
         self.in_transaction = true;
         self.envelope.sender = from;
