@@ -4,7 +4,8 @@
     envelope["id"], envelope["sender"], envelope["rcpt"]   # rcpt is a list
 
 A record is a 43-byte header line, `POSTEL1 <envlen:8 hex> <bodylen:16 hex>
-<crc32:8 hex>\\n`, then the envelope (`key value` lines) and the body, exactly
+<crc32:8 hex>\\n`, then the envelope (`key value` lines, the first `version N`
+in every format after version 1) and the body, exactly
 as stored. Several records may share one segment file. Anything that does not
 follow the format raises SpoolError naming the file and byte offset: a test
 reads the queue only after the server acknowledged, so there is no torn tail
@@ -19,7 +20,7 @@ import zlib
 HEADER_LEN = 43
 HEADER = re.compile(rb"POSTEL1 ([0-9a-f]{8}) ([0-9a-f]{16}) ([0-9a-f]{8})\n")
 # Keys in the order doc/spool.md gives them; the ones every record has.
-KEY_ORDER = ["id", "arrival", "client", "helo", "protocol", "sender", "body", "smtputf8", "size", "rcpt"]
+KEY_ORDER = ["version", "id", "arrival", "client", "helo", "protocol", "sender", "body", "smtputf8", "size", "rcpt"]
 REQUIRED = {"id", "arrival", "client", "helo", "protocol", "sender", "rcpt"}
 QUEUE_ID = re.compile(r"[0-9A-F]{20}")
 

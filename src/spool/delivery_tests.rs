@@ -64,8 +64,16 @@ fn by_id(mut messages: Vec<Queued>) -> Vec<Queued> {
     messages
 }
 
+/// The journal's entries: everything after its version line.
 fn journal_text(dir: &TempDir) -> String {
-    fs::read_to_string(dir.0.join("journal")).unwrap_or_default()
+    let text = fs::read_to_string(dir.0.join("journal")).unwrap_or_default();
+    match text.strip_prefix(format::LINE) {
+        Some(entries) => entries.to_string(),
+        None => {
+            assert_eq!(text, "", "a journal begins with its version line");
+            text
+        }
+    }
 }
 
 #[test]

@@ -5,6 +5,7 @@ use std::str::Split;
 
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 
+use super::format;
 use super::id::QueueId;
 
 /// What the spool keeps about a message besides its content.
@@ -52,9 +53,11 @@ impl Envelope {
         self
     }
 
-    /// The text form: one `key value` line per field, in the documented order.
+    /// The text form: the format's version line, then one `key value` line per field, in the
+    /// documented order.
     pub(super) fn encode(&self) -> String {
         let mut text = String::with_capacity(256);
+        text.push_str(format::LINE);
         let mut line = |key: &str, value: &str| {
             text.push_str(key);
             text.push(' ');
@@ -92,6 +95,15 @@ impl Envelope {
             .strip_suffix('\n')
             .ok_or("the envelope does not end with a newline")?;
         let mut fields = Fields(text.split('\n').peekable());
+        if let Some(line) = fields.0.peek() {
+            match format::parse_line(line) {
+                Some(Ok(version)) if format::readable(version) => {}
+                Some(Ok(version)) => return Err(format!("spool format version {version}")),
+                Some(Err(what)) => return Err(what),
+                None => {}
+            }
+            fields.optional("version");
+        }
         let envelope = Envelope {
             id: fields
                 .required("id")?
@@ -125,6 +137,16 @@ impl Envelope {
             Some(line) => Err(format!("unexpected line {line:?}")),
             None => Ok(envelope),
         }
+    }
+}
+
+/// The format version of an envelope's text form: the one its first line names, 1 if it has no
+/// version line, None if that line does not parse.
+pub(super) fn version(bytes: &[u8]) -> Option<u32> {
+    let first = bytes.split(|&b| b == b'\n').next()?;
+    match std::str::from_utf8(first).ok().and_then(format::parse_line) {
+        None => Some(1),
+        Some(parsed) => parsed.ok(),
     }
 }
 
@@ -191,11 +213,30 @@ mod tests {
         let text = envelope.encode();
         assert_eq!(
             text,
-            "id 19AB5D7C5E3F1001A3F2\narrival 2026-11-24T05:03:01.123456Z\nclient 127.0.0.1\n\
+            "version 2\nid 19AB5D7C5E3F1001A3F2\narrival 2026-11-24T05:03:01.123456Z\nclient 127.0.0.1\n\
              helo client.example\nprotocol ESMTP\nsender <alice@example.org>\nbody 8BITMIME\n\
              smtputf8 yes\nsize 1234\nrcpt <bob@localhost>\nrcpt <postmaster>\n"
         );
         assert_eq!(Envelope::parse(text.as_bytes()), Ok(envelope));
+    }
+
+    #[test]
+    fn an_envelope_without_a_version_line_is_version_1() {
+        let envelope = example();
+        let text = envelope.encode();
+        let unversioned = text.strip_prefix(format::LINE).unwrap();
+        assert_eq!(version(text.as_bytes()), Some(format::VERSION));
+        assert_eq!(version(unversioned.as_bytes()), Some(1));
+        assert_eq!(Envelope::parse(unversioned.as_bytes()), Ok(envelope));
+    }
+
+    #[test]
+    fn an_envelope_in_a_version_this_postel_does_not_read_is_refused() {
+        let newer = example().encode().replace("version 2\n", "version 3\n");
+        assert_eq!(version(newer.as_bytes()), Some(3));
+        let error = Envelope::parse(newer.as_bytes()).unwrap_err();
+        assert!(error.contains("spool format version 3"), "{error}");
+        assert_eq!(version(b"version x\nid 1\n"), None);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 use log::warn;
 
+use super::format;
 use super::id::QueueId;
 use super::live::LiveFiles;
 use super::state::{self, DeliveryState, Entry};
@@ -57,6 +58,8 @@ pub(super) struct Replayed {
 /// The journal read back.
 #[derive(Default)]
 pub(super) struct Replay {
+    /// The format version its first line names (1 for a journal without a version line).
+    pub version: u32,
     pub messages: HashMap<u128, Replayed>,
     /// Entries that did not parse and were followed by sound ones: offset and what is wrong.
     pub bad: Vec<(u64, String)>,
@@ -207,8 +210,20 @@ impl Journal {
     }
 
     /// Opens the journal for appending (creating it, durably, if missing) and cuts off a torn last
-    /// line, so that the next entry starts a line of its own.
+    /// line, so that the next entry starts a line of its own; an empty journal gets its version
+    /// line first.
     fn open_for_append(&self) -> io::Result<(File, u64)> {
+        let (file, end) = self.open_at_end()?;
+        if end > 0 {
+            return Ok((file, end));
+        }
+        file.write_all_at(format::LINE.as_bytes(), 0)?;
+        file.sync_data()?;
+        Ok((file, format::LINE.len() as u64))
+    }
+
+    /// Opens the journal (creating it, durably, if missing) and finds the end of its last line.
+    fn open_at_end(&self) -> io::Result<(File, u64)> {
         let opened = File::options().read(true).write(true).open(&self.path);
         let file = match opened {
             Ok(file) => file,
@@ -242,7 +257,10 @@ impl Journal {
     /// Reads the journal: what it says of each message, and what is wrong with it. A missing
     /// journal is an empty one.
     pub(super) fn read(path: &Path) -> io::Result<Replay> {
-        let mut replay = Replay::default();
+        let mut replay = Replay {
+            version: 1,
+            ..Replay::default()
+        };
         let file = match File::open(path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(replay),
@@ -258,6 +276,16 @@ impl Journal {
             let n = reader.read_until(b'\n', &mut line)?;
             if n == 0 {
                 break;
+            }
+            if offset == 0
+                && let Some(version) = version_line(&line)
+            {
+                match version {
+                    Ok(version) => replay.version = version,
+                    Err(what) => unsound.push((0, what)),
+                }
+                offset += n as u64;
+                continue;
             }
             match state::parse(&line) {
                 Ok((id, entry)) => {
@@ -325,6 +353,7 @@ impl Journal {
         let temp = self.dir.join("journal.new");
         let file = File::create(&temp)?;
         let mut out = BufWriter::with_capacity(64 * 1024, &file);
+        out.write_all(format::LINE.as_bytes())?;
         let mut line = Vec::with_capacity(256);
         for (key, replayed) in &kept {
             let id = QueueId::from_key(*key);
@@ -354,6 +383,12 @@ impl Inner {
         self.file = Some((file, len));
         self.compact_at = self.compact_min.max(2 * len);
     }
+}
+
+/// The version a journal's first line names, if it is a version line.
+fn version_line(line: &[u8]) -> Option<Result<u32, String>> {
+    let text = std::str::from_utf8(line.strip_suffix(b"\n")?).ok()?;
+    format::parse_line(text)
 }
 
 /// Where the last complete line of a file of `size` bytes ends (0 when there is none).

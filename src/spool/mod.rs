@@ -14,6 +14,7 @@
 //! finished; a repairing [`Spool::scan`] at start-up finishes that work and compacts the journal.
 
 mod envelope;
+pub mod format;
 mod group;
 mod id;
 mod journal;
@@ -25,6 +26,8 @@ mod writer;
 
 #[cfg(test)]
 mod delivery_tests;
+#[cfg(test)]
+mod format_tests;
 #[cfg(test)]
 mod tests;
 
@@ -81,6 +84,8 @@ pub enum SpoolError {
     },
     /// The message has no recipients, so there is nothing to queue.
     NoRecipients,
+    /// A queue file or the journal is in a format version this Postel does not read.
+    Format { path: PathBuf, version: u32 },
 }
 
 /// A message in the queue: its envelope and where its body is.
@@ -204,7 +209,16 @@ impl Spool {
     pub fn scan(&self, repair: bool) -> Result<Scan, SpoolError> {
         let journal = self.journal.path();
         let replay = Journal::read(journal).map_err(SpoolError::io(journal))?;
+        if !format::readable(replay.version) {
+            return Err(SpoolError::Format {
+                path: journal.to_path_buf(),
+                version: replay.version,
+            });
+        }
         let mut found = scan::scan(&self.tmp, &self.queue, repair)?;
+        if let Some((path, version)) = found.unreadable {
+            return Err(SpoolError::Format { path, version });
+        }
         let mut scan = found.scan;
         scan.messages.retain_mut(
             |message| match replay.messages.get(&message.envelope.id.key()) {
@@ -442,6 +456,16 @@ impl fmt::Display for SpoolError {
             SpoolError::NoRecipients => {
                 f.write_str("a message without recipients cannot be queued")
             }
+            SpoolError::Format { path, version } => write!(
+                f,
+                "{}: spool format version {version}, which this Postel does not read (it reads \
+                 versions {} to {}); let the Postel that wrote it deliver the queue first \
+                 ('postel queue run' until 'postel queue list' shows nothing), or move the spool \
+                 directory aside",
+                path.display(),
+                format::OLDEST_READABLE,
+                format::VERSION,
+            ),
         }
     }
 }

@@ -8,7 +8,8 @@ use crc32fast::Hasher;
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
-use super::envelope::Envelope;
+use super::envelope::{self, Envelope};
+use super::format;
 use super::live::{self, FoundFile};
 use super::record::{self, HEADER_LEN, Header};
 use super::state::DeliveryState;
@@ -23,6 +24,8 @@ pub(super) struct Found {
     pub files: Vec<FoundFile>,
     /// The files that are not queue files.
     pub foreign: Vec<PathBuf>,
+    /// The first record found in a format version this Postel does not read: its file and version.
+    pub unreadable: Option<(PathBuf, u32)>,
 }
 
 impl Found {
@@ -101,6 +104,8 @@ enum Next {
     Record(Box<Queued>),
     /// A record whose checksum matches but whose envelope does not parse; it ends at `end`.
     BadEnvelope { end: u64, what: String },
+    /// A sound record in a format version this Postel does not read; it ends at `end`.
+    Unreadable { end: u64, version: u32 },
     /// No whole record: the rest of the file is a torn tail.
     Torn(String),
 }
@@ -156,6 +161,19 @@ fn scan_file(path: &Path, repair: bool, found: &mut Found) -> io::Result<()> {
                     path.display()
                 );
                 found.scan.problems.push(problem);
+                this.pinned = true;
+                offset = end;
+            }
+            Next::Unreadable { end, version } => {
+                let problem = format!(
+                    "{}: record at byte {offset} is in spool format version {version}, which this \
+                     Postel does not read; record skipped",
+                    path.display()
+                );
+                found.scan.problems.push(problem);
+                found
+                    .unreadable
+                    .get_or_insert((path.to_path_buf(), version));
                 this.pinned = true;
                 offset = end;
             }
@@ -229,6 +247,9 @@ fn read_record(
     }
     if crc.finalize() != header.crc {
         return torn("checksum mismatch");
+    }
+    if let Some(version) = envelope::version(&envelope).filter(|v| !format::readable(*v)) {
+        return Ok(Next::Unreadable { end, version });
     }
     Ok(match Envelope::parse(&envelope) {
         Ok(envelope) => Next::Record(Box::new(Queued {
