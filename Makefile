@@ -49,9 +49,11 @@ bench: release
 fmt:
 	$(CARGO) fmt
 
+# The module graph check also runs in `make test` (tests/test_module_graph.py).
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(PYTHON) tests/module_graph.py
 
 # sendmail and mailq are the same binary under other names (it looks at argv[0]).
 install: release

@@ -14,8 +14,9 @@ use crate::delivery::bounce::{self, Failure};
 use crate::delivery::local::{Destination, Route, Router};
 use crate::delivery::mbox::{self, MboxSettings};
 use crate::delivery::pipe;
+use crate::delivery::relay::Relay;
 use crate::delivery::trace::{self, Loop, Origin};
-use crate::remote::relay::Relay;
+use crate::delivery::transport::{Delivery, Problem};
 use crate::spool::{self, Outcome, QueueId, Queued, RecipientResult, Spool, SpoolError};
 
 /// How much of a message is read to find its header section (for loop checks and bounces).
@@ -82,21 +83,16 @@ impl Deliverer {
             })
             .collect();
         let mut relayed = self.relay_all(message, &pending);
+        let retry_at = now + backoff(&self.config, attempts);
         for route in pending {
-            let mut outcome = match relayed.remove(&route.key) {
-                Some(outcome) => outcome,
+            let delivery = match relayed.remove(&route.key) {
+                Some(delivery) => delivery,
                 None => self.deliver(message, &route, &headers, now),
             };
-            if let (Outcome::Deferred { diagnostic, .. }, true) = (&outcome, expired) {
-                let lifetime = crate::config::format_duration(self.config.queue_lifetime);
-                // RFC 3463 4.4.7: delivery time expired; the last error says why.
-                outcome = Outcome::Failed {
-                    status: "4.4.7".to_string(),
-                    diagnostic: format!("{diagnostic} (gave up: queued longer than {lifetime})"),
-                };
-            }
-            if let Outcome::Deferred { next_try: at, .. } = &mut outcome {
-                *at = now + backoff(&self.config, attempts);
+            let remote_reply = matches!(&delivery,
+                Delivery::Temporary(p) | Delivery::Permanent(p) if p.remote_reply);
+            let outcome = self.outcome(delivery, expired, retry_at);
+            if let Outcome::Deferred { next_try: at, .. } = &outcome {
                 next_try = Some(next_try.map_or(*at, |t: DateTime<Utc>| t.min(*at)));
                 finished = false;
             }
@@ -111,7 +107,7 @@ impl Deliverer {
                     recipient: route.recipient.clone(),
                     status: status.clone(),
                     diagnostic: diagnostic.clone(),
-                    remote: remote && is_smtp_reply(diagnostic),
+                    remote: remote_reply,
                 });
             }
             results.push(RecipientResult {
@@ -141,9 +137,35 @@ impl Deliverer {
         Ok(Attempted { next_try, bounces })
     }
 
+    /// The journal's record of a delivery: a temporary failure is tried again at `retry_at`, or given up once
+    /// the message has been queued longer than queue_lifetime (`expired`).
+    fn outcome(&self, delivery: Delivery, expired: bool, retry_at: DateTime<Utc>) -> Outcome {
+        match delivery {
+            Delivery::Done => Outcome::Delivered,
+            Delivery::Permanent(Problem {
+                status, diagnostic, ..
+            }) => Outcome::Failed { status, diagnostic },
+            Delivery::Temporary(Problem { diagnostic, .. }) if expired => {
+                let lifetime = crate::config::format_duration(self.config.queue_lifetime);
+                // RFC 3463 4.4.7: delivery time expired; the last error says why.
+                Outcome::Failed {
+                    status: "4.4.7".to_string(),
+                    diagnostic: format!("{diagnostic} (gave up: queued longer than {lifetime})"),
+                }
+            }
+            Delivery::Temporary(Problem {
+                status, diagnostic, ..
+            }) => Outcome::Deferred {
+                status,
+                diagnostic,
+                next_try: retry_at,
+            },
+        }
+    }
+
     /// Sends the message on to the remote recipients among `routes`: one transaction per domain, for all its
-    /// recipients. Returns the outcome for each remote route's key.
-    fn relay_all(&self, message: &Queued, routes: &[Route]) -> HashMap<String, Outcome> {
+    /// recipients. Returns the result for each remote route's key.
+    fn relay_all(&self, message: &Queued, routes: &[Route]) -> HashMap<String, Delivery> {
         let mut by_domain: Vec<(String, Vec<String>)> = Vec::new();
         for route in routes {
             let Destination::Remote(address) = &route.destination else {
@@ -184,15 +206,17 @@ impl Deliverer {
         route: &Route,
         headers: &[u8],
         now: DateTime<Utc>,
-    ) -> Outcome {
+    ) -> Delivery {
         match &route.destination {
-            Destination::Refused { status, reason } => return failed(*status, reason.clone()),
+            Destination::Refused { status, reason } => {
+                return Delivery::permanent(*status, reason.clone());
+            }
             Destination::Remote(_) => unreachable!("remote routes are relayed"),
             Destination::Mailbox { .. } | Destination::File(_) | Destination::Command(_) => {}
         }
         match trace::find_loop(headers, &route.recipient) {
             Some(Loop::AlreadyDelivered) => {
-                return failed(
+                return Delivery::permanent(
                     "5.4.6",
                     format!(
                         "mail forwarding loop: already delivered to {}",
@@ -201,7 +225,7 @@ impl Deliverer {
                 );
             }
             Some(Loop::TooManyHops(n)) => {
-                return failed(
+                return Delivery::permanent(
                     "5.4.6",
                     format!("mail forwarding loop: {n} Received headers"),
                 );
@@ -225,10 +249,10 @@ impl Deliverer {
         }
     }
 
-    fn body(&self, message: &Queued) -> Result<BufReader<impl Read + use<>>, Outcome> {
+    fn body(&self, message: &Queued) -> Result<BufReader<impl Read + use<>>, Delivery> {
         match self.spool.read_body(message) {
             Ok(body) => Ok(BufReader::with_capacity(64 * 1024, body)),
-            Err(e) => Err(deferred(
+            Err(e) => Err(Delivery::temporary(
                 "4.3.0",
                 format!("cannot read the queued message: {e}"),
             )),
@@ -242,7 +266,7 @@ impl Deliverer {
         message: &Queued,
         key: &str,
         trace_headers: &str,
-    ) -> Outcome {
+    ) -> Delivery {
         let settings = MboxSettings {
             lock_timeout: self.config.mailbox_lock_timeout,
             stale_lock_age: self.config.stale_lock_age,
@@ -260,10 +284,10 @@ impl Deliverer {
                         "{id}: {key}: found whole in {} after a restart",
                         path.display()
                     );
-                    return Outcome::Delivered;
+                    return Delivery::Done;
                 }
                 Ok(false) => {}
-                Err(e) => return deferred(e.status, e.message),
+                Err(e) => return e.into(),
             }
         }
         let trace = trace_headers.as_bytes();
@@ -272,7 +296,7 @@ impl Deliverer {
             .map(|mut body| mbox::rendered_len(path, from, envelope.arrival, trace, &mut body))
         {
             Ok(Ok(len)) => len,
-            Ok(Err(e)) => return deferred(e.status, e.message),
+            Ok(Err(e)) => return e.into(),
             Err(outcome) => return outcome,
         };
         let mut body = match self.body(message) {
@@ -297,9 +321,8 @@ impl Deliverer {
             message.len,
             &mut announce,
         ) {
-            Ok(_) => Outcome::Delivered,
-            Err(e) if e.permanent => failed(e.status, e.message),
-            Err(e) => deferred(e.status, e.message),
+            Ok(_) => Delivery::Done,
+            Err(e) => e.into(),
         }
     }
 
@@ -387,23 +410,6 @@ pub fn backoff(config: &Config, attempts: u32) -> chrono::Duration {
     chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX)
 }
 
-/// A permanent failure of one delivery.
-pub fn failed(status: impl Into<String>, diagnostic: impl Into<String>) -> Outcome {
-    Outcome::Failed {
-        status: status.into(),
-        diagnostic: diagnostic.into(),
-    }
-}
-
-/// A temporary failure of one delivery; [`Deliverer::attempt`] sets when it is tried again.
-pub fn deferred(status: impl Into<String>, diagnostic: impl Into<String>) -> Outcome {
-    Outcome::Deferred {
-        status: status.into(),
-        diagnostic: diagnostic.into(),
-        next_try: DateTime::<Utc>::MIN_UTC,
-    }
-}
-
 /// One line per delivery attempt of one target, as Postfix writes them; the delay counts from the arrival.
 fn log_outcome(id: &QueueId, route: &Route, outcome: &Outcome, arrival: DateTime<Utc>) {
     let to = if route.key == route.recipient {
@@ -429,10 +435,4 @@ fn log_outcome(id: &QueueId, route: &Route, outcome: &Outcome, arrival: DateTime
             info!("{id}: to={to}, delay={delay:.3}s, status=bounced ({status} {diagnostic})")
         }
     }
-}
-
-/// Whether a diagnostic is another server's reply (`550 5.1.1 ...`) rather than a reason of our own.
-fn is_smtp_reply(diagnostic: &str) -> bool {
-    let bytes = diagnostic.as_bytes();
-    bytes.len() > 4 && bytes[..3].iter().all(u8::is_ascii_digit) && bytes[3] == b' '
 }

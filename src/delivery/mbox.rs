@@ -18,6 +18,8 @@ use nix::fcntl::{FcntlArg, Flock, FlockArg, fcntl};
 use nix::sys::signal::kill;
 use nix::unistd::{Gid, Pid, Uid, fchown, geteuid};
 
+use crate::delivery::transport::Delivery;
+
 /// How mailboxes are locked and limited (from the configuration).
 #[derive(Debug, Clone)]
 pub struct MboxSettings {
@@ -75,6 +77,16 @@ impl fmt::Display for MboxError {
 }
 
 impl std::error::Error for MboxError {}
+
+impl From<MboxError> for Delivery {
+    fn from(e: MboxError) -> Delivery {
+        if e.permanent {
+            Delivery::permanent(e.status, e.message)
+        } else {
+            Delivery::temporary(e.status, e.message)
+        }
+    }
+}
 
 /// Appends one message to the mbox file at `path`, creating it if needed, and returns the bytes appended.
 ///

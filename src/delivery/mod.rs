@@ -1,5 +1,5 @@
-//! Taking messages out of the spool and putting them where they belong: routing through aliases to mbox files,
-//! commands and (later) other hosts, retries on a schedule, and notifications of what failed.
+//! Taking messages out of the spool and putting them where they belong: routing through aliases, the transports
+//! (mbox files, commands, and other hosts by relay), retries on a schedule, and notifications of what failed.
 
 pub mod aliases;
 pub mod attempt;
@@ -9,5 +9,7 @@ pub mod local;
 pub mod mbox;
 pub mod pipe;
 pub mod queue;
+pub mod relay;
 pub mod runner;
 pub mod trace;
+pub mod transport;

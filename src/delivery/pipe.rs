@@ -7,8 +7,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::delivery::attempt::{deferred, failed};
-use crate::spool::Outcome;
+use crate::delivery::transport::Delivery;
 
 /// How long a command may take before it is killed and the delivery deferred.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10 * 60);
@@ -17,7 +16,7 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 const EX_TEMPFAIL: i32 = 75;
 
 /// Runs `command` with `trace_headers` and then the message on stdin.
-pub fn deliver(command: &str, trace_headers: &[u8], body: &mut dyn BufRead) -> Outcome {
+pub fn deliver(command: &str, trace_headers: &[u8], body: &mut dyn BufRead) -> Delivery {
     let mut child = match Command::new("/bin/sh")
         .arg("-c")
         .arg(command)
@@ -29,7 +28,7 @@ pub fn deliver(command: &str, trace_headers: &[u8], body: &mut dyn BufRead) -> O
         .spawn()
     {
         Ok(child) => child,
-        Err(e) => return deferred("4.3.0", format!("cannot run '{command}': {e}")),
+        Err(e) => return Delivery::temporary("4.3.0", format!("cannot run '{command}': {e}")),
     };
     let mut stdin = child.stdin.take().expect("stdin is piped");
     let mut stderr = child.stderr.take().expect("stderr is piped");
@@ -49,7 +48,7 @@ pub fn deliver(command: &str, trace_headers: &[u8], body: &mut dyn BufRead) -> O
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return deferred(
+                return Delivery::temporary(
                     "4.3.0",
                     format!(
                         "'{command}' took longer than {}s and was killed",
@@ -57,22 +56,24 @@ pub fn deliver(command: &str, trace_headers: &[u8], body: &mut dyn BufRead) -> O
                     ),
                 );
             }
-            Err(e) => return deferred("4.3.0", format!("cannot wait for '{command}': {e}")),
+            Err(e) => {
+                return Delivery::temporary("4.3.0", format!("cannot wait for '{command}': {e}"));
+            }
         }
     };
     let said = errors.join().unwrap_or_default();
     let said = said.lines().next().unwrap_or("").trim();
     match status.code() {
-        Some(0) => Outcome::Delivered,
-        Some(EX_TEMPFAIL) => deferred(
+        Some(0) => Delivery::Done,
+        Some(EX_TEMPFAIL) => Delivery::temporary(
             "4.3.0",
             format!("'{command}' asked to try again later: {said}"),
         ),
-        Some(code) => failed(
+        Some(code) => Delivery::permanent(
             "5.3.0",
             format!("'{command}' failed with exit status {code}: {said}"),
         ),
-        None => deferred("4.3.0", format!("'{command}' was killed by a signal")),
+        None => Delivery::temporary("4.3.0", format!("'{command}' was killed by a signal")),
     }
 }
 
@@ -111,19 +112,19 @@ mod tests {
             b"Received: x\r\n",
             &mut &b"Subject: hi\r\n\r\nbody\r\n"[..],
         );
-        assert_eq!(outcome, Outcome::Delivered);
+        assert_eq!(outcome, Delivery::Done);
         assert_eq!(
             std::fs::read(&out).unwrap(),
             b"Received: x\nSubject: hi\n\nbody\n"
         );
         assert!(matches!(
             deliver("exit 75", b"", &mut &b""[..]),
-            Outcome::Deferred { .. }
+            Delivery::Temporary(_)
         ));
         match deliver("echo no such list >&2; exit 1", b"", &mut &b"x\r\n"[..]) {
-            Outcome::Failed { status, diagnostic } => {
-                assert_eq!(status, "5.3.0");
-                assert!(diagnostic.contains("no such list"), "{diagnostic}");
+            Delivery::Permanent(problem) => {
+                assert_eq!(problem.status, "5.3.0");
+                assert!(problem.diagnostic.contains("no such list"), "{problem:?}");
             }
             other => panic!("{other:?}"),
         }

@@ -1,6 +1,5 @@
-//! Sending mail onward to other hosts: finding them in the DNS, talking SMTP to them, and relaying a message's
-//! remote recipients with one copy per destination.
+//! Talking to other hosts: a small synchronous DNS client (MX, A, AAAA) and an SMTP client. Neither knows the
+//! spool or delivery; the relay transport in delivery/ drives them.
 
 pub mod client;
 pub mod dns;
-pub mod relay;

@@ -1,6 +1,6 @@
 //! Relaying one message's recipients at one domain: find the destination (smarthost, MX, or the domain itself),
 //! send one copy per destination host for all of them, reuse connections across messages, and turn what the
-//! other server said into an outcome per recipient.
+//! other server said into a delivery result per recipient.
 
 use std::collections::HashMap;
 use std::io::{BufReader, Cursor, Read};
@@ -12,11 +12,11 @@ use chrono::Utc;
 use log::{debug, info};
 
 use crate::config::Config;
-use crate::delivery::attempt::{deferred, failed};
 use crate::delivery::trace::{self, Origin};
+use crate::delivery::transport::{Delivery, Problem};
 use crate::remote::client::{ClientError, Connection, RemoteReply, Timeouts};
 use crate::remote::dns::{DnsError, Resolver, Route as MxRoute};
-use crate::spool::{Outcome, Queued, Spool};
+use crate::spool::{Queued, Spool};
 
 /// An idle connection is kept this long for the next message to the same server.
 const IDLE_LIMIT: Duration = Duration::from_secs(10);
@@ -71,7 +71,7 @@ impl Relay {
         }
     }
 
-    /// Sends `message` to `recipients`, all at `domain`; returns an outcome per recipient, in order.
+    /// Sends `message` to `recipients`, all at `domain`; returns a result per recipient, in order.
     /// `accepted` is called with the recipients the other server took, as soon as it has answered the content, so
     /// that their delivery is recorded before anything else can go wrong.
     pub fn deliver(
@@ -81,8 +81,8 @@ impl Relay {
         domain: &str,
         recipients: &[String],
         accepted: &dyn Fn(&[&String]),
-    ) -> Vec<Outcome> {
-        let all = |outcome: Outcome| vec![outcome; recipients.len()];
+    ) -> Vec<Delivery> {
+        let all = |outcome: Delivery| vec![outcome; recipients.len()];
         let hosts = match self.hosts(domain) {
             Ok(hosts) => hosts,
             Err(outcome) => return all(outcome),
@@ -91,7 +91,7 @@ impl Relay {
             .first()
             .map_or_else(String::new, |h| h.name.to_ascii_lowercase());
         let Some(_slot) = self.take_slot(&destination) else {
-            return all(deferred(
+            return all(Delivery::temporary(
                 "4.4.5",
                 format!("too many deliveries to {destination} at once"),
             ));
@@ -113,11 +113,11 @@ impl Relay {
                 }
             }
         }
-        all(deferred("4.4.1", last_error))
+        all(Delivery::temporary("4.4.1", last_error))
     }
 
-    /// The servers for `domain`, best first, or the outcome for every recipient when there is none.
-    fn hosts(&self, domain: &str) -> Result<Vec<Host>, Outcome> {
+    /// The servers for `domain`, best first, or the result for every recipient when there is none.
+    fn hosts(&self, domain: &str) -> Result<Vec<Host>, Delivery> {
         if let Some((name, port)) = &self.smarthost {
             return Ok(vec![Host {
                 name: name.clone(),
@@ -135,7 +135,7 @@ impl Relay {
             }]);
         }
         let resolver = self.resolver.as_ref().ok_or_else(|| {
-            deferred(
+            Delivery::temporary(
                 "4.4.3",
                 "no DNS server is configured (nameservers, /etc/resolv.conf)",
             )
@@ -144,16 +144,22 @@ impl Relay {
             Ok(MxRoute::Mx(exchangers)) => exchangers,
             Ok(MxRoute::Implicit) => vec![(0, domain.to_string())],
             Ok(MxRoute::NullMx) => {
-                return Err(failed(
+                return Err(Delivery::permanent(
                     "5.1.10",
                     format!("{domain} accepts no mail (null MX, RFC 7505)"),
                 ));
             }
             Err(DnsError::NotFound(why)) => {
-                return Err(failed("5.1.2", format!("domain {domain} not found: {why}")));
+                return Err(Delivery::permanent(
+                    "5.1.2",
+                    format!("domain {domain} not found: {why}"),
+                ));
             }
             Err(DnsError::Temporary(why)) => {
-                return Err(deferred("4.4.3", format!("DNS lookup for {domain}: {why}")));
+                return Err(Delivery::temporary(
+                    "4.4.3",
+                    format!("DNS lookup for {domain}: {why}"),
+                ));
             }
         };
         // RFC 5321 5.1: when this host is one of the exchangers, only better ones may be used.
@@ -170,7 +176,7 @@ impl Relay {
             })
             .collect();
         if hosts.is_empty() {
-            return Err(failed(
+            return Err(Delivery::permanent(
                 "5.4.6",
                 format!("mail for {domain} loops back to myself (MX points to this host)"),
             ));
@@ -218,7 +224,7 @@ impl Relay {
             Ok(body) => body,
             Err(e) => {
                 return Sent::Done(vec![
-                    deferred(
+                    Delivery::temporary(
                         "4.3.0",
                         format!("cannot read the queued message: {e}")
                     );
@@ -250,7 +256,7 @@ impl Relay {
                     .recipients
                     .into_iter()
                     .map(|result| match result {
-                        Ok(()) => Outcome::Delivered,
+                        Ok(()) => Delivery::Done,
                         Err(reply) => from_reply(&reply),
                     })
                     .collect();
@@ -274,18 +280,17 @@ impl Relay {
                 if !reply.is_permanent() {
                     self.keep(addr, connection);
                 }
-                let outcome = from_reply(&reply);
-                let outcome = match outcome {
-                    Outcome::Failed { status, diagnostic } => Outcome::Failed {
-                        status,
-                        diagnostic: format!("{diagnostic} (in reply to {step})"),
-                    },
+                let outcome = match from_reply(&reply) {
+                    Delivery::Permanent(mut problem) => {
+                        problem.diagnostic += &format!(" (in reply to {step})");
+                        Delivery::Permanent(problem)
+                    }
                     other => other,
                 };
                 Sent::Done(vec![outcome; recipients.len()])
             }
             Err(ClientError::Unsendable(why)) => {
-                Sent::Done(vec![failed("5.3.4", why); recipients.len()])
+                Sent::Done(vec![Delivery::permanent("5.3.4", why); recipients.len()])
             }
         }
     }
@@ -369,25 +374,26 @@ impl Drop for Slot<'_> {
 }
 
 enum Sent {
-    /// The server took part: an outcome per recipient.
-    Done(Vec<Outcome>),
+    /// The server took part: a result per recipient.
+    Done(Vec<Delivery>),
     /// This server could not be used: try the next one.
     TryNext(String),
 }
 
-/// A reply from another server as an outcome: 5xx fails, anything else waits for a retry.
-fn from_reply(reply: &RemoteReply) -> Outcome {
-    let text = format!("{} {}", reply.code, reply.text);
-    if reply.is_permanent() {
-        failed(
-            reply.enhanced_status().unwrap_or_else(|| "5.0.0".into()),
-            text,
-        )
+/// A reply from another server as a delivery result: 5xx fails, anything else waits for a retry.
+fn from_reply(reply: &RemoteReply) -> Delivery {
+    let permanent = reply.is_permanent();
+    let problem = Problem {
+        status: reply
+            .enhanced_status()
+            .unwrap_or_else(|| if permanent { "5.0.0" } else { "4.0.0" }.into()),
+        diagnostic: format!("{} {}", reply.code, reply.text),
+        remote_reply: true,
+    };
+    if permanent {
+        Delivery::Permanent(problem)
     } else {
-        deferred(
-            reply.enhanced_status().unwrap_or_else(|| "4.0.0".into()),
-            text,
-        )
+        Delivery::Temporary(problem)
     }
 }
 
@@ -429,24 +435,25 @@ mod tests {
     }
 
     #[test]
-    fn replies_become_outcomes() {
+    fn replies_become_delivery_results() {
         let reply = RemoteReply {
             code: 550,
             text: "5.1.1 no such user".into(),
         };
         assert_eq!(
             from_reply(&reply),
-            Outcome::Failed {
+            Delivery::Permanent(Problem {
                 status: "5.1.1".into(),
-                diagnostic: "550 5.1.1 no such user".into()
-            }
+                diagnostic: "550 5.1.1 no such user".into(),
+                remote_reply: true,
+            })
         );
         let reply = RemoteReply {
             code: 451,
             text: "try later".into(),
         };
         assert!(
-            matches!(from_reply(&reply), Outcome::Deferred { status, .. } if status == "4.0.0")
+            matches!(from_reply(&reply), Delivery::Temporary(problem) if problem.status == "4.0.0")
         );
     }
 }
