@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use postel::commands::{queue, sendmail};
 use postel::config::Config;
+use postel::delivery::aliases::Aliases;
 use postel::server;
 
 const USAGE: &str = "\
@@ -133,7 +134,7 @@ fn run(args: Vec<String>) -> Result<(), String> {
         "serve" => server::serve(config).map_err(|e| e.to_string()),
         "inetd" => server::inetd::run(config).map_err(|e| e.to_string()),
         "check" => {
-            server::load_aliases(&config).map_err(|e| e.to_string())?;
+            Aliases::configured(&config).map_err(|e| e.to_string())?;
             print!("{}", config.to_toml());
             Ok(())
         }

@@ -8,7 +8,6 @@ use crate::config::Config;
 use crate::delivery::attempt::Deliverer;
 use crate::delivery::control::{self, Request};
 use crate::delivery::runner::{self, HandedTo};
-use crate::server::load_aliases;
 use crate::spool::{Outcome, QueueId, Queued, Spool};
 
 /// `postel queue list`: one block per message: id, size, arrival, sender, then each recipient and its state.
@@ -126,7 +125,7 @@ pub fn show(config: &Config, id: &str, out: &mut dyn Write) -> Result<(), String
 /// `postel queue run [--domain D]`: every queued message (or those for D) is tried now, by the daemon or, when
 /// none runs, here.
 pub fn run(config: Config, node: Option<&str>, out: &mut dyn Write) -> Result<(), String> {
-    let deliverer = deliverer(config)?;
+    let deliverer = Arc::new(Deliverer::open(config).map_err(|e| e.to_string())?);
     let said = match runner::run_queue(&deliverer, node).map_err(|e| e.to_string())? {
         HandedTo::Daemon(pid) => format!("asked the running daemon (pid {pid}) to run the queue"),
         HandedTo::Here => "queue run finished".to_string(),
@@ -165,12 +164,4 @@ fn scan(config: &Config) -> Result<Vec<Queued>, String> {
 fn parse_id(id: &str) -> Result<QueueId, String> {
     id.parse()
         .map_err(|_| format!("'{id}' is not a queue id (20 hexadecimal digits)"))
-}
-
-/// A deliverer for a program that is not the daemon.
-pub fn deliverer(config: Config) -> Result<Arc<Deliverer>, String> {
-    let config = Arc::new(config);
-    let aliases = Arc::new(load_aliases(&config).map_err(|e| e.to_string())?);
-    let spool = Arc::new(Spool::open(&config.spool_dir).map_err(|e| e.to_string())?);
-    Ok(Arc::new(Deliverer::new(config, spool, aliases)))
 }

@@ -3,12 +3,14 @@
 
 use std::io::{self, BufRead};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use chrono::Utc;
 use log::info;
 
 use crate::commands::queue;
 use crate::config::Config;
+use crate::delivery::attempt::Deliverer;
 use crate::delivery::runner::{self, HandedTo};
 use crate::server::connection::Client;
 use crate::server::inetd;
@@ -211,7 +213,7 @@ fn submit(config: Config, invocation: &Invocation, stdin: &mut dyn BufRead) -> R
             "no recipients given (name them, or use -t to take them from the headers)",
         ));
     }
-    let deliverer = queue::deliverer(config).map_err(|e| (EX_CONFIG, e))?;
+    let deliverer = Arc::new(Deliverer::open(config).map_err(|e| (EX_CONFIG, e.to_string()))?);
     let spool = &deliverer.spool;
     let mut writer = spool.new_message(spool::Envelope {
         id: QueueId::default(),

@@ -5,6 +5,8 @@ use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::config::Config;
+
 /// How deeply `:include:` files may include further files.
 const MAX_INCLUDE_DEPTH: usize = 5;
 
@@ -82,6 +84,14 @@ impl fmt::Display for AliasError {
 impl std::error::Error for AliasError {}
 
 impl Aliases {
+    /// The aliases file the configuration names (`aliases`), or none.
+    pub fn configured(config: &Config) -> Result<Aliases, AliasError> {
+        match &config.aliases {
+            Some(path) => Aliases::load(path),
+            None => Ok(Aliases::empty()),
+        }
+    }
+
     /// Reads and parses the aliases file at `path`, with the `:include:` files it names.
     pub fn load(path: &Path) -> Result<Aliases, AliasError> {
         let origin = path.display().to_string();

@@ -2,6 +2,7 @@
 //! notify the sender of failures, record the results, and finish the message when nothing is left to do.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::io::{BufReader, Read};
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use chrono::{DateTime, Utc};
 use log::{error, info, warn};
 
 use crate::config::Config;
-use crate::delivery::aliases::Aliases;
+use crate::delivery::aliases::{AliasError, Aliases};
 use crate::delivery::bounce::{self, Failure};
 use crate::delivery::local::{Destination, Route, Router};
 use crate::delivery::mbox::{self, MboxSettings};
@@ -38,7 +39,36 @@ pub struct Attempted {
     pub bounces: Vec<Queued>,
 }
 
+/// Why a deliverer could not be set up.
+#[derive(Debug)]
+pub enum SetupError {
+    Aliases(AliasError),
+    Spool(SpoolError),
+}
+
+impl fmt::Display for SetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SetupError::Aliases(e) => write!(f, "{e}"),
+            SetupError::Spool(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for SetupError {}
+
 impl Deliverer {
+    /// The deliverer for a program that is not the daemon (inetd mode, sendmail, the queue commands): the
+    /// configured aliases, and the spool opened without its lock (delivering takes it, or hands over to the
+    /// daemon that holds it).
+    pub fn open(config: Config) -> Result<Deliverer, SetupError> {
+        let config = Arc::new(config);
+        let aliases = Arc::new(Aliases::configured(&config).map_err(SetupError::Aliases)?);
+        let spool = Arc::new(Spool::open(&config.spool_dir).map_err(SetupError::Spool)?);
+        Ok(Deliverer::new(config, spool, aliases))
+    }
+
+    /// The deliverer of `config` working on `spool` with `aliases`; the daemon passes its locked spool.
     pub fn new(config: Arc<Config>, spool: Arc<Spool>, aliases: Arc<Aliases>) -> Deliverer {
         let relay = Relay::new(&config);
         Deliverer {

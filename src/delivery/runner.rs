@@ -9,7 +9,7 @@ use log::{info, warn};
 
 use crate::delivery::attempt::Deliverer;
 use crate::delivery::control::{self, Request};
-use crate::delivery::queue::at_node;
+use crate::delivery::scheduler::at_node;
 use crate::spool::{Queued, SpoolError};
 
 /// Who delivers the messages just queued.

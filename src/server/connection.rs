@@ -12,7 +12,7 @@ use log::{debug, info, warn};
 
 use crate::config::{BareLf, Config, MAX_LINE_LIMIT};
 use crate::delivery::aliases::Aliases;
-use crate::delivery::queue::QueueHandle;
+use crate::delivery::scheduler::SchedulerHandle;
 use crate::server::policy::ServerPolicy;
 use crate::smtp::{self, Detail, Envelope, Reply, Session, SessionParams, Step};
 use crate::spool::{self, MessageWriter, Queued, Spool};
@@ -42,8 +42,8 @@ pub struct Shared {
 
 /// Where queued messages go next.
 pub enum Handoff {
-    /// To the daemon's delivery queue, at once.
-    Queue(QueueHandle),
+    /// To the daemon's scheduler, at once.
+    Scheduler(SchedulerHandle),
     /// Kept for the program to hand on when the session is over (inetd mode, `sendmail -bs`).
     Collect(std::sync::Mutex<Vec<Queued>>),
     /// Left in the queue (`delivery_workers = 0`).
@@ -53,7 +53,7 @@ pub enum Handoff {
 impl Handoff {
     fn take(&self, message: Queued) {
         match self {
-            Handoff::Queue(queue) => queue.enqueue(message),
+            Handoff::Scheduler(scheduler) => scheduler.enqueue(message),
             Handoff::Collect(messages) => messages
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -88,7 +88,7 @@ pub fn run(transport: &mut dyn Transport, client: &Client, session_id: &str, sha
             Arc::clone(&shared.aliases),
             client.trusted,
             match &shared.handoff {
-                Handoff::Queue(queue) => Some(queue.clone()),
+                Handoff::Scheduler(scheduler) => Some(scheduler.clone()),
                 Handoff::Collect(_) | Handoff::Hold => None,
             },
         )),

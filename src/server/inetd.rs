@@ -17,7 +17,7 @@ use crate::delivery::attempt::Deliverer;
 use crate::delivery::runner;
 use crate::server::ServeError;
 use crate::server::connection::{self, Client, Handoff, Shared, Transport};
-use crate::spool::{Spool, SpoolError};
+use crate::spool::SpoolError;
 
 /// stdin and stdout as one byte stream; reads wait at most the timeout.
 struct Stdio {
@@ -69,9 +69,7 @@ pub fn run(config: Config) -> Result<(), ServeError> {
 /// Runs one session on stdin/stdout for `client`, then sees the messages it queued delivered: by the daemon if
 /// one runs, else by this process.
 pub fn run_on_stdio(config: Config, client: &Client, session_id: &str) -> Result<(), ServeError> {
-    let config = Arc::new(config);
-    let aliases = Arc::new(super::load_aliases(&config)?);
-    let spool = Arc::new(Spool::open(&config.spool_dir)?);
+    let deliverer = Arc::new(Deliverer::open(config)?);
     let stdio_error = |e: io::Error| SpoolError::Io {
         path: "standard input".into(),
         source: e,
@@ -90,9 +88,9 @@ pub fn run_on_stdio(config: Config, client: &Client, session_id: &str) -> Result
         timeout: Duration::from_secs(1),
     };
     let shared = Shared {
-        config: Arc::clone(&config),
-        spool: Arc::clone(&spool),
-        aliases: Arc::clone(&aliases),
+        config: Arc::clone(&deliverer.config),
+        spool: Arc::clone(&deliverer.spool),
+        aliases: Arc::clone(&deliverer.aliases),
         handoff: Handoff::Collect(Mutex::new(Vec::new())),
         shutting_down: AtomicBool::new(false),
     };
@@ -101,7 +99,6 @@ pub fn run_on_stdio(config: Config, client: &Client, session_id: &str) -> Result
         unreachable!("a stdio session collects its messages");
     };
     let queued = queued.into_inner().unwrap_or_else(|p| p.into_inner());
-    let deliverer = Arc::new(Deliverer::new(config, spool, aliases));
     runner::hand_off(&deliverer, queued)?;
     Ok(())
 }

@@ -18,8 +18,8 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::config::Config;
 use crate::delivery::aliases::{AliasError, Aliases};
-use crate::delivery::attempt::Deliverer;
-use crate::delivery::queue::Queue;
+use crate::delivery::attempt::{Deliverer, SetupError};
+use crate::delivery::scheduler::Scheduler;
 use crate::spool::{Spool, SpoolError};
 use connection::{Handoff, Shared};
 
@@ -54,6 +54,15 @@ impl From<SpoolError> for ServeError {
     }
 }
 
+impl From<SetupError> for ServeError {
+    fn from(e: SetupError) -> ServeError {
+        match e {
+            SetupError::Aliases(e) => ServeError::Aliases(e),
+            SetupError::Spool(e) => ServeError::Spool(e),
+        }
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT, then lets sessions in flight finish (up to `shutdown_grace`).
 pub fn serve(config: Config) -> Result<(), ServeError> {
     let config = Arc::new(config);
@@ -72,7 +81,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     )
     .map_err(|e| ServeError::Setup("create a signal descriptor", e.into()))?;
 
-    let aliases = Arc::new(load_aliases(&config)?);
+    let aliases = Arc::new(Aliases::configured(&config).map_err(ServeError::Aliases)?);
     let mut spool = Spool::open(&config.spool_dir)?;
     let _lock = spool.lock()?;
     let scan = spool.scan(true)?;
@@ -88,7 +97,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         Arc::clone(&aliases),
     ));
     let queue = if config.delivery_workers > 0 {
-        let queue = Queue::start(deliverer, scan.messages)
+        let queue = Scheduler::start(deliverer, scan.messages)
             .map_err(|e| ServeError::Setup("start the delivery workers", e))?;
         Some(queue)
     } else {
@@ -108,7 +117,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         aliases,
         handoff: queue
             .as_ref()
-            .map_or(Handoff::Hold, |q| Handoff::Queue(q.handle())),
+            .map_or(Handoff::Hold, |q| Handoff::Scheduler(q.handle())),
         shutting_down: AtomicBool::new(false),
     });
     let (pool_tx, pool_rx) = crossbeam_channel::bounded(config.workers + config.accept_queue);
@@ -142,14 +151,6 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         queue.stop();
     }
     Ok(())
-}
-
-/// The aliases file of the configuration, or none.
-pub fn load_aliases(config: &Config) -> Result<Aliases, ServeError> {
-    match &config.aliases {
-        Some(path) => Aliases::load(path).map_err(ServeError::Aliases),
-        None => Ok(Aliases::empty()),
-    }
 }
 
 /// Waits until every worker has finished its session, or the grace time is over.

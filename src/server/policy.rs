@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::delivery::aliases::{Aliases, Target};
 use crate::delivery::local;
-use crate::delivery::queue::QueueHandle;
+use crate::delivery::scheduler::SchedulerHandle;
 use crate::smtp::{Detail, ForwardPath, Policy, RcptVerdict, Reply};
 
 /// The recipient policy for one client.
@@ -15,8 +15,8 @@ pub struct ServerPolicy {
     aliases: Arc<Aliases>,
     /// The client is in trusted_networks, or a local program: it may relay.
     trusted: bool,
-    /// The daemon's queue, for ETRN; None in inetd mode.
-    queue: Option<QueueHandle>,
+    /// The daemon's scheduler, for ETRN; None in inetd mode.
+    scheduler: Option<SchedulerHandle>,
 }
 
 const EXPN_DISABLED: Reply = Reply::fixed(
@@ -48,13 +48,13 @@ impl ServerPolicy {
         config: Arc<Config>,
         aliases: Arc<Aliases>,
         trusted: bool,
-        queue: Option<QueueHandle>,
+        scheduler: Option<SchedulerHandle>,
     ) -> ServerPolicy {
         ServerPolicy {
             config,
             aliases,
             trusted,
-            queue,
+            scheduler,
         }
     }
 
@@ -182,14 +182,14 @@ impl Policy for ServerPolicy {
                 format!("Syntax: ETRN <domain>; '{node}' is not a domain"),
             );
         }
-        let Some(queue) = &self.queue else {
+        let Some(scheduler) = &self.scheduler else {
             return Reply::new(
                 458,
                 Detail::OtherMailSystem,
                 format!("Unable to queue messages for node {node}: no queue runner in this mode"),
             );
         };
-        match queue.run_node(node) {
+        match scheduler.run_node(node) {
             Some(0) => Reply::new(
                 251,
                 Detail::Undefined,

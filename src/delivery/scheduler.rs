@@ -1,4 +1,4 @@
-//! The daemon's queue: one manager thread that knows every queued message and when it is due, and a fixed pool
+//! The daemon's scheduler: one thread that knows every queued message and when it is due, and a fixed pool
 //! of delivery workers fed with messages over a crossbeam channel. New messages come from the sessions as soon
 //! as they are queued, from the start-up scan, from files other programs leave in the spool, and from the retry
 //! schedule. A message is with at most one worker at a time.
@@ -33,11 +33,11 @@ enum Event {
     Stop,
 }
 
-/// Hands messages to the queue; cheap to clone.
+/// Hands messages to the scheduler; cheap to clone.
 #[derive(Clone)]
-pub struct QueueHandle(Sender<Event>);
+pub struct SchedulerHandle(Sender<Event>);
 
-impl QueueHandle {
+impl SchedulerHandle {
     /// Delivers a message just queued.
     pub fn enqueue(&self, message: Queued) {
         let _ = self.0.send(Event::New(message));
@@ -49,7 +49,7 @@ impl QueueHandle {
     }
 
     /// ETRN: tries the waiting messages with recipients at `node` now ("example.org", or "@example.org" for it
-    /// and its subdomains); returns how many, or None if the queue did not answer in time.
+    /// and its subdomains); returns how many, or None if the scheduler did not answer in time.
     pub fn run_node(&self, node: &str) -> Option<usize> {
         let (reply, answer) = crossbeam_channel::bounded(1);
         self.0.send(Event::RunNode(node.to_string(), reply)).ok()?;
@@ -57,15 +57,15 @@ impl QueueHandle {
     }
 }
 
-/// The running queue: its manager and workers.
-pub struct Queue {
-    handle: QueueHandle,
+/// The running scheduler: its thread and the delivery workers.
+pub struct Scheduler {
+    handle: SchedulerHandle,
     threads: Vec<JoinHandle<()>>,
 }
 
-impl Queue {
-    /// Starts the manager and `config.delivery_workers` workers with the messages already queued.
-    pub fn start(deliverer: Arc<Deliverer>, queued: Vec<Queued>) -> std::io::Result<Queue> {
+impl Scheduler {
+    /// Starts the scheduler thread and `config.delivery_workers` workers with the messages already queued.
+    pub fn start(deliverer: Arc<Deliverer>, queued: Vec<Queued>) -> std::io::Result<Scheduler> {
         let (events, inbox) = crossbeam_channel::unbounded();
         let (work, jobs) = crossbeam_channel::unbounded::<Queued>();
         let mut threads = Vec::new();
@@ -103,19 +103,19 @@ impl Queue {
             remove_when_done: HashSet::new(),
             known_files: HashSet::new(),
         };
-        let handle = QueueHandle(events);
+        let handle = SchedulerHandle(events);
         for message in queued {
             handle.enqueue(message);
         }
         threads.push(
             thread::Builder::new()
-                .name("queue".into())
+                .name("scheduler".into())
                 .spawn(move || manager.run(inbox))?,
         );
-        Ok(Queue { handle, threads })
+        Ok(Scheduler { handle, threads })
     }
 
-    pub fn handle(&self) -> QueueHandle {
+    pub fn handle(&self) -> SchedulerHandle {
         self.handle.clone()
     }
 
