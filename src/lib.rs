@@ -1,6 +1,7 @@
 //! Postel, a mail server for small Unix hosts.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod commands;
 pub mod config;
 pub mod delivery;
@@ -12,3 +13,4 @@ pub mod spool;
 pub mod submit;
 #[cfg(test)]
 mod testing;
+pub mod tls;

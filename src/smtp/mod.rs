@@ -5,6 +5,7 @@ mod address;
 mod command;
 mod data;
 mod reply;
+pub mod sasl;
 mod session;
 mod status;
 
