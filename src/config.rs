@@ -111,6 +111,12 @@ pub struct Config {
     pub remote_command_timeout: Duration,
     /// How long to wait for another server's reply after the message content (`remote_data_timeout`).
     pub remote_data_timeout: Duration,
+    /// The certificate chain in PEM (`tls_certificate`); with `tls_key`, every listener offers STARTTLS.
+    pub tls_certificate: Option<PathBuf>,
+    /// The private key of `tls_certificate`, in PEM: PKCS#8, RSA or EC (`tls_key`).
+    pub tls_key: Option<PathBuf>,
+    /// The file of `name:hash` lines of the users who may authenticate (`auth_users`).
+    pub auth_users: Option<PathBuf>,
 }
 
 /// A configuration error, already worded for the admin: `file:line: key: what is wrong`.
@@ -174,6 +180,21 @@ macro_rules! count_key {
                 Ok(())
             },
             get: |c| integer(c.$field as u64),
+        }
+    };
+}
+
+/// A key whose value is a path, "" for none, kept in the `Option<PathBuf>` field of the same name.
+macro_rules! optional_path_key {
+    ($field:ident, $doc:literal) => {
+        Key {
+            name: stringify!($field),
+            doc: $doc,
+            set: |c, v| {
+                c.$field = optional_path(v)?;
+                Ok(())
+            },
+            get: |c| format_optional_path(&c.$field),
         }
     };
 }
@@ -323,23 +344,10 @@ pub const KEYS: &[Key] = &[
             LocalUsers::List(names) => strings(names.iter()),
         },
     },
-    Key {
-        name: "aliases",
-        doc: "aliases file in /etc/aliases format (default: none; \"\" for none)",
-        set: |c, v| {
-            c.aliases = match string(v)? {
-                "" => None,
-                p => Some(PathBuf::from(p)),
-            };
-            Ok(())
-        },
-        get: |c| {
-            c.aliases
-                .as_ref()
-                .map_or(String::new(), |p| p.display().to_string())
-                .into()
-        },
-    },
+    optional_path_key!(
+        aliases,
+        "aliases file in /etc/aliases format (default: none; \"\" for none)"
+    ),
     boolean_key!(
         alias_commands,
         "alias targets \"|command\" may run (the command gets the message on stdin)"
@@ -450,6 +458,18 @@ pub const KEYS: &[Key] = &[
         remote_data_timeout,
         "how long to wait for another server's reply after the message (RFC 5321: 10 minutes)"
     ),
+    optional_path_key!(
+        tls_certificate,
+        "certificate chain (PEM, this host's certificate first); with tls_key, every listener offers STARTTLS"
+    ),
+    optional_path_key!(
+        tls_key,
+        "private key of tls_certificate (PEM: PKCS#8, RSA or EC), read before privileges are dropped"
+    ),
+    optional_path_key!(
+        auth_users,
+        "file of name:hash lines (crypt(3) hashes: $y$, $6$, $2b$) of the users who may authenticate"
+    ),
 ];
 
 /// Where a system install keeps its configuration.
@@ -508,6 +528,9 @@ impl Config {
             remote_connect_timeout: Duration::from_secs(30),
             remote_command_timeout: Duration::from_secs(5 * 60),
             remote_data_timeout: Duration::from_secs(10 * 60),
+            tls_certificate: None,
+            tls_key: None,
+            auth_users: None,
         }
     }
 
@@ -566,6 +589,11 @@ impl Config {
         if !accept_queue_set {
             config.accept_queue = config.workers;
         }
+        if config.tls_certificate.is_some() != config.tls_key.is_some() {
+            return Err(ConfigError(format!(
+                "{origin}: tls_certificate and tls_key go together: set both or neither"
+            )));
+        }
         Ok(config)
     }
 
@@ -620,6 +648,19 @@ fn path(v: &Value) -> Result<PathBuf, String> {
         "" => Err("expected a path, not an empty string".into()),
         s => Ok(PathBuf::from(s)),
     }
+}
+
+fn optional_path(v: &Value) -> Result<Option<PathBuf>, String> {
+    Ok(match string(v)? {
+        "" => None,
+        p => Some(PathBuf::from(p)),
+    })
+}
+
+fn format_optional_path(p: &Option<PathBuf>) -> Value {
+    p.as_ref()
+        .map_or(String::new(), |p| p.display().to_string())
+        .into()
 }
 
 fn positive(v: &Value) -> Result<usize, String> {
@@ -780,6 +821,10 @@ mod tests {
             (
                 "expn = \"no\"\n",
                 "postel.toml:1: expn: expected true or false",
+            ),
+            (
+                "tls_key = \"/etc/ssl/private/mx.key\"\n",
+                "postel.toml: tls_certificate and tls_key go together",
             ),
             (
                 "mailbox_size_limit = -1\n",

@@ -1,25 +1,27 @@
-//! The `postel` command: `serve`, `inetd`, `check`, `queue` and `sendmail` — and `sendmail`/`mailq` when the
+//! The `postel` command: `serve`, `inetd`, `check`, `passwd`, `queue` and `sendmail` — and `sendmail`/`mailq` when the
 //! binary is called by those names.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use postel::commands::{queue, sendmail};
+use postel::commands::{check, passwd, queue, sendmail};
 use postel::config::Config;
-use postel::delivery::aliases::Aliases;
 use postel::server;
 
 const USAGE: &str = "\
 usage: postel serve [--config FILE] [--listen ADDR]... [--spool DIR] [--mailboxes DIR]
        postel inetd [--config FILE] [--spool DIR] [--mailboxes DIR]
        postel check [--config FILE]
+       postel passwd NAME [--config FILE]
        postel queue list|run [--domain D]|show ID|remove ID [--config FILE]
        postel sendmail [--config FILE] [sendmail options] [recipient...]
 
   serve     run the SMTP server (127.0.0.1:2525, ./spool and ./mailboxes unless configured)
   inetd     run one SMTP session on stdin/stdout, for inetd, xinetd or systemd socket activation
-  check     validate the configuration (and its aliases file) and print it, with every default, as TOML
+  check     validate the configuration and the files it names (aliases, TLS, auth_users) and print it,
+            with every default, as TOML
+  passwd    set NAME's password in the auth_users file (read from stdin; asked twice on a terminal)
   queue     list the queued messages, run the queue now, show or remove one message
   sendmail  submit a message from a local program, as /usr/sbin/sendmail does
 
@@ -122,7 +124,7 @@ fn run(args: Vec<String>) -> Result<(), String> {
     if command != "serve" && !options.listen.is_empty() {
         return Err(format!("--listen applies to 'serve' only\n{USAGE}"));
     }
-    if command != "queue" && !options.words.is_empty() {
+    if !matches!(command.as_str(), "queue" | "passwd") && !options.words.is_empty() {
         return Err(format!(
             "unexpected argument '{}'\n{USAGE}",
             options.words[0]
@@ -133,11 +135,13 @@ fn run(args: Vec<String>) -> Result<(), String> {
     match command.as_str() {
         "serve" => server::serve(config).map_err(|e| e.to_string()),
         "inetd" => server::inetd::run(config).map_err(|e| e.to_string()),
-        "check" => {
-            Aliases::configured(&config).map_err(|e| e.to_string())?;
-            print!("{}", config.to_toml());
-            Ok(())
-        }
+        "check" => check::run(&config, &mut out),
+        "passwd" => match options.words.as_slice() {
+            [name] => passwd::run(&config, name, &mut out),
+            _ => Err(format!(
+                "usage: postel passwd NAME [--config FILE]\n{USAGE}"
+            )),
+        },
         "queue" => match options
             .words
             .iter()

@@ -2,7 +2,8 @@
 # setup-tools.sh -- make sure the programs the integration tests and benchmarks
 # drive are installed: pytest, swaks, socat, Postfix's smtp-source, mutt,
 # bsd-mailx (mail(1), run on top of our sendmail), strace (kills the server
-# at chosen system calls) and dnsmasq (and make).
+# at chosen system calls), dnsmasq, openssl (test certificates, s_client)
+# (and make).
 # As root it installs whatever is missing (Debian packages, pytest from PyPI);
 # otherwise it prints the one command that does and exits 1.
 # Idempotent and quiet when everything is there already.
@@ -24,6 +25,7 @@ have strace || want strace
 have dnsmasq || want dnsmasq-base
 have systemd-socket-activate || want systemd
 have make || want make
+have openssl || want openssl
 
 if [ -z "$missing_debs" ] && [ "$need_pytest" = no ]; then
     exit 0
@@ -65,7 +67,7 @@ if command -v postconf >/dev/null 2>&1 && postconf -M 2>/dev/null | grep -q '252
     echo "setup-tools: note: Postfix is configured on 127.0.0.1:2525 (the benchmark reference); 'make run' needs that port" >&2
 fi
 
-for tool in swaks socat smtp-source mutt bsd-mailx strace dnsmasq systemd-socket-activate; do
+for tool in swaks socat smtp-source mutt bsd-mailx strace dnsmasq systemd-socket-activate openssl; do
     have "$tool" || { echo "setup-tools: $tool is still missing" >&2; exit 1; }
 done
 echo "setup-tools: all test tools present" >&2

@@ -1,4 +1,6 @@
-//! The command-line programs beside the daemon: the queue commands and sendmail.
+//! The command-line programs beside the daemon: check, passwd, the queue commands and sendmail.
 
+pub mod check;
+pub mod passwd;
 pub mod queue;
 pub mod sendmail;

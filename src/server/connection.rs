@@ -14,6 +14,7 @@ use crate::config::{BareLf, Config, MAX_LINE_LIMIT};
 use crate::delivery::aliases::Aliases;
 use crate::delivery::scheduler::SchedulerHandle;
 use crate::server::policy::ServerPolicy;
+use crate::server::reload::Reloaded;
 use crate::smtp::{self, Detail, Envelope, Reply, Session, SessionParams, Step};
 use crate::spool::{self, MessageWriter, Queued, Spool};
 
@@ -34,6 +35,8 @@ pub struct Shared {
     pub config: Arc<Config>,
     pub spool: Arc<Spool>,
     pub aliases: Arc<Aliases>,
+    /// The TLS certificate and the users who may authenticate, as last (re)loaded.
+    pub reloaded: Reloaded,
     /// What happens to a message once it is queued.
     pub handoff: Handoff,
     /// Set when the server is shutting down: idle sessions say 421 and close.

@@ -23,13 +23,14 @@ use crate::smtp::Detail;
 const SIGNALS: Token = Token(usize::MAX);
 
 /// Accepts connections until SIGTERM or SIGINT arrives on `signals`; then returns, closing the listeners.
-/// SIGUSR1 (a request from `postel queue` or `postel sendmail`) calls `doorbell`.
+/// SIGUSR1 (a request from `postel queue` or `postel sendmail`) calls `doorbell`; SIGHUP calls `reload`.
 pub fn run(
     config: &Config,
     listeners: Vec<TcpListener>,
     signals: &SignalFd,
     pool: &Sender<Incoming>,
     doorbell: &dyn Fn(),
+    reload: &dyn Fn(),
 ) -> io::Result<()> {
     let mut poll = Poll::new()?;
     let mut listeners = listeners;
@@ -57,6 +58,11 @@ pub fn run(
                 while let Ok(Some(signal)) = signals.read_signal() {
                     if signal.ssi_signo == Signal::SIGUSR1 as u32 {
                         doorbell();
+                        continue;
+                    }
+                    if signal.ssi_signo == Signal::SIGHUP as u32 {
+                        info!("received SIGHUP: reading the TLS files and auth_users again");
+                        reload();
                         continue;
                     }
                     info!(

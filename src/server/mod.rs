@@ -5,6 +5,7 @@ pub mod inetd;
 pub mod listener;
 pub mod policy;
 pub mod pool;
+pub mod reload;
 
 use std::fmt;
 use std::sync::Arc;
@@ -16,12 +17,15 @@ use log::{info, warn};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
+use crate::auth::AuthUsersError;
 use crate::config::Config;
 use crate::delivery::aliases::{AliasError, Aliases};
 use crate::delivery::attempt::{Deliverer, SetupError};
 use crate::delivery::scheduler::Scheduler;
 use crate::spool::{Spool, SpoolError};
+use crate::tls::TlsError;
 use connection::{Handoff, Shared};
+use reload::{Reloadable, Reloaded};
 
 /// Why the server could not start.
 #[derive(Debug)]
@@ -30,6 +34,8 @@ pub enum ServeError {
     Listen(String, std::io::Error),
     Setup(&'static str, std::io::Error),
     Aliases(AliasError),
+    Tls(TlsError),
+    AuthUsers(AuthUsersError),
 }
 
 impl fmt::Display for ServeError {
@@ -42,6 +48,8 @@ impl fmt::Display for ServeError {
             ServeError::Listen(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             ServeError::Setup(what, e) => write!(f, "cannot {what}: {e}"),
             ServeError::Aliases(e) => write!(f, "{e}"),
+            ServeError::Tls(e) => write!(f, "{e}"),
+            ServeError::AuthUsers(e) => write!(f, "{e}"),
         }
     }
 }
@@ -64,14 +72,17 @@ impl From<SetupError> for ServeError {
 }
 
 /// Runs the daemon until SIGTERM or SIGINT, then lets sessions in flight finish (up to `shutdown_grace`).
+/// SIGHUP re-reads the TLS files and `auth_users`.
 pub fn serve(config: Config) -> Result<(), ServeError> {
     let config = Arc::new(config);
+    let reloaded = load_reloaded(&config)?;
     // Block the stop signals before any thread starts, so that every thread inherits the mask and the
     // signals queue up on the descriptor the listener polls.
     let mut stop_signals = SigSet::empty();
     stop_signals.add(Signal::SIGTERM);
     stop_signals.add(Signal::SIGINT);
     stop_signals.add(Signal::SIGUSR1);
+    stop_signals.add(Signal::SIGHUP);
     stop_signals
         .thread_block()
         .map_err(|e| ServeError::Setup("block signals", e.into()))?;
@@ -115,6 +126,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         config: Arc::clone(&config),
         spool,
         aliases,
+        reloaded,
         handoff: queue
             .as_ref()
             .map_or(Handoff::Hold, |q| Handoff::Scheduler(q.handle())),
@@ -142,7 +154,8 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
             queue.handle().ring();
         }
     };
-    listener::run(&config, listeners, &signals, &pool_tx, &doorbell)
+    let reload = || shared.reloaded.reload(&config);
+    listener::run(&config, listeners, &signals, &pool_tx, &doorbell, &reload)
         .map_err(|e| ServeError::Setup("accept connections", e))?;
     shared.shutting_down.store(true, Ordering::Relaxed);
     drop(pool_tx);
@@ -151,6 +164,16 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         queue.stop();
     }
     Ok(())
+}
+
+/// The files read before anything else starts (the TLS key may be readable only by root), and again on SIGHUP.
+pub fn load_reloaded(config: &Config) -> Result<Reloaded, ServeError> {
+    Ok(Reloaded {
+        tls: Reloadable::new(reload::load_tls(config).map_err(ServeError::Tls)?),
+        auth_users: Reloadable::new(
+            reload::load_auth_users(config).map_err(ServeError::AuthUsers)?,
+        ),
+    })
 }
 
 /// Waits until every worker has finished its session, or the grace time is over.

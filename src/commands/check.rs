@@ -1,0 +1,43 @@
+//! `postel check`: reads the configuration and every file it names (aliases, TLS certificate and key,
+//! auth_users), reports each problem, and prints the effective configuration.
+
+use std::io::Write;
+
+use chrono::Utc;
+
+use crate::auth::AuthUsers;
+use crate::config::Config;
+use crate::delivery::aliases::Aliases;
+use crate::tls::ServerTls;
+
+/// Every problem found, one per line, or Ok after printing the configuration as TOML.
+pub fn run(config: &Config, out: &mut dyn Write) -> Result<(), String> {
+    let problems = problems(config);
+    if !problems.is_empty() {
+        return Err(problems.join("\n"));
+    }
+    write!(out, "{}", config.to_toml()).map_err(|e| e.to_string())
+}
+
+fn problems(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Err(e) = Aliases::configured(config) {
+        problems.push(e.to_string());
+    }
+    if let (Some(certificate), Some(key)) = (&config.tls_certificate, &config.tls_key) {
+        match ServerTls::load(certificate, key) {
+            Ok(tls) => {
+                if let Err(e) = tls.check_validity(certificate, Utc::now()) {
+                    problems.push(e.to_string());
+                }
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    if let Some(path) = &config.auth_users
+        && let Err(e) = AuthUsers::load(path)
+    {
+        problems.push(e.to_string());
+    }
+    problems
+}

@@ -1,0 +1,85 @@
+//! The files the daemon reads at start and again on SIGHUP: the TLS certificate and key, and `auth_users`.
+//! A file that fails to load on reload keeps the old contents in force and says why.
+//!
+//! Loading goes through [`load_tls`] alone, so that a privileged helper can take over reading the key (which
+//! only root may read) without the rest of the server changing.
+
+use std::sync::{Arc, RwLock};
+
+use chrono::Utc;
+use log::{info, warn};
+
+use crate::auth::{AuthUsers, AuthUsersError};
+use crate::config::Config;
+use crate::tls::{ServerTls, TlsError};
+
+/// A value the daemon may replace while sessions use the old one: readers take an `Arc` snapshot.
+pub struct Reloadable<T>(RwLock<Arc<T>>);
+
+impl<T> Reloadable<T> {
+    pub fn new(value: T) -> Reloadable<T> {
+        Reloadable(RwLock::new(Arc::new(value)))
+    }
+
+    pub fn get(&self) -> Arc<T> {
+        Arc::clone(&self.0.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn set(&self, value: T) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(value);
+    }
+}
+
+/// The certificate and key of the configuration, or None when TLS is not configured. An expired certificate
+/// loads (clients decide what to do with it) and is warned about.
+pub fn load_tls(config: &Config) -> Result<Option<ServerTls>, TlsError> {
+    let (Some(certificate), Some(key)) = (&config.tls_certificate, &config.tls_key) else {
+        return Ok(None);
+    };
+    let tls = ServerTls::load(certificate, key)?;
+    if let Err(e) = tls.check_validity(certificate, Utc::now()) {
+        warn!("tls: {e}");
+    }
+    Ok(Some(tls))
+}
+
+/// The users of the configuration's `auth_users` file; none when it is not set.
+pub fn load_auth_users(config: &Config) -> Result<AuthUsers, AuthUsersError> {
+    match &config.auth_users {
+        Some(path) => AuthUsers::load(path),
+        None => Ok(AuthUsers::empty()),
+    }
+}
+
+/// What SIGHUP refreshes.
+pub struct Reloaded {
+    pub tls: Reloadable<Option<ServerTls>>,
+    pub auth_users: Reloadable<AuthUsers>,
+}
+
+impl Reloaded {
+    /// Re-reads every file; each one that fails keeps its old contents.
+    pub fn reload(&self, config: &Config) {
+        match load_tls(config) {
+            Ok(tls) => {
+                if let Some(tls) = &tls {
+                    info!(
+                        "reload: TLS certificate valid until {}",
+                        tls.certificate.not_after
+                    );
+                }
+                self.tls.set(tls);
+            }
+            Err(e) => warn!("reload: keeping the old TLS certificate and key: {e}"),
+        }
+        match load_auth_users(config) {
+            Ok(users) => {
+                if config.auth_users.is_some() {
+                    info!("reload: {} users may authenticate", users.len());
+                }
+                self.auth_users.set(users);
+            }
+            Err(e) => warn!("reload: keeping the old auth_users: {e}"),
+        }
+    }
+}
