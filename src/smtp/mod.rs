@@ -4,6 +4,8 @@
 mod address;
 mod command;
 mod data;
+#[cfg(test)]
+mod harness;
 mod reply;
 pub mod sasl;
 mod session;
@@ -13,5 +15,8 @@ pub use address::{AddressError, Domain, ForwardPath, Mailbox, ReversePath, parse
 pub use command::{BodyType, MailParams};
 pub use data::BareLf;
 pub use reply::Reply;
-pub use session::{Envelope, Policy, Protocol, RcptVerdict, Session, SessionParams, Step};
+pub use session::{
+    EXTENSIONS, Envelope, Extension, Policy, Protocol, RcptVerdict, Session, SessionParams, State,
+    Step, VERBS, Verb,
+};
 pub use status::{Class, Detail, Status, Subject};

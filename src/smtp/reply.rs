@@ -152,16 +152,9 @@ pub const NEED_HELO: Reply = Reply::fixed(
     Detail::InvalidCommand,
     "Error: send HELO or EHLO first",
 );
-pub const NESTED_MAIL: Reply =
-    Reply::fixed(503, Detail::InvalidCommand, "Error: nested MAIL command");
 pub const NEED_MAIL: Reply = Reply::fixed(503, Detail::InvalidCommand, "Error: need MAIL command");
 pub const NO_VALID_RECIPIENTS: Reply =
     Reply::fixed(554, Detail::InvalidCommand, "Error: no valid recipients");
-pub const DATA_AFTER_BDAT: Reply = Reply::fixed(
-    503,
-    Detail::InvalidCommand,
-    "Error: DATA cannot follow BDAT",
-);
 pub const MAIL_PARAMETERS_NEED_EHLO: Reply = Reply::fixed(
     555,
     Detail::InvalidArguments,

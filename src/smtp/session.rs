@@ -8,10 +8,14 @@ use log::{debug, trace};
 
 use super::ReversePath;
 use super::address::ForwardPath;
-use super::command::{self, Command, MailParams};
+use super::command::{self, ArgError, Chunk, MailArgs, MailParams, RcptArgs};
 use super::data::{BareLf, DataReceiver, DataStep};
 use super::reply::{self, Reply};
 use super::status::Detail;
+use verbs::Handler;
+pub use verbs::{EXTENSIONS, Extension, State, VERBS, Verb};
+
+mod verbs;
 
 /// The protocol settings of a session.
 #[derive(Clone, Debug)]
@@ -111,12 +115,8 @@ pub struct Session {
     params: SessionParams,
     policy: Box<dyn Policy>,
     phase: Phase,
-    /// HELO or EHLO was given.
-    greeted: bool,
-    /// MAIL was accepted: a transaction is open.
-    in_transaction: bool,
-    /// The transaction's message is being sent with BDAT.
-    chunking: bool,
+    /// Where the dialogue stands: what the verb table's rows are checked against.
+    state: State,
     envelope: Envelope,
     message_size: u64,
     too_big: bool,
@@ -131,9 +131,7 @@ impl Session {
             params,
             policy,
             phase: Phase::Commands,
-            greeted: false,
-            in_transaction: false,
-            chunking: false,
+            state: State::Connected,
             envelope: Envelope::default(),
             message_size: 0,
             too_big: false,
@@ -160,7 +158,7 @@ impl Session {
 
     /// The name the client gave in HELO or EHLO.
     pub fn helo(&self) -> Option<&str> {
-        self.greeted.then_some(self.envelope.helo.as_str())
+        (self.state != State::Connected).then_some(self.envelope.helo.as_str())
     }
 
     pub fn messages_accepted(&self) -> u32 {
@@ -353,12 +351,21 @@ impl Session {
         Step::AbortMessage
     }
 
+    /// Ends the transaction, if one is open; a session that has not said hello stays where it is.
     fn reset_transaction(&mut self) {
-        self.in_transaction = false;
-        self.chunking = false;
+        if self.state != State::Connected {
+            self.set_state(State::Greeted);
+        }
         self.envelope.sender = ReversePath::Null;
         self.envelope.recipients.clear();
         self.envelope.params = MailParams::default();
+    }
+
+    fn set_state(&mut self, state: State) {
+        if state != self.state {
+            trace!("{}: {:?} -> {state:?}", self.params.id, self.state);
+            self.state = state;
+        }
     }
 
     fn set_phase(&mut self, phase: Phase) {
@@ -376,7 +383,7 @@ impl Session {
         debug!("{}: S: {reply}", self.params.id);
         reply.write_to(&mut self.output);
         if reply.is_error()
-            && reply != reply::TOO_MANY_RECIPIENTS
+            && reply.status() != reply::TOO_MANY_RECIPIENTS.status()
             && !matches!(self.phase, Phase::Closed)
         {
             self.errors += 1;
@@ -396,141 +403,144 @@ impl Session {
     /// Carries out one command line; returns the step the caller must take, if any.
     fn command(&mut self, line: &[u8]) -> Option<Step<'static>> {
         debug!("{}: C: {}", self.params.id, String::from_utf8_lossy(line));
-        let command = match command::parse(line) {
-            Ok(command) => command,
-            Err(reply) => {
+        let answer = match command::split(line) {
+            Err(reply) => Answer::Reply(reply),
+            Ok((name, args)) => match verbs::find(name) {
+                None => Answer::Reply(reply::UNKNOWN_COMMAND),
+                Some(verb) => self.carry_out(verb, args).unwrap_or_else(Answer::Reply),
+            },
+        };
+        match answer {
+            Answer::Reply(reply) => {
                 self.reply(reply);
-                return self.closed_step();
+                self.closed_step()
             }
+            Answer::Step(step) => step.or_else(|| self.closed_step()),
+        }
+    }
+
+    /// Parses the arguments as the verb's row says, checks the state, and calls the row's handler.
+    fn carry_out(&mut self, verb: &'static Verb, args: &str) -> Result<Answer, Reply> {
+        let syntax = |error: ArgError| match error {
+            ArgError::Syntax => Reply::new(
+                501,
+                Detail::InvalidArguments,
+                format!("Syntax: {}", verb.syntax),
+            ),
+            ArgError::Reply(reply) => reply,
         };
-        let reply = match command {
-            Command::Helo(name) => self.hello(name, Protocol::Smtp),
-            Command::Ehlo(name) => self.hello(name, Protocol::Esmtp),
-            Command::Mail { from, params, utf8 } => self.mail(from, params, utf8),
-            Command::Rcpt { to, utf8 } => self.rcpt(to, utf8),
-            Command::Data => return self.data(),
-            Command::Bdat { size, last } => return self.bdat(size, last),
-            Command::Rset => {
-                self.reset_transaction();
-                reply::OK
+        Ok(match verb.handler {
+            Handler::NoArgument(handler) => {
+                command::no_argument(args).map_err(syntax)?;
+                self.allow(verb)?;
+                handler(self)
             }
-            Command::Noop => reply::OK,
-            Command::Quit => {
-                self.reply(reply::BYE);
-                self.set_phase(Phase::Closed);
-                return Some(Step::Close);
+            Handler::AnyArgument(handler) => {
+                self.allow(verb)?;
+                handler(self)
             }
-            Command::Vrfy(query) => self.policy.vrfy(query),
-            Command::Expn(list) => self.policy.expn(list),
-            Command::Help(topic) => help(topic),
-            Command::Etrn(_) if self.in_transaction => Reply::new(
-                503,
-                Detail::InvalidCommand,
-                "Error: ETRN is not allowed during a mail transaction",
-            ),
-            Command::Etrn(domain) => self.policy.etrn(domain),
-            Command::Verb => {
-                debug!(
-                    "{}: VERB: this dialogue is already logged at debug level; nothing else changes",
-                    self.params.id
-                );
-                Reply::new(
-                    250,
-                    Detail::Undefined,
-                    "Ok: verbose mode changes nothing here; the server logs the dialogue at debug level",
-                )
+            Handler::Word(handler) => {
+                let word = command::one_word(args).map_err(syntax)?;
+                self.allow(verb)?;
+                handler(self, word)
             }
-            Command::Turn => Reply::new(
-                502,
-                Detail::InvalidCommand,
-                "Error: TURN is refused: it would hand mail queued here to an unauthenticated client",
-            ),
-            Command::Atrn => Reply::new(
-                502,
-                Detail::InvalidCommand,
-                "Error: ATRN needs authentication (RFC 2645), which this server does not offer",
-            ),
-            Command::TerminalDelivery(verb) => Reply::new(
-                502,
-                Detail::InvalidCommand,
-                format!("Error: {verb} (delivery to a user's terminal) is not offered; use MAIL"),
-            ),
-            Command::NotOffered(verb) => Reply::new(
-                502,
-                Detail::InvalidCommand,
-                format!("Error: {verb} is not offered by this server"),
-            ),
-        };
-        self.reply(reply);
-        self.closed_step()
+            Handler::Text(handler) => {
+                let text = command::some_text(args).map_err(syntax)?;
+                self.allow(verb)?;
+                handler(self, text)
+            }
+            Handler::OptionalText(handler) => {
+                self.allow(verb)?;
+                handler(self, args)
+            }
+            Handler::Mail(handler) => {
+                let mail = command::mail(args).map_err(syntax)?;
+                self.allow(verb)?;
+                handler(self, mail)
+            }
+            Handler::Rcpt(handler) => {
+                let rcpt = command::rcpt(args).map_err(syntax)?;
+                self.allow(verb)?;
+                handler(self, rcpt)
+            }
+            Handler::Chunk(handler) => {
+                let chunk = command::chunk(args).map_err(syntax)?;
+                let refusal = self.allow(verb).err();
+                handler(self, chunk, refusal)
+            }
+            Handler::NotOffered(text) => {
+                Answer::Reply(Reply::new(502, Detail::InvalidCommand, text))
+            }
+        })
+    }
+
+    /// Whether the verb may be given now; if not, the reply that says what is missing.
+    fn allow(&self, verb: &Verb) -> Result<(), Reply> {
+        if verb.allowed_in(self.state) {
+            Ok(())
+        } else {
+            Err(out_of_order(verb, self.state))
+        }
     }
 
     fn closed_step(&self) -> Option<Step<'static>> {
         matches!(self.phase, Phase::Closed).then_some(Step::Close)
     }
 
-    fn hello(&mut self, name: &str, protocol: Protocol) -> Reply {
-        self.reset_transaction();
-        self.greeted = true;
-        self.envelope.helo = name.to_string();
-        self.envelope.protocol = protocol;
-        let hostname = self.params.hostname.clone();
-        if protocol == Protocol::Smtp {
-            return Reply::plain(250, hostname);
-        }
-        let lines = vec![
-            hostname.into(),
-            "PIPELINING".into(),
-            format!("SIZE {}", self.params.max_message_size).into(),
-            "8BITMIME".into(),
-            "SMTPUTF8".into(),
-            "ENHANCEDSTATUSCODES".into(),
-            "CHUNKING".into(),
-            "ETRN".into(),
-            "HELP".into(),
-        ];
-        Reply::lines(250, None, lines)
+    fn helo_command(&mut self, name: &str) -> Answer {
+        self.hello(name, Protocol::Smtp);
+        Answer::Reply(Reply::plain(250, self.params.hostname.clone()))
     }
 
-    fn mail(&mut self, from: ReversePath, params: MailParams, utf8: bool) -> Reply {
-        if !self.greeted {
-            return reply::NEED_HELO;
-        }
-        if self.in_transaction {
-            return reply::NESTED_MAIL;
-        }
+    fn ehlo_command(&mut self, name: &str) -> Answer {
+        self.hello(name, Protocol::Esmtp);
+        let mut lines = vec![Cow::Owned(self.params.hostname.clone())];
+        lines.extend(verbs::ehlo_keywords(&self.params));
+        Answer::Reply(Reply::lines(250, None, lines))
+    }
+
+    fn hello(&mut self, name: &str, protocol: Protocol) {
+        self.set_state(State::Greeted);
+        self.reset_transaction();
+        self.envelope.helo = name.to_string();
+        self.envelope.protocol = protocol;
+    }
+
+    fn mail_command(&mut self, mail: MailArgs) -> Answer {
+        let MailArgs { from, params, utf8 } = mail;
         if self.envelope.protocol == Protocol::Smtp && params != MailParams::default() {
-            return reply::MAIL_PARAMETERS_NEED_EHLO;
+            return Answer::Reply(reply::MAIL_PARAMETERS_NEED_EHLO);
         }
         if utf8 && !params.smtputf8 {
-            return reply::SENDER_NEEDS_SMTPUTF8;
+            return Answer::Reply(reply::SENDER_NEEDS_SMTPUTF8);
         }
         if params
             .size
             .is_some_and(|size| size > self.params.max_message_size)
         {
-            return self.too_big_reply();
+            return Answer::Reply(self.too_big_reply());
         }
-        self.in_transaction = true;
+        self.set_state(State::Mail);
         self.envelope.sender = from;
         self.envelope.params = params;
-        reply::SENDER_OK
+        Answer::Reply(reply::SENDER_OK)
     }
 
-    fn rcpt(&mut self, to: ForwardPath, utf8: bool) -> Reply {
-        if !self.in_transaction {
-            return reply::NEED_MAIL;
-        }
+    fn rcpt_command(&mut self, rcpt: RcptArgs) -> Answer {
+        let RcptArgs { to, utf8 } = rcpt;
         if utf8 && !self.envelope.params.smtputf8 {
-            return reply::RECIPIENT_NEEDS_SMTPUTF8;
+            return Answer::Reply(reply::RECIPIENT_NEEDS_SMTPUTF8);
         }
         if self.envelope.recipients.len() >= self.params.max_recipients {
-            return reply::TOO_MANY_RECIPIENTS;
+            return Answer::Reply(reply::TOO_MANY_RECIPIENTS);
         }
-        match self.policy.recipient(&to) {
+        Answer::Reply(match self.policy.recipient(&to) {
             RcptVerdict::Accept => {
                 if !self.envelope.recipients.contains(&to) {
                     self.envelope.recipients.push(to);
+                }
+                if self.state == State::Mail {
+                    self.set_state(State::Rcpt);
                 }
                 reply::RECIPIENT_OK
             }
@@ -544,55 +554,140 @@ impl Session {
                 Detail::NotAuthorized,
                 format!("<{to}>: Relay access denied: this server does not forward mail for you"),
             ),
-        }
+        })
     }
 
-    /// Why a message cannot start now, if it cannot.
-    fn transaction_refusal(&self) -> Option<Reply> {
-        if !self.in_transaction {
-            Some(reply::NEED_MAIL)
-        } else if self.envelope.recipients.is_empty() {
-            Some(reply::NO_VALID_RECIPIENTS)
-        } else {
-            None
-        }
-    }
-
-    fn data(&mut self) -> Option<Step<'static>> {
-        let refusal = match self.transaction_refusal() {
-            None if self.chunking => Some(reply::DATA_AFTER_BDAT),
-            refusal => refusal,
-        };
-        if let Some(reply) = refusal {
-            self.reply(reply);
-            return self.closed_step();
-        }
+    fn data_command(&mut self) -> Answer {
         self.reply(reply::START_DATA);
         self.start_message();
         self.set_phase(Phase::Data(DataReceiver::new(self.params.bare_lf)));
-        Some(Step::StartMessage)
+        Answer::Step(Some(Step::StartMessage))
     }
 
-    fn bdat(&mut self, size: u64, last: bool) -> Option<Step<'static>> {
-        let refusal = self.transaction_refusal();
-        let first = refusal.is_none() && !self.chunking;
+    fn bdat_command(&mut self, chunk: Chunk, refusal: Option<Reply>) -> Answer {
+        let first = refusal.is_none() && self.state == State::Rcpt;
         self.set_phase(Phase::Chunk {
-            size,
-            remaining: size,
-            last,
+            size: chunk.size,
+            remaining: chunk.size,
+            last: chunk.last,
             refusal,
         });
         if first {
-            self.chunking = true;
+            self.set_state(State::Chunking);
             self.start_message();
-            return Some(Step::StartMessage);
+            return Answer::Step(Some(Step::StartMessage));
         }
-        None
+        Answer::Step(None)
+    }
+
+    fn rset_command(&mut self) -> Answer {
+        self.reset_transaction();
+        Answer::Reply(reply::OK)
+    }
+
+    fn noop_command(&mut self) -> Answer {
+        Answer::Reply(reply::OK)
+    }
+
+    fn quit_command(&mut self) -> Answer {
+        self.reply(reply::BYE);
+        self.set_phase(Phase::Closed);
+        Answer::Step(Some(Step::Close))
+    }
+
+    fn vrfy_command(&mut self, query: &str) -> Answer {
+        Answer::Reply(self.policy.vrfy(query))
+    }
+
+    fn expn_command(&mut self, list: &str) -> Answer {
+        Answer::Reply(self.policy.expn(list))
+    }
+
+    fn etrn_command(&mut self, domain: &str) -> Answer {
+        Answer::Reply(self.policy.etrn(domain))
+    }
+
+    fn help_command(&mut self, topic: &str) -> Answer {
+        Answer::Reply(help(topic))
+    }
+
+    fn verb_command(&mut self) -> Answer {
+        debug!(
+            "{}: VERB: this dialogue is already logged at debug level; nothing else changes",
+            self.params.id
+        );
+        Answer::Reply(VERBOSE_CHANGES_NOTHING)
     }
 
     fn start_message(&mut self) {
         self.message_size = 0;
         self.too_big = false;
+    }
+}
+
+/// What a command handler leaves for the session to do.
+enum Answer {
+    /// Write this reply.
+    Reply(Reply),
+    /// The handler wrote what it had to; the caller takes this step, if any.
+    Step(Option<Step<'static>>),
+}
+
+const VERBOSE_CHANGES_NOTHING: Reply = Reply::fixed(
+    250,
+    Detail::Undefined,
+    "Ok: verbose mode changes nothing here; the server logs the dialogue at debug level",
+);
+
+/// The 503 (or 554) for a verb given in a state its row does not allow: it names what must come first, or
+/// what stands in the way.
+fn out_of_order(verb: &Verb, state: State) -> Reply {
+    match state {
+        State::Connected if verb.allowed_in(State::Greeted) => reply::NEED_HELO,
+        State::Connected | State::Greeted => reply::NEED_MAIL,
+        State::Mail if verb.allowed_in(State::Rcpt) => reply::NO_VALID_RECIPIENTS,
+        State::Chunking if verb.allowed_in(State::Rcpt) => Reply::new(
+            503,
+            Detail::InvalidCommand,
+            format!("Error: {} cannot follow BDAT", verb.name),
+        ),
+        // Only the verb that opens a transaction is allowed after HELO but not before it.
+        _ if !verb.allowed_in(State::Connected) => Reply::new(
+            503,
+            Detail::InvalidCommand,
+            format!("Error: nested {} command", verb.name),
+        ),
+        _ => Reply::new(
+            503,
+            Detail::InvalidCommand,
+            format!(
+                "Error: {} is not allowed during a mail transaction",
+                verb.name
+            ),
+        ),
+    }
+}
+
+fn help(topic: &str) -> Reply {
+    if topic.is_empty() {
+        let lines = vec![
+            Cow::Borrowed("Postel, an SMTP server (RFC 5321). Commands:"),
+            Cow::Owned(format!("  {}", verbs::offered_names())),
+            Cow::Borrowed(
+                "To send a message: EHLO <your name>, MAIL FROM:<you>, RCPT TO:<them>, DATA,",
+            ),
+            Cow::Borrowed("  then the message, then a line holding only a '.'"),
+            Cow::Borrowed("HELP <command> explains a command, HELP <EHLO keyword> an extension"),
+        ];
+        return Reply::lines(214, Some(Detail::Undefined), lines);
+    }
+    match verbs::help_lines(topic) {
+        Some(lines) => Reply::lines(214, Some(Detail::Undefined), lines),
+        None => Reply::new(
+            504,
+            Detail::InvalidCommand,
+            format!("HELP: no such command '{topic}'"),
+        ),
     }
 }
 
@@ -605,31 +700,6 @@ impl Phase {
             Phase::Chunk { .. } => "chunk",
             Phase::Closed => "closed",
         }
-    }
-}
-
-fn help(topic: &str) -> Reply {
-    if topic.is_empty() {
-        let lines = [
-            "Postel, an SMTP server (RFC 5321). Commands:",
-            "  HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY EXPN HELP ETRN VERB",
-            "To send a message: EHLO <your name>, MAIL FROM:<you>, RCPT TO:<them>, DATA,",
-            "  then the message, then a line holding only a '.'",
-            "HELP <command> shows how a command is written",
-        ];
-        return Reply::lines(
-            214,
-            Some(Detail::Undefined),
-            Vec::from(lines.map(Cow::Borrowed)),
-        );
-    }
-    match command::syntax(&topic.to_ascii_uppercase()) {
-        Some(syntax) => Reply::new(214, Detail::Undefined, syntax),
-        None => Reply::new(
-            504,
-            Detail::InvalidCommand,
-            format!("HELP: no such command '{topic}'"),
-        ),
     }
 }
 

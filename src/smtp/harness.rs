@@ -1,0 +1,183 @@
+//! A session driven the way the connection driver drives it, with a small fixed policy: what the unit tests
+//! of the protocol feed their input through.
+
+use crate::smtp::{
+    BareLf, Detail, Domain, ForwardPath, Mailbox, Policy, RcptVerdict, Reply, Session,
+    SessionParams, Step,
+};
+
+/// alice and bob live at localhost; other domains are remote, and only a trusted client may relay.
+pub struct TestPolicy {
+    pub trusted: bool,
+}
+
+impl Policy for TestPolicy {
+    fn recipient(&self, to: &ForwardPath) -> RcptVerdict {
+        match to {
+            ForwardPath::Postmaster => RcptVerdict::Accept,
+            ForwardPath::Mailbox(Mailbox {
+                local,
+                domain: Domain::Name(domain),
+            }) if domain == "localhost" => {
+                if ["alice", "bob", "postmaster"].contains(&local.to_lowercase().as_str()) {
+                    RcptVerdict::Accept
+                } else {
+                    RcptVerdict::UnknownUser
+                }
+            }
+            _ if self.trusted => RcptVerdict::Accept,
+            _ => RcptVerdict::RelayDenied,
+        }
+    }
+
+    /// The policy answers echo what they were asked.
+    fn vrfy(&self, query: &str) -> Reply {
+        Reply::new(252, Detail::DestinationValid, format!("maybe {query}"))
+    }
+
+    fn expn(&self, list: &str) -> Reply {
+        Reply::new(
+            550,
+            Detail::BadDestinationMailbox,
+            format!("no such list {list}"),
+        )
+    }
+
+    fn etrn(&self, domain: &str) -> Reply {
+        Reply::new(
+            458,
+            Detail::OtherMailSystem,
+            format!("not now for {domain}"),
+        )
+    }
+}
+
+pub fn params() -> SessionParams {
+    SessionParams {
+        id: "t1".into(),
+        hostname: "mx.test".into(),
+        max_message_size: 1000,
+        max_recipients: 3,
+        max_errors: 20,
+        max_line_length: 512,
+        bare_lf: BareLf::Normalize,
+    }
+}
+
+/// What a session did with some input.
+#[derive(Debug, Default)]
+pub struct Run {
+    /// "code status" of each reply (its last line).
+    pub replies: Vec<String>,
+    /// The whole last line of each reply.
+    pub lines: Vec<String>,
+    /// The messages that reached EndMessage, and their recipients.
+    pub messages: Vec<(Vec<u8>, Vec<String>)>,
+    pub aborted: usize,
+    pub closed: bool,
+}
+
+impl Run {
+    pub fn codes(&self) -> Vec<&str> {
+        self.replies.iter().map(|r| &r[..3]).collect()
+    }
+}
+
+/// A step without the content it may borrow.
+enum Event {
+    NeedInput,
+    Start,
+    End,
+    Abort,
+    Close,
+}
+
+pub fn run(input: &[u8]) -> Run {
+    run_with(params(), false, input, input.len().max(1))
+}
+
+/// Feeds `input` in pieces of `piece` bytes, as a reader would; a message that ends is queued as "Q1", "Q2"...
+pub fn run_with(params: SessionParams, trusted: bool, input: &[u8], piece: usize) -> Run {
+    let mut session = Session::new(params, Box::new(TestPolicy { trusted }));
+    let mut result = Run::default();
+    let (mut buffer, mut fed, mut message) = (Vec::new(), 0, None::<Vec<u8>>);
+    session.greeting();
+    'feed: for _ in 0..1_000_000 {
+        loop {
+            let (used, step) = session.step(&buffer);
+            let event = match step {
+                Step::Data(content) => {
+                    message
+                        .as_mut()
+                        .expect("data inside a message")
+                        .extend_from_slice(content);
+                    None
+                }
+                Step::NeedInput => Some(Event::NeedInput),
+                Step::StartMessage => Some(Event::Start),
+                Step::EndMessage => Some(Event::End),
+                Step::AbortMessage => Some(Event::Abort),
+                Step::Close => Some(Event::Close),
+            };
+            buffer.drain(..used);
+            match event {
+                None => {}
+                Some(Event::NeedInput) => break,
+                Some(Event::Start) => message = Some(Vec::new()),
+                Some(Event::End) => {
+                    let recipients = session
+                        .envelope()
+                        .recipients
+                        .iter()
+                        .map(|r| r.to_string())
+                        .collect();
+                    result
+                        .messages
+                        .push((message.take().expect("a message"), recipients));
+                    session.message_queued(Ok(&format!("Q{}", result.messages.len())));
+                }
+                Some(Event::Abort) => {
+                    message = None;
+                    result.aborted += 1;
+                }
+                Some(Event::Close) => {
+                    result.closed = true;
+                    break 'feed;
+                }
+            }
+        }
+        if fed == input.len() {
+            break;
+        }
+        let more = piece.min(input.len() - fed);
+        buffer.extend_from_slice(&input[fed..fed + more]);
+        fed += more;
+    }
+    let output = String::from_utf8(session.output().to_vec()).unwrap();
+    result.lines = output
+        .split("\r\n")
+        .filter(|line| line.len() > 3 && line.as_bytes()[3] == b' ')
+        .map(str::to_string)
+        .collect();
+    result.replies = result
+        .lines
+        .iter()
+        .map(|line| line.split(' ').take(2).collect::<Vec<_>>().join(" "))
+        .collect();
+    result
+}
+
+pub const STATES: [(&str, &str); 6] = [
+    ("fresh", ""),
+    ("ehlo", "EHLO client.test\r\n"),
+    ("helo", "HELO client.test\r\n"),
+    ("mail", "EHLO client.test\r\nMAIL FROM:<a@remote.test>\r\n"),
+    (
+        "rcpt",
+        "EHLO client.test\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@localhost>\r\n",
+    ),
+    (
+        "chunking",
+        "EHLO client.test\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@localhost>\r\nBDAT 1\r\nx",
+    ),
+];
