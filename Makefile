@@ -1,13 +1,14 @@
 # Postel: build, run, test, benchmark, install.
 #   make run    build (release) and serve on 127.0.0.1:2525 with ./spool and ./mailboxes
 #   make test   install missing test tools (as root), unit tests, then the integration tests in tests/
+#   make bench  Postel, the reference Postfix (make bench-reference) and smtp-sink side by side
 
 PREFIX ?= /usr/local
 SBINDIR ?= $(PREFIX)/sbin
 CARGO ?= cargo
 PYTHON ?= python3
 
-.PHONY: all build release run test tools unit integration bench fmt lint install uninstall clean
+.PHONY: all build release run test tools unit integration bench bench-reference bench-tools fmt lint install uninstall clean
 
 all: build
 
@@ -41,10 +42,18 @@ unit:
 integration: build
 	$(PYTHON) -m pytest -q tests
 
-bench: release
-	$(PYTHON) bench/run.py
-	$(PYTHON) bench/relay.py
-	$(PYTHON) bench/delivery.py
+# Every case against Postel, the reference Postfix (when it runs) and smtp-sink, in one table;
+# also bench/results/bench.csv and bench.png. BENCH_ARGS=--quick for a smoke check.
+bench: release bench-tools
+	$(PYTHON) bench/run.py $(BENCH_ARGS)
+
+# The reference Postfix on 127.0.0.1:2525 that `make bench` compares with (as root; idempotent).
+bench-reference: bench-tools
+	$(PYTHON) bench/reference.py $(BENCH_REFERENCE_ARGS)
+
+# The test tools (smtp-source, smtp-sink, dnsmasq come with them) and matplotlib for the chart.
+bench-tools: tools
+	PYTHON=$(PYTHON) sh bench/setup-tools.sh
 
 fmt:
 	$(CARGO) fmt

@@ -1,0 +1,22 @@
+"""Intake: how fast a server answers 250 to smtp-source, against the ceiling of smtp-sink, which stores nothing."""
+
+from case import POSTEL, POSTFIX, SINK, Case, timed
+from load import Stream
+
+
+def accepted(*streams):
+    return lambda server, ctx: timed(server, ctx, list(streams))
+
+
+def cases():
+    found = []
+    for sessions in (1, 10, 50):
+        found.append(Case(f"accept-{sessions}", f"accept, {sessions} session{'s' * (sessions > 1)}, "
+                          "new connection per message", (POSTEL, POSTFIX, SINK),
+                          accepted(Stream(sessions, max(200, 20 * sessions)))))
+        found.append(Case(f"accept-{sessions}-reuse", f"accept, {sessions} session{'s' * (sessions > 1)}, "
+                          "100 messages per connection", (POSTEL, POSTFIX, SINK),
+                          accepted(Stream(sessions, 100 * sessions, reuse=True))))
+    found.append(Case("accept-1mib", "accept, 10 sessions, 1 MiB messages", (POSTEL, POSTFIX, SINK),
+                      accepted(Stream(10, 20, length=1024 * 1024))))
+    return found
