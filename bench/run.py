@@ -49,17 +49,21 @@ def fs_type(path):
 
 
 def measure(ctx, case, name):
-    """One case against one server: its Result, or None (with the reason printed) when the server would not run."""
+    """One case against one server: (its Result or None when the case could not run, whether Postel panicked)."""
     try:
         server = ctx.start(name, case)
     except RuntimeError as e:
         print(f"  {name}: {e}")
         return None, False
+    result = None
     try:
         result = case.measure(server, ctx)
+    except RuntimeError as e:
+        print(f"  {name}: {e}")
     finally:
         problems = server.stop()
-    result.notes += problems
+    if result:
+        result.notes += problems
     return result, getattr(server, "panicked", False)
 
 

@@ -140,7 +140,8 @@ class Reference:
         return 0  # no exact peak of a sum over processes: the meter's samples are all there is
 
     def busy(self):
-        return any(files for queue in ("maildrop", "incoming", "active", "deferred")
+        # Deferred mail waits for a retry: nothing is being done with it.
+        return any(files for queue in ("maildrop", "incoming", "active")
                    for _, _, files in os.walk(reference.QUEUE_DIR / queue))
 
     def mailbox(self, user):
