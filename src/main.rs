@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use postel::commands::{check, passwd, queue, sendmail};
+use postel::commands::{CliError, Exit, check, passwd, queue, sendmail};
 use postel::config::Config;
 use postel::server;
 
@@ -42,39 +42,68 @@ struct Options {
 }
 
 fn main() -> ExitCode {
-    let mut args: Vec<String> = std::env::args().collect();
-    let called_as = args
-        .first()
-        .map(|a| {
-            Path::new(a)
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .unwrap_or_default();
-    args.remove(0);
-    match called_as.as_str() {
-        "sendmail" => return run_sendmail(&args),
-        "mailq" => {
-            args = ["queue", "list"]
-                .iter()
-                .map(|a| a.to_string())
-                .chain(args)
-                .collect()
+    let result = arguments().and_then(|args| match invoked(args) {
+        Program::Sendmail(args) => run_sendmail(&args),
+        Program::Postel(args) => {
+            init_logging("info");
+            run(args)
         }
-        _ => {}
-    }
-    if args.first().is_some_and(|a| a == "sendmail") {
-        return run_sendmail(&args[1..]);
-    }
-    init_logging("info");
-    match run(args) {
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("{message}");
-            ExitCode::from(2)
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(e.exit.code())
         }
+    }
+}
+
+/// The command line, every word of it UTF-8.
+fn arguments() -> Result<Vec<String>, CliError> {
+    std::env::args_os()
+        .map(|arg| {
+            arg.into_string().map_err(|arg| {
+                let arg = arg.to_string_lossy();
+                CliError::new(Exit::Usage, format!("argument '{arg}' is not UTF-8"))
+            })
+        })
+        .collect()
+}
+
+/// Which program a command line runs, and its arguments.
+#[derive(Debug, PartialEq, Eq)]
+enum Program {
+    Sendmail(Vec<String>),
+    Postel(Vec<String>),
+}
+
+/// The program the binary runs as: sendmail when called `sendmail` or as `postel sendmail`, the
+/// queue listing when called `mailq`, else `postel` with its subcommands. An empty command line (a
+/// caller may exec with no argv[0]) is `postel` without a command.
+fn invoked(args: Vec<String>) -> Program {
+    let mut args = args.into_iter();
+    let called_as = args.next().map(|arg0| {
+        Path::new(&arg0)
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned()
+    });
+    let mut args: Vec<String> = args.collect();
+    match called_as.as_deref() {
+        Some("sendmail") => Program::Sendmail(args),
+        Some("mailq") => Program::Postel(
+            ["queue", "list"]
+                .map(String::from)
+                .into_iter()
+                .chain(args)
+                .collect(),
+        ),
+        _ if args.first().is_some_and(|a| a == "sendmail") => {
+            args.remove(0);
+            Program::Sendmail(args)
+        }
+        _ => Program::Postel(args),
     }
 }
 
@@ -93,28 +122,21 @@ fn init_logging(default: &str) {
 }
 
 /// sendmail is quiet unless -v: cron mails whatever a job prints.
-fn run_sendmail(args: &[String]) -> ExitCode {
-    let invocation = match sendmail::parse(args) {
-        Ok(invocation) => invocation,
-        Err((code, message)) => {
-            eprintln!("{message}");
-            return ExitCode::from(code);
-        }
-    };
+fn run_sendmail(args: &[String]) -> Result<(), CliError> {
+    let invocation = sendmail::parse(args)?;
     init_logging(if invocation.verbose { "info" } else { "warn" });
     let stdin = std::io::stdin();
-    match sendmail::run(invocation, &mut stdin.lock(), &mut std::io::stdout()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err((code, message)) => {
-            eprintln!("{message}");
-            ExitCode::from(code)
-        }
-    }
+    sendmail::run(invocation, &mut stdin.lock(), &mut std::io::stdout())
 }
 
-fn run(args: Vec<String>) -> Result<(), String> {
+/// A usage error, with the usage after it.
+fn usage(what: &str) -> CliError {
+    CliError::new(Exit::Usage, format!("{what}\n{USAGE}"))
+}
+
+fn run(args: Vec<String>) -> Result<(), CliError> {
     let Some((command, rest)) = args.split_first() else {
-        return Err(format!("a command is needed\n{USAGE}"));
+        return Err(usage("a command is needed"));
     };
     if matches!(command.as_str(), "-h" | "--help" | "help") {
         println!("{USAGE}");
@@ -122,25 +144,25 @@ fn run(args: Vec<String>) -> Result<(), String> {
     }
     let options = parse_options(rest)?;
     if command != "serve" && !options.listen.is_empty() {
-        return Err(format!("--listen applies to 'serve' only\n{USAGE}"));
+        return Err(usage("--listen applies to 'serve' only"));
     }
     if !matches!(command.as_str(), "queue" | "passwd") && !options.words.is_empty() {
-        return Err(format!(
-            "unexpected argument '{}'\n{USAGE}",
+        return Err(usage(&format!(
+            "unexpected argument '{}'",
             options.words[0]
-        ));
+        )));
     }
     let config = load_config(&options, command != "serve")?;
     let mut out = std::io::stdout();
     match command.as_str() {
-        "serve" => server::serve(config).map_err(|e| e.to_string()),
-        "inetd" => server::inetd::run(config).map_err(|e| e.to_string()),
-        "check" => check::run(&config, &mut out),
+        "serve" => Ok(server::serve(config)?),
+        "inetd" => Ok(server::inetd::run(config)?),
+        "check" => check::run(&config, &mut out).map_err(|e| CliError::new(Exit::Config, e)),
         "passwd" => match options.words.as_slice() {
-            [name] => passwd::run(&config, name, &mut out),
-            _ => Err(format!(
-                "usage: postel passwd NAME [--config FILE]\n{USAGE}"
-            )),
+            [name] => {
+                passwd::run(&config, name, &mut out).map_err(|e| CliError::new(Exit::DataErr, e))
+            }
+            _ => Err(usage("usage: postel passwd NAME [--config FILE]")),
         },
         "queue" => match options
             .words
@@ -153,15 +175,15 @@ fn run(args: Vec<String>) -> Result<(), String> {
             ["run"] => queue::run(config, options.domain.as_deref(), &mut out),
             ["show", id] => queue::show(&config, id, &mut out),
             ["remove", id] => queue::remove(config, id, &mut out),
-            _ => Err(format!(
-                "usage: postel queue list|run [--domain D]|show ID|remove ID\n{USAGE}"
+            _ => Err(usage(
+                "usage: postel queue list|run [--domain D]|show ID|remove ID",
             )),
         },
-        other => Err(format!("unknown command '{other}'\n{USAGE}")),
+        other => Err(usage(&format!("unknown command '{other}'"))),
     }
 }
 
-fn parse_options(args: &[String]) -> Result<Options, String> {
+fn parse_options(args: &[String]) -> Result<Options, CliError> {
     let mut options = Options::default();
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -173,7 +195,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
             inline
                 .clone()
                 .or_else(|| args.next().cloned())
-                .ok_or(format!("{flag} needs a value"))
+                .ok_or_else(|| usage(&format!("{flag} needs a value")))
         };
         match flag {
             "--config" => options.config = Some(value()?.into()),
@@ -182,7 +204,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
             "--mailboxes" => options.mailboxes = Some(value()?.into()),
             "--domain" => options.domain = Some(value()?),
             _ if !flag.starts_with('-') => options.words.push(arg.clone()),
-            _ => return Err(format!("unknown option '{arg}'\n{USAGE}")),
+            _ => return Err(usage(&format!("unknown option '{arg}'"))),
         }
     }
     Ok(options)
@@ -190,14 +212,14 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
 
 /// The configuration file (or the built-in defaults), then the command-line overrides. Commands other than
 /// `serve` also find the file through $POSTEL_CONFIG and the system path, as sendmail does.
-fn load_config(options: &Options, look_around: bool) -> Result<Config, String> {
+fn load_config(options: &Options, look_around: bool) -> Result<Config, CliError> {
     let path = if look_around {
         Config::find(options.config.clone())
     } else {
         options.config.clone()
     };
     let mut config = match path {
-        Some(path) => Config::load(&path).map_err(|e| e.to_string())?,
+        Some(path) => Config::load(&path)?,
         None => Config::builtin(),
     };
     if !options.listen.is_empty() {
@@ -206,7 +228,7 @@ fn load_config(options: &Options, look_around: bool) -> Result<Config, String> {
             .iter()
             .map(|a| {
                 a.parse()
-                    .map_err(|_| format!("--listen: '{a}' is not an ip:port address"))
+                    .map_err(|_| usage(&format!("--listen: '{a}' is not an ip:port address")))
             })
             .collect::<Result<_, _>>()?;
     }
@@ -217,4 +239,37 @@ fn load_config(options: &Options, look_around: bool) -> Result<Config, String> {
         config.mailbox_dir = dir.clone();
     }
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(line: &str) -> Vec<String> {
+        line.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn the_name_and_the_first_word_choose_the_program() {
+        let cases = [
+            ("/usr/sbin/sendmail -t", Program::Sendmail(words("-t"))),
+            ("postel sendmail -t", Program::Sendmail(words("-t"))),
+            ("mailq -v", Program::Postel(words("queue list -v"))),
+            ("./postel queue run", Program::Postel(words("queue run"))),
+        ];
+        for (line, program) in cases {
+            assert_eq!(invoked(words(line)), program, "{line}");
+        }
+    }
+
+    #[test]
+    fn an_empty_command_line_asks_for_a_command() {
+        assert_eq!(invoked(Vec::new()), Program::Postel(Vec::new()));
+        let error = run(Vec::new()).unwrap_err();
+        assert_eq!(error.exit, Exit::Usage);
+        assert!(
+            error.message.starts_with("a command is needed\nusage:"),
+            "{error}"
+        );
+    }
 }

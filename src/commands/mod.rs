@@ -1,6 +1,10 @@
-//! The command-line programs beside the daemon: check, passwd, the queue commands and sendmail.
+//! The command-line programs beside the daemon: check, passwd, the queue commands and sendmail, and
+//! how they fail.
 
 pub mod check;
+mod error;
 pub mod passwd;
 pub mod queue;
 pub mod sendmail;
+
+pub use error::{CliError, Exit};

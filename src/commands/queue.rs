@@ -4,6 +4,7 @@
 use std::io::{Read, Write};
 use std::sync::Arc;
 
+use crate::commands::{CliError, Exit};
 use crate::config::Config;
 use crate::delivery::attempt::Deliverer;
 use crate::delivery::control::{self, Request};
@@ -11,21 +12,21 @@ use crate::delivery::runner::{self, HandedTo};
 use crate::spool::{Outcome, QueueId, Queued, Spool};
 
 /// `postel queue list`: one block per message: id, size, arrival, sender, then each recipient and its state.
-pub fn list(config: &Config, out: &mut dyn Write) -> Result<(), String> {
+pub fn list(config: &Config, out: &mut dyn Write) -> Result<(), CliError> {
     let mut messages = scan(config)?;
     if messages.is_empty() {
-        writeln!(out, "Mail queue is empty").map_err(|e| e.to_string())?;
+        writeln!(out, "Mail queue is empty")?;
         return Ok(());
     }
     messages.sort_by(|a, b| a.envelope.id.cmp(&b.envelope.id));
     let mut total = 0;
     for message in &messages {
         total += message.len;
-        write_summary(message, out).map_err(|e| e.to_string())?;
+        write_summary(message, out)?;
     }
     let count = messages.len();
     let plural = if count == 1 { "" } else { "s" };
-    writeln!(out, "-- {count} message{plural}, {total} bytes").map_err(|e| e.to_string())
+    Ok(writeln!(out, "-- {count} message{plural}, {total} bytes")?)
 }
 
 fn write_summary(message: &Queued, out: &mut dyn Write) -> std::io::Result<()> {
@@ -70,28 +71,24 @@ fn write_summary(message: &Queued, out: &mut dyn Write) -> std::io::Result<()> {
 }
 
 /// `postel queue show ID`: the envelope, the delivery state and the message itself.
-pub fn show(config: &Config, id: &str, out: &mut dyn Write) -> Result<(), String> {
+pub fn show(config: &Config, id: &str, out: &mut dyn Write) -> Result<(), CliError> {
     let id = parse_id(id)?;
-    let spool = Spool::open(&config.spool_dir).map_err(|e| e.to_string())?;
-    let messages = spool.scan(false).map_err(|e| e.to_string())?.messages;
+    let spool = Spool::open(&config.spool_dir)?;
+    let messages = spool.scan(false)?.messages;
     let message = messages
         .iter()
         .find(|m| m.envelope.id == id)
-        .ok_or_else(|| format!("{id}: no such message in the queue"))?;
+        .ok_or_else(|| not_queued(&id))?;
     let mut body = Vec::new();
-    spool
-        .read_body(message)
-        .and_then(|r| {
-            r.take(1024 * 1024)
-                .read_to_end(&mut body)
-                .map_err(|source| crate::spool::SpoolError::Io {
-                    path: message.file.clone(),
-                    source,
-                })
-        })
-        .map_err(|e| e.to_string())?;
+    spool.read_body(message).and_then(|r| {
+        r.take(1024 * 1024)
+            .read_to_end(&mut body)
+            .map_err(|source| crate::spool::SpoolError::Io {
+                path: message.file.clone(),
+                source,
+            })
+    })?;
     let e = &message.envelope;
-    let io = |e: std::io::Error| e.to_string();
     writeln!(
         out,
         "id: {}\narrival: {}\nclient: {}\nhelo: {}",
@@ -99,69 +96,82 @@ pub fn show(config: &Config, id: &str, out: &mut dyn Write) -> Result<(), String
         e.arrival.to_rfc3339(),
         e.client,
         e.helo
-    )
-    .map_err(io)?;
+    )?;
     writeln!(
         out,
         "protocol: {}\nsender: <{}>\nfile: {}",
         e.protocol,
         e.sender,
         message.file.display()
-    )
-    .map_err(io)?;
-    write_summary(message, out).map_err(io)?;
-    out.write_all(&body).map_err(io)?;
+    )?;
+    write_summary(message, out)?;
+    out.write_all(&body)?;
     if message.len > body.len() as u64 {
         writeln!(
             out,
             "\n[... {} more bytes]",
             message.len - body.len() as u64
-        )
-        .map_err(io)?;
+        )?;
     }
     Ok(())
 }
 
 /// `postel queue run [--domain D]`: every queued message (or those for D) is tried now, by the daemon or, when
 /// none runs, here.
-pub fn run(config: Config, node: Option<&str>, out: &mut dyn Write) -> Result<(), String> {
-    let deliverer = Arc::new(Deliverer::open(config).map_err(|e| e.to_string())?);
-    let said = match runner::run_queue(&deliverer, node).map_err(|e| e.to_string())? {
+pub fn run(config: Config, node: Option<&str>, out: &mut dyn Write) -> Result<(), CliError> {
+    let deliverer = Arc::new(Deliverer::open(config)?);
+    let said = match runner::run_queue(&deliverer, node)? {
         HandedTo::Daemon(pid) => format!("asked the running daemon (pid {pid}) to run the queue"),
         HandedTo::Here => "queue run finished".to_string(),
-        HandedTo::Nobody => "another program is running the queue; try again shortly".to_string(),
+        HandedTo::Nobody => {
+            return Err(CliError::new(
+                Exit::TempFail,
+                "another program is running the queue; try again shortly",
+            ));
+        }
     };
-    writeln!(out, "{said}").map_err(|e| e.to_string())
+    Ok(writeln!(out, "{said}")?)
 }
 
 /// `postel queue remove ID`: drops a message, through the daemon if one runs.
-pub fn remove(config: Config, id: &str, out: &mut dyn Write) -> Result<(), String> {
+pub fn remove(config: Config, id: &str, out: &mut dyn Write) -> Result<(), CliError> {
     let id = parse_id(id)?;
     if !scan(&config)?.iter().any(|m| m.envelope.id == id) {
-        return Err(format!("{id}: no such message in the queue"));
+        return Err(not_queued(&id));
     }
-    let spool = Spool::open(&config.spool_dir).map_err(|e| e.to_string())?;
+    let spool = Spool::open(&config.spool_dir)?;
     if let Some(pid) = spool.owner() {
-        control::send(&config.spool_dir, &Request::Remove(id.clone()))
-            .map_err(|e| e.to_string())?;
+        control::send(&config.spool_dir, &Request::Remove(id.clone())).map_err(|e| {
+            CliError::new(
+                Exit::TempFail,
+                format!("{}: {e}", config.spool_dir.join("control").display()),
+            )
+        })?;
         let _ = control::ring(pid);
-        return writeln!(
+        return Ok(writeln!(
             out,
             "{id}: removal handed to the running daemon (pid {pid})"
-        )
-        .map_err(|e| e.to_string());
+        )?);
     }
-    let _lock = spool.lock().map_err(|e| e.to_string())?;
-    spool.finish(&id).map_err(|e| e.to_string())?;
-    writeln!(out, "{id}: removed").map_err(|e| e.to_string())
+    let _lock = spool.lock()?;
+    spool.finish(&id)?;
+    Ok(writeln!(out, "{id}: removed")?)
 }
 
-fn scan(config: &Config) -> Result<Vec<Queued>, String> {
-    let spool = Spool::open(&config.spool_dir).map_err(|e| e.to_string())?;
-    Ok(spool.scan(false).map_err(|e| e.to_string())?.messages)
+fn scan(config: &Config) -> Result<Vec<Queued>, CliError> {
+    let spool = Spool::open(&config.spool_dir)?;
+    Ok(spool.scan(false)?.messages)
 }
 
-fn parse_id(id: &str) -> Result<QueueId, String> {
-    id.parse()
-        .map_err(|_| format!("'{id}' is not a queue id (20 hexadecimal digits)"))
+fn parse_id(id: &str) -> Result<QueueId, CliError> {
+    id.parse().map_err(|_| {
+        CliError::new(
+            Exit::DataErr,
+            format!("'{id}' is not a queue id (20 hexadecimal digits)"),
+        )
+    })
+}
+
+fn not_queued(id: &QueueId) -> CliError {
+    CliError::new(Exit::DataErr, format!("{id}: no such message in the queue"))
 }

@@ -5,28 +5,18 @@ use std::io::{self, BufRead};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use log::info;
 
-use crate::commands::queue;
+use crate::commands::{CliError, Exit, queue};
 use crate::config::Config;
 use crate::delivery::attempt::Deliverer;
 use crate::delivery::runner::{self, HandedTo};
 use crate::server::connection::Client;
 use crate::server::inetd;
 use crate::smtp::parse_mailbox;
-use crate::spool::{self, QueueId};
-use crate::submit::{self, Options};
-
-/// sysexits.h codes, as sendmail's callers expect them.
-pub const EX_USAGE: u8 = 64;
-pub const EX_DATAERR: u8 = 65;
-pub const EX_SOFTWARE: u8 = 70;
-pub const EX_TEMPFAIL: u8 = 75;
-pub const EX_CONFIG: u8 = 78;
-
-/// A failure: the exit status and what to say.
-pub type Failure = (u8, String);
+use crate::spool::{self, QueueId, Queued, Spool};
+use crate::submit::{self, Options, Prepared};
 
 #[derive(Debug, Default, PartialEq, Eq)]
 enum Mode {
@@ -58,7 +48,7 @@ pub struct Invocation {
 
 /// Reads sendmail's options. Options sendmail knows but that change nothing here (-oem, -odb, -B8BITMIME, -N...)
 /// are accepted and ignored, as other mailers do.
-pub fn parse(args: &[String]) -> Result<Invocation, Failure> {
+pub fn parse(args: &[String]) -> Result<Invocation, CliError> {
     let mut invocation = Invocation::default();
     let mut args = args.iter().peekable();
     if args.peek().is_some_and(|a| *a == "--config") {
@@ -75,7 +65,7 @@ pub fn parse(args: &[String]) -> Result<Invocation, Failure> {
             continue;
         };
         // Options with a value take it from the same word (-fsender) or the next (-f sender).
-        let mut value = |rest: &str| -> Result<String, Failure> {
+        let mut value = |rest: &str| -> Result<String, CliError> {
             if rest.is_empty() {
                 args.next()
                     .cloned()
@@ -84,7 +74,9 @@ pub fn parse(args: &[String]) -> Result<Invocation, Failure> {
                 Ok(rest.to_string())
             }
         };
-        match flag.split_at(1) {
+        // The option letter and what follows it in the same word; the letter may be any character.
+        let letter = flag.chars().next().map_or(0, char::len_utf8);
+        match flag.split_at(letter) {
             ("t", "") => invocation.options.recipients_from_headers = true,
             ("i", "") => invocation.options.ignore_dots = true,
             ("o", "i") => invocation.options.ignore_dots = true,
@@ -104,9 +96,9 @@ pub fn parse(args: &[String]) -> Result<Invocation, Failure> {
     Ok(invocation)
 }
 
-fn usage(what: &str) -> Failure {
-    (
-        EX_USAGE,
+fn usage(what: &str) -> CliError {
+    CliError::new(
+        Exit::Usage,
         format!(
             "sendmail: {what}\nusage: sendmail [-t] [-i] [-f sender] [-F name] [-bs|-bp|-q] [-v] [recipient...]"
         ),
@@ -124,9 +116,9 @@ fn config_path(invocation: &Invocation) -> Option<PathBuf> {
     )
 }
 
-fn config(invocation: &Invocation) -> Result<Config, Failure> {
+fn config(invocation: &Invocation) -> Result<Config, CliError> {
     match config_path(invocation) {
-        Some(path) => Config::load(&path).map_err(|e| (EX_CONFIG, e.to_string())),
+        Some(path) => Ok(Config::load(&path)?),
         None => Ok(Config::builtin()),
     }
 }
@@ -136,12 +128,11 @@ pub fn run(
     invocation: Invocation,
     stdin: &mut dyn BufRead,
     out: &mut dyn io::Write,
-) -> Result<(), Failure> {
+) -> Result<(), CliError> {
     let config = config(&invocation)?;
-    let software = |e: String| (EX_SOFTWARE, e);
     match invocation.mode {
-        Mode::List => queue::list(&config, out).map_err(software),
-        Mode::RunQueue => queue::run(config, None, out).map_err(software),
+        Mode::List => queue::list(&config, out),
+        Mode::RunQueue => queue::run(config, None, out),
         Mode::Smtp => {
             let client = Client {
                 ip: None,
@@ -149,105 +140,183 @@ pub fn run(
                 trusted: true,
             };
             let session_id = format!("l{}", std::process::id());
-            inetd::run_on_stdio(config, &client, &session_id).map_err(|e| software(e.to_string()))
+            Ok(inetd::run_on_stdio(config, &client, &session_id)?)
         }
         Mode::Deliver => submit(config, &invocation, stdin),
     }
 }
 
-fn submit(config: Config, invocation: &Invocation, stdin: &mut dyn BufRead) -> Result<(), Failure> {
-    let login = nix::unistd::User::from_uid(nix::unistd::getuid())
-        .ok()
-        .flatten()
-        .map_or_else(|| "nobody".to_string(), |user| user.name);
-    let hostname = config.hostname.clone();
-    let qualify = |address: &str| {
+/// Reads the message on stdin, queues it, and sees that it gets delivered.
+fn submit(
+    config: Config,
+    invocation: &Invocation,
+    stdin: &mut dyn BufRead,
+) -> Result<(), CliError> {
+    let submitter = Submitter::new(&config.hostname, invocation.sender.as_deref());
+    let now = Utc::now();
+    let prepared = submit::prepare(
+        stdin,
+        &invocation.options,
+        &submitter.header_sender(),
+        &submitter.message_id(now),
+        now,
+    )
+    .map_err(read_error)?;
+    let recipients = submitter.recipients(
+        invocation
+            .recipients
+            .iter()
+            .chain(&prepared.header_recipients),
+    )?;
+    let deliverer = Arc::new(Deliverer::open(config)?);
+    let envelope = submitter.envelope(now, recipients);
+    let ignore_dots = invocation.options.ignore_dots;
+    let queued = queue_message(&deliverer.spool, envelope, &prepared, stdin, ignore_dots)?;
+    hand_off(&deliverer, queued);
+    Ok(())
+}
+
+/// Who submits a message: the login running sendmail on this host, and the envelope sender.
+struct Submitter {
+    login: String,
+    hostname: String,
+    /// The bare envelope sender; empty for the null sender.
+    sender: String,
+}
+
+impl Submitter {
+    /// The sender is `-f`'s (qualified with the host name when it has no domain), else
+    /// `<login>@<hostname>`.
+    fn new(hostname: &str, sender: Option<&str>) -> Submitter {
+        let login = nix::unistd::User::from_uid(nix::unistd::getuid())
+            .ok()
+            .flatten()
+            .map_or_else(|| "nobody".to_string(), |user| user.name);
+        let mut submitter = Submitter {
+            sender: format!("{login}@{hostname}"),
+            login,
+            hostname: hostname.to_string(),
+        };
+        if let Some(sender) = sender {
+            submitter.sender = submitter.qualify(sender);
+        }
+        submitter
+    }
+
+    /// The bare address, with `@<hostname>` added when it has no domain.
+    fn qualify(&self, address: &str) -> String {
+        let address = address.trim_start_matches('<').trim_end_matches('>');
         if address.contains('@') || address.is_empty() {
             address.to_string()
         } else {
-            format!("{address}@{hostname}")
+            format!("{address}@{}", self.hostname)
         }
-    };
-    let sender = match invocation.sender.as_deref() {
-        Some(sender) => qualify(sender.trim_start_matches('<').trim_end_matches('>')),
-        None => format!("{login}@{hostname}"),
-    };
-    let now = Utc::now();
-    let message_id = format!(
-        "{}.{}@{hostname}",
-        now.timestamp_micros(),
-        std::process::id()
-    );
-    let header_sender = if sender.is_empty() {
-        format!("MAILER-DAEMON@{hostname}")
-    } else {
-        sender.clone()
-    };
-    let read_error = |e: io::Error| {
-        (
-            EX_TEMPFAIL,
-            format!("sendmail: cannot read the message: {e}"),
+    }
+
+    /// The address for a From header the message lacks.
+    fn header_sender(&self) -> String {
+        if self.sender.is_empty() {
+            format!("MAILER-DAEMON@{}", self.hostname)
+        } else {
+            self.sender.clone()
+        }
+    }
+
+    /// A Message-ID for a message that lacks one.
+    fn message_id(&self, now: DateTime<Utc>) -> String {
+        format!(
+            "{}.{}@{}",
+            now.timestamp_micros(),
+            std::process::id(),
+            self.hostname
         )
-    };
-    let prepared = submit::prepare(stdin, &invocation.options, &header_sender, &message_id, now)
-        .map_err(read_error)?;
-    let mut recipients = Vec::new();
-    for address in invocation
-        .recipients
-        .iter()
-        .chain(&prepared.header_recipients)
-    {
-        let address = qualify(address.trim_start_matches('<').trim_end_matches('>'));
-        if parse_mailbox(&address, true).is_err() {
-            return Err((
-                EX_DATAERR,
-                format!("sendmail: bad recipient address '{address}'"),
+    }
+
+    /// The recipients, qualified, checked and without duplicates.
+    fn recipients<'a>(
+        &self,
+        addresses: impl Iterator<Item = &'a String>,
+    ) -> Result<Vec<String>, CliError> {
+        let mut recipients = Vec::new();
+        for address in addresses {
+            let address = self.qualify(address);
+            if parse_mailbox(&address, true).is_err() {
+                return Err(CliError::new(
+                    Exit::DataErr,
+                    format!("sendmail: bad recipient address '{address}'"),
+                ));
+            }
+            if !recipients.contains(&address) {
+                recipients.push(address);
+            }
+        }
+        if recipients.is_empty() {
+            return Err(usage(
+                "no recipients given (name them, or use -t to take them from the headers)",
             ));
         }
-        if !recipients.contains(&address) {
-            recipients.push(address);
+        Ok(recipients)
+    }
+
+    fn envelope(self, now: DateTime<Utc>, recipients: Vec<String>) -> spool::Envelope {
+        spool::Envelope {
+            id: QueueId::default(),
+            arrival: now,
+            client: "unknown".into(),
+            helo: self.login,
+            protocol: "local".into(),
+            sender: self.sender,
+            recipients,
+            body: None,
+            smtputf8: false,
+            declared_size: None,
         }
     }
-    if recipients.is_empty() {
-        return Err(usage(
-            "no recipients given (name them, or use -t to take them from the headers)",
-        ));
-    }
-    let deliverer = Arc::new(Deliverer::open(config).map_err(|e| (EX_CONFIG, e.to_string()))?);
-    let spool = &deliverer.spool;
-    let mut writer = spool.new_message(spool::Envelope {
-        id: QueueId::default(),
-        arrival: now,
-        client: "unknown".into(),
-        helo: login,
-        protocol: "local".into(),
-        sender,
-        recipients,
-        body: None,
-        smtputf8: false,
-        declared_size: None,
-    });
+}
+
+/// The message could not be read from stdin, so it is not queued.
+fn read_error(e: io::Error) -> CliError {
+    CliError::new(
+        Exit::TempFail,
+        format!("sendmail: cannot read the message: {e}"),
+    )
+}
+
+/// Writes the prepared headers and the rest of stdin into the spool, durably.
+fn queue_message(
+    spool: &Spool,
+    envelope: spool::Envelope,
+    prepared: &Prepared,
+    stdin: &mut dyn BufRead,
+    ignore_dots: bool,
+) -> Result<Queued, CliError> {
+    let mut writer = spool.new_message(envelope);
     writer.write(&prepared.headers);
     if !prepared.ended {
-        submit::copy_body(stdin, invocation.options.ignore_dots, &mut |bytes| {
-            writer.write(bytes)
-        })
-        .map_err(read_error)?;
+        submit::copy_body(stdin, ignore_dots, &mut |bytes| writer.write(bytes))
+            .map_err(read_error)?;
     }
     let queued = spool.commit(writer).map_err(|e| {
-        (
-            EX_TEMPFAIL,
+        CliError::new(
+            Exit::TempFail,
             format!("sendmail: cannot queue the message: {e}"),
         )
     })?;
-    let id = queued.envelope.id.clone();
     info!(
-        "{id}: from=<{}>, size={}, nrcpt={} (queued by sendmail)",
+        "{}: from=<{}>, size={}, nrcpt={} (queued by sendmail)",
+        queued.envelope.id,
         queued.envelope.sender,
         queued.len,
         queued.envelope.recipients.len()
     );
-    match runner::hand_off(&deliverer, vec![queued]) {
+    Ok(queued)
+}
+
+/// Has the daemon deliver the queued message, or delivers it here when none runs. The message is
+/// queued either way, so what goes wrong here is only logged.
+fn hand_off(deliverer: &Arc<Deliverer>, queued: Queued) {
+    let id = queued.envelope.id.clone();
+    match runner::hand_off(deliverer, vec![queued]) {
         Ok(HandedTo::Daemon(pid)) => info!("{id}: handed to the daemon (pid {pid})"),
         Ok(HandedTo::Here) => info!("{id}: delivery attempted"),
         Ok(HandedTo::Nobody) => {
@@ -255,7 +324,6 @@ fn submit(config: Config, invocation: &Invocation, stdin: &mut dyn BufRead) -> R
         }
         Err(e) => log::warn!("{id}: queued, but not delivered yet: {e}"),
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -295,8 +363,16 @@ mod tests {
 
     #[test]
     fn bad_options_are_usage_errors() {
-        for bad in ["-f", "-Z", "-bz", "--config"] {
-            assert_eq!(parse(&args(bad)).unwrap_err().0, EX_USAGE, "{bad}");
+        for bad in ["-f", "-Z", "-bz", "--config", "-é", "-bé", "-€x"] {
+            let error = parse(&args(bad)).unwrap_err();
+            assert_eq!(error.exit, Exit::Usage, "{bad}");
+            assert!(error.message.starts_with("sendmail: "), "{bad}: {error}");
         }
+        assert!(
+            parse(&args("-é"))
+                .unwrap_err()
+                .message
+                .contains("unknown option -é")
+        );
     }
 }

@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::delivery::aliases::{AliasError, Aliases};
 use crate::delivery::attempt::{Deliverer, SetupError};
 use crate::delivery::scheduler::Scheduler;
-use crate::spool::{Spool, SpoolError};
+use crate::spool::{Queued, Scan, Spool, SpoolError, SpoolLock};
 use crate::tls::TlsError;
 use connection::{Handoff, Shared};
 use reload::{Reloadable, Reloaded};
@@ -76,82 +76,31 @@ impl From<SetupError> for ServeError {
 pub fn serve(config: Config) -> Result<(), ServeError> {
     let config = Arc::new(config);
     let reloaded = load_reloaded(&config)?;
-    // Block the stop signals before any thread starts, so that every thread inherits the mask and the
-    // signals queue up on the descriptor the listener polls.
-    let mut stop_signals = SigSet::empty();
-    stop_signals.add(Signal::SIGTERM);
-    stop_signals.add(Signal::SIGINT);
-    stop_signals.add(Signal::SIGUSR1);
-    stop_signals.add(Signal::SIGHUP);
-    stop_signals
-        .thread_block()
-        .map_err(|e| ServeError::Setup("block signals", e.into()))?;
-    let signals = SignalFd::with_flags(
-        &stop_signals,
-        SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
-    )
-    .map_err(|e| ServeError::Setup("create a signal descriptor", e.into()))?;
-
+    let signals = block_signals()?;
     let aliases = Arc::new(Aliases::configured(&config).map_err(ServeError::Aliases)?);
-    let mut spool = Spool::open(&config.spool_dir)?;
-    let _lock = spool.lock()?;
-    let scan = spool.scan(true)?;
-    for problem in &scan.problems {
-        warn!("spool: {problem}");
-    }
-    spool.start_group_commit()?;
-    let spool = Arc::new(spool);
+    let (spool, _lock, scan) = open_spool(&config)?;
     let queued = scan.messages.len();
-    let deliverer = Arc::new(Deliverer::new(
-        Arc::clone(&config),
-        Arc::clone(&spool),
-        Arc::clone(&aliases),
-    ));
-    let queue = if config.delivery_workers > 0 {
-        let queue = Scheduler::start(deliverer, scan.messages)
-            .map_err(|e| ServeError::Setup("start the delivery workers", e))?;
-        Some(queue)
-    } else {
-        warn!("delivery_workers = 0: accepted mail is held in the queue, nothing is delivered");
-        None
-    };
-
-    let mut listeners = Vec::with_capacity(config.listen.len());
-    for addr in &config.listen {
-        let listener = mio::net::TcpListener::bind(*addr)
-            .map_err(|e| ServeError::Listen(addr.to_string(), e))?;
-        listeners.push(listener);
-    }
+    let scheduler = start_delivery(&config, &spool, &aliases, scan.messages)?;
+    let listeners = bind(&config)?;
     let shared = Arc::new(Shared {
         config: Arc::clone(&config),
         spool,
         aliases,
         reloaded,
-        handoff: queue
+        handoff: scheduler
             .as_ref()
-            .map_or(Handoff::Hold, |q| Handoff::Scheduler(q.handle())),
+            .map_or(Handoff::Hold, |s| Handoff::Scheduler(s.handle())),
         shutting_down: AtomicBool::new(false),
     });
     let (pool_tx, pool_rx) = crossbeam_channel::bounded(config.workers + config.accept_queue);
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
     pool::start(config.workers, pool_rx, Arc::clone(&shared), done_tx)
         .map_err(|e| ServeError::Setup("start the session workers", e))?;
-    info!(
-        "postel ready: listening on {}, hostname {}, spool {}, {} messages queued",
-        config
-            .listen
-            .iter()
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>()
-            .join(" "),
-        config.hostname,
-        config.spool_dir.display(),
-        queued,
-    );
+    log_ready(&config, queued);
 
     let doorbell = || {
-        if let Some(queue) = &queue {
-            queue.handle().ring();
+        if let Some(scheduler) = &scheduler {
+            scheduler.handle().ring();
         }
     };
     let reload = || shared.reloaded.reload(&config);
@@ -160,10 +109,82 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     shared.shutting_down.store(true, Ordering::Relaxed);
     drop(pool_tx);
     wait_for_sessions(&done_rx, config.shutdown_grace);
-    if let Some(queue) = queue {
-        queue.stop();
+    if let Some(scheduler) = scheduler {
+        scheduler.stop();
     }
     Ok(())
+}
+
+/// Blocks the stop signals, SIGUSR1 (the scheduler's doorbell) and SIGHUP (reload) before any
+/// thread starts, so that every thread inherits the mask and the signals queue up on the
+/// descriptor the listener polls.
+fn block_signals() -> Result<SignalFd, ServeError> {
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGUSR1);
+    signals.add(Signal::SIGHUP);
+    signals
+        .thread_block()
+        .map_err(|e| ServeError::Setup("block signals", e.into()))?;
+    SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| ServeError::Setup("create a signal descriptor", e.into()))
+}
+
+/// Takes the spool's lock (held until the returned guard drops) and repairs the spool; returns it
+/// with the group-commit thread running, and the messages waiting in it.
+fn open_spool(config: &Config) -> Result<(Arc<Spool>, SpoolLock, Scan), ServeError> {
+    let mut spool = Spool::open(&config.spool_dir)?;
+    let lock = spool.lock()?;
+    let scan = spool.scan(true)?;
+    for problem in &scan.problems {
+        warn!("spool: {problem}");
+    }
+    spool.start_group_commit()?;
+    Ok((Arc::new(spool), lock, scan))
+}
+
+/// Starts the scheduler and its delivery workers with the messages already waiting; None when
+/// `delivery_workers = 0`.
+fn start_delivery(
+    config: &Arc<Config>,
+    spool: &Arc<Spool>,
+    aliases: &Arc<Aliases>,
+    waiting: Vec<Queued>,
+) -> Result<Option<Scheduler>, ServeError> {
+    if config.delivery_workers == 0 {
+        warn!("delivery_workers = 0: accepted mail is held in the queue, nothing is delivered");
+        return Ok(None);
+    }
+    let deliverer = Arc::new(Deliverer::new(
+        Arc::clone(config),
+        Arc::clone(spool),
+        Arc::clone(aliases),
+    ));
+    let scheduler = Scheduler::start(deliverer, waiting)
+        .map_err(|e| ServeError::Setup("start the delivery workers", e))?;
+    Ok(Some(scheduler))
+}
+
+/// A listening socket for each configured address.
+fn bind(config: &Config) -> Result<Vec<mio::net::TcpListener>, ServeError> {
+    config
+        .listen
+        .iter()
+        .map(|addr| {
+            mio::net::TcpListener::bind(*addr).map_err(|e| ServeError::Listen(addr.to_string(), e))
+        })
+        .collect()
+}
+
+fn log_ready(config: &Config, queued: usize) {
+    let listening: Vec<String> = config.listen.iter().map(|a| a.to_string()).collect();
+    info!(
+        "postel ready: listening on {}, hostname {}, spool {}, {queued} messages queued",
+        listening.join(" "),
+        config.hostname,
+        config.spool_dir.display(),
+    );
 }
 
 /// The files read before anything else starts (the TLS key may be readable only by root), and again on SIGHUP.
