@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod commands;
 pub mod config;
+pub mod copy;
 pub mod delivery;
 pub mod net;
 pub mod remote;

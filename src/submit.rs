@@ -6,6 +6,8 @@ use std::io::{self, BufRead};
 
 use chrono::{DateTime, Utc};
 
+use crate::copy::{Copier, Format};
+
 /// What the sendmail options say about one message.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
@@ -123,20 +125,34 @@ pub fn copy_body(
     ignore_dots: bool,
     write: &mut dyn FnMut(&[u8]),
 ) -> io::Result<()> {
+    let mut out = Copier::new(Callback(write), Format::CRLF);
     let mut line = Vec::with_capacity(1024);
     loop {
         line.clear();
         if input.read_until(b'\n', &mut line)? == 0 {
-            return Ok(());
+            break;
         }
         let text = trim_line_end(&line);
         if !ignore_dots && text == b"." {
-            return Ok(());
+            break;
         }
-        write(text);
-        if line.ends_with(b"\n") {
-            write(b"\r\n");
-        }
+        // A last line without its LF loses a CR it ends with, as every line loses its line end.
+        out.write(if line.ends_with(b"\n") { &line } else { text })?;
+    }
+    out.finish().map(drop)
+}
+
+/// Output to a function that takes every piece.
+struct Callback<'a>(&'a mut dyn FnMut(&[u8]));
+
+impl io::Write for Callback<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        (self.0)(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

@@ -323,15 +323,15 @@ impl Deliverer {
         let trace = trace_headers.as_bytes();
         let len = match self
             .body(message)
-            .map(|mut body| mbox::rendered_len(path, from, envelope.arrival, trace, &mut body))
+            .map(|mut body| mbox::len_in_mbox(path, from, envelope.arrival, trace, &mut body))
         {
             Ok(Ok(len)) => len,
             Ok(Err(e)) => return e.into(),
-            Err(outcome) => return outcome,
+            Err(delivery) => return delivery,
         };
         let mut body = match self.body(message) {
             Ok(body) => body,
-            Err(outcome) => return outcome,
+            Err(delivery) => return delivery,
         };
         let mut announce = |offset| {
             self.spool
@@ -340,18 +340,15 @@ impl Deliverer {
                     mbox::MboxError::temporary("4.3.0", format!("cannot record the delivery: {e}"))
                 })
         };
-        match mbox::append(
-            path,
-            owner,
-            &settings,
-            from,
-            envelope.arrival,
-            trace,
-            &mut body,
-            message.len,
-            &mut announce,
-        ) {
-            Ok(_) => Delivery::Done,
+        let message = mbox::Message {
+            sender: from,
+            arrival: envelope.arrival,
+            trace_headers: trace,
+            body: &mut body,
+            len,
+        };
+        match mbox::append(path, owner, &settings, message, &mut announce) {
+            Ok(()) => Delivery::Done,
             Err(e) => e.into(),
         }
     }

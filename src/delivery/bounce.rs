@@ -4,6 +4,8 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
 
+use crate::copy::{self, Format};
+
 /// One recipient that could not be delivered.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failure {
@@ -104,7 +106,7 @@ pub fn build(report: &Report) -> Vec<u8> {
          Content-Type: text/rfc822-headers\n\
          \n"
     );
-    let mut message = crlf(text.as_bytes());
+    let mut message = copy::convert(Format::CRLF, text.as_bytes());
     message.extend_from_slice(report.original_headers);
     if !report.original_headers.ends_with(b"\n") {
         message.extend_from_slice(b"\r\n");
@@ -118,17 +120,6 @@ fn one_line(text: &str) -> String {
     text.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()
-}
-
-fn crlf(text: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(text.len() + text.len() / 20);
-    for &b in text {
-        if b == b'\n' {
-            out.push(b'\r');
-        }
-        out.push(b);
-    }
-    out
 }
 
 /// The header section of a message: everything up to and including the first empty line (or all of it).

@@ -1,5 +1,5 @@
-//! Appending one message to an mbox file: dot-lock, fcntl and flock locking, the From_ line, mboxrd quoting,
-//! the size limit, and rolling back to the old size on any failure.
+//! Appending one message to an mbox file: dot-lock, fcntl and flock locking, the From_ line, the size limit,
+//! and rolling back to the old size on any failure. The message itself goes through the copier in mbox form.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -18,6 +18,7 @@ use nix::fcntl::{FcntlArg, Flock, FlockArg, fcntl};
 use nix::sys::signal::kill;
 use nix::unistd::{Gid, Pid, Uid, fchown, geteuid};
 
+use crate::copy::{self, CopyError, Format};
 use crate::delivery::transport::Delivery;
 
 /// How mailboxes are locked and limited (from the configuration).
@@ -88,39 +89,48 @@ impl From<MboxError> for Delivery {
     }
 }
 
-/// Appends one message to the mbox file at `path`, creating it if needed, and returns the bytes appended.
+/// One message as it goes into a mailbox.
+pub struct Message<'a> {
+    /// The envelope sender, for the From_ line; empty (the null sender) becomes `MAILER-DAEMON`.
+    pub sender: &'a str,
+    /// When the message arrived, for the From_ line.
+    pub arrival: DateTime<Utc>,
+    /// What delivery puts above the message (Return-Path, Delivered-To, Received).
+    pub trace_headers: &'a [u8],
+    /// The message as queued.
+    pub body: &'a mut dyn BufRead,
+    /// The bytes it takes in the mailbox, as [`len_in_mbox`] counted them: what the journal announces, what the
+    /// size limit counts, and exactly what [`append`] writes.
+    pub len: u64,
+}
+
+/// Appends `message` to the mbox file at `path`, creating it if needed.
 ///
-/// Writes `From <from_line_sender> <asctime of arrival>`, then `trace_headers`, then `body` (streamed; `body_len`
-/// is its size, used only for the size limit), with CRLF turned into LF, lines matching `^>*From ` quoted with one
-/// more `>` (mboxrd), a final newline added if missing, and one empty line. An empty sender becomes
-/// `MAILER-DAEMON`. A new mailbox gets mode 0600 and, when `owner` is given and we run as root, that owner.
-/// Locks and limits follow `settings`. On any failure the mailbox is left exactly as it was.
-// One call site, and each argument is a different part of the message.
-#[allow(clippy::too_many_arguments)]
+/// Writes `From <sender> <asctime of arrival>`, then the trace headers and the body in mbox form (see
+/// [`Format::MBOX`]: LF line ends, mboxrd quoting, a final newline added if missing), and one empty line.
+/// `announce` is told the offset it will be written at, under the locks and before the write. A new mailbox gets
+/// mode 0600 and, when `owner` is given and we run as root, that owner. Locks and limits follow `settings`. On any
+/// failure, also when the message turns out not to be `message.len` bytes long, the mailbox is left exactly as it
+/// was.
 pub fn append(
     path: &Path,
     owner: Option<(Uid, Gid)>,
     settings: &MboxSettings,
-    from_line_sender: &str,
-    arrival: DateTime<Utc>,
-    trace_headers: &[u8],
-    body: &mut dyn BufRead,
-    body_len: u64,
+    message: Message,
     announce: &mut dyn FnMut(u64) -> Result<(), MboxError>,
-) -> Result<u64, MboxError> {
-    let from_line = from_line(from_line_sender, arrival);
+) -> Result<(), MboxError> {
+    let from_line = from_line(message.sender, message.arrival);
     let _turn = Turn::take(path);
     let locked = lock(path, owner, settings)?;
     let old_size = locked.size;
-    let estimate = (from_line.len() + trace_headers.len() + 2) as u64 + body_len;
+    let len = message.len;
     let limit = settings.max_mailbox_size;
-    if limit != 0 && old_size.saturating_add(estimate) > limit {
+    if limit != 0 && old_size.saturating_add(len) > limit {
         return Err(MboxError {
             permanent: true,
             status: "5.2.2",
             message: format!(
-                "{}: mailbox full: {old_size} bytes plus about {estimate} for this message \
-                 exceed the limit of {limit}",
+                "{}: mailbox full: {old_size} bytes plus {len} for this message exceed the limit of {limit}",
                 path.display()
             ),
         });
@@ -132,18 +142,30 @@ pub fn append(
         old_size,
         done: false,
     };
-    let result =
-        write_message(&locked.file, path, &from_line, trace_headers, body).and_then(|written| {
+    let out = BufWriter::with_capacity(64 * 1024, &locked.file);
+    let result = render(out, path, &from_line, message.trace_headers, message.body).and_then(
+        |(out, written)| {
+            out.into_inner()
+                .map_err(|e| MboxError::io(path, "writing", e.error()))?;
+            if written != len {
+                return Err(MboxError::temporary(
+                    "4.3.0",
+                    format!(
+                        "{}: the message took {written} bytes, not the {len} announced",
+                        path.display()
+                    ),
+                ));
+            }
             locked
                 .file
                 .sync_data()
-                .map_err(|e| MboxError::io(path, "syncing", &e))?;
-            Ok(written)
-        });
+                .map_err(|e| MboxError::io(path, "syncing", &e))
+        },
+    );
     match result {
-        Ok(written) => {
+        Ok(()) => {
             undo.commit();
-            Ok(written)
+            Ok(())
         }
         Err(mut err) => {
             // Undo while still locked (`locked` drops after this), so no reader ever sees half a message.
@@ -210,97 +232,40 @@ fn from_line(sender: &str, arrival: DateTime<Utc>) -> Vec<u8> {
     format!("From {sender} {}\n", arrival.format("%a %b %e %H:%M:%S %Y")).into_bytes()
 }
 
-/// Writes the whole message to the mailbox through one large buffer, so it reaches the file in a few big writes,
-/// and returns the bytes written.
-fn write_message(
-    file: &File,
-    path: &Path,
-    from_line: &[u8],
-    trace_headers: &[u8],
-    body: &mut dyn BufRead,
-) -> Result<u64, MboxError> {
-    let out = BufWriter::with_capacity(64 * 1024, Counter::new(file));
-    let out = render(out, path, from_line, trace_headers, body)?;
-    let counted = out
-        .into_inner()
-        .map_err(|e| MboxError::io(path, "writing", e.error()))?;
-    Ok(counted.count)
-}
-
-/// Writes the message in mbox form to `out`: the From_ line, then the trace headers and the body, quoted.
+/// Writes the message in mbox form to `out`: the From_ line, then the trace headers and the body, and the empty
+/// line that ends it; returns `out` and the bytes written.
 fn render<W: Write>(
     mut out: W,
     path: &Path,
     from_line: &[u8],
     trace_headers: &[u8],
     body: &mut dyn BufRead,
-) -> Result<W, MboxError> {
+) -> Result<(W, u64), MboxError> {
     let write_error = |e: io::Error| MboxError::io(path, "writing", &e);
     out.write_all(from_line).map_err(write_error)?;
-    let mut quoter = Mboxrd::new(out);
-    quoter.write(trace_headers).map_err(write_error)?;
-    loop {
-        let chunk = match body.fill_buf() {
-            Ok(chunk) => chunk,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(MboxError::temporary(
-                    "4.3.0",
-                    format!("{}: reading the message failed: {e}", path.display()),
-                ));
-            }
-        };
-        if chunk.is_empty() {
-            break;
-        }
-        let len = chunk.len();
-        quoter.write(chunk).map_err(write_error)?;
-        body.consume(len);
-    }
-    quoter.finish().map_err(write_error)
+    let (mut out, copied) =
+        copy::copy(Format::MBOX, trace_headers, body, out).map_err(|e| match e {
+            CopyError::Read(e) => MboxError::temporary(
+                "4.3.0",
+                format!("{}: reading the message failed: {e}", path.display()),
+            ),
+            CopyError::Write(e) => write_error(e),
+        })?;
+    out.write_all(b"\n").map_err(write_error)?;
+    Ok((out, from_line.len() as u64 + copied + 1))
 }
 
-/// How many bytes [`append`] will add for this message: the same rendering, counted instead of written.
-pub fn rendered_len(
+/// How many bytes [`append`] adds for this message: the same rendering, counted instead of written.
+pub fn len_in_mbox(
     path: &Path,
-    from_line_sender: &str,
+    sender: &str,
     arrival: DateTime<Utc>,
     trace_headers: &[u8],
     body: &mut dyn BufRead,
 ) -> Result<u64, MboxError> {
-    let from_line = from_line(from_line_sender, arrival);
-    let counted = render(
-        Counter::new(io::sink()),
-        path,
-        &from_line,
-        trace_headers,
-        body,
-    )?;
-    Ok(counted.count)
-}
-
-/// A writer that counts the bytes that reach `inner`.
-struct Counter<W> {
-    inner: W,
-    count: u64,
-}
-
-impl<W: Write> Counter<W> {
-    fn new(inner: W) -> Self {
-        Counter { inner, count: 0 }
-    }
-}
-
-impl<W: Write> Write for Counter<W> {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        let written = self.inner.write(bytes)?;
-        self.count += written as u64;
-        Ok(written)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
+    let from_line = from_line(sender, arrival);
+    let (_, len) = render(io::sink(), path, &from_line, trace_headers, body)?;
+    Ok(len)
 }
 
 /// After a crash during a delivery: whether the `len`-byte message announced at `offset` is in the mailbox whole
@@ -392,128 +357,6 @@ impl Drop for Undo<'_> {
 fn truncate(file: &File, size: u64) -> io::Result<()> {
     file.set_len(size)?;
     file.sync_all()
-}
-
-const FROM: &[u8] = b"From ";
-
-/// Where the quoter is within the current line.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Line {
-    /// Still matching `>*From ` at the start of a line: `quotes` `>` seen, then `matched` bytes of "From ".
-    Start { quotes: u64, matched: usize },
-    /// Past the point where the line could need quoting.
-    Rest,
-}
-
-const LINE_START: Line = Line::Start {
-    quotes: 0,
-    matched: 0,
-};
-
-/// Streams a message into mbox form: CRLF becomes LF and lines matching `^>*From ` get one more `>` (mboxrd).
-/// Input may arrive in chunks of any size; nothing is held back except a partial `>*From ` or a CR.
-struct Mboxrd<W: Write> {
-    out: W,
-    line: Line,
-    /// A CR was the last byte seen: dropped if an LF follows, written otherwise.
-    pending_cr: bool,
-}
-
-impl<W: Write> Mboxrd<W> {
-    fn new(out: W) -> Self {
-        Mboxrd {
-            out,
-            line: LINE_START,
-            pending_cr: false,
-        }
-    }
-
-    fn write(&mut self, mut input: &[u8]) -> io::Result<()> {
-        while let Some(&byte) = input.first() {
-            if self.pending_cr {
-                self.pending_cr = false;
-                if byte != b'\n' {
-                    self.out.write_all(b"\r")?;
-                }
-            }
-            match self.line {
-                Line::Start { quotes, matched } => {
-                    if matched == 0 && byte == b'>' {
-                        self.line = Line::Start {
-                            quotes: quotes + 1,
-                            matched,
-                        };
-                    } else if byte == FROM[matched] {
-                        if matched + 1 < FROM.len() {
-                            self.line = Line::Start {
-                                quotes,
-                                matched: matched + 1,
-                            };
-                        } else {
-                            self.write_quotes(quotes + 1)?;
-                            self.out.write_all(FROM)?;
-                            self.line = Line::Rest;
-                        }
-                    } else {
-                        // Not a From_ line: write what was held back, then this byte as ordinary text.
-                        self.flush_start()?;
-                        continue;
-                    }
-                    input = &input[1..];
-                }
-                Line::Rest => match memchr::memchr2(b'\r', b'\n', input) {
-                    None => {
-                        self.out.write_all(input)?;
-                        input = &[];
-                    }
-                    Some(at) => {
-                        self.out.write_all(&input[..at])?;
-                        if input[at] == b'\n' {
-                            self.out.write_all(b"\n")?;
-                            self.line = LINE_START;
-                        } else {
-                            self.pending_cr = true;
-                        }
-                        input = &input[at + 1..];
-                    }
-                },
-            }
-        }
-        Ok(())
-    }
-
-    /// Ends the message: a newline if the last line had none, then the empty line that separates messages.
-    fn finish(mut self) -> io::Result<W> {
-        if self.pending_cr {
-            self.out.write_all(b"\r")?;
-        }
-        if self.line != LINE_START {
-            self.flush_start()?;
-            self.out.write_all(b"\n")?;
-        }
-        self.out.write_all(b"\n")?;
-        Ok(self.out)
-    }
-
-    /// Writes the held-back start of a line that turned out not to be a From_ line.
-    fn flush_start(&mut self) -> io::Result<()> {
-        if let Line::Start { quotes, matched } = self.line {
-            self.write_quotes(quotes)?;
-            self.out.write_all(&FROM[..matched])?;
-        }
-        self.line = Line::Rest;
-        Ok(())
-    }
-
-    fn write_quotes(&mut self, mut count: u64) -> io::Result<()> {
-        const QUOTES: [u8; 64] = [b'>'; 64];
-        while count > 0 {
-            let n = count.min(QUOTES.len() as u64) as usize;
-            self.out.write_all(&QUOTES[..n])?;
-            count -= n as u64;
-        }
-        Ok(())
-    }
 }
 
 /// The open mailbox with every lock taken. Fields drop in order: flock, then the file (closing it releases the
@@ -982,30 +825,29 @@ mod tests {
     const FROM_LINE: &str = "From bob@example.org Wed Nov  4 13:49:21 2026\n";
     const TRACE_LF: &str = "Return-Path: <bob@example.org>\nDelivered-To: alice@localhost\n";
 
-    /// Appends `body`, said to be `len` bytes long, from bob@example.org with the TRACE headers.
+    /// Appends `body`, said to take `len` bytes in the mailbox, from bob@example.org with the TRACE headers.
     fn append_body(
         path: &Path,
         settings: &MboxSettings,
         body: &mut dyn BufRead,
         len: u64,
-    ) -> Result<u64, MboxError> {
-        append(
-            path,
-            None,
-            settings,
-            "bob@example.org",
-            arrival(),
-            TRACE,
+    ) -> Result<(), MboxError> {
+        let message = Message {
+            sender: "bob@example.org",
+            arrival: arrival(),
+            trace_headers: TRACE,
             body,
             len,
-            &mut |_| Ok(()),
-        )
+        };
+        append(path, None, settings, message, &mut |_| Ok(()))
     }
 
+    /// Appends `body` and returns the bytes it took.
     fn deliver_with(path: &Path, settings: &MboxSettings, body: &[u8]) -> Result<u64, MboxError> {
-        let result = append_body(path, settings, &mut &body[..], body.len() as u64);
+        let len = len_in_mbox(path, "bob@example.org", arrival(), TRACE, &mut &body[..])?;
+        let result = append_body(path, settings, &mut &body[..], len);
         assert!(!lock_path(path).exists(), "our dot-lock is left behind");
-        result
+        result.map(|()| len)
     }
 
     fn deliver(path: &Path, body: &[u8]) -> Result<u64, MboxError> {
@@ -1015,15 +857,6 @@ mod tests {
     /// What one message with `body_lf` (already in mbox form) looks like in the mailbox.
     fn expected(body_lf: &str) -> String {
         format!("{FROM_LINE}{TRACE_LF}{body_lf}\n")
-    }
-
-    /// The mbox form of `body` through the quoter alone, fed in chunks of `chunk` bytes.
-    fn quoted(body: &[u8], chunk: usize) -> Vec<u8> {
-        let mut quoter = Mboxrd::new(Vec::new());
-        for piece in body.chunks(chunk) {
-            quoter.write(piece).unwrap();
-        }
-        quoter.finish().unwrap()
     }
 
     #[test]
@@ -1062,12 +895,29 @@ mod tests {
     }
 
     #[test]
-    fn chunking_does_not_change_the_result() {
-        let body = b"From a\r\n>>From b\r\n\r\nx\r\r\n>F>From \r\nFro\r\n\r";
-        let whole = quoted(body, body.len());
-        assert_eq!(whole, b">From a\n>>>From b\n\nx\r\n>F>From \nFro\n\r\n\n");
-        for chunk in 1..body.len() {
-            assert_eq!(quoted(body, chunk), whole, "chunks of {chunk}");
+    fn a_message_that_is_not_the_length_announced_is_not_appended() {
+        let dir = TempDir::new("mbox");
+        deliver(&mailbox(&dir), b"first\r\n").unwrap();
+        let before = fs::read(mailbox(&dir)).unwrap();
+        let body = b"Subject: x\r\n\r\nchanged since it was counted\r\n";
+        let len = len_in_mbox(
+            &mailbox(&dir),
+            "bob@example.org",
+            arrival(),
+            TRACE,
+            &mut &body[..],
+        )
+        .unwrap();
+        for wrong in [len - 1, len + 1] {
+            let err = append_body(&mailbox(&dir), &settings(), &mut &body[..], wrong).unwrap_err();
+            assert_eq!((err.permanent, err.status), (false, "4.3.0"));
+            assert!(
+                err.message
+                    .contains(&format!("took {len} bytes, not the {wrong} announced")),
+                "{}",
+                err.message
+            );
+            assert_eq!(fs::read(mailbox(&dir)).unwrap(), before);
         }
     }
 
@@ -1142,21 +992,17 @@ mod tests {
             at: 100,
         });
         let size = (lines * 100) as u64;
-        let appended = append(
-            &mailbox(&dir),
-            None,
-            &settings(),
-            "bob",
-            arrival(),
-            b"",
-            &mut body,
-            size,
-            &mut |_| Ok(()),
-        )
-        .unwrap();
         let from = "From bob Wed Nov  4 13:49:21 2026\n".len() as u64;
         let quoted = (lines / 10) as u64;
-        assert_eq!(appended, from + size - lines as u64 + quoted + 1);
+        let appended = from + size - lines as u64 + quoted + 1;
+        let message = Message {
+            sender: "bob",
+            arrival: arrival(),
+            trace_headers: b"",
+            body: &mut body,
+            len: appended,
+        };
+        append(&mailbox(&dir), None, &settings(), message, &mut |_| Ok(())).unwrap();
         assert_eq!(fs::metadata(mailbox(&dir)).unwrap().len(), appended);
     }
 
@@ -1481,7 +1327,7 @@ mod tests {
         let id_trace = b"Received: from x\r\n\tby mx.test (Postel) with ESMTP id Q1; now\r\n";
         deliver(&path, b"Subject: first\r\n\r\nfirst\r\n").unwrap();
         let body = b"Subject: second\r\n\r\nFrom here\r\nno final newline";
-        let len = rendered_len(
+        let len = len_in_mbox(
             &path,
             "bob@example.org",
             arrival(),
@@ -1490,23 +1336,24 @@ mod tests {
         )
         .unwrap();
         let mut announced = None;
-        let appended = append(
-            &path,
-            None,
-            &settings(),
-            "bob@example.org",
-            arrival(),
-            id_trace,
-            &mut &body[..],
-            body.len() as u64,
-            &mut |offset| {
-                announced = Some(offset);
-                Ok(())
-            },
-        )
+        let message = Message {
+            sender: "bob@example.org",
+            arrival: arrival(),
+            trace_headers: id_trace,
+            body: &mut &body[..],
+            len,
+        };
+        append(&path, None, &settings(), message, &mut |offset| {
+            announced = Some(offset);
+            Ok(())
+        })
         .unwrap();
-        assert_eq!(appended, len, "the counted length is what append writes");
         let offset = announced.unwrap();
+        assert_eq!(
+            fs::metadata(&path).unwrap().len(),
+            offset + len,
+            "the counted length is what append writes"
+        );
         assert!(appended_whole(&path, &settings(), offset, len, "Q1").unwrap());
         assert!(
             !appended_whole(&path, &settings(), offset, len, "Q2").unwrap(),

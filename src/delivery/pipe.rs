@@ -2,11 +2,12 @@
 //! under /bin/sh with the message on stdin, LF line ends. Nothing from the client reaches the command line or
 //! the environment; the command comes from the admin's aliases file alone.
 
-use std::io::{self, BufRead, Read, Write};
+use std::io::{BufRead, BufWriter, Read, Write};
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::copy::{self, CopyError, Format};
 use crate::delivery::transport::Delivery;
 
 /// How long a command may take before it is killed and the delivery deferred.
@@ -38,7 +39,13 @@ pub fn deliver(command: &str, trace_headers: &[u8], body: &mut dyn BufRead) -> D
         text
     });
     // A command that exits without reading everything closes the pipe: its exit status tells what happened.
-    let _ = write_lf(trace_headers, &mut stdin).and_then(|()| copy_lf(body, &mut stdin));
+    let _ = copy::copy(
+        Format::PIPE,
+        trace_headers,
+        body,
+        BufWriter::new(&mut stdin),
+    )
+    .and_then(|(mut out, _)| out.flush().map_err(CopyError::Write));
     drop(stdin);
     let deadline = Instant::now() + COMMAND_TIMEOUT;
     let status = loop {
@@ -74,26 +81,6 @@ pub fn deliver(command: &str, trace_headers: &[u8], body: &mut dyn BufRead) -> D
             format!("'{command}' failed with exit status {code}: {said}"),
         ),
         None => Delivery::temporary("4.3.0", format!("'{command}' was killed by a signal")),
-    }
-}
-
-fn write_lf(text: &[u8], out: &mut impl Write) -> io::Result<()> {
-    copy_lf(&mut &text[..], out)
-}
-
-/// Copies `input`, turning CR LF into LF.
-fn copy_lf(input: &mut dyn BufRead, out: &mut impl Write) -> io::Result<()> {
-    let mut line = Vec::with_capacity(1024);
-    loop {
-        line.clear();
-        if input.read_until(b'\n', &mut line)? == 0 {
-            return Ok(());
-        }
-        if line.ends_with(b"\r\n") {
-            line.truncate(line.len() - 2);
-            line.push(b'\n');
-        }
-        out.write_all(&line)?;
     }
 }
 

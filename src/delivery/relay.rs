@@ -12,6 +12,7 @@ use chrono::Utc;
 use log::{debug, info};
 
 use crate::config::Config;
+use crate::copy::{self, Format};
 use crate::delivery::trace::{self, Origin};
 use crate::delivery::transport::{Delivery, Problem};
 use crate::remote::client::{ClientError, Connection, RemoteReply, Timeouts};
@@ -301,7 +302,7 @@ impl Relay {
         let origin = Origin::of(envelope);
         let only = (recipients.len() == 1).then(|| recipients[0].as_str());
         let header = trace::received(&origin, &self.hostname, only, Utc::now());
-        Cursor::new(header.replace('\n', "\r\n").into_bytes())
+        Cursor::new(copy::convert(Format::CRLF, header.as_bytes()))
     }
 
     fn cached(&self, addr: SocketAddr) -> Option<Connection> {

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use log::debug;
 
+use crate::copy::{Copier, CopyError, Format};
+
 /// Longest reply line accepted, in octets with its line end (RFC 5321 says 512; some send more).
 const MAX_REPLY_LINE: usize = 4096;
 /// Most lines in one reply (an EHLO reply has one per extension).
@@ -408,10 +410,10 @@ impl Connection {
         self.set_write_timeout(self.timeouts.data_block)?;
         let octets = match write_message(body, &mut self.writer) {
             Ok(octets) => octets,
-            Err(BodyError::Read(e)) => {
+            Err(CopyError::Read(e)) => {
                 return Err(self.broken(format!("cannot read the message: {e}")));
             }
-            Err(BodyError::Write(e)) => return Err(self.io_failure("message", e)),
+            Err(CopyError::Write(e)) => return Err(self.io_failure("message", e)),
         };
         debug!("{} C: <message, {octets} octets>", self.peer);
         debug!("{} C: .", self.peer);
@@ -603,57 +605,15 @@ fn parse_reply_line(line: &str) -> Option<(u16, bool, &str)> {
     }
 }
 
-/// Why streaming a message stopped.
-enum BodyError {
-    /// The message could not be read.
-    Read(io::Error),
-    /// The server could not be written to.
-    Write(io::Error),
-}
-
-/// Writes a message as DATA content and flushes it: line ends made CRLF, a "." added to lines
-/// starting with "." (RFC 5321 section 4.5.2), a CRLF added if the last line lacks one, then the
-/// final ".". Returns the octets read.
-fn write_message(body: &mut dyn BufRead, out: &mut impl Write) -> Result<u64, BodyError> {
-    let mut put = |bytes: &[u8]| out.write_all(bytes).map_err(BodyError::Write);
-    let mut line_start = true;
-    let mut after_cr = false;
-    let mut octets = 0;
-    loop {
-        let chunk = match body.fill_buf() {
-            Ok(chunk) => chunk,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(BodyError::Read(e)),
-        };
-        if chunk.is_empty() {
-            break;
-        }
-        let end = memchr::memchr(b'\n', chunk);
-        let piece = &chunk[..end.map_or(chunk.len(), |i| i + 1)];
-        if line_start && piece[0] == b'.' {
-            put(b".")?;
-        }
-        let has_cr = match piece.len() {
-            1 => after_cr,
-            n => piece[n - 2] == b'\r',
-        };
-        if end.is_some() && !has_cr {
-            put(&piece[..piece.len() - 1])?;
-            put(b"\r\n")?;
-        } else {
-            put(piece)?;
-        }
-        line_start = end.is_some();
-        after_cr = piece.last() == Some(&b'\r');
-        let used = piece.len();
-        octets += used as u64;
-        body.consume(used);
-    }
-    if !line_start {
-        put(b"\r\n")?;
-    }
-    put(b".\r\n")?;
-    out.flush().map_err(BodyError::Write)?;
+/// Writes a message as DATA content and flushes it: in SMTP form (CRLF line ends, dot-stuffed, a CRLF added
+/// if the last line lacks one), then the final ".". Returns the octets read.
+fn write_message(body: &mut dyn BufRead, out: &mut impl Write) -> Result<u64, CopyError> {
+    let mut copier = Copier::new(&mut *out, Format::SMTP);
+    let octets = copier.copy_from(body)?;
+    copier.finish().map_err(CopyError::Write)?;
+    out.write_all(b".\r\n")
+        .and_then(|()| out.flush())
+        .map_err(CopyError::Write)?;
     Ok(octets)
 }
 
