@@ -1,7 +1,9 @@
 //! The configuration: one `Config` struct, its built-in defaults, loading from a TOML file, and printing it back.
 //!
-//! Every key is one entry of [`KEYS`]: its name, what it means, how a TOML value becomes the field and how the field is
-//! written back. Parsing, `postel check` and the README's reference all follow that one table.
+//! Every key is one entry of [`KEYS`]: its name, the kind of value it takes, what it means, how a TOML value becomes
+//! the field and how the field is written back. Parsing, `postel check` and the reference documentation all follow
+//! that one table: [`reference`] lists every key with its kind, default and meaning, and [`reference_markdown`]
+//! makes the README's key table from it (a unit test checks that the README holds that very table).
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -131,10 +133,17 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// One configuration key: its name, its meaning, how to read it and how to write it back.
+/// One configuration key: its name, what kind of value it takes, its meaning, how to read it and how to
+/// write it back.
 pub struct Key {
     pub name: &'static str,
-    pub doc: &'static str,
+    /// The kind of value, as the reference names it: "duration", "boolean", "count", "path", ...
+    kind: &'static str,
+    /// The default as the reference gives it, when the built-in value does not say it (it depends on
+    /// the host or on another key); None: the built-in value.
+    default: Option<&'static str>,
+    /// What the key means, in Markdown (the README's key table and the man page are made from it).
+    doc: &'static str,
     set: fn(&mut Config, &Value) -> Result<(), String>,
     get: fn(&Config) -> Value,
 }
@@ -144,6 +153,8 @@ macro_rules! duration_key {
     ($field:ident, $doc:literal) => {
         Key {
             name: stringify!($field),
+            kind: "duration",
+            default: None,
             doc: $doc,
             set: |c, v| {
                 c.$field = duration(v)?;
@@ -159,6 +170,8 @@ macro_rules! boolean_key {
     ($field:ident, $doc:literal) => {
         Key {
             name: stringify!($field),
+            kind: "boolean",
+            default: None,
             doc: $doc,
             set: |c, v| {
                 c.$field = boolean(v)?;
@@ -169,11 +182,20 @@ macro_rules! boolean_key {
     };
 }
 
-/// A key whose value is a positive count, kept in the field of the same name.
+/// A key whose value is a positive count, kept in the field of the same name; `default:` words for
+/// a default that depends on another key.
 macro_rules! count_key {
+    ($field:ident, $doc:literal, default: $default:literal) => {
+        Key {
+            default: Some($default),
+            ..count_key!($field, $doc)
+        }
+    };
     ($field:ident, $doc:literal) => {
         Key {
             name: stringify!($field),
+            kind: "count",
+            default: None,
             doc: $doc,
             set: |c, v| {
                 c.$field = positive(v)?;
@@ -189,6 +211,8 @@ macro_rules! optional_path_key {
     ($field:ident, $doc:literal) => {
         Key {
             name: stringify!($field),
+            kind: "path",
+            default: None,
             doc: $doc,
             set: |c, v| {
                 c.$field = optional_path(v)?;
@@ -199,11 +223,70 @@ macro_rules! optional_path_key {
     };
 }
 
+/// One key as the reference documentation gives it (the README's key table, the man page).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyReference {
+    pub name: &'static str,
+    /// The kind of value: "duration", "boolean", "count", "bytes", "path", "list of domains", ...
+    pub kind: &'static str,
+    /// The default, in Markdown: the built-in value as TOML in backticks, or words where it depends
+    /// on the host or on another key.
+    pub default: String,
+    /// What the key means, in Markdown.
+    pub doc: &'static str,
+}
+
+/// Every key, in the order of [`KEYS`], with its kind, default and meaning.
+pub fn reference() -> Vec<KeyReference> {
+    let builtin = Config::builtin();
+    KEYS.iter()
+        .map(|key| KeyReference {
+            name: key.name,
+            kind: key.kind,
+            default: key
+                .default
+                .map_or_else(|| builtin_default(key, &builtin), str::to_string),
+            doc: key.doc,
+        })
+        .collect()
+}
+
+/// The README's key table: one row per key of [`reference`].
+pub fn reference_markdown() -> String {
+    let cell = |text: &str| text.replace('|', "\\|");
+    let mut table = String::from("| key | type | default | meaning |\n|---|---|---|---|\n");
+    for key in reference() {
+        table.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            key.name,
+            cell(key.kind),
+            cell(&key.default),
+            cell(key.doc)
+        ));
+    }
+    table
+}
+
+/// The built-in value of a key as the reference shows it: `""` is none, and sizes in whole MiB say so.
+fn builtin_default(key: &Key, builtin: &Config) -> String {
+    let value = (key.get)(builtin);
+    const MIB: i64 = 1024 * 1024;
+    match value.as_integer() {
+        _ if value.as_str() == Some("") => "`\"\"` (none)".to_string(),
+        Some(n) if key.kind == "bytes" && n > 0 && n % MIB == 0 => {
+            format!("`{n}` ({} MiB)", n / MIB)
+        }
+        _ => format!("`{value}`"),
+    }
+}
+
 /// Every configuration key, in the order `postel check` prints them.
 pub const KEYS: &[Key] = &[
     Key {
         name: "listen",
-        doc: "addresses to listen on, \"ip:port\" (IPv6 as \"[::1]:25\")",
+        kind: "list of ip:port",
+        default: None,
+        doc: "addresses to listen on, `\"ip:port\"` (IPv6 as `\"[::1]:25\"`)",
         set: |c, v| {
             c.listen = non_empty(list(v, |s| {
                 s.parse()
@@ -215,7 +298,9 @@ pub const KEYS: &[Key] = &[
     },
     Key {
         name: "hostname",
-        doc: "this host's name in greetings and Received headers (default: the system's host name)",
+        kind: "domain",
+        default: Some("the system's host name"),
+        doc: "this host's name in the greeting, EHLO and Received headers",
         set: |c, v| {
             c.hostname = domain_name(v)?;
             Ok(())
@@ -224,7 +309,9 @@ pub const KEYS: &[Key] = &[
     },
     Key {
         name: "local_domains",
-        doc: "domains delivered to local mailboxes (default: localhost and the host name)",
+        kind: "list of domains",
+        default: Some("`[\"localhost\", <hostname>]`"),
+        doc: "domains delivered to local mailboxes",
         set: |c, v| {
             c.local_domains = list(v, |s| domain_name(&Value::from(s)))?;
             Ok(())
@@ -233,7 +320,9 @@ pub const KEYS: &[Key] = &[
     },
     Key {
         name: "spool_dir",
-        doc: "the queue of accepted messages",
+        kind: "path",
+        default: None,
+        doc: "the queue of accepted messages ([doc/spool.md](doc/spool.md))",
         set: |c, v| {
             c.spool_dir = path(v)?;
             Ok(())
@@ -242,7 +331,9 @@ pub const KEYS: &[Key] = &[
     },
     Key {
         name: "mailbox_dir",
-        doc: "per-user mbox files",
+        kind: "path",
+        default: None,
+        doc: "per-user mbox files (`/var/mail` in a system install)",
         set: |c, v| {
             c.mailbox_dir = path(v)?;
             Ok(())
@@ -253,22 +344,26 @@ pub const KEYS: &[Key] = &[
         workers,
         "session worker threads: connections served at once"
     ),
-    count_key!(
-        accept_queue,
-        "accepted connections that may wait for a worker; beyond it, 421 (default: as many as workers)"
-    ),
+    count_key!(accept_queue, "accepted connections that may wait for a free worker; beyond it, `421 4.3.2`", default: "as many as `workers`"),
     Key {
         name: "max_message_size",
-        doc: "largest message accepted, in bytes",
+        kind: "bytes",
+        default: None,
+        doc: "largest message accepted, in bytes; advertised as `SIZE`",
         set: |c, v| {
             c.max_message_size = positive(v)? as u64;
             Ok(())
         },
         get: |c| integer(c.max_message_size),
     },
-    count_key!(max_recipients, "recipients per message"),
+    count_key!(
+        max_recipients,
+        "recipients per message; the next gets `452 4.5.3`"
+    ),
     Key {
         name: "max_line_length",
+        kind: "count",
+        default: None,
         doc: "longest command line in octets, CRLF included (512 to 32768)",
         set: |c, v| {
             let n = positive(v)?;
@@ -282,7 +377,9 @@ pub const KEYS: &[Key] = &[
     },
     Key {
         name: "max_errors",
-        doc: "error replies in one session before 421 and hang-up",
+        kind: "count",
+        default: None,
+        doc: "error replies in one session before `421` and hang-up",
         set: |c, v| {
             c.max_errors = u32::try_from(positive(v)?).map_err(|_| "too large".to_string())?;
             Ok(())
@@ -291,7 +388,9 @@ pub const KEYS: &[Key] = &[
     },
     Key {
         name: "trusted_networks",
-        doc: "client networks that may relay and have no connection limit",
+        kind: "list of networks",
+        default: None,
+        doc: "client networks that may relay and have no per-client connection limit",
         set: |c, v| {
             c.trusted_networks = list(v, |s| s.parse())?;
             Ok(())
@@ -300,17 +399,19 @@ pub const KEYS: &[Key] = &[
     },
     count_key!(
         max_connections_per_client,
-        "simultaneous connections from one untrusted address; beyond it, 421"
+        "simultaneous connections from one untrusted address; beyond it, `421 4.3.2`"
     ),
     duration_key!(command_timeout, "how long to wait for a command"),
     duration_key!(data_timeout, "how long to wait for more message content"),
     duration_key!(
         shutdown_grace,
-        "how long sessions may take to finish after SIGTERM"
+        "how long sessions in flight may take to finish after SIGTERM"
     ),
     Key {
         name: "bare_lf",
-        doc: "a bare LF in message content: \"normalize\" (store CRLF) or \"reject\" (550 5.6.0)",
+        kind: "choice",
+        default: None,
+        doc: "a bare LF in message content: `\"normalize\"` (store CRLF) or `\"reject\"` (`550 5.6.0`)",
         set: |c, v| {
             c.bare_lf = match string(v)? {
                 "normalize" => BareLf::Normalize,
@@ -326,7 +427,9 @@ pub const KEYS: &[Key] = &[
     },
     Key {
         name: "local_users",
-        doc: "who has a mailbox: \"system\" (Unix accounts), \"any\", or a list of names",
+        kind: "choice or list",
+        default: None,
+        doc: "who has a mailbox: `\"system\"` (Unix accounts), `\"any\"`, or a list of names such as `[\"alice\", \"bob\"]` ([doc/delivery.md](doc/delivery.md#local-users))",
         set: |c, v| {
             c.local_users = match v {
                 Value::String(s) if s.value() == "system" => LocalUsers::System,
@@ -346,20 +449,25 @@ pub const KEYS: &[Key] = &[
     },
     optional_path_key!(
         aliases,
-        "aliases file in /etc/aliases format (default: none; \"\" for none)"
+        "an aliases file in the /etc/aliases format ([doc/delivery.md](doc/delivery.md#aliases))"
     ),
     boolean_key!(
         alias_commands,
-        "alias targets \"|command\" may run (the command gets the message on stdin)"
+        "alias targets `\"|command\"` may run (the command gets the message on stdin)"
     ),
     boolean_key!(
         alias_files,
-        "alias targets \"/path\" may be appended to as mbox files"
+        "alias targets `/path` may be appended to as mbox files"
     ),
-    boolean_key!(expn, "EXPN shows who is on a list; false refuses it (502)"),
+    boolean_key!(
+        expn,
+        "EXPN lists an alias's members; `false` refuses it with `502 5.7.0`"
+    ),
     Key {
         name: "delivery_workers",
-        doc: "delivery threads: messages delivered at once; 0 holds all mail in the queue (nothing is delivered)",
+        kind: "count",
+        default: None,
+        doc: "delivery threads: messages delivered at once; `0` holds every accepted message in the queue",
         set: |c, v| {
             c.delivery_workers = match v.as_integer() {
                 Some(n) if n >= 0 => usize::try_from(n).map_err(|_| "too large".to_string())?,
@@ -371,16 +479,18 @@ pub const KEYS: &[Key] = &[
     },
     duration_key!(
         retry_first,
-        "first retry after a temporary failure; the wait doubles each time"
+        "first retry after a temporary delivery failure; the wait doubles each time"
     ),
     duration_key!(retry_max, "longest wait between retries"),
     duration_key!(
         queue_lifetime,
-        "how long a message may wait in the queue before it bounces"
+        "how long a message may wait before its undelivered recipients bounce"
     ),
     Key {
         name: "mailbox_size_limit",
-        doc: "largest mailbox file in bytes; a message that would pass it bounces (5.2.2); 0: no limit",
+        kind: "bytes",
+        default: None,
+        doc: "largest mailbox file; a message that would pass it bounces with `5.2.2`; `0`: no limit",
         set: |c, v| {
             c.mailbox_size_limit = match v.as_integer() {
                 Some(n) if n >= 0 => n as u64,
@@ -404,7 +514,9 @@ pub const KEYS: &[Key] = &[
     ),
     Key {
         name: "nameservers",
-        doc: "DNS servers for MX lookups, \"ip:port\" (default: those of /etc/resolv.conf)",
+        kind: "list of ip:port",
+        default: Some("`[]`: those of `/etc/resolv.conf`"),
+        doc: "DNS servers for MX lookups, `\"ip:port\"` ([doc/relay.md](doc/relay.md))",
         set: |c, v| {
             c.nameservers = list(v, |s| {
                 s.parse()
@@ -416,7 +528,9 @@ pub const KEYS: &[Key] = &[
     },
     Key {
         name: "remote_port",
-        doc: "the port other hosts' SMTP servers listen on",
+        kind: "port",
+        default: None,
+        doc: "the port of other hosts' SMTP servers",
         set: |c, v| {
             c.remote_port =
                 u16::try_from(positive(v)?).map_err(|_| "expected a port number".to_string())?;
@@ -426,7 +540,9 @@ pub const KEYS: &[Key] = &[
     },
     Key {
         name: "smarthost",
-        doc: "send all non-local mail to this \"host\" or \"host:port\" instead of the MX (default: none)",
+        kind: "host or host:port",
+        default: None,
+        doc: "send all non-local mail to this `\"host\"` or `\"host:port\"` instead of the MX",
         set: |c, v| {
             c.smarthost = match string(v)? {
                 "" => None,
@@ -438,7 +554,9 @@ pub const KEYS: &[Key] = &[
     },
     Key {
         name: "relay_domains",
-        doc: "domains accepted from anyone and forwarded, as a backup MX",
+        kind: "list of domains",
+        default: None,
+        doc: "domains accepted from anyone and forwarded (a backup MX)",
         set: |c, v| {
             c.relay_domains = list(v, |s| domain_name(&Value::from(s)))?;
             Ok(())
@@ -460,15 +578,15 @@ pub const KEYS: &[Key] = &[
     ),
     optional_path_key!(
         tls_certificate,
-        "certificate chain (PEM, this host's certificate first); with tls_key, every listener offers STARTTLS"
+        "certificate chain in PEM, this host's certificate first; with `tls_key`, every listener offers STARTTLS ([TLS and authentication](#tls-and-authentication))"
     ),
     optional_path_key!(
         tls_key,
-        "private key of tls_certificate (PEM: PKCS#8, RSA or EC), read before privileges are dropped"
+        "the private key of `tls_certificate` in PEM (PKCS#8, RSA or EC), read before privileges are dropped; set both or neither"
     ),
     optional_path_key!(
         auth_users,
-        "file of name:hash lines (crypt(3) hashes: $y$, $6$, $2b$) of the users who may authenticate"
+        "a file of `name:hash` lines, crypt(3) hashes `$y$`, `$6$` or `$2b$`, of the users who may authenticate"
     ),
 ];
 
@@ -881,6 +999,52 @@ mod tests {
                 key.name
             );
         }
+    }
+
+    /// The README's key table lies between these lines.
+    const TABLE_START: &str =
+        "<!-- The key table is made from src/config.rs (config::reference_markdown). -->\n\n";
+    const TABLE_END: &str = "\n<!-- End of the key table. -->\n";
+
+    #[test]
+    fn the_readme_key_table_is_the_one_the_keys_make() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+        let readme = std::fs::read_to_string(&path).unwrap();
+        let (before, rest) = readme
+            .split_once(TABLE_START)
+            .expect("README.md marks its key table");
+        let (table, after) = rest
+            .split_once(TABLE_END)
+            .expect("README.md marks its key table's end");
+        let generated = reference_markdown();
+        if table == generated {
+            return;
+        }
+        if std::env::var_os("POSTEL_WRITE_README").is_some() {
+            let written = format!("{before}{TABLE_START}{generated}{TABLE_END}{after}");
+            std::fs::write(&path, written).unwrap();
+            return;
+        }
+        panic!(
+            "README.md's key table differs from the keys in src/config.rs; \
+             `POSTEL_WRITE_README=1 cargo test readme_key_table` writes it\n--- README.md\n{table}\
+             --- generated\n{generated}"
+        );
+    }
+
+    #[test]
+    fn the_reference_gives_every_key_a_kind_a_default_and_a_meaning() {
+        let reference = reference();
+        assert_eq!(reference.len(), KEYS.len());
+        for key in &reference {
+            assert!(!key.kind.is_empty() && !key.doc.is_empty(), "{key:?}");
+            assert!(!key.default.is_empty(), "{key:?}");
+        }
+        let by_name = |name| reference.iter().find(|k| k.name == name).unwrap();
+        assert_eq!(by_name("command_timeout").default, "`\"5m\"`");
+        assert_eq!(by_name("max_message_size").default, "`52428800` (50 MiB)");
+        assert_eq!(by_name("aliases").default, "`\"\"` (none)");
+        assert_eq!(by_name("hostname").default, "the system's host name");
     }
 
     #[test]
