@@ -4,7 +4,7 @@
 Sets up (or brings up to date) a Postfix instance of its own, beside Debian's default one, which it leaves alone:
 
   config     /etc/postfix-bench (main.cf written here, master.cf from Debian's pristine copy)
-  queue      /var/spool/postfix-bench, log /var/log/postfix-bench.log
+  queue      /var/spool/postfix-bench, log /var/log/postfix-bench.log (emptied by each set-up)
   listens    127.0.0.1:2525 only (Debian's chroot defaults; fsync of the queue file before 250, as always)
   delivers   bench.local and localhost with local(8) to /var/mail/<user> (fcntl + dot-lock, fsync)
   users      load and load02 .. load50, aliases 2load .. 50load for them: the recipients smtp-source makes
@@ -129,6 +129,8 @@ def write_config(tls):
             (QUEUE_DIR / name).parent.mkdir(exist_ok=True)
             shutil.copyfile(Path("/", name), QUEUE_DIR / name)
     postfix("check")  # creates the queue's subdirectories with their owners
+    if LOG_FILE.exists():
+        os.truncate(LOG_FILE, 0)  # a benchmark logs a lot: each set-up starts afresh
 
 
 def start():
