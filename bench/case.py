@@ -84,11 +84,12 @@ class Context:
             helper.stop()
 
 
-def timed(server, ctx, streams, arrived=None, per_message=1, duration=None, sample_every=0.2):
+def timed(server, ctx, streams, arrived=None, per_message=1, duration=None, sample_every=0.5):
     """Sends `streams` to `server` for the run's duration and measures. Without `arrived` the rate is of messages
     accepted (smtp-source's 250s over its time); with it, of `arrived()` reaching messages sent × `per_message`,
     timed from the first message sent until the last arrival. CPU is counted until the server is idle again; memory
-    is sampled every `sample_every` seconds (where the kernel keeps no exact peak)."""
+    is sampled every `sample_every` seconds (where the kernel keeps no exact peak; reading all of Postfix's memory
+    maps takes CPU the servers would otherwise have, hence not often)."""
     procstat.wait_idle(server)
     meter = procstat.Meter(server, sample_every)
     start = time.monotonic()

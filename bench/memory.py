@@ -10,4 +10,4 @@ SIZE = 20 * 1024 * 1024
 def cases():
     one_big = Stream(1, 1, length=SIZE)
     return [Case("memory-20mib", "memory: one 20 MiB message", (POSTEL, POSTFIX, SINK),
-                 lambda server, ctx: timed(server, ctx, [one_big], duration=0, sample_every=0.01))]
+                 lambda server, ctx: timed(server, ctx, [one_big], duration=0, sample_every=0.05))]

@@ -70,7 +70,7 @@ def family(root):
 class Meter:
     """Server-side cost of one measurement: CPU ticks used, and memory sampled every `interval` seconds."""
 
-    def __init__(self, server, interval=0.2):
+    def __init__(self, server, interval):
         self.server = server
         self.interval = interval
         self.cpu_start = server.cpu_ticks()

@@ -86,7 +86,6 @@ def main():
 
     binary = build()
     base = Path(tempfile.mkdtemp(prefix="postel-bench-", dir=os.environ.get("BENCH_DIR", "/var/tmp")))
-    os.chmod(base, 0o755)  # smtp-sink runs as nobody and writes its counters here
     postfix, why_not = servers.Reference.find()
     print(f"postel: {binary}, scratch spools in {base} ({fs_type(base)})")
     if postfix:
