@@ -13,15 +13,7 @@ use std::time::Duration;
 use toml_edit::{Array, Document, DocumentMut, Item, Value};
 
 use crate::net::Network;
-
-/// What to do with a bare LF (one not preceded by CR) in message content.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BareLf {
-    /// Store it as CRLF, as most servers do.
-    Normalize,
-    /// Refuse the message with 550 5.6.0 at the end of data.
-    Reject,
-}
+use crate::smtp::{BareLf, HostNameRules, check_host_name};
 
 /// Where the names of local users come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -790,14 +782,7 @@ fn positive(v: &Value) -> Result<usize, String> {
 
 fn domain_name(v: &Value) -> Result<String, String> {
     let name = string(v)?;
-    let valid_label = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    };
-    if name.len() <= 253 && name.split('.').all(valid_label) {
+    if check_host_name(name, HostNameRules::HOST_NAME).is_ok() {
         Ok(name.to_ascii_lowercase())
     } else {
         Err(format!("'{name}' is not a domain name"))

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 
+use crate::smtp::{HostNameError, HostNameRules, check_host_name};
+
 use wire::{Data, Decoded, RCODE_NOERROR, RCODE_NXDOMAIN, Reply, TYPE_A, TYPE_AAAA, TYPE_MX};
 
 /// How long to wait for one server's answer to one query, unless told otherwise.
@@ -308,31 +310,20 @@ fn read_before(stream: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> Res
 
 /// The wire form of a host or domain name: lowercase, without the trailing dot.
 ///
-/// Labels are letters, digits, hyphens and underscores, at most 63 octets; the whole name at
-/// most 255 octets on the wire. Anything else cannot be a mail domain: `NotFound`.
+/// Anything but a DNS name (underscores allowed, ASCII only: IDNA is not supported) cannot be a mail
+/// domain: `NotFound`.
 fn check_name(name: &str) -> Result<String, DnsError> {
-    let invalid = |why: &str| Err(DnsError::NotFound(format!("{name}: {why}")));
-    if !name.is_ascii() {
-        return invalid("not an ASCII domain (IDNA is not supported)");
-    }
     let bare = name.strip_suffix('.').unwrap_or(name);
-    if bare.len() + 2 > 255 {
-        return invalid("domain name longer than 255 octets");
+    match check_host_name(bare, HostNameRules::DNS_NAME) {
+        Ok(()) => Ok(bare.to_ascii_lowercase()),
+        Err(HostNameError::NotAscii) => Err(DnsError::NotFound(format!(
+            "{name}: not an ASCII domain (IDNA is not supported)"
+        ))),
+        Err(error) => Err(DnsError::NotFound(format!(
+            "{name}: not a domain name: {}",
+            error.describe()
+        ))),
     }
-    for label in bare.split('.') {
-        if label.is_empty() || label.len() > 63 {
-            return invalid("not a domain name (empty label or one longer than 63 octets)");
-        }
-        if !label
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
-        {
-            return invalid(
-                "not a domain name (characters other than letters, digits, '-' and '_')",
-            );
-        }
-    }
-    Ok(bare.to_ascii_lowercase())
 }
 
 /// An I/O error as a failure reason; both timeout kinds read "timed out".

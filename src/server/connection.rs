@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use log::{debug, info, warn};
 
-use crate::config::{BareLf, Config, MAX_LINE_LIMIT};
+use crate::config::{Config, MAX_LINE_LIMIT};
 use crate::delivery::aliases::Aliases;
 use crate::delivery::scheduler::SchedulerHandle;
 use crate::server::policy::ServerPolicy;
 use crate::server::reload::Reloaded;
-use crate::smtp::{self, Detail, Envelope, Reply, Session, SessionParams, Step};
+use crate::smtp::{Detail, Envelope, Reply, Session, SessionParams, Step};
 use crate::spool::{self, MessageWriter, Queued, Spool};
 
 /// A byte stream a session can run over: a TCP connection, or stdin/stdout in inetd mode.
@@ -133,10 +133,7 @@ fn session_params(config: &Config, session_id: &str) -> SessionParams {
         max_recipients: config.max_recipients,
         max_errors: config.max_errors,
         max_line_length: config.max_line_length,
-        bare_lf: match config.bare_lf {
-            BareLf::Normalize => smtp::BareLf::Normalize,
-            BareLf::Reject => smtp::BareLf::Reject,
-        },
+        bare_lf: config.bare_lf,
     }
 }
 

@@ -7,7 +7,9 @@ use crate::config::Config;
 use crate::delivery::aliases::{Aliases, Target};
 use crate::delivery::local;
 use crate::delivery::scheduler::SchedulerHandle;
-use crate::smtp::{Detail, ForwardPath, Policy, RcptVerdict, Reply};
+use crate::smtp::{
+    Detail, ForwardPath, HostNameRules, Policy, RcptVerdict, Reply, check_host_name,
+};
 
 /// The recipient policy for one client.
 pub struct ServerPolicy {
@@ -170,12 +172,7 @@ impl Policy for ServerPolicy {
             );
         }
         let name = node.strip_prefix('@').unwrap_or(node);
-        let valid = !name.is_empty()
-            && name.len() <= 255
-            && name.split('.').all(|l| {
-                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            });
-        if !valid {
+        if check_host_name(name, HostNameRules::HOST_NAME).is_err() {
             return Reply::new(
                 501,
                 Detail::InvalidArguments,

@@ -4,6 +4,8 @@
 use core::net::{Ipv4Addr, Ipv6Addr};
 use std::fmt;
 
+use super::hostname::{HostNameError, HostNameRules, check_host_name};
+
 /// The domain part of a mailbox.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Domain {
@@ -64,9 +66,9 @@ impl AddressError {
     }
 }
 
-/// RFC 5321 4.5.3.1: the longest local part, domain and path (with its angle brackets), in octets.
+/// RFC 5321 4.5.3.1: the longest local part and path (with its angle brackets), in octets; the longest
+/// domain is `HostNameRules::MAIL_DOMAIN`'s.
 pub const MAX_LOCAL_PART: usize = 64;
-pub const MAX_DOMAIN: usize = 255;
 pub const MAX_PATH: usize = 256;
 
 /// Parses a reverse path at the start of `text`; returns it with the rest of the text (the ESMTP parameters).
@@ -239,28 +241,18 @@ pub fn domain(text: &str, utf8: bool) -> Result<Domain, AddressError> {
             .ok_or(AddressError::Syntax("an address literal ends with ']'"))?;
         return address_literal(literal);
     }
-    if text.len() > MAX_DOMAIN {
-        return Err(AddressError::TooLong(
-            "the domain is longer than 255 octets",
-        ));
-    }
-    if text.is_empty() {
-        return Err(AddressError::Syntax("the domain is empty"));
-    }
-    for label in text.split('.') {
-        let valid = !label.is_empty()
-            && label.len() <= 63
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-            && label
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii());
-        if !valid {
-            return Err(AddressError::Syntax("the domain is not a valid host name"));
+    match check_host_name(text, HostNameRules::MAIL_DOMAIN) {
+        Ok(()) => {}
+        Err(HostNameError::TooLong) => {
+            return Err(AddressError::TooLong(
+                "the domain is longer than 255 octets",
+            ));
         }
-        if !utf8 && !label.is_ascii() {
-            return Err(AddressError::NeedsSmtputf8);
-        }
+        Err(HostNameError::Empty) => return Err(AddressError::Syntax("the domain is empty")),
+        Err(_) => return Err(AddressError::Syntax("the domain is not a valid host name")),
+    }
+    if !utf8 && !text.is_ascii() {
+        return Err(AddressError::NeedsSmtputf8);
     }
     Ok(Domain::Name(text.to_string()))
 }

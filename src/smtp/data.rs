@@ -2,12 +2,12 @@
 //! copying. The end of data is only CR LF "." CR LF: a bare LF or a bare CR never ends a message, so the
 //! "SMTP smuggling" sequences (`\n.\n`, `\n.\r\n`, `\r.\r`, `\r\n.\r`, `\r\n.\n`) stay message content.
 
-/// What to do with a bare LF (one without a CR before it) in message content.
+/// What to do with a bare LF (one without a CR before it) in message content (config key `bare_lf`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BareLf {
-    /// Store it as CR LF.
+    /// Store it as CR LF, as most servers do.
     Normalize,
-    /// Refuse the message at the end of data.
+    /// Refuse the message with 550 5.6.0 at the end of data.
     Reject,
 }
 

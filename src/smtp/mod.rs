@@ -6,6 +6,7 @@ mod command;
 mod data;
 #[cfg(test)]
 mod harness;
+mod hostname;
 mod reply;
 pub mod sasl;
 mod session;
@@ -14,6 +15,7 @@ mod status;
 pub use address::{AddressError, Domain, ForwardPath, Mailbox, ReversePath, parse_mailbox};
 pub use command::{BodyType, MailParams};
 pub use data::BareLf;
+pub use hostname::{HostNameError, HostNameRules, check_host_name};
 pub use reply::Reply;
 pub use session::{
     EXTENSIONS, Envelope, Extension, Policy, Protocol, RcptVerdict, Session, SessionParams, State,
