@@ -3,11 +3,13 @@
 
 pub mod client;
 pub mod server;
+pub mod stream;
 mod x509;
 
 use std::fmt;
 
 pub use server::{Certificate, ServerTls};
+pub use stream::Stream;
 
 /// A TLS file problem, worded for the admin with the file it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
