@@ -15,6 +15,27 @@ use toml_edit::{Array, Document, DocumentMut, Item, Value};
 use crate::net::Network;
 use crate::smtp::{BareLf, HostNameRules, check_host_name};
 
+/// TLS when relaying to another domain's MX (`remote_tls`). The certificate is never verified: MX host names
+/// rarely match a certificate, so checking would only turn mail back to plaintext.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemoteTls {
+    /// Plaintext only.
+    None,
+    /// STARTTLS when offered; after a failed handshake the next attempt to that host is in plaintext.
+    Opportunistic,
+    /// STARTTLS or the mail waits.
+    Required,
+}
+
+/// TLS to the smarthost (`smarthost_tls`), always with the certificate and host name verified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmarthostTls {
+    None,
+    Starttls,
+    /// TLS from the first byte (RFC 8314, port 465).
+    Implicit,
+}
+
 /// Where the names of local users come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LocalUsers {
@@ -111,6 +132,14 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// The file of `name:hash` lines of the users who may authenticate (`auth_users`).
     pub auth_users: Option<PathBuf>,
+    /// TLS to other domains' MX hosts (`remote_tls`).
+    pub remote_tls: RemoteTls,
+    /// TLS to the smarthost (`smarthost_tls`).
+    pub smarthost_tls: SmarthostTls,
+    /// CA certificates (PEM) that vouch for the smarthost, instead of the system's roots (`tls_ca_file`).
+    pub tls_ca_file: Option<PathBuf>,
+    /// A file holding `user:password` for AUTH at the smarthost (`smarthost_credentials`).
+    pub smarthost_credentials: Option<PathBuf>,
 }
 
 /// A configuration error, already worded for the admin: `file:line: key: what is wrong`.
@@ -580,6 +609,54 @@ pub const KEYS: &[Key] = &[
         auth_users,
         "a file of `name:hash` lines, crypt(3) hashes `$y$`, `$6$` or `$2b$`, of the users who may authenticate"
     ),
+    Key {
+        name: "remote_tls",
+        kind: "choice",
+        default: None,
+        doc: "TLS when relaying to other domains' MX hosts: `\"opportunistic\"` (STARTTLS when offered; after a failed handshake the next attempt to that host is in plaintext), `\"required\"` (STARTTLS or the mail waits) or `\"none\"`; the certificate is not verified",
+        set: |c, v| {
+            c.remote_tls = match string(v)? {
+                "opportunistic" => RemoteTls::Opportunistic,
+                "required" => RemoteTls::Required,
+                "none" => RemoteTls::None,
+                _ => return Err("expected \"opportunistic\", \"required\" or \"none\"".into()),
+            };
+            Ok(())
+        },
+        get: |c| match c.remote_tls {
+            RemoteTls::Opportunistic => "opportunistic".into(),
+            RemoteTls::Required => "required".into(),
+            RemoteTls::None => "none".into(),
+        },
+    },
+    Key {
+        name: "smarthost_tls",
+        kind: "choice",
+        default: None,
+        doc: "TLS to the `smarthost`, with its certificate and name verified: `\"starttls\"`, `\"implicit\"` (TLS from the first byte, port 465) or `\"none\"`",
+        set: |c, v| {
+            c.smarthost_tls = match string(v)? {
+                "starttls" => SmarthostTls::Starttls,
+                "implicit" => SmarthostTls::Implicit,
+                "none" => SmarthostTls::None,
+                _ => return Err("expected \"starttls\", \"implicit\" or \"none\"".into()),
+            };
+            Ok(())
+        },
+        get: |c| match c.smarthost_tls {
+            SmarthostTls::Starttls => "starttls".into(),
+            SmarthostTls::Implicit => "implicit".into(),
+            SmarthostTls::None => "none".into(),
+        },
+    },
+    optional_path_key!(
+        tls_ca_file,
+        "CA certificates (PEM) that vouch for the smarthost's certificate (`\"\"`: the system's trusted roots)"
+    ),
+    optional_path_key!(
+        smarthost_credentials,
+        "a file holding `user:password` for AUTH PLAIN or LOGIN at the smarthost, sent only over TLS; `postel check` refuses it if others may read it"
+    ),
 ];
 
 /// Where a system install keeps its configuration.
@@ -641,6 +718,10 @@ impl Config {
             tls_certificate: None,
             tls_key: None,
             auth_users: None,
+            remote_tls: RemoteTls::Opportunistic,
+            smarthost_tls: SmarthostTls::Starttls,
+            tls_ca_file: None,
+            smarthost_credentials: None,
         }
     }
 

@@ -110,3 +110,23 @@ def test_passwd_refuses_bad_names(tmp_path, bad):
     run = postel("passwd", bad, "--config", config, stdin="secret\n")
     assert run.returncode != 0
     assert not (tmp_path / "users").exists()
+
+
+def test_check_refuses_smarthost_credentials_others_can_read(tmp_path):
+    secret = tmp_path / "smarthost.secret"
+    secret.write_text("relay@example.org:secret\n")
+    secret.chmod(0o600)
+    ca = CA(tmp_path / "ca")
+    config = write_config(tmp_path, smarthost="smtp.example.org:587", smarthost_credentials=str(secret),
+                          tls_ca_file=str(ca.cert))
+    run = postel("check", "--config", config)
+    assert run.returncode == 0, run.stderr
+    assert 'smarthost_tls = "starttls"' in run.stdout and 'remote_tls = "opportunistic"' in run.stdout
+    secret.chmod(0o644)
+    run = postel("check", "--config", config)
+    assert run.returncode != 0
+    assert f"{secret}: others may read or write it (mode 644)" in run.stderr
+    secret.chmod(0o600)
+    config = write_config(tmp_path, tls_ca_file=str(secret))
+    run = postel("check", "--config", config)
+    assert run.returncode != 0 and f"{secret}: no CERTIFICATE block in the file" in run.stderr

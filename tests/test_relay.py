@@ -315,7 +315,7 @@ def test_smarthost_takes_everything_without_dns(lab):
     dead.bind(("127.0.0.1", 0))
     try:
         sink = lab.sink("127.0.0.3")
-        sender = lab.sender(smarthost=f"127.0.0.3:{lab.remote_port}",
+        sender = lab.sender(smarthost=f"127.0.0.3:{lab.remote_port}", smarthost_tls="none",
                             nameservers=[f"127.0.0.1:{dead.getsockname()[1]}"])
         rcpts = ["a@example.test", "b@nowhere.test", "c@another.example"]
         qid = submit(sender, rcpts, msg("smarthost"))

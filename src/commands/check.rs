@@ -1,14 +1,15 @@
 //! `postel check`: reads the configuration and every file it names (aliases, TLS certificate and key,
-//! auth_users), reports each problem, and prints the effective configuration.
+//! auth_users, the smarthost's CA file and credentials), reports each problem, and prints the effective
+//! configuration.
 
 use std::io::Write;
 
 use chrono::Utc;
 
-use crate::auth::AuthUsers;
+use crate::auth::{AuthUsers, Credentials, credentials};
 use crate::config::Config;
 use crate::delivery::aliases::Aliases;
-use crate::tls::ServerTls;
+use crate::tls::{self, ServerTls};
 
 /// Every problem found, one per line, or Ok after printing the configuration as TOML.
 pub fn run(config: &Config, out: &mut dyn Write) -> Result<(), String> {
@@ -38,6 +39,16 @@ fn problems(config: &Config) -> Vec<String> {
         && let Err(e) = AuthUsers::load(path)
     {
         problems.push(e.to_string());
+    }
+    if let Some(path) = &config.tls_ca_file
+        && let Err(e) = tls::client::verified(Some(path))
+    {
+        problems.push(e.to_string());
+    }
+    if let Some(path) = &config.smarthost_credentials
+        && let Err(e) = credentials::check_private(path).and_then(|()| Credentials::load(path))
+    {
+        problems.push(e);
     }
     problems
 }

@@ -2,22 +2,25 @@
 //! send one copy per destination host for all of them, reuse connections across messages, and turn what the
 //! other server said into a delivery result per recipient.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufReader, Cursor, Read};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use log::{debug, info};
+use log::{debug, info, warn};
+use rustls::ClientConfig;
 
-use crate::config::Config;
+use crate::auth::Credentials;
+use crate::config::{Config, RemoteTls, SmarthostTls};
 use crate::copy::{self, Format};
 use crate::delivery::trace::{self, Origin};
 use crate::delivery::transport::{Delivery, Problem};
-use crate::remote::client::{ClientError, Connection, RemoteReply, Timeouts};
+use crate::remote::client::{ClientError, Connection, RemoteReply, Security, Timeouts, TlsMode};
 use crate::remote::dns::{DnsError, Resolver, Route as MxRoute};
 use crate::spool::{Queued, Spool};
+use crate::tls;
 
 /// An idle connection is kept this long for the next message to the same server.
 const IDLE_LIMIT: Duration = Duration::from_secs(10);
@@ -37,6 +40,52 @@ pub struct Relay {
     idle: Mutex<HashMap<SocketAddr, Vec<(Connection, Instant)>>>,
     busy: Mutex<HashMap<String, usize>>,
     freed: Condvar,
+    protection: Protection,
+}
+
+/// How relayed mail is protected.
+struct Protection {
+    mx: RemoteTls,
+    /// For MX hosts: encrypts, verifies nothing.
+    unverified: Arc<ClientConfig>,
+    /// For the smarthost: the TLS mode, a verifying configuration and the credentials, or why they cannot be
+    /// had (then mail for the smarthost waits).
+    smarthost: Result<(TlsMode, Arc<ClientConfig>, Option<Credentials>), String>,
+    /// MX addresses whose last TLS handshake failed: the next attempt there goes in plaintext.
+    plaintext_next: Mutex<HashSet<SocketAddr>>,
+}
+
+impl Protection {
+    fn new(config: &Config) -> Protection {
+        let unverified = tls::client::unverified();
+        let credentials = config
+            .smarthost_credentials
+            .as_deref()
+            .map(Credentials::load)
+            .transpose();
+        let smarthost = credentials.and_then(|credentials| {
+            let mode = match config.smarthost_tls {
+                SmarthostTls::None => {
+                    return Ok((TlsMode::Off, Arc::clone(&unverified), credentials));
+                }
+                SmarthostTls::Starttls => TlsMode::Required,
+                SmarthostTls::Implicit => TlsMode::Implicit,
+            };
+            let verified = tls::client::verified(config.tls_ca_file.as_deref()).map_err(|e| e.0)?;
+            Ok((mode, verified, credentials))
+        });
+        if config.smarthost.is_some()
+            && let Err(why) = &smarthost
+        {
+            warn!("relay: mail for the smarthost waits: {why}");
+        }
+        Protection {
+            mx: config.remote_tls,
+            unverified,
+            smarthost,
+            plaintext_next: Mutex::new(HashSet::new()),
+        }
+    }
 }
 
 /// A server to try, by name or address, and its port.
@@ -69,6 +118,7 @@ impl Relay {
             idle: Mutex::new(HashMap::new()),
             busy: Mutex::new(HashMap::new()),
             freed: Condvar::new(),
+            protection: Protection::new(config),
         }
     }
 
@@ -108,7 +158,11 @@ impl Relay {
             };
             for ip in addresses {
                 let addr = SocketAddr::new(ip, host.port);
-                match self.send(spool, message, addr, recipients, accepted) {
+                let security = match self.security(host, addr) {
+                    Ok(security) => security,
+                    Err(why) => return all(Delivery::temporary("4.7.5", why)),
+                };
+                match self.send(spool, message, addr, &security, recipients, accepted) {
                     Sent::Done(outcomes) => return outcomes,
                     Sent::TryNext(why) => last_error = format!("{} [{addr}]: {why}", host.name),
                 }
@@ -185,6 +239,43 @@ impl Relay {
         Ok(hosts)
     }
 
+    /// How to protect a connection to `host` at `addr`.
+    fn security(&self, host: &Host, addr: SocketAddr) -> Result<Security, String> {
+        let protection = &self.protection;
+        let name = tls::client::server_name(host.name.trim_end_matches('.'))
+            .unwrap_or_else(|_| addr.ip().into());
+        if self.smarthost.is_some() {
+            let (mode, config, credentials) = protection.smarthost.clone()?;
+            return Ok(Security {
+                mode,
+                config,
+                name,
+                credentials,
+            });
+        }
+        let mode = match protection.mx {
+            RemoteTls::None => TlsMode::Off,
+            RemoteTls::Required => TlsMode::Required,
+            RemoteTls::Opportunistic => {
+                let mut plaintext = protection
+                    .plaintext_next
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if plaintext.remove(&addr) {
+                    TlsMode::Off
+                } else {
+                    TlsMode::Opportunistic
+                }
+            }
+        };
+        Ok(Security {
+            mode,
+            config: Arc::clone(&protection.unverified),
+            name,
+            credentials: None,
+        })
+    }
+
     fn is_me(&self, host: &str) -> bool {
         host.trim_end_matches('.')
             .eq_ignore_ascii_case(&self.hostname)
@@ -206,6 +297,7 @@ impl Relay {
         spool: &Spool,
         message: &Queued,
         addr: SocketAddr,
+        security: &Security,
         recipients: &[String],
         accepted: &dyn Fn(&[&String]),
     ) -> Sent {
@@ -213,10 +305,20 @@ impl Relay {
         let eight_bit = envelope.body.as_deref() == Some("8BITMIME");
         let (mut connection, reused) = match self.cached(addr) {
             Some(connection) => (connection, true),
-            None => match Connection::open(addr, &self.hostname, &self.timeouts) {
+            None => match Connection::open(addr, &self.hostname, &self.timeouts, security) {
                 Ok(connection) => (connection, false),
                 Err(ClientError::Rejected { reply, .. }) => {
                     return Sent::TryNext(reply.to_string());
+                }
+                Err(ClientError::Security(why)) => {
+                    if security.mode == TlsMode::Opportunistic {
+                        self.protection
+                            .plaintext_next
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(addr);
+                    }
+                    return Sent::TryNext(why);
                 }
                 Err(e) => return Sent::TryNext(e.to_string()),
             },
@@ -261,8 +363,11 @@ impl Relay {
                         Err(reply) => from_reply(&reply),
                     })
                     .collect();
+                let tls = connection
+                    .tls()
+                    .map_or(String::new(), |tls| format!(" over {tls}"));
                 info!(
-                    "{}: sent to {addr} ({server}): {}",
+                    "{}: sent to {addr} ({server}){tls}: {}",
                     envelope.id, sent.final_reply
                 );
                 self.keep(addr, connection);
@@ -274,9 +379,9 @@ impl Relay {
                     "{}: cached connection to {addr} failed ({why}); opening a new one",
                     envelope.id
                 );
-                self.send(spool, message, addr, recipients, accepted)
+                self.send(spool, message, addr, security, recipients, accepted)
             }
-            Err(ClientError::Connection(why)) => Sent::TryNext(why),
+            Err(ClientError::Connection(why) | ClientError::Security(why)) => Sent::TryNext(why),
             Err(ClientError::Rejected { step, reply }) => {
                 if !reply.is_permanent() {
                     self.keep(addr, connection);

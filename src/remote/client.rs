@@ -1,12 +1,21 @@
 //! Outbound SMTP: one connection to a remote server that relays queued messages (RFC 5321,
-//! pipelining per RFC 2920).
+//! pipelining per RFC 2920), with STARTTLS (RFC 3207) or implicit TLS (RFC 8314) and AUTH PLAIN or
+//! LOGIN (RFC 4954) when asked for.
 
 use std::fmt;
-use std::io::{self, BufRead, BufReader, BufWriter, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::io::{self, BufRead, BufWriter, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use log::debug;
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+
+use crate::auth::Credentials;
+use crate::tls::{Stream, TlsInfo};
 
 use crate::copy::{Copier, CopyError, Format};
 
@@ -18,6 +27,8 @@ const MAX_REPLY_LINES: usize = 100;
 const WRITE_BUFFER: usize = 64 * 1024;
 /// Longest wait for the reply to QUIT: by then everything is said.
 const QUIT_WAIT: Duration = Duration::from_secs(10);
+/// Size of the read buffer: a whole EHLO reply fits.
+const READ_BUFFER: usize = 8 * 1024;
 
 /// A reply from the remote server.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,13 +99,17 @@ pub enum ClientError {
     /// content to a server without 8BITMIME, SMTPUTF8 needed and not offered): permanent, with a
     /// reason.
     Unsendable(String),
+    /// TLS or authentication, as required, could not be had (no STARTTLS offered, a failed
+    /// handshake, an unverifiable certificate, refused credentials): temporary, since the fix is
+    /// on one side or the other of the connection, and nothing was sent. The connection is closed.
+    Security(String),
 }
 
 impl ClientError {
     /// Whether the failure is final (bounce) rather than temporary (retry later or elsewhere).
     pub fn is_permanent(&self) -> bool {
         match self {
-            ClientError::Connection(_) => false,
+            ClientError::Connection(_) | ClientError::Security(_) => false,
             ClientError::Rejected { reply, .. } => reply.is_permanent(),
             ClientError::Unsendable(_) => true,
         }
@@ -104,9 +119,9 @@ impl ClientError {
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ClientError::Connection(reason) | ClientError::Unsendable(reason) => {
-                f.write_str(reason)
-            }
+            ClientError::Connection(reason)
+            | ClientError::Unsendable(reason)
+            | ClientError::Security(reason) => f.write_str(reason),
             ClientError::Rejected { step, reply } => write!(f, "{step} rejected: {reply}"),
         }
     }
@@ -160,6 +175,9 @@ struct Extensions {
     size: Option<u64>,
     eight_bit_mime: bool,
     smtputf8: bool,
+    starttls: bool,
+    /// The AUTH mechanisms offered, upper case.
+    auth: Vec<String>,
 }
 
 impl Extensions {
@@ -175,6 +193,8 @@ impl Extensions {
                 }
                 "8BITMIME" => offered.eight_bit_mime = true,
                 "SMTPUTF8" => offered.smtputf8 = true,
+                "STARTTLS" => offered.starttls = true,
+                "AUTH" => offered.auth = words.map(|w| w.to_ascii_uppercase()).collect(),
                 _ => {}
             }
         }
@@ -182,22 +202,51 @@ impl Extensions {
     }
 }
 
+/// When a connection uses TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Never.
+    Off,
+    /// STARTTLS when the server offers it, plaintext otherwise.
+    Opportunistic,
+    /// STARTTLS, or no mail.
+    Required,
+    /// TLS from the first byte (RFC 8314).
+    Implicit,
+}
+
+/// How a connection protects itself: TLS, with which configuration (it decides whether the
+/// certificate is verified) and for which name, and whether to authenticate (only ever over TLS).
+#[derive(Clone, Debug)]
+pub struct Security {
+    pub mode: TlsMode,
+    pub config: Arc<ClientConfig>,
+    pub name: ServerName<'static>,
+    pub credentials: Option<Credentials>,
+}
+
 /// An open SMTP connection, greeted and past EHLO (or HELO), ready for transactions.
 pub struct Connection {
     peer: SocketAddr,
-    reader: BufReader<TcpStream>,
-    writer: BufWriter<TcpStream>,
+    /// The stream, written through a buffer; reads go around the buffer, after a flush.
+    writer: BufWriter<Stream>,
+    /// Bytes read but not yet consumed: `input[start..end]`.
+    input: Box<[u8]>,
+    start: usize,
+    end: usize,
     server_name: String,
     extensions: Extensions,
     timeouts: Timeouts,
 }
 
 impl Connection {
-    /// Connects, reads the greeting, says EHLO `helo` (falls back to HELO if EHLO gets 5xx).
+    /// Connects, reads the greeting, says EHLO `helo` (falls back to HELO if EHLO gets 5xx), then
+    /// sets up TLS and authenticates as `security` says.
     pub fn open(
         addr: SocketAddr,
         helo: &str,
         timeouts: &Timeouts,
+        security: &Security,
     ) -> Result<Connection, ClientError> {
         let cannot =
             |e: io::Error| ClientError::Connection(format!("cannot connect to {addr}: {e}"));
@@ -206,17 +255,31 @@ impl Connection {
         stream
             .set_write_timeout(Some(timeouts.command))
             .map_err(cannot)?;
-        let reader = BufReader::new(stream.try_clone().map_err(cannot)?);
         debug!("{addr} connected");
+        let mut stream = Stream::Plain(stream);
+        if security.mode == TlsMode::Implicit {
+            let config = Arc::clone(&security.config);
+            if let Err(why) = stream.connect_tls(config, security.name.clone(), timeouts.greeting) {
+                stream.close();
+                return Err(ClientError::Security(format!(
+                    "TLS handshake with {addr} failed: {why}"
+                )));
+            }
+        }
         let mut connection = Connection {
             peer: addr,
-            reader,
             writer: BufWriter::with_capacity(WRITE_BUFFER, stream),
+            input: vec![0; READ_BUFFER].into_boxed_slice(),
+            start: 0,
+            end: 0,
             server_name: addr.to_string(),
             extensions: Extensions::default(),
             timeouts: *timeouts,
         };
-        match connection.handshake(helo) {
+        match connection
+            .handshake(helo)
+            .and_then(|()| connection.secure(helo, security))
+        {
             Ok(()) => Ok(connection),
             Err(error) => {
                 if let ClientError::Rejected { .. } = error {
@@ -230,6 +293,11 @@ impl Connection {
     /// The server's name from its greeting (its address if the greeting has none), for logs.
     pub fn server_name(&self) -> &str {
         &self.server_name
+    }
+
+    /// What TLS agreed on, if the connection is encrypted.
+    pub fn tls(&self) -> Option<TlsInfo> {
+        self.writer.get_ref().tls()
     }
 
     /// One transaction: MAIL FROM:<sender> [SIZE=size] [BODY=8BITMIME] [SMTPUTF8], RCPT TO for each
@@ -277,7 +345,95 @@ impl Connection {
     pub fn quit(mut self) {
         self.timeouts.command = self.timeouts.command.min(QUIT_WAIT);
         let _ = self.exchange("QUIT", "QUIT");
-        let _ = self.writer.get_ref().shutdown(Shutdown::Both);
+        self.writer.get_mut().close();
+    }
+
+    /// STARTTLS (then EHLO again) and AUTH, as `security` asks.
+    fn secure(&mut self, helo: &str, security: &Security) -> Result<(), ClientError> {
+        let wants_starttls = match security.mode {
+            TlsMode::Off | TlsMode::Implicit => false,
+            TlsMode::Opportunistic => self.extensions.starttls,
+            TlsMode::Required => true,
+        };
+        if wants_starttls {
+            self.start_tls(helo, security)?;
+        }
+        match &security.credentials {
+            Some(credentials) => self.authenticate(credentials),
+            None => Ok(()),
+        }
+    }
+
+    fn start_tls(&mut self, helo: &str, security: &Security) -> Result<(), ClientError> {
+        if !self.extensions.starttls {
+            return Err(self.insecure(format!(
+                "{} does not offer STARTTLS, and TLS is required",
+                self.peer
+            )));
+        }
+        let reply = self.exchange("STARTTLS", "STARTTLS")?;
+        if reply.code != 220 {
+            return Err(self.insecure(format!("STARTTLS refused: {reply}")));
+        }
+        // Whatever the server sent after its 220 came before the handshake: never read it as a reply.
+        (self.start, self.end) = (0, 0);
+        let config = Arc::clone(&security.config);
+        let name = security.name.clone();
+        let timeout = self.timeouts.command;
+        if let Err(why) = self.writer.get_mut().connect_tls(config, name, timeout) {
+            return Err(self.insecure(format!("TLS handshake with {} failed: {why}", self.peer)));
+        }
+        debug!(
+            "{} TLS: {}",
+            self.peer,
+            self.tls().map_or(String::new(), |t| t.to_string())
+        );
+        self.extensions = Extensions::default();
+        self.ehlo(helo)
+    }
+
+    /// AUTH PLAIN, or LOGIN when that is all the server offers; only over TLS.
+    fn authenticate(&mut self, credentials: &Credentials) -> Result<(), ClientError> {
+        if self.tls().is_none() {
+            return Err(self.insecure("credentials are only ever sent over TLS".to_string()));
+        }
+        let offered = |m: &str| self.extensions.auth.iter().any(|a| a == m);
+        let reply = if offered("PLAIN") {
+            let message = format!("\0{}\0{}", credentials.user, credentials.password);
+            let line = format!("AUTH PLAIN {}", STANDARD.encode(message));
+            self.exchange_secret("AUTH", &line, "AUTH PLAIN <credentials>")?
+        } else if offered("LOGIN") {
+            let reply = self.exchange("AUTH", "AUTH LOGIN")?;
+            if reply.code != 334 {
+                return Err(self.insecure(format!("AUTH LOGIN refused: {reply}")));
+            }
+            let user = STANDARD.encode(&credentials.user);
+            let reply = self.exchange_secret("AUTH", &user, "<user name>")?;
+            if reply.code != 334 {
+                return Err(self.insecure(format!("AUTH LOGIN refused: {reply}")));
+            }
+            let password = STANDARD.encode(&credentials.password);
+            self.exchange_secret("AUTH", &password, "<password>")?
+        } else {
+            return Err(self.insecure(format!(
+                "{} offers no AUTH PLAIN or LOGIN, and credentials are configured",
+                self.peer
+            )));
+        };
+        if reply.code != 235 {
+            return Err(self.insecure(format!(
+                "authentication as {} failed: {reply}",
+                credentials.user
+            )));
+        }
+        Ok(())
+    }
+
+    /// Gives up a connection that cannot be made as safe as asked.
+    fn insecure(&mut self, reason: String) -> ClientError {
+        debug!("{} {reason}", self.peer);
+        self.writer.get_mut().close();
+        ClientError::Security(reason)
     }
 
     /// Reads the greeting and introduces ourselves.
@@ -287,6 +443,11 @@ impl Connection {
             self.server_name = name.to_string();
         }
         expect("greeting", RemoteReply::new(code, &lines), 2)?;
+        self.ehlo(helo)
+    }
+
+    /// EHLO, falling back to HELO when the server does not know EHLO.
+    fn ehlo(&mut self, helo: &str) -> Result<(), ClientError> {
         self.queue(&format!("EHLO {helo}"))?;
         self.flush("EHLO")?;
         let (code, lines) = self.read_lines("EHLO", self.timeouts.command)?;
@@ -432,9 +593,26 @@ impl Connection {
         self.read_reply(step, self.timeouts.command)
     }
 
+    /// Sends a line that holds a secret, logged as `shown`, and reads the reply.
+    fn exchange_secret(
+        &mut self,
+        step: &'static str,
+        line: &str,
+        shown: &str,
+    ) -> Result<RemoteReply, ClientError> {
+        debug!("{} C: {shown}", self.peer);
+        self.write_line(line)?;
+        self.flush(step)?;
+        self.read_reply(step, self.timeouts.command)
+    }
+
     /// Adds a command line to the write buffer.
     fn queue(&mut self, line: &str) -> Result<(), ClientError> {
         debug!("{} C: {line}", self.peer);
+        self.write_line(line)
+    }
+
+    fn write_line(&mut self, line: &str) -> Result<(), ClientError> {
         let written = self
             .writer
             .write_all(line.as_bytes())
@@ -450,7 +628,7 @@ impl Connection {
 
     /// Sets how long each write may take from now on.
     fn set_write_timeout(&self, timeout: Duration) -> Result<(), ClientError> {
-        let set = self.writer.get_ref().set_write_timeout(Some(timeout));
+        let set = self.writer.get_ref().tcp().set_write_timeout(Some(timeout));
         set.map_err(|e| self.io_failure("setting a timeout", e))
     }
 
@@ -496,7 +674,7 @@ impl Connection {
             }
         }
         if code == 421 {
-            let _ = self.writer.get_ref().shutdown(Shutdown::Both);
+            self.writer.get_mut().close();
             return Err(ClientError::Rejected {
                 step,
                 reply: RemoteReply::new(code, &lines),
@@ -509,30 +687,33 @@ impl Connection {
     fn read_line(&mut self, step: &str, deadline: Instant) -> Result<String, ClientError> {
         let mut line = Vec::new();
         loop {
-            if self.reader.buffer().is_empty() {
+            if self.start == self.end {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     return Err(self.broken(format!("timed out (at {step})")));
                 }
-                let set = self.reader.get_ref().set_read_timeout(Some(left));
+                let set = self.writer.get_ref().tcp().set_read_timeout(Some(left));
                 set.map_err(|e| self.io_failure(step, e))?;
+                let read = self.writer.get_mut().read(&mut self.input);
+                match read {
+                    Ok(0) => {
+                        return Err(
+                            self.broken(format!("connection closed by the server (at {step})"))
+                        );
+                    }
+                    Ok(n) => (self.start, self.end) = (0, n),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(self.io_failure(step, e)),
+                }
             }
-            let available = match self.reader.fill_buf() {
-                Ok(available) => available,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(self.io_failure(step, e)),
-            };
-            if available.is_empty() {
-                return Err(self.broken(format!("connection closed by the server (at {step})")));
-            }
+            let available = &self.input[self.start..self.end];
             let end = memchr::memchr(b'\n', available);
             let piece = &available[..end.map_or(available.len(), |i| i + 1)];
             if line.len() + piece.len() > MAX_REPLY_LINE {
                 return Err(self.broken(format!("reply line too long (at {step})")));
             }
             line.extend_from_slice(piece);
-            let used = piece.len();
-            self.reader.consume(used);
+            self.start += piece.len();
             if end.is_some() {
                 line.pop();
                 if line.last() == Some(&b'\r') {
@@ -555,7 +736,11 @@ impl Connection {
     /// Closes a connection that can no longer be trusted to be in step with the server.
     fn broken(&self, reason: String) -> ClientError {
         debug!("{} connection lost: {reason}", self.peer);
-        let _ = self.writer.get_ref().shutdown(Shutdown::Both);
+        let _ = self
+            .writer
+            .get_ref()
+            .tcp()
+            .shutdown(std::net::Shutdown::Both);
         ClientError::Connection(reason)
     }
 }
@@ -621,7 +806,7 @@ fn write_message(body: &mut dyn BufRead, out: &mut impl Write) -> Result<u64, Co
 mod tests {
     use super::*;
     use std::io::{BufReader, Read};
-    use std::net::TcpListener;
+    use std::net::{Shutdown, TcpListener};
     use std::thread::{self, JoinHandle};
 
     /// One step of a scripted fake server.
@@ -705,8 +890,91 @@ mod tests {
         }
     }
 
+    fn security(mode: TlsMode, credentials: Option<Credentials>) -> Security {
+        Security {
+            mode,
+            config: crate::tls::client::unverified(),
+            name: ServerName::try_from("fake.test").unwrap(),
+            credentials,
+        }
+    }
+
     fn open(addr: SocketAddr) -> Result<Connection, ClientError> {
-        Connection::open(addr, "client.test", &timeouts(Duration::from_secs(5)))
+        let plaintext = security(TlsMode::Off, None);
+        Connection::open(
+            addr,
+            "client.test",
+            &timeouts(Duration::from_secs(5)),
+            &plaintext,
+        )
+    }
+
+    #[test]
+    fn required_tls_without_starttls_sends_nothing() {
+        let (addr, server) = fake_server(vec![
+            Say("220 fake.test\r\n"),
+            Lines(1),
+            Say("250-fake.test\r\n250 PIPELINING\r\n"),
+        ]);
+        let required = security(TlsMode::Required, None);
+        match Connection::open(
+            addr,
+            "client.test",
+            &timeouts(Duration::from_secs(5)),
+            &required,
+        ) {
+            Err(ClientError::Security(why)) => assert!(
+                why.ends_with("does not offer STARTTLS, and TLS is required"),
+                "{why}"
+            ),
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("opened"),
+        }
+        assert_eq!(server.join().unwrap(), "EHLO client.test\r\n");
+    }
+
+    #[test]
+    fn opportunistic_tls_without_starttls_goes_on_in_plaintext() {
+        let (addr, _server) = fake_server(vec![
+            Say("220 fake.test\r\n"),
+            Lines(1),
+            Say("250-fake.test\r\n250 8BITMIME\r\n"),
+        ]);
+        let opportunistic = security(TlsMode::Opportunistic, None);
+        let connection = Connection::open(
+            addr,
+            "client.test",
+            &timeouts(Duration::from_secs(5)),
+            &opportunistic,
+        );
+        assert!(connection.unwrap().tls().is_none());
+    }
+
+    #[test]
+    fn credentials_never_go_out_in_plaintext() {
+        let (addr, server) = fake_server(vec![
+            Say("220 fake.test\r\n"),
+            Lines(1),
+            Say("250-fake.test\r\n250 AUTH PLAIN LOGIN\r\n"),
+        ]);
+        let credentials = Credentials {
+            user: "relay".into(),
+            password: "secret".into(),
+        };
+        let plaintext = security(TlsMode::Off, Some(credentials));
+        match Connection::open(
+            addr,
+            "client.test",
+            &timeouts(Duration::from_secs(5)),
+            &plaintext,
+        ) {
+            Err(ClientError::Security(why)) => {
+                assert_eq!(why, "credentials are only ever sent over TLS")
+            }
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("opened"),
+        }
+        assert!(!server.join().unwrap().contains("AUTH"));
     }
 
     fn rcpts(addresses: &[&str]) -> Vec<String> {
@@ -1005,7 +1273,13 @@ mod tests {
     fn a_silent_server_times_out() {
         let (addr, server) = fake_server(vec![Say("220 fake.test\r\n"), Lines(1)]);
         let started = Instant::now();
-        match Connection::open(addr, "client.test", &timeouts(Duration::from_millis(200))) {
+        let plaintext = security(TlsMode::Off, None);
+        match Connection::open(
+            addr,
+            "client.test",
+            &timeouts(Duration::from_millis(200)),
+            &plaintext,
+        ) {
             Err(ClientError::Connection(reason)) => assert_eq!(reason, "timed out (at EHLO)"),
             Err(other) => panic!("{other:?}"),
             Ok(_) => panic!("opened"),
