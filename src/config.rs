@@ -47,6 +47,15 @@ pub enum LocalUsers {
     List(Vec<String>),
 }
 
+/// Where log lines go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogTarget {
+    /// Standard error, through env_logger.
+    Stderr,
+    /// The syslog socket, facility mail.
+    Syslog,
+}
+
 /// The whole configuration of the server; every field has a built-in default.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -82,6 +91,10 @@ pub struct Config {
     pub data_timeout: Duration,
     /// How long sessions in flight may take to finish after SIGTERM (`shutdown_grace`).
     pub shutdown_grace: Duration,
+    /// Where log lines go (`log`); inetd mode uses syslog when stderr may be the client's socket.
+    pub log: LogTarget,
+    /// The syslog daemon's datagram socket (`syslog_socket`).
+    pub syslog_socket: PathBuf,
     /// Bare LF in message content (`bare_lf`).
     pub bare_lf: BareLf,
     /// Who has a mailbox here (`local_users`).
@@ -429,6 +442,35 @@ pub const KEYS: &[Key] = &[
         "how long sessions in flight may take to finish after SIGTERM"
     ),
     Key {
+        name: "log",
+        kind: "choice",
+        default: None,
+        doc: "where log lines go: `\"stderr\"` or `\"syslog\"` (facility mail); `postel inetd` uses syslog when stderr may be the client's socket ([Log lines](#log-lines))",
+        set: |c, v| {
+            c.log = match string(v)? {
+                "stderr" => LogTarget::Stderr,
+                "syslog" => LogTarget::Syslog,
+                _ => return Err("expected \"stderr\" or \"syslog\"".into()),
+            };
+            Ok(())
+        },
+        get: |c| match c.log {
+            LogTarget::Stderr => "stderr".into(),
+            LogTarget::Syslog => "syslog".into(),
+        },
+    },
+    Key {
+        name: "syslog_socket",
+        kind: "path",
+        default: None,
+        doc: "the syslog daemon's datagram socket",
+        set: |c, v| {
+            c.syslog_socket = path(v)?;
+            Ok(())
+        },
+        get: |c| c.syslog_socket.display().to_string().into(),
+    },
+    Key {
         name: "bare_lf",
         kind: "choice",
         default: None,
@@ -662,6 +704,9 @@ pub const KEYS: &[Key] = &[
 /// Where a system install keeps its configuration.
 pub const SYSTEM_CONFIG: &str = "/etc/postel/postel.toml";
 
+/// Where the syslog daemon listens unless `syslog_socket` says otherwise.
+pub const DEFAULT_SYSLOG_SOCKET: &str = "/dev/log";
+
 /// The largest accepted `max_line_length`; the session's input buffer is twice as large.
 pub const MAX_LINE_LIMIT: usize = 32 * 1024;
 
@@ -693,6 +738,8 @@ impl Config {
             command_timeout: Duration::from_secs(5 * 60),
             data_timeout: Duration::from_secs(10 * 60),
             shutdown_grace: Duration::from_secs(30),
+            log: LogTarget::Stderr,
+            syslog_socket: PathBuf::from(DEFAULT_SYSLOG_SOCKET),
             bare_lf: BareLf::Normalize,
             local_users: LocalUsers::System,
             aliases: None,
@@ -987,6 +1034,10 @@ mod tests {
             (
                 "hostname = \"bad host\"\n",
                 "postel.toml:1: hostname: 'bad host' is not a domain name",
+            ),
+            (
+                "log = \"file\"\n",
+                "postel.toml:1: log: expected \"stderr\" or \"syslog\"",
             ),
             (
                 "bare_lf = \"keep\"\n",

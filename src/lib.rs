@@ -6,6 +6,7 @@ pub mod commands;
 pub mod config;
 pub mod copy;
 pub mod delivery;
+pub mod logging;
 pub mod net;
 pub mod remote;
 pub mod server;

@@ -1,12 +1,12 @@
 //! The `postel` command: `serve`, `inetd`, `check`, `passwd`, `queue` and `sendmail` — and `sendmail`/`mailq` when the
 //! binary is called by those names.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use postel::commands::{CliError, Exit, check, passwd, queue, sendmail};
 use postel::config::Config;
+use postel::logging;
 use postel::server;
 
 const USAGE: &str = "\
@@ -26,7 +26,7 @@ usage: postel serve [--config FILE] [--listen ADDR]... [--spool DIR] [--mailboxe
   sendmail  submit a message from a local program, as /usr/sbin/sendmail does
 
 Called as 'sendmail' or 'mailq' the binary acts as 'postel sendmail' or 'postel queue list'.
-Logging goes to stderr; RUST_LOG=debug shows every SMTP dialogue.";
+Logging goes to stderr or syslog (the log key); RUST_LOG=debug shows every SMTP dialogue.";
 
 /// Options every subcommand but sendmail takes.
 #[derive(Default)]
@@ -45,14 +45,19 @@ fn main() -> ExitCode {
     let result = arguments().and_then(|args| match invoked(args) {
         Program::Sendmail(args) => run_sendmail(&args),
         Program::Postel(args) => {
-            init_logging("info");
+            let mode = if args.first().is_some_and(|a| a == "inetd") {
+                logging::Mode::Inetd
+            } else {
+                logging::Mode::Other
+            };
+            logging::init("info", mode);
             run(args)
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{e}");
+            logging::fatal(&e);
             ExitCode::from(e.exit.code())
         }
     }
@@ -107,24 +112,13 @@ fn invoked(args: Vec<String>) -> Program {
     }
 }
 
-fn init_logging(default: &str) {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
-        .format(|out, record| {
-            writeln!(
-                out,
-                "{} {:<5} {}",
-                out.timestamp_millis(),
-                record.level(),
-                record.args()
-            )
-        })
-        .init();
-}
-
 /// sendmail is quiet unless -v: cron mails whatever a job prints.
 fn run_sendmail(args: &[String]) -> Result<(), CliError> {
     let invocation = sendmail::parse(args)?;
-    init_logging(if invocation.verbose { "info" } else { "warn" });
+    logging::init(
+        if invocation.verbose { "info" } else { "warn" },
+        logging::Mode::Other,
+    );
     let stdin = std::io::stdin();
     sendmail::run(invocation, &mut stdin.lock(), &mut std::io::stdout())
 }
@@ -153,6 +147,7 @@ fn run(args: Vec<String>) -> Result<(), CliError> {
         )));
     }
     let config = load_config(&options, command != "serve")?;
+    logging::route(&config);
     let mut out = std::io::stdout();
     match command.as_str() {
         "serve" => Ok(server::serve(config)?),

@@ -2,8 +2,9 @@
 # setup-tools.sh -- make sure the programs the integration tests and benchmarks
 # drive are installed: pytest, swaks, socat, Postfix's smtp-source, mutt,
 # bsd-mailx (mail(1), run on top of our sendmail), strace (kills the server
-# at chosen system calls), dnsmasq, openssl (test certificates, s_client)
-# (and make).
+# at chosen system calls), dnsmasq, openssl (test certificates, s_client),
+# openbsd-inetd (a classic inetd: the client's socket on stdin, stdout and
+# stderr; tests run their own on a private config) (and make).
 # As root it installs whatever is missing (Debian packages, pytest from PyPI);
 # otherwise it prints the one command that does and exits 1.
 # Idempotent and quiet when everything is there already.
@@ -26,6 +27,7 @@ have dnsmasq || want dnsmasq-base
 have systemd-socket-activate || want systemd
 have make || want make
 have openssl || want openssl
+have inetd || want openbsd-inetd
 
 if [ -z "$missing_debs" ] && [ "$need_pytest" = no ]; then
     exit 0
@@ -51,6 +53,18 @@ if [ -n "$missing_debs" ]; then
     apt-get update -qq
     # shellcheck disable=SC2086 # one word per package
     apt-get install -y -qq --no-install-recommends $missing_debs >/dev/null
+    case "$missing_debs" in
+        *openbsd-inetd*)
+            # The package starts a system-wide inetd; tests start their own on
+            # a private config and a free port, so keep the system one off.
+            if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+                systemctl disable --now inetd.service >/dev/null 2>&1 || true
+            else
+                invoke-rc.d openbsd-inetd stop >/dev/null 2>&1 || true
+                update-rc.d openbsd-inetd disable >/dev/null 2>&1 || true
+            fi
+            ;;
+    esac
 fi
 
 if [ "$need_pytest" = yes ]; then
@@ -67,7 +81,7 @@ if command -v postconf >/dev/null 2>&1 && postconf -M 2>/dev/null | grep -q '252
     echo "setup-tools: note: Postfix is configured on 127.0.0.1:2525 (the benchmark reference); 'make run' needs that port" >&2
 fi
 
-for tool in swaks socat smtp-source mutt bsd-mailx strace dnsmasq systemd-socket-activate openssl; do
+for tool in swaks socat smtp-source mutt bsd-mailx strace dnsmasq systemd-socket-activate openssl inetd; do
     have "$tool" || { echo "setup-tools: $tool is still missing" >&2; exit 1; }
 done
 echo "setup-tools: all test tools present" >&2
