@@ -3,13 +3,17 @@
 Every server here delivers (`DELIVER`: delivery_workers = 4, retries after 1-2 s).
 """
 
+import datetime
 import email
 import email.policy
+import email.utils
 import hashlib
 import os
 import re
 import smtplib
+import socket
 import subprocess
+import time
 
 import pytest
 
@@ -196,3 +200,31 @@ def test_20_mib_message_arrives_intact(make_postel):
     ((_, raw),) = delivered(postel, "alice", 1, timeout=30)
     assert hashlib.sha256(strip_trace(raw)).hexdigest() == hashlib.sha256(lf(sent)).hexdigest()
     assert len(python_mbox(postel.mailboxes / "alice")) == 1
+
+
+def test_the_received_header_gives_the_arrival_time_and_an_ipv6_address_literal(make_postel):
+    """RFC 5321 4.4: the Received line tells when the message was received, however much later a retry delivers it;
+    its TCP-info is an address literal, `[IPv6:::1]` for a client on ::1 (doc/delivery.md)."""
+    with socket.socket(socket.AF_INET6) as s:
+        s.bind(("::1", 0))
+        v6_port = s.getsockname()[1]
+    postel = make_postel(**DELIVER)
+    config = postel.config_path.read_text().replace('listen = ["127.0.0.1:', f'listen = ["[::1]:{v6_port}", "127.0.0.1:')
+    postel.config_path.write_text(config)
+    postel.kill()
+    postel.restart()
+    # A dot-lock held by a live process (this one) defers the delivery until it is gone.
+    lock = postel.mailboxes / "alice.lock"
+    lock.write_bytes(b"%d\n" % os.getpid())
+    with smtplib.SMTP("::1", v6_port, timeout=10) as client:
+        client.ehlo("client.test")
+        assert client.sendmail("carol@example.org", ["alice@localhost"], sample("late")) == {}
+    assert wait_until(lambda: "status=deferred" in postel.log(), 20), postel.log()[-2000:]
+    time.sleep(1.5)  # so that the delivery is seconds after the arrival
+    lock.unlink()
+    ((from_line, raw),) = delivered(postel, "alice", 1)
+    received = dict(trace_headers(raw))["received"]
+    assert "from client.test (unknown [IPv6:::1])" in received, received
+    arrival = datetime.datetime.strptime(from_line.split(b" ", 2)[2].decode(), "%a %b %d %H:%M:%S %Y")
+    stamped = email.utils.parsedate_to_datetime(received.rsplit(";", 1)[1].strip())
+    assert stamped.replace(tzinfo=None) == arrival, f"Received says {stamped}, the message arrived {arrival}"

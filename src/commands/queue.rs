@@ -94,13 +94,14 @@ pub fn show(config: &Config, id: &str, out: &mut dyn Write) -> Result<(), CliErr
         "id: {}\narrival: {}\nclient: {}\nhelo: {}",
         e.id,
         e.arrival.to_rfc3339(),
-        e.client,
+        e.client
+            .map_or_else(|| "unknown".to_string(), |ip| ip.to_string()),
         e.helo
     )?;
     writeln!(
         out,
         "protocol: {}\nsender: <{}>\nfile: {}",
-        e.protocol,
+        e.protocol.as_str(),
         e.sender,
         message.file.display()
     )?;

@@ -14,7 +14,7 @@ use crate::delivery::attempt::Deliverer;
 use crate::delivery::runner::{self, HandedTo};
 use crate::server::connection::Client;
 use crate::server::inetd;
-use crate::smtp::parse_mailbox;
+use crate::smtp::{Protocol, parse_mailbox};
 use crate::spool::{self, QueueId, Queued, Spool};
 use crate::submit::{self, Options, Prepared};
 
@@ -262,9 +262,9 @@ impl Submitter {
         spool::Envelope {
             id: QueueId::default(),
             arrival: now,
-            client: "unknown".into(),
+            client: None,
             helo: self.login,
-            protocol: "local".into(),
+            protocol: Protocol::Local,
             sender: self.sender,
             recipients,
             body: None,

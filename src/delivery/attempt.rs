@@ -16,8 +16,9 @@ use crate::delivery::local::{Destination, Route, Router};
 use crate::delivery::mbox::{self, MboxSettings};
 use crate::delivery::pipe;
 use crate::delivery::relay::Relay;
-use crate::delivery::trace::{self, Loop, Origin};
+use crate::delivery::trace::{self, Loop};
 use crate::delivery::transport::{Delivery, Problem};
+use crate::smtp::Protocol;
 use crate::spool::{self, Outcome, QueueId, Queued, RecipientResult, Spool, SpoolError};
 
 /// How much of a message is read to find its header section (for loop checks and bounces).
@@ -117,7 +118,7 @@ impl Deliverer {
         for route in pending {
             let delivery = match relayed.remove(&route.key) {
                 Some(delivery) => delivery,
-                None => self.deliver(message, &route, &headers, now),
+                None => self.deliver(message, &route, &headers),
             };
             let remote_reply = matches!(&delivery,
                 Delivery::Temporary(p) | Delivery::Permanent(p) if p.remote_reply);
@@ -230,13 +231,7 @@ impl Deliverer {
         outcomes
     }
 
-    fn deliver(
-        &self,
-        message: &Queued,
-        route: &Route,
-        headers: &[u8],
-        now: DateTime<Utc>,
-    ) -> Delivery {
+    fn deliver(&self, message: &Queued, route: &Route, headers: &[u8]) -> Delivery {
         match &route.destination {
             Destination::Refused { status, reason } => {
                 return Delivery::permanent(*status, reason.clone());
@@ -263,9 +258,7 @@ impl Deliverer {
             None => {}
         }
         let envelope = &message.envelope;
-        let origin = Origin::of(envelope);
-        let trace_headers =
-            trace::trace_headers(&origin, &self.config.hostname, &route.recipient, now);
+        let trace_headers = trace::trace_headers(envelope, &self.config.hostname, &route.recipient);
         match &route.destination {
             Destination::Command(command) => match self.body(message) {
                 Ok(mut body) => pipe::deliver(command, trace_headers.as_bytes(), &mut body),
@@ -408,9 +401,9 @@ impl Deliverer {
         let mut writer = self.spool.new_message(spool::Envelope {
             id: QueueId::default(),
             arrival: now,
-            client: "unknown".into(),
+            client: None,
             helo: hostname.clone(),
-            protocol: "local".into(),
+            protocol: Protocol::Local,
             sender,
             recipients: vec![to.clone()],
             body: None,

@@ -8,17 +8,17 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use log::{debug, info, warn};
 use rustls::ClientConfig;
 
 use crate::auth::Credentials;
 use crate::config::{Config, RemoteTls, SmarthostTls};
 use crate::copy::{self, Format};
-use crate::delivery::trace::{self, Origin};
+use crate::delivery::trace;
 use crate::delivery::transport::{Delivery, Problem};
 use crate::remote::client::{ClientError, Connection, RemoteReply, Security, Timeouts, TlsMode};
 use crate::remote::dns::{DnsError, Resolver, Route as MxRoute};
+use crate::smtp::BodyType;
 use crate::spool::{Queued, Spool};
 use crate::tls;
 
@@ -302,7 +302,7 @@ impl Relay {
         accepted: &dyn Fn(&[&String]),
     ) -> Sent {
         let envelope = &message.envelope;
-        let eight_bit = envelope.body.as_deref() == Some("8BITMIME");
+        let eight_bit = envelope.body == Some(BodyType::EightBitMime);
         let (mut connection, reused) = match self.cached(addr) {
             Some(connection) => (connection, true),
             None => match Connection::open(addr, &self.hostname, &self.timeouts, security) {
@@ -403,10 +403,8 @@ impl Relay {
 
     /// The Received header this host adds to a message it relays (RFC 5321 4.4), CRLF line ends.
     fn received(&self, message: &Queued, recipients: &[String]) -> Cursor<Vec<u8>> {
-        let envelope = &message.envelope;
-        let origin = Origin::of(envelope);
         let only = (recipients.len() == 1).then(|| recipients[0].as_str());
-        let header = trace::received(&origin, &self.hostname, only, Utc::now());
+        let header = trace::received(&message.envelope, &self.hostname, only);
         Cursor::new(copy::convert(Format::CRLF, header.as_bytes()))
     }
 

@@ -1,72 +1,48 @@
 //! Trace headers (RFC 5321 4.4): the Return-Path, Delivered-To and Received lines delivery prepends, and the
 //! loop checks that read them back.
 
-use chrono::{DateTime, Utc};
+use std::net::IpAddr;
+
+use crate::smtp::Protocol;
+use crate::spool::Envelope;
 
 /// More Received headers than this and a message is taken to be looping (RFC 5321 6.3).
 pub const MAX_RECEIVED: usize = 100;
 
-/// Where a message came from, as its spool envelope records it.
-pub struct Origin<'a> {
-    pub helo: &'a str,
-    /// The client's IP address, or "unknown" (local submission).
-    pub client: &'a str,
-    /// SMTP, ESMTP or local.
-    pub protocol: &'a str,
-    pub queue_id: &'a str,
-    pub sender: &'a str,
-}
-
-impl<'a> Origin<'a> {
-    /// The origin a spool envelope records.
-    pub fn of(envelope: &'a crate::spool::Envelope) -> Origin<'a> {
-        Origin {
-            helo: &envelope.helo,
-            client: &envelope.client,
-            protocol: &envelope.protocol,
-            queue_id: envelope.id.as_str(),
-            sender: &envelope.sender,
-        }
-    }
-}
-
 /// The lines delivery puts above a message for `recipient`, LF line ends (mbox form).
-pub fn trace_headers(
-    origin: &Origin,
-    hostname: &str,
-    recipient: &str,
-    now: DateTime<Utc>,
-) -> String {
+pub fn trace_headers(envelope: &Envelope, hostname: &str, recipient: &str) -> String {
     format!(
         "Return-Path: <{sender}>\nDelivered-To: {recipient}\n{received}",
-        sender = origin.sender,
-        received = received(origin, hostname, Some(recipient), now),
+        sender = envelope.sender,
+        received = received(envelope, hostname, Some(recipient)),
     )
 }
 
 /// The Received header (RFC 5321 4.4) this host adds, LF line ends; `for` names the recipient when there is one.
-pub fn received(
-    origin: &Origin,
-    hostname: &str,
-    recipient: Option<&str>,
-    now: DateTime<Utc>,
-) -> String {
-    let from = if origin.client == "unknown" || origin.protocol == "local" {
-        format!("from {} (local submission)", sanitize(origin.helo))
-    } else {
-        format!(
-            "from {} (unknown [{}])",
-            sanitize(origin.helo),
-            origin.client
-        )
+/// Its date is when the message arrived here, however much later it is delivered.
+pub fn received(envelope: &Envelope, hostname: &str, recipient: Option<&str>) -> String {
+    let helo = sanitize(&envelope.helo);
+    let from = match envelope.client {
+        Some(ip) if envelope.protocol != Protocol::Local => {
+            format!("from {helo} (unknown {})", address_literal(ip))
+        }
+        _ => format!("from {helo} (local submission)"),
     };
     let target = recipient.map_or_else(String::new, |r| format!("\n\tfor <{r}>"));
     format!(
         "Received: {from}\n\tby {hostname} (Postel) with {protocol} id {id}{target}; {date}\n",
-        protocol = origin.protocol,
-        id = origin.queue_id,
-        date = now.to_rfc2822(),
+        protocol = envelope.protocol.as_str(),
+        id = envelope.id,
+        date = envelope.arrival.to_rfc2822(),
     )
+}
+
+/// An IP address as RFC 5321 4.1.3 writes it in TCP-info: `[192.0.2.7]`, `[IPv6:2001:db8::1]`.
+fn address_literal(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(ip) => format!("[{ip}]"),
+        IpAddr::V6(ip) => format!("[IPv6:{ip}]"),
+    }
 }
 
 /// A HELO name goes into a header: keep it on one line and free of parentheses that would unbalance the comment.
@@ -125,34 +101,57 @@ pub fn find_loop(headers: &[u8], recipient: &str) -> Option<Loop> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::{DateTime, Utc};
+
+    fn envelope() -> Envelope {
+        Envelope {
+            id: "19AB5D7C5E3F1001A3F2".parse().unwrap(),
+            arrival: DateTime::parse_from_rfc3339("2026-11-24T10:00:00Z")
+                .unwrap()
+                .with_timezone(&Utc),
+            client: Some("192.0.2.7".parse().unwrap()),
+            helo: "client.test".to_string(),
+            protocol: Protocol::Esmtp,
+            sender: "alice@remote.test".to_string(),
+            recipients: vec!["bob@localhost".to_string()],
+            body: None,
+            smtputf8: false,
+            declared_size: None,
+        }
+    }
 
     #[test]
     fn the_received_header_names_client_host_protocol_id_and_recipient() {
-        let now = DateTime::parse_from_rfc3339("2026-11-24T10:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        let origin = Origin {
-            helo: "client.test",
-            client: "192.0.2.7",
-            protocol: "ESMTP",
-            queue_id: "ABC",
-            sender: "alice@remote.test",
-        };
+        let envelope = envelope();
         assert_eq!(
-            trace_headers(&origin, "mx.test", "bob@localhost", now),
+            trace_headers(&envelope, "mx.test", "bob@localhost"),
             "Return-Path: <alice@remote.test>\nDelivered-To: bob@localhost\n\
-             Received: from client.test (unknown [192.0.2.7])\n\tby mx.test (Postel) with ESMTP id ABC\n\
-             \tfor <bob@localhost>; Tue, 24 Nov 2026 10:00:00 +0000\n"
+             Received: from client.test (unknown [192.0.2.7])\n\tby mx.test (Postel) with ESMTP id \
+             19AB5D7C5E3F1001A3F2\n\tfor <bob@localhost>; Tue, 24 Nov 2026 10:00:00 +0000\n"
         );
-        let local = Origin {
-            helo: "",
-            client: "unknown",
-            protocol: "local",
-            ..origin
+        let local = Envelope {
+            helo: String::new(),
+            client: None,
+            protocol: Protocol::Local,
+            ..envelope
         };
         assert!(
-            trace_headers(&local, "mx.test", "bob@localhost", now)
+            trace_headers(&local, "mx.test", "bob@localhost")
                 .contains("Received: from unknown (local submission)\n")
+        );
+    }
+
+    #[test]
+    fn an_ipv6_client_is_an_address_literal() {
+        let v6 = Envelope {
+            client: Some("::1".parse().unwrap()),
+            ..envelope()
+        };
+        assert!(
+            received(&v6, "mx.test", None)
+                .starts_with("Received: from client.test (unknown [IPv6:::1])\n"),
+            "{}",
+            received(&v6, "mx.test", None)
         );
     }
 

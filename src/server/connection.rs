@@ -295,14 +295,12 @@ fn spool_envelope(envelope: &Envelope, client: &Client) -> spool::Envelope {
     spool::Envelope {
         id: spool::QueueId::default(),
         arrival: Utc::now(),
-        client: client
-            .ip
-            .map_or_else(|| "unknown".to_string(), |ip| ip.to_string()),
+        client: client.ip,
         helo: envelope.helo.clone(),
-        protocol: envelope.protocol.as_str().to_string(),
+        protocol: envelope.protocol,
         sender: envelope.sender.to_string(),
         recipients: envelope.recipients.iter().map(|r| r.to_string()).collect(),
-        body: envelope.params.body.map(|b| b.as_str().to_string()),
+        body: envelope.params.body,
         smtputf8: envelope.params.smtputf8,
         declared_size: envelope.params.size,
     }

@@ -67,6 +67,13 @@ impl BodyType {
             BodyType::EightBitMime => "8BITMIME",
         }
     }
+
+    /// The body type [`BodyType::as_str`] names (upper case, as RFC 6152 writes it).
+    pub fn from_name(name: &str) -> Option<BodyType> {
+        [BodyType::SevenBit, BodyType::EightBitMime]
+            .into_iter()
+            .find(|b| b.as_str() == name)
+    }
 }
 
 /// Splits a command line into its verb and arguments, or answers a line that has no verb.
@@ -126,11 +133,8 @@ pub fn mail(args: &str) -> Result<MailArgs, ArgError> {
                 params.size = Some(size.ok_or(BAD_SIZE)?);
             }
             ("BODY", Some(value)) if params.body.is_none() => {
-                params.body = Some(match value.to_ascii_uppercase().as_str() {
-                    "7BIT" => BodyType::SevenBit,
-                    "8BITMIME" => BodyType::EightBitMime,
-                    _ => return Err(UNSUPPORTED_BODY.into()),
-                });
+                params.body =
+                    Some(BodyType::from_name(&value.to_ascii_uppercase()).ok_or(UNSUPPORTED_BODY)?);
             }
             ("SMTPUTF8", None) if !params.smtputf8 => params.smtputf8 = true,
             ("SIZE" | "BODY" | "SMTPUTF8", _) => {

@@ -51,21 +51,31 @@ pub enum RcptVerdict {
     RelayDenied,
 }
 
-/// HELO gives SMTP, EHLO gives ESMTP (they go into the Received header).
+/// How a message came in: HELO gives SMTP, EHLO gives ESMTP; mail that came in by no SMTP session at all
+/// (the sendmail command, notifications) is local. They go into the spool and the Received header.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Protocol {
     #[default]
     Smtp,
     Esmtp,
+    Local,
 }
 
 impl Protocol {
+    const ALL: [Protocol; 3] = [Protocol::Smtp, Protocol::Esmtp, Protocol::Local];
+
     /// The name the spool and the Received header use.
     pub fn as_str(&self) -> &'static str {
         match self {
             Protocol::Smtp => "SMTP",
             Protocol::Esmtp => "ESMTP",
+            Protocol::Local => "local",
         }
+    }
+
+    /// The protocol [`Protocol::as_str`] names.
+    pub fn from_name(name: &str) -> Option<Protocol> {
+        Protocol::ALL.into_iter().find(|p| p.as_str() == name)
     }
 }
 

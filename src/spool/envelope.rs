@@ -1,12 +1,14 @@
 //! A message's envelope (who sent it, to whom, how it arrived) and its text form in a record.
 
 use std::iter::Peekable;
+use std::net::IpAddr;
 use std::str::Split;
 
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 
 use super::format;
 use super::id::QueueId;
+use crate::smtp::{BodyType, Protocol};
 
 /// What the spool keeps about a message besides its content.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,18 +18,17 @@ pub struct Envelope {
     pub id: QueueId,
     /// When the message arrived (kept to the microsecond).
     pub arrival: DateTime<Utc>,
-    /// The client's IP address, or "unknown".
-    pub client: String,
+    /// The client's IP address; None when there is none (local submission, a client on a pipe).
+    pub client: Option<IpAddr>,
     /// The name the client gave in HELO or EHLO.
     pub helo: String,
-    /// "SMTP" (HELO), "ESMTP" (EHLO) or "local" (the sendmail command).
-    pub protocol: String,
+    pub protocol: Protocol,
     /// The bare reverse-path address; empty for the null sender.
     pub sender: String,
     /// The bare forward-path addresses ("bob@localhost", "postmaster"), in the client's order.
     pub recipients: Vec<String>,
-    /// "7BIT" or "8BITMIME" when the client gave BODY=.
-    pub body: Option<String>,
+    /// What the client gave with BODY=.
+    pub body: Option<BodyType>,
     /// Whether the client asked for SMTPUTF8.
     pub smtputf8: bool,
     /// The size the client declared with SIZE=.
@@ -39,16 +40,9 @@ impl Envelope {
     /// with '?', and the arrival time cut to whole microseconds.
     pub(super) fn sanitized(mut self) -> Envelope {
         self.arrival = self.arrival.trunc_subsecs(6);
-        let values = [
-            &mut self.client,
-            &mut self.helo,
-            &mut self.protocol,
-            &mut self.sender,
-        ];
-        values
+        [&mut self.helo, &mut self.sender]
             .into_iter()
             .chain(&mut self.recipients)
-            .chain(&mut self.body)
             .for_each(replace_controls);
         self
     }
@@ -69,12 +63,15 @@ impl Envelope {
             "arrival",
             &self.arrival.to_rfc3339_opts(SecondsFormat::Micros, true),
         );
-        line("client", &self.client);
+        match self.client {
+            Some(ip) => line("client", &ip.to_string()),
+            None => line("client", UNKNOWN_CLIENT),
+        }
         line("helo", &self.helo);
-        line("protocol", &self.protocol);
+        line("protocol", self.protocol.as_str());
         line("sender", &format!("<{}>", self.sender));
-        if let Some(body) = &self.body {
-            line("body", body);
+        if let Some(body) = self.body {
+            line("body", body.as_str());
         }
         if self.smtputf8 {
             line("smtputf8", "yes");
@@ -112,11 +109,22 @@ impl Envelope {
             arrival: DateTime::parse_from_rfc3339(fields.required("arrival")?)
                 .map_err(|e| format!("bad arrival: {e}"))?
                 .with_timezone(&Utc),
-            client: fields.required("client")?.to_string(),
+            client: match fields.required("client")? {
+                UNKNOWN_CLIENT => None,
+                ip => Some(ip.parse().map_err(|_| format!("bad client {ip:?}"))?),
+            },
             helo: fields.required("helo")?.to_string(),
-            protocol: fields.required("protocol")?.to_string(),
+            protocol: {
+                let name = fields.required("protocol")?;
+                Protocol::from_name(name).ok_or_else(|| format!("bad protocol {name:?}"))?
+            },
             sender: angle_addr(fields.required("sender")?)?,
-            body: fields.optional("body").map(str::to_string),
+            body: match fields.optional("body") {
+                None => None,
+                Some(name) => {
+                    Some(BodyType::from_name(name).ok_or_else(|| format!("bad body {name:?}"))?)
+                }
+            },
             smtputf8: match fields.optional("smtputf8") {
                 None => false,
                 Some("yes") => true,
@@ -149,6 +157,9 @@ pub(super) fn version(bytes: &[u8]) -> Option<u32> {
         Some(parsed) => parsed.ok(),
     }
 }
+
+/// The client line of a message that came from no IP address.
+const UNKNOWN_CLIENT: &str = "unknown";
 
 /// The lines of an envelope, taken in order.
 struct Fields<'a>(Peekable<Split<'a, char>>);
@@ -196,12 +207,12 @@ mod tests {
             id: "19AB5D7C5E3F1001A3F2".parse().unwrap(),
             arrival: Utc.with_ymd_and_hms(2026, 11, 24, 5, 3, 1).unwrap()
                 + chrono::Duration::microseconds(123_456),
-            client: "127.0.0.1".to_string(),
+            client: Some("127.0.0.1".parse().unwrap()),
             helo: "client.example".to_string(),
-            protocol: "ESMTP".to_string(),
+            protocol: Protocol::Esmtp,
             sender: "alice@example.org".to_string(),
             recipients: vec!["bob@localhost".to_string(), "postmaster".to_string()],
-            body: Some("8BITMIME".to_string()),
+            body: Some(BodyType::EightBitMime),
             smtputf8: true,
             declared_size: Some(1234),
         }
@@ -252,6 +263,23 @@ mod tests {
         let text = envelope.encode();
         assert!(text.contains("sender <>\n") && !text.contains("size"));
         assert_eq!(Envelope::parse(text.as_bytes()), Ok(envelope));
+        let local = Envelope {
+            client: None,
+            protocol: Protocol::Local,
+            ..example()
+        };
+        let text = local.encode();
+        assert!(text.contains("client unknown\n") && text.contains("protocol local\n"));
+        assert_eq!(Envelope::parse(text.as_bytes()), Ok(local));
+        let v6 = Envelope {
+            client: Some("::1".parse().unwrap()),
+            protocol: Protocol::Smtp,
+            body: Some(BodyType::SevenBit),
+            ..example()
+        };
+        let text = v6.encode();
+        assert!(text.contains("client ::1\n") && text.contains("body 7BIT\n"));
+        assert_eq!(Envelope::parse(text.as_bytes()), Ok(v6));
     }
 
     #[test]
@@ -286,6 +314,15 @@ mod tests {
             (format!("{good}extra line\n"), "unexpected line"),
             (good.trim_end().to_string(), "newline"),
             (good.replace("19AB5D7C5E3F1001A3F2", "1"), "bad id"),
+            (
+                good.replace("client 127.0.0.1", "client 127.1"),
+                "bad client",
+            ),
+            (
+                good.replace("protocol ESMTP", "protocol esmtp"),
+                "bad protocol",
+            ),
+            (good.replace("body 8BITMIME", "body BINARYMIME"), "bad body"),
         ];
         for (text, what) in cases {
             let error = Envelope::parse(text.as_bytes()).unwrap_err();

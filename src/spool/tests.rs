@@ -17,12 +17,12 @@ pub(super) fn envelope(recipients: &[&str]) -> Envelope {
     Envelope {
         id: QueueId::default(),
         arrival: Utc::now(),
-        client: "127.0.0.1".to_string(),
+        client: Some("127.0.0.1".parse().unwrap()),
         helo: "client.example".to_string(),
-        protocol: "ESMTP".to_string(),
+        protocol: crate::smtp::Protocol::Esmtp,
         sender: "alice@example.org".to_string(),
         recipients: recipients.iter().map(|r| r.to_string()).collect(),
-        body: Some("8BITMIME".to_string()),
+        body: Some(crate::smtp::BodyType::EightBitMime),
         smtputf8: false,
         declared_size: None,
     }
