@@ -89,6 +89,9 @@ pub struct Config {
     pub command_timeout: Duration,
     /// How long the server waits for the next piece of message content (`data_timeout`).
     pub data_timeout: Duration,
+    /// Bytes a second message content must average after the first `data_timeout`; 0: no minimum
+    /// (`min_data_rate`).
+    pub min_data_rate: u64,
     /// How long sessions in flight may take to finish after SIGTERM (`shutdown_grace`).
     pub shutdown_grace: Duration,
     /// Where log lines go (`log`); inetd mode uses syslog when stderr may be the client's socket.
@@ -435,8 +438,28 @@ pub const KEYS: &[Key] = &[
         max_connections_per_client,
         "simultaneous connections from one untrusted address; beyond it, `421 4.3.2`"
     ),
-    duration_key!(command_timeout, "how long to wait for a command"),
-    duration_key!(data_timeout, "how long to wait for more message content"),
+    duration_key!(
+        command_timeout,
+        "how long a client may be silent between commands, and how long one command line may take to arrive from its first byte; then `421 4.4.2`"
+    ),
+    duration_key!(
+        data_timeout,
+        "how long message content (DATA, BDAT) may pause; then `421 4.4.2`"
+    ),
+    Key {
+        name: "min_data_rate",
+        kind: "bytes per second",
+        default: None,
+        doc: "message content must average this rate once it has taken longer than `data_timeout` (as Postfix's `smtpd_min_data_rate`); slower gets `421 4.4.2`; `0`: no minimum",
+        set: |c, v| {
+            c.min_data_rate = match v.as_integer() {
+                Some(n) if n >= 0 => n as u64,
+                _ => return Err("expected a number of bytes per second (0 for no minimum)".into()),
+            };
+            Ok(())
+        },
+        get: |c| integer(c.min_data_rate),
+    },
     duration_key!(
         shutdown_grace,
         "how long sessions in flight may take to finish after SIGTERM"
@@ -737,6 +760,7 @@ impl Config {
             max_connections_per_client: 20,
             command_timeout: Duration::from_secs(5 * 60),
             data_timeout: Duration::from_secs(10 * 60),
+            min_data_rate: 500,
             shutdown_grace: Duration::from_secs(30),
             log: LogTarget::Stderr,
             syslog_socket: PathBuf::from(DEFAULT_SYSLOG_SOCKET),

@@ -13,6 +13,7 @@ use log::{debug, info, warn};
 use crate::config::{Config, MAX_LINE_LIMIT};
 use crate::delivery::aliases::Aliases;
 use crate::delivery::scheduler::SchedulerHandle;
+use crate::server::pace::{Limits, Pace};
 use crate::server::policy::ServerPolicy;
 use crate::server::reload::Reloaded;
 use crate::smtp::{Detail, Envelope, Reply, Session, SessionParams, Step};
@@ -105,6 +106,14 @@ pub fn run(transport: &mut dyn Transport, client: &Client, session_id: &str, sha
         start: 0,
         end: 0,
         message: None,
+        pace: Pace::new(
+            Limits {
+                command_timeout: config.command_timeout,
+                data_timeout: config.data_timeout,
+                min_data_rate: config.min_data_rate,
+            },
+            started,
+        ),
     };
     session.greeting();
     let outcome = driver.drive(&mut session);
@@ -148,6 +157,8 @@ struct Driver<'a> {
     end: usize,
     /// The message being received, between StartMessage and its end.
     message: Option<MessageWriter>,
+    /// How slow the client has been.
+    pace: Pace,
 }
 
 impl Driver<'_> {
@@ -161,15 +172,22 @@ impl Driver<'_> {
                 match step {
                     Step::NeedInput => break,
                     Step::StartMessage => {
-                        self.message = Some(self.begin_message(session.envelope()))
+                        self.message = Some(self.begin_message(session.envelope()));
+                        self.pace.content_begins(Instant::now());
                     }
                     Step::Data(content) => {
                         if let Some(writer) = &mut self.message {
                             writer.write(content);
                         }
                     }
-                    Step::EndMessage => self.end_message(session),
-                    Step::AbortMessage => self.message = None,
+                    Step::EndMessage => {
+                        self.end_message(session);
+                        self.content_ended();
+                    }
+                    Step::AbortMessage => {
+                        self.message = None;
+                        self.content_ended();
+                    }
                     Step::Close => return self.flush(session),
                 }
             }
@@ -182,6 +200,13 @@ impl Driver<'_> {
                 ));
             }
         }
+    }
+
+    /// Back to commands: a line may already have begun in the input read with the end of the message.
+    fn content_ended(&mut self) {
+        let pending = &self.input[self.start..self.end];
+        let partial_line = pending.last().is_some_and(|&b| b != b'\n');
+        self.pace.content_ends(partial_line, Instant::now());
     }
 
     fn begin_message(&self, envelope: &Envelope) -> MessageWriter {
@@ -237,26 +262,23 @@ impl Driver<'_> {
         }
     }
 
-    /// Reads more input; Ok(false) at end of input. Waits at most the command or data timeout, and stops waiting
-    /// for an idle client when the server shuts down.
+    /// Reads more input; Ok(false) at end of input. Says 421 and fails when the client is slower than the
+    /// limits allow (see [`Pace`]), and stops waiting for an idle client when the server shuts down.
     fn fill_input(&mut self, session: &mut Session) -> io::Result<bool> {
         if self.end == self.input.len() {
             return Err(io::Error::other(
                 "the session left a full input buffer unconsumed",
             ));
         }
-        let config = &self.shared.config;
-        let timeout = if self.message.is_some() {
-            config.data_timeout
-        } else {
-            config.command_timeout
-        };
-        let waiting_since = Instant::now();
         loop {
-            match self.transport.read(&mut self.input[self.end..]) {
+            let read = self.transport.read(&mut self.input[self.end..]);
+            let now = Instant::now();
+            match read {
                 Ok(0) => return Ok(false),
                 Ok(n) => {
+                    self.pace.received(&self.input[self.end..self.end + n], now);
                     self.end += n;
+                    self.check_pace(session, now)?;
                     return Ok(true);
                 }
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
@@ -267,26 +289,36 @@ impl Driver<'_> {
                             Detail::NotAcceptingMessages,
                             format!(
                                 "{} Service shutting down, closing connection",
-                                config.hostname
+                                self.shared.config.hostname
                             ),
                         ));
                         self.flush(session)?;
                         return Err(io::Error::other("server shutting down"));
                     }
-                    if waiting_since.elapsed() >= timeout {
-                        session.shutdown(Reply::new(
-                            421,
-                            Detail::BadConnection,
-                            format!("{} Error: timeout exceeded", config.hostname),
-                        ));
-                        self.flush(session)?;
-                        return Err(io::Error::new(ErrorKind::TimedOut, "timeout exceeded"));
-                    }
+                    self.check_pace(session, now)?;
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Says `421 4.4.2` and fails when the client went past a time limit.
+    fn check_pace(&mut self, session: &mut Session, now: Instant) -> io::Result<()> {
+        let Err(overdue) = self.pace.check(now) else {
+            return Ok(());
+        };
+        session.shutdown(Reply::new(
+            421,
+            Detail::BadConnection,
+            format!(
+                "{} Error: {}",
+                self.shared.config.hostname,
+                overdue.reason()
+            ),
+        ));
+        self.flush(session)?;
+        Err(io::Error::new(ErrorKind::TimedOut, overdue.reason()))
     }
 }
 

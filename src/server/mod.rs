@@ -3,6 +3,7 @@
 pub mod connection;
 pub mod inetd;
 pub mod listener;
+pub mod pace;
 pub mod policy;
 pub mod pool;
 pub mod reload;
