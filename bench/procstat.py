@@ -93,7 +93,8 @@ class Meter:
 
 
 def wait_idle(server, quiet_steps=3, step=0.1, timeout=60):
-    """Waits until the server has work no longer queued and has used no CPU for `quiet_steps` steps in a row."""
+    """Waits until the server has nothing queued any more and has used no CPU for `quiet_steps` steps in a row;
+    False when it is still busy after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     last, still = server.cpu_ticks(), 0
     while time.monotonic() < deadline:

@@ -11,9 +11,9 @@ import time
 
 import reference
 import servers
-from net import free_port
 from case import POSTEL, POSTFIX, Case, timed
 from load import Stream
+from net import free_port
 
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
 
