@@ -798,7 +798,7 @@ fn leftover_pid(name: &str) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::TempDir;
+    use crate::testing::{TempDir, tool};
     use std::io::BufReader;
     use std::process::{Command, Stdio};
 
@@ -1129,15 +1129,12 @@ mod tests {
                       fcntl.lockf(f, fcntl.LOCK_EX)\n\
                       print('locked', flush=True)\n\
                       time.sleep(1)\n";
-        let Ok(mut holder) = Command::new("python3")
+        let mut holder = Command::new(tool("python3", "python3"))
             .args(["-c", script])
             .arg(mailbox(&dir))
             .stdout(Stdio::piped())
             .spawn()
-        else {
-            eprintln!("python3 not found: skipping");
-            return;
-        };
+            .unwrap();
         let mut said = String::new();
         BufReader::new(holder.stdout.take().unwrap())
             .read_line(&mut said)
@@ -1286,14 +1283,11 @@ mod tests {
         }
         let script =
             "import mailbox, sys\nfor m in mailbox.mbox(sys.argv[1]): print(m['Subject'])\n";
-        let Ok(out) = Command::new("python3")
+        let out = Command::new(tool("python3", "python3"))
             .args(["-c", script])
             .arg(mailbox(&dir))
             .output()
-        else {
-            eprintln!("python3 not found: skipping");
-            return;
-        };
+            .unwrap();
         assert!(
             out.status.success(),
             "{}",

@@ -1492,21 +1492,18 @@ mod tests {
         }
     }
 
-    /// Three messages on one connection to Postfix's smtp-sink, when it is installed.
+    /// Three messages on one connection to Postfix's smtp-sink.
     #[test]
     fn relays_three_messages_to_smtp_sink() {
         use std::os::unix::fs::MetadataExt;
-        let sink = std::path::Path::new("/usr/sbin/smtp-sink");
-        if !sink.exists() {
-            return;
-        }
+        let sink = crate::testing::tool("/usr/sbin/smtp-sink", "postfix");
         let dump = std::env::temp_dir().join(format!("postel-client-sink-{}", std::process::id()));
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let mut command = std::process::Command::new(sink);
+        let mut command = std::process::Command::new(&sink);
         if std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
             command.args(["-u", "root"]);
         }

@@ -393,15 +393,12 @@ impl Drop for Dnsmasq {
     }
 }
 
-/// A running dnsmasq, or `None` (with a note) if it is not installed.
-fn dnsmasq() -> Option<Dnsmasq> {
-    if !Path::new(DNSMASQ).exists() {
-        eprintln!("skipping: {DNSMASQ} is not installed (apt-get install dnsmasq-base)");
-        return None;
-    }
+/// A running dnsmasq.
+fn dnsmasq() -> Dnsmasq {
+    let program = crate::testing::tool(DNSMASQ, "dnsmasq-base");
     for _ in 0..5 {
         let server = closed_port();
-        let child = Command::new(DNSMASQ)
+        let child = Command::new(&program)
             .args([
                 "--no-daemon",
                 "--conf-file=/dev/null",
@@ -420,7 +417,7 @@ fn dnsmasq() -> Option<Dnsmasq> {
         let probe = Resolver::new(vec![server], Duration::from_millis(100));
         for _ in 0..100 {
             if probe.addresses("ready.test").is_ok() {
-                return Some(dnsmasq);
+                return dnsmasq;
             }
             if dnsmasq.child.try_wait().unwrap().is_some() {
                 break; // Its port was taken after all: try another.
@@ -433,7 +430,7 @@ fn dnsmasq() -> Option<Dnsmasq> {
 
 #[test]
 fn dnsmasq_mx_records_sorted_by_preference() {
-    let Some(dnsmasq) = dnsmasq() else { return };
+    let dnsmasq = dnsmasq();
     let resolver = resolver(&[dnsmasq.server]);
     let route = resolver.mx("Example.Test.").unwrap();
     assert_eq!(
@@ -451,7 +448,7 @@ fn dnsmasq_mx_records_sorted_by_preference() {
 
 #[test]
 fn dnsmasq_no_mx_is_an_implicit_mx() {
-    let Some(dnsmasq) = dnsmasq() else { return };
+    let dnsmasq = dnsmasq();
     let resolver = resolver(&[dnsmasq.server]);
     assert_eq!(resolver.mx("plain.test").unwrap(), Route::Implicit);
     assert_eq!(
@@ -462,7 +459,7 @@ fn dnsmasq_no_mx_is_an_implicit_mx() {
 
 #[test]
 fn dnsmasq_null_mx() {
-    let Some(dnsmasq) = dnsmasq() else { return };
+    let dnsmasq = dnsmasq();
     assert_eq!(
         resolver(&[dnsmasq.server]).mx("nullmx.test").unwrap(),
         Route::NullMx
@@ -471,7 +468,7 @@ fn dnsmasq_null_mx() {
 
 #[test]
 fn dnsmasq_addresses_ipv4_first_through_a_cname() {
-    let Some(dnsmasq) = dnsmasq() else { return };
+    let dnsmasq = dnsmasq();
     let resolver = resolver(&[dnsmasq.server]);
     let expected = [IpAddr::from([127, 0, 0, 5]), "::5".parse().unwrap()];
     assert_eq!(resolver.addresses("dual.test").unwrap(), expected);
@@ -480,7 +477,7 @@ fn dnsmasq_addresses_ipv4_first_through_a_cname() {
 
 #[test]
 fn dnsmasq_missing_names_are_not_found() {
-    let Some(dnsmasq) = dnsmasq() else { return };
+    let dnsmasq = dnsmasq();
     let resolver = resolver(&[dnsmasq.server]);
     let missing = resolver.mx("missing.test");
     assert!(
