@@ -2,8 +2,11 @@
 
 `SmtpConn` reads whole replies (multi-line included) with a deadline, so no
 test can hang; `Postel` is one `postel serve` on a free 127.0.0.1 port with
-its own config, spool and mailboxes in a folder. The binary is $POSTEL_BIN,
-or target/debug/postel in the repository.
+its own config, spool and mailboxes in a folder; `postel(args, config)` runs
+one command of the binary; `wait_until(pred, timeout)` polls a condition with
+a deadline. The binary is $POSTEL_BIN, or target/debug/postel in the
+repository. Servers log at $POSTEL_TEST_RUST_LOG (debug by default), commands
+at $POSTEL_TEST_RUST_LOG (info by default).
 """
 
 import functools
@@ -26,6 +29,36 @@ START_TIMEOUT = 10.0
 REPLY_TIMEOUT = 10.0
 ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
 QUEUED = re.compile(r"queued as ([0-9A-F]{20})")
+
+
+def wait_until(predicate, timeout=20.0, step=0.05):
+    """True once `predicate()` is true; False when `timeout` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(step)
+
+
+def postel(args, config=None, input=None, env=None, timeout=30, check=False):
+    """Runs the postel binary with `args` (the config goes right after the subcommand when given)."""
+    argv = [str(POSTEL_BIN)] + list(args)
+    if config is not None:
+        argv[2:2] = ["--config", str(config)]
+    full_env = dict(os.environ)
+    full_env.pop("POSTEL_CONFIG", None)
+    full_env["RUST_LOG"] = full_env.get("POSTEL_TEST_RUST_LOG", "info")
+    for key, value in (env or {}).items():
+        if value is None:
+            full_env.pop(key, None)
+        else:
+            full_env[key] = value
+    run = subprocess.run(argv, input=input, capture_output=True, timeout=timeout, env=full_env)
+    if check:
+        assert run.returncode == 0, f"{argv} exited {run.returncode}: {run.stderr.decode(errors='replace')}"
+    return run
 
 
 def free_port():

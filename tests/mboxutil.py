@@ -1,14 +1,18 @@
 """What the delivery tests share: config for a delivering server, polling, reading mailboxes, mutt, the CLI.
 
     DELIVER                       config keys that turn delivery on, with short retries
-    wait_until(pred, timeout)     polls a condition with a deadline (never an unbounded loop)
     messages(path)                the raw messages of an mbox file, checked for the mboxrd shape
     python_mbox(path)             every message through Python's mailbox.mbox (the bytes after the From_ line)
+    mbox_messages(path)           the same, parsed into email.message.EmailMessage objects
+    message_ids(path)             the Message-ID of each of them
     strip_trace(raw)              a delivered message without the Return-Path/Delivered-To/Received lines
     mutt_message_ids(path)        what mutt sees in a mailbox: one Message-ID (or None) per message
-    postel(args, ...)             runs the postel binary (queue, sendmail, ...) with a timeout
+    sent_lines(log, qid, to)      the log's `status=sent` lines, of one message or to one recipient
+    queue_list(config)            `postel queue list`
 """
 
+import email
+import email.policy
 import mailbox
 import os
 import pty
@@ -19,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from helpers import POSTEL_BIN, free_port
+from helpers import free_port, postel
 
 # A loopback port nothing listens on: mail for other hosts goes there (connection refused: deferred, 4.4.1), and so
 # do DNS queries, so nothing leaves 127.0.0.0/8.
@@ -44,17 +48,6 @@ def deliver(**keys):
 
 FROM_LINE = re.compile(rb"^From (\S+) (\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4})$")
 TRACE = (b"return-path:", b"delivered-to:", b"received:")
-
-
-def wait_until(predicate, timeout=20.0, step=0.05):
-    """True once `predicate()` is true; False when `timeout` seconds pass first."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(step)
 
 
 def messages(path):
@@ -133,7 +126,9 @@ def as_delivered(sent):
 
 
 def python_mbox(path, lock=False):
-    """Every message of the mbox as Python's mailbox.mbox reads it: [(from_line, bytes after it)]."""
+    """Every message of the mbox as Python's mailbox.mbox reads it: [(from_line, bytes after it)]; [] without a file."""
+    if not Path(path).exists():
+        return []
     box = mailbox.mbox(str(path), create=False)
     try:
         if lock:
@@ -147,15 +142,14 @@ def python_mbox(path, lock=False):
         box.close()
 
 
+def mbox_messages(path):
+    """The messages of an mbox file as email.message.EmailMessage objects ([] when there is no file)."""
+    return [email.message_from_bytes(raw, policy=email.policy.default) for _, raw in python_mbox(path)]
+
+
 def message_ids(path):
     """The Message-ID of every message in the mbox (None for a message without one), by Python's email parser."""
-    if not Path(path).exists():
-        return []
-    box = mailbox.mbox(str(path), create=False)
-    try:
-        return [box.get_message(k)["Message-ID"] for k in box.keys()]
-    finally:
-        box.close()
+    return [email.message_from_bytes(raw)["Message-ID"] for _, raw in python_mbox(path)]
 
 
 def mutt_message_ids(path, timeout=15.0):
@@ -215,25 +209,6 @@ def mutt_message_ids(path, timeout=15.0):
         return [line[2:] or None for line in lines]
 
 
-def postel(args, config=None, input=None, env=None, timeout=30, check=False):
-    """Runs the postel binary with `args` (the config goes right after the subcommand when given)."""
-    argv = [str(POSTEL_BIN)] + list(args)
-    if config is not None:
-        argv[2:2] = ["--config", str(config)]
-    full_env = dict(os.environ)
-    full_env.pop("POSTEL_CONFIG", None)
-    full_env["RUST_LOG"] = full_env.get("POSTEL_TEST_RUST_LOG", "info")
-    for key, value in (env or {}).items():
-        if value is None:
-            full_env.pop(key, None)
-        else:
-            full_env[key] = value
-    run = subprocess.run(argv, input=input, capture_output=True, timeout=timeout, env=full_env)
-    if check:
-        assert run.returncode == 0, f"{argv} exited {run.returncode}: {run.stderr.decode(errors='replace')}"
-    return run
-
-
 def queue_list(config, **kw):
     """`postel queue list` output (text); asserts exit 0."""
     run = postel(["queue", "list"], config, check=True, **kw)
@@ -244,17 +219,12 @@ def queue_empty(config):
     return "Mail queue is empty" in queue_list(config)
 
 
-def queue_files(spool):
-    queue = Path(spool) / "queue"
-    return sorted(p.name for p in queue.iterdir()) if queue.is_dir() else []
-
-
-def sent_lines(log, queue_id=None):
-    """The log's `status=sent` lines (of one queue id)."""
-    pattern = rf"^.*{queue_id or '[0-9A-F]{20}'}: to=.*status=sent.*$"
-    return re.findall(pattern, log, re.M)
-
-
-def sent_to(log, user):
-    """The log's `status=sent` lines for deliveries into <mailbox_dir>/<user>."""
-    return re.findall(rf"^.*: to=<{re.escape(user)}>.*status=sent.*$", log, re.M)
+def sent_lines(log, queue_id=None, to=None):
+    """The log's `status=sent` lines, of one queue id and to one recipient when given. `to` is a user or an address;
+    a delivery into a local mailbox is logged as to=<user> (via <address>), so an address also matches its user."""
+    qid = queue_id or "[0-9A-F]{20}"
+    if to is None:
+        return re.findall(rf"^.*{qid}: to=.*status=sent.*$", log, re.M)
+    user = to.split("@")[0].lower()
+    rcpt = f"(?:{re.escape(to)}|{re.escape(user)})"
+    return re.findall(rf"^.*{qid}: to=<{rcpt}>.*status=sent.*$", log, re.M)

@@ -7,7 +7,6 @@
     lab.receiver(ip, ...)         a second `postel serve` listening on ip:REMOTE (and 127.0.0.1:<probe port>)
     lab.sender(**config)          the sending `postel serve` (delivery on, relaying through lab's DNS and REMOTE port)
     dsns(server, user, count)     waits for `count` messages in a user's mailbox and parses the delivery reports
-    wait_until(pred, timeout)     polls with a deadline
 
 Every remote server listens on the same port (`lab.remote_port`) on its own loopback address, as the sending server
 reaches every MX host on `remote_port`. Nothing here sends a packet off 127.0.0.0/8, and every wait is bounded.
@@ -15,7 +14,6 @@ reaches every MX host on `remote_port`. Nothing here sends a packet off 127.0.0.
 
 import email
 import email.policy
-import mailbox
 import os
 import random
 import re
@@ -31,7 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import POSTEL_BIN, Postel, free_port
+from helpers import Postel, free_port, wait_until
+from mboxutil import mbox_messages, sent_lines
 
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
@@ -52,17 +51,6 @@ EXAMPLE_ZONE = [
     "--mx-host=loop2.test,postel.test,10",
     "--mx-host=loop2.test,mx2.example.test,20",
 ]
-
-
-def wait_until(predicate, timeout=20.0, step=0.05):
-    """True once `predicate()` is true; False when `timeout` seconds pass first."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(step)
 
 
 def port_free_everywhere(port, ips):
@@ -530,31 +518,13 @@ class ListeningPostel(Postel):
         super()._wait_ready()
 
 
-def mbox_messages(path):
-    """The messages of an mbox file as email.message.EmailMessage objects ([] when there is no file)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    box = mailbox.mbox(str(path), create=False)
-    try:
-        return [email.message_from_bytes(box.get_bytes(key), policy=email.policy.default) for key in box.keys()]
-    finally:
-        box.close()
-
-
-def sent_lines(log, address):
-    """`status=sent` lines for one local recipient: logged as to=<address> or to=<user> (via <address>)."""
-    user = address.split("@")[0].lower()
-    return re.findall(rf"^.*: to=<(?:{re.escape(address)}|{re.escape(user)})>.*status=sent.*$", log, re.M)
-
-
 def wait_local(server, user, count, address=None, timeout=20.0):
     """Waits until `server` logged `count` deliveries to <user@...> and returns that mailbox's messages."""
     address = address or f"{user}@localhost"
-    ok = wait_until(lambda: len(sent_lines(server.log(), address)) >= count, timeout)
+    ok = wait_until(lambda: len(sent_lines(server.log(), to=address)) >= count, timeout)
     got = mbox_messages(server.mailboxes / user)
     assert ok and len(got) >= count, (
-        f"{server.mailboxes / user}: {len(got)} messages, {len(sent_lines(server.log(), address))} logged, "
+        f"{server.mailboxes / user}: {len(got)} messages, {len(sent_lines(server.log(), to=address))} logged, "
         f"expected {count}; log tail:\n{server.log()[-3000:]}")
     return got
 
@@ -589,17 +559,6 @@ def dsns(server, user, count, timeout=20.0):
         per_message, per_recipient = report_fields(msg)
         out.append((msg, per_message, per_recipient))
     return out
-
-
-def run_postel(args, config, input=None, timeout=30):
-    """Runs `postel <subcommand> --config CFG <rest>`; args[0] is the subcommand (and args[1] for `queue ...`)."""
-    args = list(args)
-    split = 2 if args[0] == "queue" else 1
-    argv = [str(POSTEL_BIN)] + args[:split] + ["--config", str(config)] + args[split:]
-    env = dict(os.environ)
-    env.pop("POSTEL_CONFIG", None)
-    env["RUST_LOG"] = "info"
-    return subprocess.run(argv, input=input, capture_output=True, timeout=timeout, env=env)
 
 
 # --------------------------------------------------------------------------------------------------------------------

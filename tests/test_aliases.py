@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from helpers import REPO
-from mboxutil import deliver, message_ids, messages, queue_empty, strip_trace, wait_until
+from helpers import REPO, wait_until
+from mboxutil import deliver, message_ids, messages, queue_empty, strip_trace
 
 USERS = ["alice", "bob", "carol"]
 

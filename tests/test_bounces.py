@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mboxutil import DELIVER, deliver, messages, message_ids, queue_empty, sent_to, strip_trace, wait_until
+from helpers import wait_until
+from mboxutil import DELIVER, deliver, messages, message_ids, queue_empty, sent_lines, strip_trace
 
 
 def prefill(path, size):
@@ -81,7 +82,7 @@ def test_mailbox_over_limit_bounces_once_with_a_dsn(make_postel):
     bob = postel.mailboxes / "bob"
     before = prefill(bob, 1900)
     qid = send(postel, "alice@localhost", ["bob@localhost"], msg("too big for bob"))
-    assert wait_until(lambda: sent_to(postel.log(), "alice"), 15), f"no DSN for alice:\n{postel.log()[-2000:]}"
+    assert wait_until(lambda: sent_lines(postel.log(), to="alice"), 15), f"no DSN for alice:\n{postel.log()[-2000:]}"
     wait_quiet(postel)
     assert bob.read_bytes() == before, "bob's mailbox changed"
     got = messages(postel.mailboxes / "alice")
@@ -108,7 +109,7 @@ def test_null_sender_failure_goes_to_postmaster_once(make_postel):
     postel = make_postel(**deliver(mailbox_size_limit=2000))
     prefill(postel.mailboxes / "bob", 1900)
     send(postel, "", ["bob@localhost"], msg("bounce of a bounce"))
-    assert wait_until(lambda: sent_to(postel.log(), "root"), 15), f"nothing for postmaster:\n{postel.log()[-2000:]}"
+    assert wait_until(lambda: sent_lines(postel.log(), to="root"), 15), f"nothing for postmaster:\n{postel.log()[-2000:]}"
     wait_quiet(postel)
     got = messages(postel.mailboxes / "root")
     assert len(got) == 1, f"{len(got)} messages in root's mailbox, expected one"
@@ -143,7 +144,7 @@ def test_a_failing_notification_is_dropped_not_looped(make_postel):
 def test_delivered_to_loop_bounces_5_4_6(make_postel):
     postel = make_postel(**DELIVER)
     send(postel, "bob@localhost", ["alice@localhost"], msg("looping", b"Delivered-To: alice@localhost\r\n"))
-    assert wait_until(lambda: sent_to(postel.log(), "bob"), 15), postel.log()[-2000:]
+    assert wait_until(lambda: sent_lines(postel.log(), to="bob"), 15), postel.log()[-2000:]
     wait_quiet(postel)
     assert not (postel.mailboxes / "alice").exists() or messages(postel.mailboxes / "alice") == []
     ((_, raw),) = messages(postel.mailboxes / "bob")
@@ -160,14 +161,14 @@ def test_too_many_received_headers_bounce_5_4_6(make_postel, received, loops):
     data = trace + msg(f"hops {received}")
     send(postel, "bob@localhost", ["alice@localhost"], data)
     if loops:
-        assert wait_until(lambda: sent_to(postel.log(), "bob"), 15), postel.log()[-2000:]
+        assert wait_until(lambda: sent_lines(postel.log(), to="bob"), 15), postel.log()[-2000:]
         wait_quiet(postel)
         assert not (postel.mailboxes / "alice").exists()
         ((_, raw),) = messages(postel.mailboxes / "bob")
         _, _, per_rcpt, _ = dsn(strip_trace(raw))
         assert per_rcpt[0]["Status"].strip() == "5.4.6", per_rcpt[0]
     else:
-        assert wait_until(lambda: sent_to(postel.log(), "alice"), 15), postel.log()[-2000:]
+        assert wait_until(lambda: sent_lines(postel.log(), to="alice"), 15), postel.log()[-2000:]
         wait_quiet(postel)
         assert message_ids(postel.mailboxes / "alice") == [f"<hops.{received}@bounce.test>"]
         assert not (postel.mailboxes / "bob").exists()

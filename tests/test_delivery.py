@@ -17,10 +17,9 @@ import time
 
 import pytest
 
-from helpers import HOSTNAME, transaction
-from mboxutil import (DELIVER, as_delivered, lf, message_ids, messages, mutt_message_ids, python_mbox, sent_to,
-                      strip_trace,
-                      trace_headers, unquote, wait_until)
+from helpers import HOSTNAME, transaction, wait_until
+from mboxutil import (DELIVER, as_delivered, lf, message_ids, messages, mutt_message_ids, python_mbox, sent_lines,
+                      strip_trace, trace_headers, unquote)
 
 
 def delivered(postel, user, count, timeout=20.0):
@@ -28,7 +27,7 @@ def delivered(postel, user, count, timeout=20.0):
     path = postel.mailboxes / user
     # The log line comes after the append and fsync: the mailbox is complete then (reading it earlier, without the
     # lock, may see a delivery half-way).
-    ok = wait_until(lambda: len(sent_to(postel.log(), user)) >= count, timeout)
+    ok = wait_until(lambda: len(sent_lines(postel.log(), to=user)) >= count, timeout)
     got = messages(path)
     assert ok and len(got) == count, f"{path}: {len(got)} messages, expected {count}; log tail:\n{postel.log()[-2000:]}"
     return got

@@ -12,7 +12,8 @@ import subprocess
 import pytest
 
 import spool
-from mboxutil import DELIVER, message_ids, messages, sent_to, wait_until
+from helpers import wait_until
+from mboxutil import DELIVER, message_ids, messages, sent_lines
 
 
 def _try(argv):
@@ -84,7 +85,7 @@ def test_full_spool_answers_452_and_keeps_nothing_half_written(make_postel, smal
     postel = make_postel(**DELIVER, spool_dir=str(spool_dir))
     r, _ = send(postel, "before", 1000)
     assert r.code == 250, r
-    assert wait_until(lambda: sent_to(postel.log(), "alice"), 10)
+    assert wait_until(lambda: sent_lines(postel.log(), to="alice"), 10)
     filler = fill(spool_dir, leave=16 * 1024)
     results = {}
     for subject, size in (("small1", 1000), ("large1", 300_000), ("small2", 1000), ("large2", 600_000)):
@@ -110,7 +111,7 @@ def test_full_spool_answers_452_and_keeps_nothing_half_written(make_postel, smal
     r, _ = send(postel, "after", 1000)
     assert r.code == 250, r
     accepted = ["before"] + [s for s, (r, _) in results.items() if r.code == 250] + ["after"]
-    assert wait_until(lambda: len(sent_to(postel.log(), "alice")) >= len(accepted), 15), postel.log()[-2000:]
+    assert wait_until(lambda: len(sent_lines(postel.log(), to="alice")) >= len(accepted), 15), postel.log()[-2000:]
     assert sorted(message_ids(postel.mailboxes / "alice")) == sorted(f"<{s}@disk.test>" for s in accepted)
 
 
@@ -121,7 +122,7 @@ def test_full_mailbox_disk_defers_and_the_retry_delivers(make_postel, small_fs):
     box = mail_dir / "alice"
     r, _ = send(postel, "first", 2000)
     assert r.code == 250, r
-    assert wait_until(lambda: sent_to(postel.log(), "alice"), 10)
+    assert wait_until(lambda: sent_lines(postel.log(), to="alice"), 10)
     before = box.read_bytes()
     filler = fill(mail_dir, leave=16 * 1024)  # the next append gets part-way, then ENOSPC
     r, _ = send(postel, "second", 200_000)
@@ -134,7 +135,7 @@ def test_full_mailbox_disk_defers_and_the_retry_delivers(make_postel, small_fs):
     assert wait_until(lambda: postel.log().count(f"{r.queue_id}: to=<alice>") >= 2, 10), postel.log()[-2000:]
     assert box.read_bytes() == before
     filler.unlink()
-    assert wait_until(lambda: sent_to(postel.log(), "alice")[1:], 15), (
+    assert wait_until(lambda: sent_lines(postel.log(), to="alice")[1:], 15), (
         f"not delivered after space was freed:\n{postel.log()[-2000:]}")
     assert message_ids(box) == ["<first@disk.test>", "<second@disk.test>"]
     ((_, raw1), (_, raw2)) = messages(box)

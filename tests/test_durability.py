@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from helpers import POSTEL_BIN, SmtpConn, write_config
-from mboxutil import DELIVER, message_ids, messages, queue_files, queue_list, wait_until
+from helpers import POSTEL_BIN, SmtpConn, wait_until, write_config
+from mboxutil import DELIVER, message_ids, messages, queue_list
+from spool import queue_files
 
 SESSIONS = 5
 PER_SESSION = 60  # 300 messages

@@ -5,8 +5,8 @@ import subprocess
 
 import pytest
 
-from helpers import POSTEL_BIN, write_config
-from mboxutil import postel
+from helpers import POSTEL_BIN, postel, write_config
+
 
 EX_USAGE, EX_DATAERR, EX_IOERR, EX_TEMPFAIL, EX_CONFIG = 64, 65, 74, 75, 78
 

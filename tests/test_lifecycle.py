@@ -9,16 +9,7 @@ import tomllib
 
 import pytest
 
-from helpers import POSTEL_BIN, message, transaction, write_config
-
-
-def wait_until(predicate, timeout=5.0, step=0.05):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(step)
-    return True
+from helpers import POSTEL_BIN, message, transaction, wait_until, write_config
 
 
 @pytest.mark.parametrize("size, reset", [(1_000, False), (300_000, False), (300_000, True)],

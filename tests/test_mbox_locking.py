@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from mboxutil import DELIVER, deliver, message_ids, messages, mutt_message_ids, queue_list, sent_to, wait_until
+from helpers import wait_until
+from mboxutil import DELIVER, deliver, message_ids, messages, mutt_message_ids, queue_list, sent_lines
 
 # A second process that keeps taking the mailbox's locks as liblockfile and mutt do: the dot-lock <mbox>.lock
 # (O_EXCL, holding its PID) and then an fcntl write lock, ~0.3 s each time. While it holds them the mailbox must not
@@ -129,7 +130,7 @@ def test_parallel_sessions_and_lockers_lose_nothing(make_postel, tmp_path):
             ids = read_locked(box)
             reads += 1
             assert len(ids) == len(set(ids)), f"a message is in the mailbox twice: {sorted(ids)}"
-            if len(sent_to(server.log(), "alice")) >= total and not any(t.is_alive() for t in threads):
+            if len(sent_lines(server.log(), to="alice")) >= total and not any(t.is_alive() for t in threads):
                 break
             time.sleep(0.1)
         for t in threads:
@@ -154,7 +155,7 @@ def test_parallel_sessions_and_lockers_lose_nothing(make_postel, tmp_path):
     assert reads > 3
     assert sorted(mutt_message_ids(box)) == sorted(expected)
     # Every message was delivered once; the log agrees.
-    assert len(sent_to(server.log(), "alice")) == len(expected)
+    assert len(sent_lines(server.log(), to="alice")) == len(expected)
     assert not (server.mailboxes / "alice.lock").exists()
 
 
@@ -197,7 +198,7 @@ def test_a_lock_held_too_long_defers_and_the_retry_delivers(make_postel, kind):
             held.close()
         if kind != "fcntl":
             lock.unlink()
-    assert wait_until(lambda: sent_to(server.log(), "alice"), 15), (
+    assert wait_until(lambda: sent_lines(server.log(), to="alice"), 15), (
         f"not delivered after the lock went:\n{server.log()[-2000:]}")
     assert message_ids(box) == ["<locked@test>"]
     assert wait_until(lambda: "Mail queue is empty" in queue_list(server.config_path), 10)
@@ -215,7 +216,7 @@ def test_a_dotlock_of_a_dead_process_is_cleared_at_once(make_postel):
     conn.send(b"Subject: stale\r\nMessage-ID: <stale@test>\r\n\r\nx\r\n.\r\n")
     assert conn.reply().code == 250
     start = time.monotonic()
-    assert wait_until(lambda: sent_to(server.log(), "alice"), 8), server.log()[-2000:]
+    assert wait_until(lambda: sent_lines(server.log(), to="alice"), 8), server.log()[-2000:]
     assert time.monotonic() - start < 5, "a dot-lock naming a dead PID was not cleared at once"
     assert message_ids(server.mailboxes / "alice") == ["<stale@test>"]
     assert "status=deferred" not in server.log()

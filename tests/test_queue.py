@@ -8,8 +8,9 @@ import re
 
 import pytest
 
-from helpers import write_config
-from mboxutil import deliver, message_ids, postel, queue_empty, queue_files, queue_list, sent_to, wait_until
+from helpers import postel, wait_until, write_config
+from mboxutil import deliver, message_ids, queue_empty, queue_list, sent_lines
+from spool import queue_files
 
 USERS = ["alice", "bob", "carol"]
 SLOW = {"retry_first": "1h", "retry_max": "1h"}  # nothing is retried unless asked
@@ -57,7 +58,7 @@ def test_queue_commands_with_a_daemon(make_postel):
     server = make_postel(**deliver(local_users=USERS, **SLOW))
     qid = submit_by_smtp(server)
     server.wait_log(rf"{qid}: to=<x@remote.test>.*status=deferred", timeout=15)
-    assert wait_until(lambda: sent_to(server.log(), "alice"), 10)
+    assert wait_until(lambda: sent_lines(server.log(), to="alice"), 10)
     check_listing(queue_list(server.config_path), qid)
     check_show(postel(["queue", "show", qid], server.config_path), qid)
     assert postel(["queue", "show", "0" * 20], server.config_path).returncode != 0

@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from helpers import transaction
-from relayutil import dsns, lab, mbox_messages, run_postel, wait_local, wait_until  # noqa: F401 (lab: a fixture)
+from helpers import postel, transaction, wait_until
+from mboxutil import mbox_messages
+from relayutil import dsns, lab, wait_local  # noqa: F401 (lab: a fixture)
 
 ALICE = "alice@localhost"  # a local user of the sending server: bounces come back to her
 
@@ -155,7 +156,7 @@ def test_temporary_failure_retried_until_accepted(lab):
     listing = {"text": ""}
 
     def shows_deferred():
-        run = run_postel(["queue", "list"], sender.config_path)
+        run = postel(["queue", "list"], sender.config_path)
         assert run.returncode == 0, run.stderr
         listing["text"] = run.stdout.decode(errors="replace")
         return re.search(r"grey@example\.test: deferred until .*451 4\.7\.1 Greylisted by fake", listing["text"])
@@ -277,7 +278,7 @@ def test_relay_denied_to_untrusted_allowed_to_trusted_and_sendmail(lab):
     qid = submit(sender, ["victim@example.test"], msg("trusted"), source="127.0.0.1")
 
     # And from the local sendmail program.
-    run = run_postel(["sendmail", "-f", ALICE, "viasendmail@example.test"], sender.config_path,
+    run = postel(["sendmail", "-f", ALICE, "viasendmail@example.test"], sender.config_path,
                      input=msg("via sendmail").replace(b"\r\n", b"\n"))
     assert run.returncode == 0, (run.returncode, run.stderr.decode(errors="replace"))
 
@@ -357,7 +358,7 @@ def test_etrn_and_queue_run_deliver_deferred_mail_now(lab, how):
         assert "1 pending" in r.text, r
         c.expect("QUIT", 221)
     else:
-        run = run_postel(["queue", "run", "--domain", "example.test"], sender.config_path)
+        run = postel(["queue", "run", "--domain", "example.test"], sender.config_path)
         assert run.returncode == 0, (run.stdout, run.stderr)
     (got,) = sink.wait_messages(1, timeout=15)
     assert message_id(got["message"]) == f"<etrn.{how}@client.test>"
@@ -493,7 +494,7 @@ def test_delivery_recorded_as_soon_as_remote_accepts(lab, slow):
     listing = {"text": ""}
 
     def recorded():
-        run = run_postel(["queue", "list"], sender.config_path)
+        run = postel(["queue", "list"], sender.config_path)
         listing["text"] = run.stdout.decode(errors="replace")
         return "one@example.test: delivered" in listing["text"] or qid not in listing["text"]
 

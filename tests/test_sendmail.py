@@ -15,9 +15,8 @@ import time
 
 import pytest
 
-from helpers import HOSTNAME, POSTEL_BIN, SmtpConn, write_config
-from mboxutil import (deliver, message_ids, messages, postel, queue_list, sent_to, strip_trace, trace_headers,
-                      wait_until)
+from helpers import HOSTNAME, POSTEL_BIN, SmtpConn, postel, wait_until, write_config
+from mboxutil import deliver, message_ids, messages, queue_list, sent_lines, strip_trace, trace_headers
 
 USERS = ["alice", "bob", "carol"]
 LOGIN = pwd.getpwuid(os.getuid()).pw_name
@@ -37,7 +36,7 @@ class Setup:
     def wait(self, user, count=1, timeout=20):
         path = self.mailboxes / user
         if self.daemon:
-            ok = wait_until(lambda: len(sent_to(self.daemon.log(), user)) >= count, timeout)
+            ok = wait_until(lambda: len(sent_lines(self.daemon.log(), to=user)) >= count, timeout)
         else:
             ok = wait_until(lambda: len(message_ids(path)) >= count, 1)  # sendmail delivered before it exited
         got = messages(path)
@@ -87,7 +86,7 @@ def test_t_takes_to_cc_bcc_and_removes_bcc(setup):
         assert m.get_payload() == "Hello all.\n"
     if setup.daemon:
         # The daemon delivered (its log has the deliveries), handed over by sendmail.
-        assert len(sent_to(setup.daemon.log(), "carol")) == 1
+        assert len(sent_lines(setup.daemon.log(), to="carol")) == 1
 
 
 def test_missing_from_date_message_id_are_added(setup):
@@ -289,7 +288,7 @@ def test_daemon_is_handed_the_message(make_postel):
     start = time.monotonic()
     run = postel(["sendmail", "-v", "alice"], daemon.config_path, input=b"Subject: handed\n\nx\n")
     assert run.returncode == 0, run.stderr
-    assert wait_until(lambda: sent_to(daemon.log(), "alice"), 20), daemon.log()[-2000:]
+    assert wait_until(lambda: sent_lines(daemon.log(), to="alice"), 20), daemon.log()[-2000:]
     assert "status=sent" not in run.stderr.decode(), f"sendmail delivered although a daemon runs:\n{run.stderr}"
     assert len(message_ids(daemon.mailboxes / "alice")) == 1
     print(f"handed over and delivered in {time.monotonic() - start:.2f}s")
