@@ -124,28 +124,28 @@ pub fn mail(args: &str) -> Result<MailArgs, ArgError> {
     let utf8 = !path[..path.len() - rest.len()].is_ascii();
     let mut params = MailParams::default();
     for (name, value) in parameters(rest)? {
-        match (name.as_str(), value) {
-            ("SIZE", Some(value)) if params.size.is_none() => {
+        match (known_parameter(name), value) {
+            (Some("SIZE"), Some(value)) if params.size.is_none() => {
                 let size = value
                     .parse()
                     .ok()
                     .filter(|_| value.len() <= 20 && value.bytes().all(|b| b.is_ascii_digit()));
                 params.size = Some(size.ok_or(BAD_SIZE)?);
             }
-            ("BODY", Some(value)) if params.body.is_none() => {
+            (Some("BODY"), Some(value)) if params.body.is_none() => {
                 params.body =
                     Some(BodyType::from_name(&value.to_ascii_uppercase()).ok_or(UNSUPPORTED_BODY)?);
             }
-            ("SMTPUTF8", None) if !params.smtputf8 => params.smtputf8 = true,
-            ("SIZE" | "BODY" | "SMTPUTF8", _) => {
+            (Some("SMTPUTF8"), None) if !params.smtputf8 => params.smtputf8 = true,
+            (Some(known), _) => {
                 return Err(Reply::new(
                     501,
                     Detail::InvalidArguments,
-                    format!("Syntax: bad or repeated {name} parameter"),
+                    format!("Syntax: bad or repeated {known} parameter"),
                 )
                 .into());
             }
-            _ => return Err(unknown_parameter(&name).into()),
+            (None, _) => return Err(unknown_parameter(name).into()),
         }
     }
     Ok(MailArgs { from, params, utf8 })
@@ -157,7 +157,7 @@ pub fn rcpt(args: &str) -> Result<RcptArgs, ArgError> {
     let (to, rest) = address::parse_forward_path(path, true)
         .map_err(|e| address_error(e, Detail::BadDestinationSyntax, "recipient"))?;
     let utf8 = !path[..path.len() - rest.len()].is_ascii();
-    if let Some((name, _)) = parameters(rest)?.first() {
+    if let Some((name, _)) = parameters(rest)?.next() {
         return Err(unknown_parameter(name).into());
     }
     Ok(RcptArgs { to, utf8 })
@@ -197,40 +197,55 @@ const NO_SPACE_BEFORE_PARAMETERS: Reply = Reply::fixed(
     "Syntax: a space must separate the address and its parameters",
 );
 
-/// `esmtp-param *(SP esmtp-param)`: keyword names upper-cased, values as given.
-fn parameters(text: &str) -> Result<Vec<(String, Option<&str>)>, Reply> {
+/// `esmtp-param *(SP esmtp-param)`: each parameter's keyword and value, as given. All are checked before the
+/// first is returned, so a malformed one is reported wherever it stands.
+fn parameters(text: &str) -> Result<impl Iterator<Item = (&str, Option<&str>)>, Reply> {
     if !text.is_empty() && !text.starts_with(' ') {
         return Err(NO_SPACE_BEFORE_PARAMETERS);
     }
-    text.split(' ')
-        .filter(|p| !p.is_empty())
-        .map(|param| {
-            let (name, value) = match param.split_once('=') {
-                Some((name, value)) => (name, Some(value)),
-                None => (param, None),
-            };
-            let valid_name = !name.is_empty()
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && value.is_none_or(|v| {
-                    !v.is_empty() && v.bytes().all(|b| (33..=126).contains(&b) && b != b'=')
-                });
-            if !valid_name {
-                return Err(Reply::new(
-                    501,
-                    Detail::InvalidArguments,
-                    format!("Syntax: bad parameter '{param}'"),
-                ));
-            }
-            Ok((name.to_ascii_uppercase(), value))
-        })
-        .collect()
+    let params = text.split(' ').filter(|p| !p.is_empty());
+    let malformed = params
+        .clone()
+        .map(split_parameter)
+        .find(|(_, name, value)| {
+            name.is_empty()
+                || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                || value.is_some_and(|v| {
+                    v.is_empty() || !v.bytes().all(|b| (33..=126).contains(&b) && b != b'=')
+                })
+        });
+    if let Some((param, _, _)) = malformed {
+        return Err(Reply::new(
+            501,
+            Detail::InvalidArguments,
+            format!("Syntax: bad parameter '{param}'"),
+        ));
+    }
+    Ok(params
+        .map(split_parameter)
+        .map(|(_, name, value)| (name, value)))
+}
+
+/// A parameter as given, its keyword, and its value if it has one.
+fn split_parameter(param: &str) -> (&str, &str, Option<&str>) {
+    match param.split_once('=') {
+        Some((name, value)) => (param, name, Some(value)),
+        None => (param, param, None),
+    }
+}
+
+/// The upper-case name of a MAIL parameter this server knows.
+fn known_parameter(name: &str) -> Option<&'static str> {
+    ["SIZE", "BODY", "SMTPUTF8"]
+        .into_iter()
+        .find(|known| known.eq_ignore_ascii_case(name))
 }
 
 fn unknown_parameter(name: &str) -> Reply {
     Reply::new(
         555,
         Detail::InvalidArguments,
-        format!("Error: {name} is not supported here"),
+        format!("Error: {} is not supported here", name.to_ascii_uppercase()),
     )
 }
 

@@ -128,3 +128,32 @@ fn chunks() {
         assert_eq!(chunk(args), expected, "{args:?}");
     }
 }
+
+#[test]
+fn mail_parameters_in_any_case_all_checked_first() {
+    let lower = mail("from:<a@b.c> size=10 body=7bit smtputf8").unwrap();
+    assert_eq!(
+        lower.params,
+        MailParams {
+            size: Some(10),
+            body: Some(BodyType::SevenBit),
+            smtputf8: true
+        }
+    );
+    let reply = |args| match mail(args) {
+        Err(ArgError::Reply(reply)) => reply.to_string(),
+        other => panic!("{args}: {other:?}"),
+    };
+    assert_eq!(
+        reply("FROM:<a@b.c> foo=bar"),
+        "555 5.5.4 Error: FOO is not supported here"
+    );
+    assert_eq!(
+        reply("FROM:<a@b.c> FOO=bar =x"),
+        "501 5.5.4 Syntax: bad parameter '=x'"
+    );
+    assert_eq!(
+        reply("FROM:<a@b.c> body=7bit Body=8bitmime"),
+        "501 5.5.4 Syntax: bad or repeated BODY parameter"
+    );
+}
