@@ -2,13 +2,15 @@
 #   make run    build (release) and serve on 127.0.0.1:2525 with ./spool and ./mailboxes
 #   make test   install missing test tools (as root), unit tests, then the integration tests in tests/
 #   make bench  Postel, the reference Postfix (make bench-reference) and smtp-sink side by side
+#   make deb    build (release) the Debian package target/debian/postel_<version>_<arch>.deb
 
 PREFIX ?= /usr/local
 SBINDIR ?= $(PREFIX)/sbin
 CARGO ?= cargo
 PYTHON ?= python3
 
-.PHONY: all build release run test tools unit integration bench bench-reference bench-tools fmt lint install uninstall clean
+.PHONY: all build release run test tools unit integration bench bench-reference bench-tools fmt lint man deb deb-test \
+	install uninstall clean
 
 all: build
 
@@ -63,6 +65,18 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(PYTHON) tests/module_graph.py
+
+# postel.toml(5) is made from the key table in src/config.rs; a test fails when the committed page is stale.
+man:
+	POSTEL_UPDATE_MAN=1 $(CARGO) test --test man_pages
+
+# The Debian package, laid out and built with dpkg-deb by debian/build-deb.
+deb: release
+	sh debian/build-deb
+
+# lintian on the package, then the test that installs it into a fresh Debian root (tests/test_package.py).
+deb-test: deb
+	POSTEL_DEB="$$(ls target/debian/postel_*.deb | tail -n 1)" $(PYTHON) -m pytest -q tests/test_package.py
 
 # sendmail and mailq are the same binary under other names (it looks at argv[0]).
 install: release
