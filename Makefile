@@ -78,15 +78,17 @@ deb: release
 deb-test: deb
 	POSTEL_DEB="$$(ls target/debian/postel_*.deb | tail -n 1)" $(PYTHON) -m pytest -q tests/test_package.py
 
-# sendmail and mailq are the same binary under other names (it looks at argv[0]).
+# sendmail, mailq and newaliases are the same binary under other names (it looks at argv[0]).
 install: release
 	install -d $(DESTDIR)$(SBINDIR)
 	install -m 755 target/release/postel $(DESTDIR)$(SBINDIR)/postel
 	ln -sf postel $(DESTDIR)$(SBINDIR)/sendmail
 	ln -sf postel $(DESTDIR)$(SBINDIR)/mailq
+	ln -sf postel $(DESTDIR)$(SBINDIR)/newaliases
 
 uninstall:
-	rm -f $(DESTDIR)$(SBINDIR)/postel $(DESTDIR)$(SBINDIR)/sendmail $(DESTDIR)$(SBINDIR)/mailq
+	rm -f $(DESTDIR)$(SBINDIR)/postel $(DESTDIR)$(SBINDIR)/sendmail $(DESTDIR)$(SBINDIR)/mailq \
+		$(DESTDIR)$(SBINDIR)/newaliases
 
 # Build output and test caches only; ./spool and ./mailboxes may hold mail and stay.
 clean:

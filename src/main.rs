@@ -1,9 +1,10 @@
-//! The `postel` command: `serve`, `inetd`, `check`, `passwd`, `queue` and `sendmail` — and `sendmail`/`mailq` when the
-//! binary is called by those names.
+//! The `postel` command: `serve`, `inetd`, `check`, `passwd`, `queue` and `sendmail` — and `sendmail`, `mailq`
+//! and `newaliases` when the binary is called by those names.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use nix::sys::signal::{SigSet, Signal};
 use postel::commands::{CliError, Exit, check, passwd, queue, sendmail};
 use postel::config::Config;
 use postel::logging;
@@ -14,7 +15,7 @@ usage: postel serve [--config FILE] [--listen ADDR]... [--spool DIR] [--mailboxe
        postel inetd [--config FILE] [--spool DIR] [--mailboxes DIR]
        postel check [--config FILE]
        postel passwd NAME [--config FILE]
-       postel queue list|run [--domain D]|show ID|remove ID [--config FILE]
+       postel queue list|run [--domain D]|show ID|remove ID|deliver ID... [--config FILE]
        postel sendmail [--config FILE] [sendmail options] [recipient...]
 
   serve     run the SMTP server (127.0.0.1:2525, ./spool and ./mailboxes unless configured)
@@ -22,10 +23,11 @@ usage: postel serve [--config FILE] [--listen ADDR]... [--spool DIR] [--mailboxe
   check     validate the configuration and the files it names (aliases, TLS, auth_users) and print it,
             with every default, as TOML
   passwd    set NAME's password in the auth_users file (read from stdin; asked twice on a terminal)
-  queue     list the queued messages, run the queue now, show or remove one message
+  queue     list the queued messages, run the queue now, show or remove one message, deliver some now
   sendmail  submit a message from a local program, as /usr/sbin/sendmail does
 
-Called as 'sendmail' or 'mailq' the binary acts as 'postel sendmail' or 'postel queue list'.
+Called as 'sendmail', 'mailq' or 'newaliases' the binary acts as 'postel sendmail', 'postel queue list'
+or 'postel sendmail -bi' (check the aliases file and have the daemon read it again).
 Logging goes to stderr or syslog (the log key); RUST_LOG=debug shows every SMTP dialogue.";
 
 /// Options every subcommand but sendmail takes.
@@ -42,6 +44,12 @@ struct Options {
 }
 
 fn main() -> ExitCode {
+    // SIGUSR1 is the daemon's doorbell, and programs ring whoever holds the spool: in any other program that
+    // holds it (inetd, sendmail's delivery, queue run) it must not kill. They look for new mail before they let
+    // go of the spool instead. Blocked before any thread starts, so that every thread inherits the mask.
+    let mut doorbell = SigSet::empty();
+    doorbell.add(Signal::SIGUSR1);
+    let _ = doorbell.thread_block();
     let result = arguments().and_then(|args| match invoked(args) {
         Program::Sendmail(args) => run_sendmail(&args),
         Program::Postel(args) => {
@@ -83,7 +91,7 @@ enum Program {
 }
 
 /// The program the binary runs as: sendmail when called `sendmail` or as `postel sendmail`, the
-/// queue listing when called `mailq`, else `postel` with its subcommands. An empty command line (a
+/// queue listing when called `mailq`, `sendmail -bi` when called `newaliases`, else `postel` with its subcommands. An empty command line (a
 /// caller may exec with no argv[0]) is `postel` without a command.
 fn invoked(args: Vec<String>) -> Program {
     let mut args = args.into_iter();
@@ -97,6 +105,9 @@ fn invoked(args: Vec<String>) -> Program {
     let mut args: Vec<String> = args.collect();
     match called_as.as_deref() {
         Some("sendmail") => Program::Sendmail(args),
+        Some("newaliases") => {
+            Program::Sendmail(["-bi".to_string()].into_iter().chain(args).collect())
+        }
         Some("mailq") => Program::Postel(
             ["queue", "list"]
                 .map(String::from)
@@ -170,8 +181,9 @@ fn run(args: Vec<String>) -> Result<(), CliError> {
             ["run"] => queue::run(config, options.domain.as_deref(), &mut out),
             ["show", id] => queue::show(&config, id, &mut out),
             ["remove", id] => queue::remove(config, id, &mut out),
+            ["deliver", ids @ ..] if !ids.is_empty() => queue::deliver(config, ids, &mut out),
             _ => Err(usage(
-                "usage: postel queue list|run [--domain D]|show ID|remove ID",
+                "usage: postel queue list|run [--domain D]|show ID|remove ID|deliver ID...",
             )),
         },
         other => Err(usage(&format!("unknown command '{other}'"))),
@@ -250,6 +262,7 @@ mod tests {
             ("/usr/sbin/sendmail -t", Program::Sendmail(words("-t"))),
             ("postel sendmail -t", Program::Sendmail(words("-t"))),
             ("mailq -v", Program::Postel(words("queue list -v"))),
+            ("/usr/bin/newaliases", Program::Sendmail(words("-bi"))),
             ("./postel queue run", Program::Postel(words("queue run"))),
         ];
         for (line, program) in cases {

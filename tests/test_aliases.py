@@ -1,12 +1,16 @@
-"""Aliases (doc/delivery.md "Aliases"): lists, nesting, loops, :include:, EXPN/VRFY, and |command targets."""
+"""Aliases (doc/delivery.md "Aliases"): lists, nesting, loops, :include:, EXPN/VRFY, |command targets, and
+newaliases with the daemon reading the file again on SIGHUP."""
 
 import collections
 import email
+import os
 import re
+import signal
+import subprocess
 
 import pytest
 
-from helpers import REPO, wait_until
+from helpers import POSTEL_BIN, REPO, wait_until
 from mboxutil import deliver, message_ids, messages, queue_empty, strip_trace
 
 USERS = ["alice", "bob", "carol"]
@@ -162,3 +166,34 @@ def test_the_aliases_example_in_the_docs_loads(make_postel, tmp_path):
     r = conn.expect("EXPN staff", 250)
     assert len(r.lines) == 3, r
     conn.expect("VRFY nospam", 250)
+
+
+def test_newaliases_checks_the_file_and_the_daemon_reads_it_again(make_postel, aliases, tmp_path):
+    """newaliases (the binary by that name, and sendmail -bi) counts the aliases, reports an error with its file and
+    line, and sends SIGHUP to the daemon, which takes up the new file or, if it has an error, keeps the old one."""
+    path, _ = aliases
+    postel = make_postel(**deliver(local_users=USERS, aliases=str(path)))
+    conn = postel.session()
+    conn.expect("MAIL FROM:<carol@localhost>", 250)
+    conn.expect("RCPT TO:<newlist@localhost>", 550)
+    conn.cmd("QUIT")
+
+    newaliases = tmp_path / "newaliases"
+    newaliases.symlink_to(POSTEL_BIN)
+    env = dict(os.environ, POSTEL_CONFIG=str(postel.config_path))
+    path.write_text(path.read_text() + "newlist: bob\n")
+    run = subprocess.run([str(newaliases)], capture_output=True, text=True, timeout=30, env=env)
+    assert (run.returncode, run.stdout) == (0, f"{path}: 10 aliases\n"), run.stderr
+    postel.wait_log(rf"reload: {re.escape(str(path))}: 10 aliases")
+    send(postel, "carol@localhost", ["newlist@localhost"], "reloaded")
+    assert wait_until(lambda: message_ids(postel.mailboxes / "bob") == ["<reloaded@alias.test>"])
+
+    path.write_text(path.read_text() + "broken line\n")
+    run = subprocess.run([str(POSTEL_BIN), "sendmail", "-bi"], capture_output=True, text=True, timeout=30, env=env)
+    assert run.returncode == 78 and f"{path}:14: missing ':'" in run.stderr, run.stderr
+    postel.proc.send_signal(signal.SIGHUP)
+    postel.wait_log(r"reload: keeping the old aliases: .*:14: missing ':'")
+    conn = postel.session()
+    conn.expect("MAIL FROM:<carol@localhost>", 250)
+    conn.expect("RCPT TO:<newlist@localhost>", 250)
+    conn.cmd("QUIT")

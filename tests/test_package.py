@@ -1,8 +1,9 @@
 """The Debian package (`make deb-test`, which builds it and sets POSTEL_DEB): lintian, then an install into a
 fresh Debian root made with mmdebstrap through the host's apt sources, and inside it, in a network namespace of
 its own (so the packaged port 25 is free): the shipped configuration checks, the daemon serves port 25, mail(1)
-delivers through /usr/sbin/sendmail into /var/mail, mailq shows the queue empty again, and a purge takes the
-package and its spool but leaves the mailboxes.
+delivers through /usr/sbin/sendmail into /var/mail, mailq shows the queue empty again, newaliases checks
+/etc/aliases and the daemon takes it up, sendmail with no daemon delivers root's mail in the background while a
+user's waits for the queue run, and a purge takes the package and its spool but leaves the mailboxes.
 
 Skipped, saying why, when POSTEL_DEB is not set or no Debian mirror can be reached.
 """
@@ -49,7 +50,8 @@ def mirror():
 
 
 class Root:
-    """A Debian root directory, commands run in it with chroot (in the daemon's network namespace once it runs)."""
+    """A Debian root directory. Commands run in it with chroot, with /proc mounted in a mount namespace of their
+    own, or in the daemon's namespaces (its network with port 25, its mounts) while it runs."""
 
     def __init__(self, path):
         self.path = path
@@ -61,7 +63,9 @@ class Root:
             argv += ["runuser", "-u", user, "--"]
         argv += ["sh", "-c", script]
         if self.daemon:
-            argv = ["nsenter", f"--net=/proc/{self.daemon.pid}/ns/net"] + argv
+            argv = ["nsenter", f"--net=/proc/{self.daemon.pid}/ns/net", f"--mount=/proc/{self.daemon.pid}/ns/mnt"] + argv
+        else:
+            argv = ["unshare", "--mount", f"--mount-proc={self.path}/proc"] + argv
         run = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                              env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
         if check:
@@ -76,8 +80,9 @@ class Root:
         self.log = self.file("/tmp/postel.log")
         with open(self.log, "wb") as log:
             self.daemon = subprocess.Popen(
-                ["unshare", "-n", "sh", "-c", f'ip link set lo up && exec chroot "$0" /usr/sbin/postel serve '
-                 f"--config /etc/postel/postel.toml", str(self.path)],
+                ["unshare", "--net", "--mount", f"--mount-proc={self.path}/proc", "sh", "-c",
+                 'ip link set lo up && exec chroot "$0" /usr/sbin/postel serve --config /etc/postel/postel.toml',
+                 str(self.path)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         ready = wait_until(lambda: "postel ready" in self.log.read_text() or self.daemon.poll() is not None, 20)
         assert ready and self.daemon.poll() is None, self.log.read_text()
@@ -157,7 +162,29 @@ def test_mail_goes_through_the_daemon_into_var_mail(installed):
     (message,) = installed.mail_to_root()
     assert message["Subject"] == "hi" and message.get_payload().strip() == "test"
     assert wait_until(lambda: "Mail queue is empty" in installed.run("mailq").stdout, 20), installed.run("mailq").stdout
+
+
+def test_newaliases_checks_the_file_and_the_daemon_reloads_it(installed):
+    with open(installed.file("/etc/aliases"), "a") as aliases:
+        aliases.write("webmaster: root\n")
+    count = len(re.findall(r"^[a-z-]+:", installed.file("/etc/aliases").read_text(), re.M))
+    run = installed.run("newaliases")
+    assert run.stdout.strip() == f"/etc/aliases: {count} aliases", run.stdout + run.stderr
+    assert wait_until(lambda: "reload: /etc/aliases:" in installed.log.read_text(), 10), installed.log.read_text()
+    installed.run("echo 'to the new alias' | mail -s alias webmaster")
+    assert wait_until(lambda: len(installed.mail_to_root()) == 2, 20), installed.log.read_text()
     installed.stop_daemon()
+
+
+def test_without_a_daemon_root_delivers_in_the_background_and_users_wait(installed):
+    installed.run("echo 'no daemon' | mail -s detached root")
+    assert wait_until(lambda: len(installed.mail_to_root()) == 3, 20), installed.run("mailq").stdout
+    installed.run("useradd --create-home alice")
+    run = installed.run("echo 'from alice' | /usr/sbin/sendmail -v root", user="alice")
+    assert "queue run" in run.stderr, run.stderr
+    assert "Mail queue is empty" not in installed.run("mailq").stdout
+    installed.run("postel queue run")
+    assert wait_until(lambda: len(installed.mail_to_root()) == 4, 20), installed.run("mailq").stdout
 
 
 def test_purge_removes_the_package_and_spool_but_not_the_mailboxes(installed):

@@ -4,6 +4,7 @@ does the work, asked through <spool>/control/ and SIGUSR1) and without one (the 
 A recipient at remote.test stays deferred: mail for other hosts goes to a loopback port that refuses connections.
 """
 
+import fcntl
 import re
 
 import pytest
@@ -23,6 +24,18 @@ def journal_attempts(spool, qid):
     except FileNotFoundError:
         return 0
     return sum(int(m[1]) for m in re.finditer(rf"^{qid} attempts (\d+) [0-9a-f]{{8}}$", text, re.M))
+
+
+def spool_free(spool):
+    """Whether no program holds the spool's lock (flock on <spool>/lock)."""
+    try:
+        with open(spool / "lock") as lock:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return True
+    except FileNotFoundError:
+        return True
+    except BlockingIOError:
+        return False
 
 
 def check_listing(listing, qid):
@@ -86,6 +99,8 @@ def test_queue_commands_without_a_daemon(make_postel, tmp_path):
     run = postel(["sendmail", "-f", "carol@localhost", "x@remote.test", "alice@localhost"], config,
                  input=b"Subject: queued for later\nMessage-ID: <later@queue.test>\n\nThe body.\n")
     assert run.returncode == 0, run.stderr
+    # sendmail started the delivery in the background: wait until it has tried both and let go of the spool.
+    assert wait_until(lambda: "deferred" in queue_list(config) and spool_free(spool), 20), queue_list(config)
     listing = queue_list(config)
     (qid,) = set(re.findall(r"\b[0-9A-F]{20}\b", listing))
     check_listing(listing, qid)

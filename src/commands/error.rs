@@ -25,6 +25,8 @@ pub enum Exit {
     IoErr,
     /// 75 (EX_TEMPFAIL): try again later: the spool is locked or cannot be read or written.
     TempFail,
+    /// 77 (EX_NOPERM): this user may not do that (signal a daemon that runs as another user).
+    NoPerm,
     /// 78 (EX_CONFIG): the configuration, the aliases file, or a spool in a format this Postel
     /// does not read.
     Config,
@@ -39,6 +41,7 @@ impl Exit {
             Exit::OsErr => 71,
             Exit::IoErr => 74,
             Exit::TempFail => 75,
+            Exit::NoPerm => 77,
             Exit::Config => 78,
         }
     }

@@ -134,6 +134,23 @@ pub fn run(config: Config, node: Option<&str>, out: &mut dyn Write) -> Result<()
     Ok(writeln!(out, "{said}")?)
 }
 
+/// `postel queue deliver ID...`: these messages are tried now, here; if another program holds the spool, it
+/// delivers them before it lets go. This is what `postel sendmail` starts in the background when no daemon runs.
+pub fn deliver(config: Config, ids: &[&str], out: &mut dyn Write) -> Result<(), CliError> {
+    let ids = ids
+        .iter()
+        .map(|id| parse_id(id))
+        .collect::<Result<Vec<_>, _>>()?;
+    let deliverer = Arc::new(Deliverer::open(config)?);
+    let said = match runner::deliver_ids(&deliverer, &ids)? {
+        HandedTo::Here => "delivery attempted",
+        HandedTo::Daemon(_) | HandedTo::Nobody => {
+            "another program holds the spool; it delivers them before it lets go"
+        }
+    };
+    Ok(writeln!(out, "{said}")?)
+}
+
 /// `postel queue remove ID`: drops a message, through the daemon if one runs.
 pub fn remove(config: Config, id: &str, out: &mut dyn Write) -> Result<(), CliError> {
     let id = parse_id(id)?;

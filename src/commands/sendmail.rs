@@ -2,16 +2,22 @@
 //! use to submit mail, with the options they pass.
 
 use std::io::{self, BufRead};
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use chrono::{DateTime, Utc};
 use log::info;
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::{Pid, getuid};
 
 use crate::commands::{CliError, Exit, queue};
 use crate::config::Config;
+use crate::delivery::aliases::Aliases;
 use crate::delivery::attempt::Deliverer;
-use crate::delivery::runner::{self, HandedTo};
+use crate::delivery::control;
 use crate::server::connection::Client;
 use crate::server::inetd;
 use crate::smtp::{Protocol, parse_mailbox};
@@ -29,6 +35,8 @@ enum Mode {
     List,
     /// Run the queue (-q).
     RunQueue,
+    /// Check the aliases file and have the daemon read it again (-bi, or called as newaliases).
+    Aliases,
 }
 
 /// The parsed command line.
@@ -87,6 +95,7 @@ pub fn parse(args: &[String]) -> Result<Invocation, CliError> {
             ("b", "s") => invocation.mode = Mode::Smtp,
             ("b", "p") => invocation.mode = Mode::List,
             ("b", "m") => invocation.mode = Mode::Deliver,
+            ("b", "i") => invocation.mode = Mode::Aliases,
             ("b", other) => return Err(usage(&format!("-b{other} is not supported"))),
             ("q", _) => invocation.mode = Mode::RunQueue,
             ("o" | "B" | "N" | "R" | "X" | "h" | "L" | "O" | "V" | "e" | "m" | "n", _) => {}
@@ -100,7 +109,7 @@ fn usage(what: &str) -> CliError {
     CliError::new(
         Exit::Usage,
         format!(
-            "sendmail: {what}\nusage: sendmail [-t] [-i] [-f sender] [-F name] [-bs|-bp|-q] [-v] [recipient...]"
+            "sendmail: {what}\nusage: sendmail [-t] [-i] [-f sender] [-F name] [-bm|-bs|-bp|-bi|-q] [-v] [-C file] [recipient...]"
         ),
     )
 }
@@ -143,7 +152,45 @@ pub fn run(
             Ok(inetd::run_on_stdio(config, &client, &session_id)?)
         }
         Mode::Deliver => submit(config, &invocation, stdin),
+        Mode::Aliases => newaliases(&config, out),
     }
+}
+
+/// -bi (newaliases): checks the aliases file, says how many aliases it holds, and has the running daemon read it
+/// again (SIGHUP). There is no database to build: the daemon reads the text file itself.
+fn newaliases(config: &Config, out: &mut dyn io::Write) -> Result<(), CliError> {
+    let Some(path) = &config.aliases else {
+        writeln!(
+            out,
+            "newaliases: no aliases file is configured (key 'aliases')"
+        )?;
+        return Ok(());
+    };
+    let aliases = Aliases::load(path).map_err(|e| CliError::from(e).context("newaliases: "))?;
+    writeln!(out, "{}: {} aliases", path.display(), aliases.len())?;
+    let daemon = Spool::open(&config.spool_dir)
+        .ok()
+        .and_then(|spool| spool.owner());
+    if let Some(pid) = daemon {
+        let signalled = i32::try_from(pid)
+            .map_err(|_| Errno::ESRCH)
+            .and_then(|pid| kill(Pid::from_raw(pid), Signal::SIGHUP));
+        if let Err(e) = signalled {
+            let exit = if e == Errno::EPERM {
+                Exit::NoPerm
+            } else {
+                Exit::OsErr
+            };
+            let message =
+                format!("newaliases: cannot tell the daemon (pid {pid}) to read it again: {e}");
+            return Err(CliError::new(exit, message));
+        }
+        info!(
+            "told the daemon (pid {pid}) to read {} again",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Reads the message on stdin, queues it, and sees that it gets delivered.
@@ -168,11 +215,15 @@ fn submit(
             .iter()
             .chain(&prepared.header_recipients),
     )?;
-    let deliverer = Arc::new(Deliverer::open(config)?);
+    let deliverer = Deliverer::open(config)?;
     let envelope = submitter.envelope(now, recipients);
     let ignore_dots = invocation.options.ignore_dots;
     let queued = queue_message(&deliverer.spool, envelope, &prepared, stdin, ignore_dots)?;
-    hand_off(&deliverer, queued);
+    hand_off(
+        &deliverer,
+        config_path(invocation).as_deref(),
+        &queued.envelope.id,
+    );
     Ok(())
 }
 
@@ -312,18 +363,58 @@ fn queue_message(
     Ok(queued)
 }
 
-/// Has the daemon deliver the queued message, or delivers it here when none runs. The message is
-/// queued either way, so what goes wrong here is only logged.
-fn hand_off(deliverer: &Arc<Deliverer>, queued: Queued) {
-    let id = queued.envelope.id.clone();
-    match runner::hand_off(deliverer, vec![queued]) {
-        Ok(HandedTo::Daemon(pid)) => info!("{id}: handed to the daemon (pid {pid})"),
-        Ok(HandedTo::Here) => info!("{id}: delivery attempted"),
-        Ok(HandedTo::Nobody) => {
-            info!("{id}: queued; the program that holds the spool will deliver it")
+/// Sees that the queued message gets delivered: the program that holds the spool (the daemon) is rung, and
+/// delivers it; with nobody holding it, a delivery is started in the background when this caller may deliver.
+/// The message is queued either way, so what goes wrong here is only logged.
+fn hand_off(deliverer: &Deliverer, config: Option<&Path>, id: &QueueId) {
+    if deliverer.config.delivery_workers == 0 {
+        info!("{id}: held in the queue (delivery_workers = 0)");
+    } else if let Some(pid) = deliverer.spool.owner() {
+        match control::ring(pid) {
+            Ok(()) => info!("{id}: handed to the daemon (pid {pid})"),
+            Err(e) => info!(
+                "{id}: queued; the daemon (pid {pid}) picks it up within seconds (cannot signal it: {e})"
+            ),
         }
-        Err(e) => log::warn!("{id}: queued, but not delivered yet: {e}"),
+    } else if may_deliver(&deliverer.config) {
+        match start_delivery(config, id) {
+            Ok(pid) => info!("{id}: queued; delivering in the background (pid {pid})"),
+            Err(e) => log::warn!(
+                "{id}: queued, but the delivery could not be started ({e}); it waits for 'postel queue run'"
+            ),
+        }
+    } else {
+        info!(
+            "{id}: queued; no daemon runs, so it waits for the next 'postel queue run' (only root and the \
+             spool's owner deliver from sendmail)"
+        );
     }
+}
+
+/// Whether this caller may deliver from sendmail when no daemon runs: root, or the account that owns the spool
+/// (the server's own). Anyone else only queues: delivery reads the aliases and writes every user's mailbox.
+fn may_deliver(config: &Config) -> bool {
+    let uid = getuid();
+    uid.is_root()
+        || std::fs::metadata(&config.spool_dir).is_ok_and(|spool| spool.uid() == uid.as_raw())
+}
+
+/// Starts `postel queue deliver ID` detached from the caller: its own process group, no terminal, standard
+/// streams on /dev/null, so that mail(1) or cron does not wait for it. Returns its pid.
+fn start_delivery(config: Option<&Path>, id: &QueueId) -> io::Result<u32> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command.args(["queue", "deliver"]);
+    if let Some(path) = config {
+        command.arg("--config").arg(path);
+    }
+    let child = command
+        .arg(id.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()?;
+    Ok(child.id())
 }
 
 #[cfg(test)]
@@ -351,6 +442,7 @@ mod tests {
         assert!(git.options.recipients_from_headers);
         assert_eq!(parse(&args("-bs")).unwrap().mode, Mode::Smtp);
         assert_eq!(parse(&args("-bp")).unwrap().mode, Mode::List);
+        assert_eq!(parse(&args("-bi")).unwrap().mode, Mode::Aliases);
         assert_eq!(parse(&args("-q")).unwrap().mode, Mode::RunQueue);
         assert_eq!(parse(&args("-q30m")).unwrap().mode, Mode::RunQueue);
         let configured = parse(&args("--config /x.toml -C /y.toml bob")).unwrap();

@@ -131,6 +131,15 @@ impl Aliases {
         Aliases::default()
     }
 
+    /// How many aliases the file defines.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
     /// Whether `name` (any case) is an alias.
     pub fn contains(&self, name: &str) -> bool {
         self.map.contains_key(&name.to_lowercase())

@@ -18,6 +18,7 @@ use crate::delivery::pipe;
 use crate::delivery::relay::Relay;
 use crate::delivery::trace::{self, Loop};
 use crate::delivery::transport::{Delivery, Problem};
+use crate::reloadable::Reloadable;
 use crate::smtp::Protocol;
 use crate::spool::{self, Outcome, QueueId, Queued, RecipientResult, Spool, SpoolError};
 
@@ -28,7 +29,8 @@ const HEADER_LIMIT: u64 = 64 * 1024;
 pub struct Deliverer {
     pub config: Arc<Config>,
     pub spool: Arc<Spool>,
-    pub aliases: Arc<Aliases>,
+    /// Replaced when the daemon reads the aliases file again (SIGHUP).
+    pub aliases: Arc<Reloadable<Aliases>>,
     relay: Relay,
 }
 
@@ -64,13 +66,18 @@ impl Deliverer {
     /// daemon that holds it).
     pub fn open(config: Config) -> Result<Deliverer, SetupError> {
         let config = Arc::new(config);
-        let aliases = Arc::new(Aliases::configured(&config).map_err(SetupError::Aliases)?);
+        let aliases = Aliases::configured(&config).map_err(SetupError::Aliases)?;
+        let aliases = Arc::new(Reloadable::new(aliases));
         let spool = Arc::new(Spool::open(&config.spool_dir).map_err(SetupError::Spool)?);
         Ok(Deliverer::new(config, spool, aliases))
     }
 
     /// The deliverer of `config` working on `spool` with `aliases`; the daemon passes its locked spool.
-    pub fn new(config: Arc<Config>, spool: Arc<Spool>, aliases: Arc<Aliases>) -> Deliverer {
+    pub fn new(
+        config: Arc<Config>,
+        spool: Arc<Spool>,
+        aliases: Arc<Reloadable<Aliases>>,
+    ) -> Deliverer {
         let relay = Relay::new(&config);
         Deliverer {
             config,
@@ -90,7 +97,7 @@ impl Deliverer {
         let envelope = &message.envelope;
         let router = Router {
             config: &self.config,
-            aliases: &self.aliases,
+            aliases: &self.aliases.get(),
         };
         let headers = self.header_section(message)?;
         let expired = now

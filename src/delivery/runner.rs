@@ -1,6 +1,7 @@
 //! Delivery for the programs that are not the daemon (`postel inetd`, `postel sendmail`, `postel queue run`):
 //! when a daemon runs, it is asked to deliver; otherwise the program takes the spool lock and delivers itself,
-//! so the same message is never delivered by two processes at once.
+//! so the same message is never delivered by two processes at once. Before it exits, such a program also
+//! delivers what others queued while it held the spool and nobody has tried yet (see [`deliver_newcomers`]).
 
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use log::{info, warn};
 use crate::delivery::attempt::Deliverer;
 use crate::delivery::control::{self, Request};
 use crate::delivery::scheduler::at_node;
-use crate::spool::{Queued, SpoolError};
+use crate::spool::{QueueId, Queued, SpoolError};
 
 /// Who delivers the messages just queued.
 pub enum HandedTo {
@@ -35,12 +36,15 @@ pub fn hand_off(deliverer: &Arc<Deliverer>, messages: Vec<Queued>) -> Result<Han
         }
         return Ok(HandedTo::Daemon(pid));
     }
-    let _lock = match deliverer.spool.lock() {
-        Ok(lock) => lock,
-        Err(SpoolError::Busy) => return Ok(HandedTo::Nobody),
-        Err(e) => return Err(e),
-    };
-    deliver_all(deliverer, messages);
+    {
+        let _lock = match deliverer.spool.lock() {
+            Ok(lock) => lock,
+            Err(SpoolError::Busy) => return Ok(HandedTo::Nobody),
+            Err(e) => return Err(e),
+        };
+        deliver_all(deliverer, messages);
+    }
+    deliver_newcomers(deliverer)?;
     Ok(HandedTo::Here)
 }
 
@@ -57,22 +61,71 @@ pub fn run_queue(deliverer: &Arc<Deliverer>, node: Option<&str>) -> Result<Hande
         let _ = control::ring(pid);
         return Ok(HandedTo::Daemon(pid));
     }
-    let _lock = match spool.lock() {
-        Ok(lock) => lock,
-        Err(SpoolError::Busy) => return Ok(HandedTo::Nobody),
-        Err(e) => return Err(e),
-    };
-    let scan = spool.scan(true)?;
-    for problem in &scan.problems {
-        warn!("spool: {problem}");
+    deliver_queued(deliverer, |m| {
+        node.is_none_or(|node| m.envelope.recipients.iter().any(|r| at_node(r, node)))
+    })
+}
+
+/// Delivers the queued messages `ids` (what `postel sendmail` queued and left to a process in the background),
+/// here and now; if another program holds the spool, it delivers them before it lets go.
+pub fn deliver_ids(deliverer: &Arc<Deliverer>, ids: &[QueueId]) -> Result<HandedTo, SpoolError> {
+    deliver_queued(deliverer, |m| ids.contains(&m.envelope.id))
+}
+
+/// Takes the spool lock, reads the queue and delivers the messages `wanted` picks.
+fn deliver_queued(
+    deliverer: &Deliverer,
+    wanted: impl Fn(&Queued) -> bool,
+) -> Result<HandedTo, SpoolError> {
+    let spool = &deliverer.spool;
+    {
+        let _lock = match spool.lock() {
+            Ok(lock) => lock,
+            Err(SpoolError::Busy) => return Ok(HandedTo::Nobody),
+            Err(e) => return Err(e),
+        };
+        let scan = spool.scan(true)?;
+        for problem in &scan.problems {
+            warn!("spool: {problem}");
+        }
+        let messages = scan.messages.into_iter().filter(|m| wanted(m)).collect();
+        deliver_all(deliverer, messages);
     }
-    let messages = scan
-        .messages
-        .into_iter()
-        .filter(|m| node.is_none_or(|node| m.envelope.recipients.iter().any(|r| at_node(r, node))))
-        .collect();
-    deliver_all(deliverer, messages);
+    deliver_newcomers(deliverer)?;
     Ok(HandedTo::Here)
+}
+
+/// After letting go of the spool: delivers the messages nobody has tried yet, taking the spool again for them,
+/// until there are none (or another program holds the spool, and so does this in turn). A program that queued
+/// a message while this one held the spool saw it held and left the message to it; looking after the lock is
+/// released leaves no moment in which such a message is nobody's. Each message is tried once here at most.
+fn deliver_newcomers(deliverer: &Deliverer) -> Result<(), SpoolError> {
+    let spool = &deliverer.spool;
+    let mut tried: Vec<QueueId> = Vec::new();
+    let untried = |m: &Queued, tried: &[QueueId]| {
+        m.state.attempts == 0 && m.state.results.is_empty() && !tried.contains(&m.envelope.id)
+    };
+    while spool
+        .scan(false)?
+        .messages
+        .iter()
+        .any(|m| untried(m, &tried))
+    {
+        let _lock = match spool.lock() {
+            Ok(lock) => lock,
+            Err(SpoolError::Busy) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let messages: Vec<Queued> = spool
+            .scan(true)?
+            .messages
+            .into_iter()
+            .filter(|m| untried(m, &tried))
+            .collect();
+        tried.extend(messages.iter().map(|m| m.envelope.id.clone()));
+        deliver_all(deliverer, messages);
+    }
+    Ok(())
 }
 
 /// One attempt for each message, and for the notifications those attempts queue.

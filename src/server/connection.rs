@@ -11,7 +11,6 @@ use chrono::Utc;
 use log::{debug, info, warn};
 
 use crate::config::{Config, MAX_LINE_LIMIT};
-use crate::delivery::aliases::Aliases;
 use crate::delivery::scheduler::SchedulerHandle;
 use crate::server::pace::{Limits, Pace};
 use crate::server::policy::ServerPolicy;
@@ -35,7 +34,6 @@ impl Transport for std::net::TcpStream {
 pub struct Shared {
     pub config: Arc<Config>,
     pub spool: Arc<Spool>,
-    pub aliases: Arc<Aliases>,
     /// The TLS certificate and the users who may authenticate, as last (re)loaded.
     pub reloaded: Reloaded,
     /// What happens to a message once it is queued.
@@ -89,7 +87,7 @@ pub fn run(transport: &mut dyn Transport, client: &Client, session_id: &str, sha
         session_params(config, session_id),
         Box::new(ServerPolicy::new(
             Arc::clone(config),
-            Arc::clone(&shared.aliases),
+            shared.reloaded.aliases.get(),
             client.trusted,
             match &shared.handoff {
                 Handoff::Scheduler(scheduler) => Some(scheduler.clone()),

@@ -69,8 +69,8 @@ pub fn run(config: Config) -> Result<(), ServeError> {
 /// Runs one session on stdin/stdout for `client`, then sees the messages it queued delivered: by the daemon if
 /// one runs, else by this process.
 pub fn run_on_stdio(config: Config, client: &Client, session_id: &str) -> Result<(), ServeError> {
-    let reloaded = super::load_reloaded(&config)?;
     let deliverer = Arc::new(Deliverer::open(config)?);
+    let reloaded = super::load_reloaded(&deliverer.config, Arc::clone(&deliverer.aliases))?;
     let stdio_error = |e: io::Error| SpoolError::Io {
         path: "standard input".into(),
         source: e,
@@ -91,7 +91,6 @@ pub fn run_on_stdio(config: Config, client: &Client, session_id: &str) -> Result
     let shared = Shared {
         config: Arc::clone(&deliverer.config),
         spool: Arc::clone(&deliverer.spool),
-        aliases: Arc::clone(&deliverer.aliases),
         reloaded,
         handoff: Handoff::Collect(Mutex::new(Vec::new())),
         shutting_down: AtomicBool::new(false),

@@ -61,7 +61,9 @@ pub fn run(
                         continue;
                     }
                     if signal.ssi_signo == Signal::SIGHUP as u32 {
-                        info!("received SIGHUP: reading the TLS files and auth_users again");
+                        info!(
+                            "received SIGHUP: reading the aliases, the TLS files and auth_users again"
+                        );
                         reload();
                         continue;
                     }

@@ -23,10 +23,11 @@ use crate::config::Config;
 use crate::delivery::aliases::{AliasError, Aliases};
 use crate::delivery::attempt::{Deliverer, SetupError};
 use crate::delivery::scheduler::Scheduler;
+use crate::reloadable::Reloadable;
 use crate::spool::{Queued, Scan, Spool, SpoolError, SpoolLock};
 use crate::tls::TlsError;
 use connection::{Handoff, Shared};
-use reload::{Reloadable, Reloaded};
+use reload::Reloaded;
 
 /// Why the server could not start.
 #[derive(Debug)]
@@ -73,20 +74,19 @@ impl From<SetupError> for ServeError {
 }
 
 /// Runs the daemon until SIGTERM or SIGINT, then lets sessions in flight finish (up to `shutdown_grace`).
-/// SIGHUP re-reads the TLS files and `auth_users`.
+/// SIGHUP re-reads the aliases file, the TLS files and `auth_users`.
 pub fn serve(config: Config) -> Result<(), ServeError> {
     let config = Arc::new(config);
-    let reloaded = load_reloaded(&config)?;
+    let aliases = Aliases::configured(&config).map_err(ServeError::Aliases)?;
+    let reloaded = load_reloaded(&config, Arc::new(Reloadable::new(aliases)))?;
     let signals = block_signals()?;
-    let aliases = Arc::new(Aliases::configured(&config).map_err(ServeError::Aliases)?);
     let (spool, _lock, scan) = open_spool(&config)?;
     let queued = scan.messages.len();
-    let scheduler = start_delivery(&config, &spool, &aliases, scan.messages)?;
+    let scheduler = start_delivery(&config, &spool, &reloaded.aliases, scan.messages)?;
     let listeners = bind(&config)?;
     let shared = Arc::new(Shared {
         config: Arc::clone(&config),
         spool,
-        aliases,
         reloaded,
         handoff: scheduler
             .as_ref()
@@ -150,7 +150,7 @@ fn open_spool(config: &Config) -> Result<(Arc<Spool>, SpoolLock, Scan), ServeErr
 fn start_delivery(
     config: &Arc<Config>,
     spool: &Arc<Spool>,
-    aliases: &Arc<Aliases>,
+    aliases: &Arc<Reloadable<Aliases>>,
     waiting: Vec<Queued>,
 ) -> Result<Option<Scheduler>, ServeError> {
     if config.delivery_workers == 0 {
@@ -188,9 +188,14 @@ fn log_ready(config: &Config, queued: usize) {
     );
 }
 
-/// The files read before anything else starts (the TLS key may be readable only by root), and again on SIGHUP.
-pub fn load_reloaded(config: &Config) -> Result<Reloaded, ServeError> {
+/// The files read before anything else starts (the TLS key may be readable only by root), and again on SIGHUP;
+/// `aliases`, loaded already, is shared with the deliverer.
+pub fn load_reloaded(
+    config: &Config,
+    aliases: Arc<Reloadable<Aliases>>,
+) -> Result<Reloaded, ServeError> {
     Ok(Reloaded {
+        aliases,
         tls: Reloadable::new(reload::load_tls(config).map_err(ServeError::Tls)?),
         auth_users: Reloadable::new(
             reload::load_auth_users(config).map_err(ServeError::AuthUsers)?,

@@ -1,34 +1,20 @@
-//! The files the daemon reads at start and again on SIGHUP: the TLS certificate and key, and `auth_users`.
+//! The files the daemon reads at start and again on SIGHUP: the aliases file, the TLS certificate and key, and
+//! `auth_users`.
 //! A file that fails to load on reload keeps the old contents in force and says why.
 //!
 //! Loading goes through [`load_tls`] alone, so that a privileged helper can take over reading the key (which
 //! only root may read) without the rest of the server changing.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use chrono::Utc;
 use log::{info, warn};
 
 use crate::auth::{AuthUsers, AuthUsersError};
 use crate::config::Config;
+use crate::delivery::aliases::Aliases;
+use crate::reloadable::Reloadable;
 use crate::tls::{ServerTls, TlsError};
-
-/// A value the daemon may replace while sessions use the old one: readers take an `Arc` snapshot.
-pub struct Reloadable<T>(RwLock<Arc<T>>);
-
-impl<T> Reloadable<T> {
-    pub fn new(value: T) -> Reloadable<T> {
-        Reloadable(RwLock::new(Arc::new(value)))
-    }
-
-    pub fn get(&self) -> Arc<T> {
-        Arc::clone(&self.0.read().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    pub fn set(&self, value: T) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(value);
-    }
-}
 
 /// The certificate and key of the configuration, or None when TLS is not configured. An expired certificate
 /// loads (clients decide what to do with it) and is warned about.
@@ -53,6 +39,8 @@ pub fn load_auth_users(config: &Config) -> Result<AuthUsers, AuthUsersError> {
 
 /// What SIGHUP refreshes.
 pub struct Reloaded {
+    /// Shared with the delivery workers.
+    pub aliases: Arc<Reloadable<Aliases>>,
     pub tls: Reloadable<Option<ServerTls>>,
     pub auth_users: Reloadable<AuthUsers>,
 }
@@ -60,6 +48,15 @@ pub struct Reloaded {
 impl Reloaded {
     /// Re-reads every file; each one that fails keeps its old contents.
     pub fn reload(&self, config: &Config) {
+        match Aliases::configured(config) {
+            Ok(aliases) => {
+                if let Some(path) = &config.aliases {
+                    info!("reload: {}: {} aliases", path.display(), aliases.len());
+                }
+                self.aliases.set(aliases);
+            }
+            Err(e) => warn!("reload: keeping the old aliases: {e}"),
+        }
         match load_tls(config) {
             Ok(tls) => {
                 if let Some(tls) = &tls {
