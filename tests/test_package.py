@@ -187,6 +187,18 @@ def test_without_a_daemon_root_delivers_in_the_background_and_users_wait(install
     assert wait_until(lambda: len(installed.mail_to_root()) == 4, 20), installed.run("mailq").stdout
 
 
+def test_postinst_says_what_is_wrong_with_the_configuration(installed):
+    config = installed.file("/etc/postel/postel.toml")
+    good = config.read_text()
+    config.write_text(good + "listen_backlogg = 5\n")
+    try:
+        run = installed.run("/var/lib/dpkg/info/postel.postinst configure 0.1.0")
+        assert "/etc/postel/postel.toml is not valid" in run.stderr, run.stderr
+        assert "unknown key 'listen_backlogg'" in run.stderr, run.stderr
+    finally:
+        config.write_text(good)
+
+
 def test_purge_removes_the_package_and_spool_but_not_the_mailboxes(installed):
     delivered = len(installed.mail_to_root())
     installed.run("apt-get purge -y -q postel")
