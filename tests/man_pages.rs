@@ -21,6 +21,43 @@ fn roff(text: &str) -> String {
     }
 }
 
+/// The reference's Markdown as roff text: `code` in bold, a link as its text (a README section named as such).
+fn markdown(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(['`', '[']) {
+        out.push_str(&roff(&rest[..at]));
+        rest = &rest[at..];
+        if let Some(code) = rest.strip_prefix('`') {
+            let end = code.find('`').unwrap_or(code.len());
+            out.push_str(&format!("\\fB{}\\fR", roff(&code[..end])));
+            rest = code.get(end + 1..).unwrap_or("");
+            continue;
+        }
+        let link = rest
+            .find("](")
+            .and_then(|mid| Some((mid, mid + rest[mid..].find(')')?)));
+        match link {
+            Some((mid, end)) => {
+                let (label, target) = (&rest[1..mid], &rest[mid + 2..end]);
+                let label = if target.starts_with('#') {
+                    format!("README: {label}")
+                } else {
+                    label.to_string()
+                };
+                out.push_str(&markdown(&label));
+                rest = &rest[end + 1..];
+            }
+            None => {
+                out.push('[');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(&roff(rest));
+    out
+}
+
 /// A key's doc as a sentence: capital first letter, full stop at the end.
 fn sentence(doc: &str) -> String {
     let mut chars = doc.chars();
@@ -83,8 +120,8 @@ for a system mail server.
             ".TP\n.B {}\n({}; default: {})\n.br\n{}\n",
             roff(key.name),
             roff(key.kind),
-            roff(&key.default),
-            roff(&sentence(key.doc))
+            markdown(&key.default),
+            markdown(&sentence(key.doc))
         ));
     }
     page.push_str(&format!(
