@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from mboxutil import wait_until
+from helpers import wait_until
 
 DEB = os.environ.get("POSTEL_DEB")
 HOST_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")

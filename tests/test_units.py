@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from helpers import POSTEL_BIN, REPO, free_port, write_config
-from mboxutil import deliver, message_ids, wait_until
+from helpers import POSTEL_BIN, REPO, free_port, wait_until, write_config
+from mboxutil import deliver, message_ids
 
 UNITS = ["postel.service", "postel.socket", "postel@.service"]
 # Exposure levels `systemd-analyze security` gives the units today (0 is best, 10 worst), with a little room.
