@@ -8,7 +8,7 @@ use crate::delivery::aliases::{Aliases, Target};
 use crate::delivery::local;
 use crate::delivery::scheduler::SchedulerHandle;
 use crate::smtp::{
-    Detail, ForwardPath, HostNameRules, Policy, RcptVerdict, Reply, check_host_name,
+    Detail, Echo, ForwardPath, HostNameRules, Policy, RcptVerdict, Reply, check_host_name,
 };
 
 /// The recipient policy for one client.
@@ -118,7 +118,7 @@ impl Policy for ServerPolicy {
             Lookup::Unknown(user) => Reply::new(
                 550,
                 Detail::BadDestinationMailbox,
-                format!("<{user}>: no such user here"),
+                format!("<{}>: no such user here", Echo(&user)),
             ),
             Lookup::Remote => CANNOT_VRFY_REMOTE,
         }
@@ -156,7 +156,7 @@ impl Policy for ServerPolicy {
             Lookup::Unknown(user) => Reply::new(
                 550,
                 Detail::BadDestinationMailbox,
-                format!("<{user}>: no such list here"),
+                format!("<{}>: no such list here", Echo(&user)),
             ),
             Lookup::Remote => CANNOT_EXPN_REMOTE,
         }
@@ -168,7 +168,10 @@ impl Policy for ServerPolicy {
             return Reply::new(
                 458,
                 Detail::OtherMailSystem,
-                format!("Unable to queue messages for {node}: queue names are not supported"),
+                format!(
+                    "Unable to queue messages for {}: queue names are not supported",
+                    Echo(node)
+                ),
             );
         }
         let name = node.strip_prefix('@').unwrap_or(node);
@@ -176,7 +179,7 @@ impl Policy for ServerPolicy {
             return Reply::new(
                 501,
                 Detail::InvalidArguments,
-                format!("Syntax: ETRN <domain>; '{node}' is not a domain"),
+                format!("Syntax: ETRN <domain>; '{}' is not a domain", Echo(node)),
             );
         }
         let Some(scheduler) = &self.scheduler else {

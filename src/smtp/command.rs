@@ -2,7 +2,7 @@
 //! arguments of each kind of verb parsed, or the reply that explains why they do not fit.
 
 use super::address::{self, AddressError, ForwardPath, ReversePath};
-use super::reply::{self, Reply};
+use super::reply::{self, Echo, Reply};
 use super::status::Detail;
 
 /// MAIL's arguments: `FROM:<reverse-path> [parameters]`.
@@ -80,6 +80,9 @@ impl BodyType {
 pub fn split(line: &[u8]) -> Result<(&str, &str), Reply> {
     if line.contains(&0) {
         return Err(reply::NUL_IN_COMMAND);
+    }
+    if memchr::memchr(b'\r', line).is_some() {
+        return Err(reply::BARE_CR_IN_COMMAND);
     }
     let line = std::str::from_utf8(line).map_err(|_| reply::COMMAND_NOT_UTF8)?;
     let (verb, args) = match line.split_once(' ') {
@@ -218,7 +221,7 @@ fn parameters(text: &str) -> Result<impl Iterator<Item = (&str, Option<&str>)>, 
         return Err(Reply::new(
             501,
             Detail::InvalidArguments,
-            format!("Syntax: bad parameter '{param}'"),
+            format!("Syntax: bad parameter '{}'", Echo(param)),
         ));
     }
     Ok(params
@@ -245,7 +248,10 @@ fn unknown_parameter(name: &str) -> Reply {
     Reply::new(
         555,
         Detail::InvalidArguments,
-        format!("Error: {} is not supported here", name.to_ascii_uppercase()),
+        format!(
+            "Error: {} is not supported here",
+            Echo(&name.to_ascii_uppercase())
+        ),
     )
 }
 

@@ -75,6 +75,8 @@ pub struct Run {
     pub messages: Vec<(Vec<u8>, Vec<String>)>,
     pub aborted: usize,
     pub closed: bool,
+    /// Every byte the session wrote.
+    pub output: Vec<u8>,
 }
 
 impl Run {
@@ -153,7 +155,8 @@ pub fn run_with(params: SessionParams, trusted: bool, input: &[u8], piece: usize
         buffer.extend_from_slice(&input[fed..fed + more]);
         fed += more;
     }
-    let output = String::from_utf8(session.output().to_vec()).unwrap();
+    result.output = session.output().to_vec();
+    let output = String::from_utf8(result.output.clone()).unwrap();
     result.lines = output
         .split("\r\n")
         .filter(|line| line.len() > 3 && line.as_bytes()[3] == b' ')

@@ -8,6 +8,8 @@ mod data;
 mod harness;
 mod hostname;
 mod reply;
+#[cfg(test)]
+mod reply_text_tests;
 pub mod sasl;
 mod session;
 mod status;
@@ -16,7 +18,7 @@ pub use address::{AddressError, Domain, ForwardPath, Mailbox, ReversePath, parse
 pub use command::{BodyType, MailParams};
 pub use data::BareLf;
 pub use hostname::{HostNameError, HostNameRules, check_host_name};
-pub use reply::Reply;
+pub use reply::{Echo, Reply};
 pub use session::{
     EXTENSIONS, Envelope, Extension, Policy, Protocol, RcptVerdict, Session, SessionParams, State,
     Step, VERBS, Verb,

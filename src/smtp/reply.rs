@@ -1,9 +1,14 @@
 //! SMTP replies: a code, an RFC 3463 enhanced status code and human-readable text, one or many lines. Text
 //! is borrowed where it never changes, so the common replies cost no allocation; the ones that never change
 //! at all are the constants at the end of this file.
+//!
+//! Reply text is printable ASCII only (RFC 5321's `textstring`, without the UTF-8 RFC 6531 would allow). A
+//! client's bytes in a reply are shown through [`Echo`], escaped and cut short; and whatever a reply's text
+//! holds, it goes on the wire escaped, so no reply can carry a bare CR or LF — which a client that ends lines
+//! at CR would read as the start of another reply (`VRFY x\r250 2.0.0 Ok`).
 
 use std::borrow::Cow;
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 use super::status::{Class, Detail, Status};
 
@@ -99,9 +104,76 @@ impl Reply {
                 status.write_to(out);
                 out.push(b' ');
             }
-            out.extend_from_slice(line.as_bytes());
+            push_printable(out, line);
             out.extend_from_slice(b"\r\n");
         }
+    }
+}
+
+/// Appends `text` with every byte outside 0x20-0x7E escaped.
+fn push_printable(out: &mut Vec<u8>, text: &str) {
+    if text.bytes().all(is_printable) {
+        out.extend_from_slice(text.as_bytes());
+        return;
+    }
+    for byte in text.bytes() {
+        if is_printable(byte) {
+            out.push(byte);
+        } else {
+            let (escaped, len) = escape(byte);
+            out.extend_from_slice(&escaped[..len]);
+        }
+    }
+}
+
+fn is_printable(byte: u8) -> bool {
+    (0x20..=0x7e).contains(&byte)
+}
+
+/// A byte outside 0x20-0x7E as printable text: `\r`, `\n`, `\t`, else `\xNN` (each byte of a UTF-8 character
+/// on its own).
+fn escape(byte: u8) -> ([u8; 4], usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    match byte {
+        b'\r' => (*b"\\r\0\0", 2),
+        b'\n' => (*b"\\n\0\0", 2),
+        b'\t' => (*b"\\t\0\0", 2),
+        _ => (
+            [
+                b'\\',
+                b'x',
+                HEX[usize::from(byte >> 4)],
+                HEX[usize::from(byte & 0xf)],
+            ],
+            4,
+        ),
+    }
+}
+
+/// How much of a client's text a reply shows; the rest is cut off, and "..." says so.
+pub const ECHO_LIMIT: usize = 64;
+
+/// Text from the client, as a reply shows it: printable ASCII as it is, a backslash doubled, other bytes
+/// escaped (`\r`, `\x13`), and no more than [`ECHO_LIMIT`] bytes of it.
+pub struct Echo<'a>(pub &'a str);
+
+impl fmt::Display for Echo<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bytes = self.0.as_bytes();
+        for &byte in &bytes[..bytes.len().min(ECHO_LIMIT)] {
+            match byte {
+                b'\\' => f.write_str("\\\\")?,
+                _ if is_printable(byte) => f.write_char(char::from(byte))?,
+                _ => {
+                    let (escaped, len) = escape(byte);
+                    f.write_str(std::str::from_utf8(&escaped[..len]).expect("escapes are ASCII"))?;
+                }
+            }
+        }
+        if bytes.len() > ECHO_LIMIT {
+            f.write_str("...")?;
+        }
+        Ok(())
     }
 }
 
@@ -141,6 +213,13 @@ pub const NUL_IN_COMMAND: Reply = Reply::fixed(
     500,
     Detail::SyntaxError,
     "Error: NUL character in command line",
+);
+/// A CR inside a command line: a strict server's answer, since a CR that does not end the line is what
+/// smuggling and reply-injection attempts are made of.
+pub const BARE_CR_IN_COMMAND: Reply = Reply::fixed(
+    500,
+    Detail::SyntaxError,
+    "Error: bare CR in command line; SMTP lines end with CR LF",
 );
 pub const COMMAND_NOT_UTF8: Reply = Reply::fixed(
     500,

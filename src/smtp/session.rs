@@ -10,7 +10,7 @@ use super::ReversePath;
 use super::address::ForwardPath;
 use super::command::{self, ArgError, Chunk, MailArgs, MailParams, RcptArgs};
 use super::data::{BareLf, DataReceiver, DataStep};
-use super::reply::{self, Reply};
+use super::reply::{self, Echo, Reply};
 use super::status::Detail;
 use verbs::Handler;
 pub use verbs::{EXTENSIONS, Extension, State, VERBS, Verb};
@@ -696,7 +696,7 @@ fn help(topic: &str) -> Reply {
         None => Reply::new(
             504,
             Detail::InvalidCommand,
-            format!("HELP: no such command '{topic}'"),
+            format!("HELP: no such command '{}'", Echo(topic)),
         ),
     }
 }
