@@ -6,6 +6,7 @@
 
 PREFIX ?= /usr/local
 SBINDIR ?= $(PREFIX)/sbin
+MANDIR ?= $(PREFIX)/share/man
 CARGO ?= cargo
 PYTHON ?= python3
 
@@ -85,10 +86,13 @@ install: release
 	ln -sf postel $(DESTDIR)$(SBINDIR)/sendmail
 	ln -sf postel $(DESTDIR)$(SBINDIR)/mailq
 	ln -sf postel $(DESTDIR)$(SBINDIR)/newaliases
+	install -d $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
+	install -m 644 doc/man/postel.8 $(DESTDIR)$(MANDIR)/man8/postel.8
+	install -m 644 doc/man/postel.toml.5 $(DESTDIR)$(MANDIR)/man5/postel.toml.5
 
 uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/postel $(DESTDIR)$(SBINDIR)/sendmail $(DESTDIR)$(SBINDIR)/mailq \
-		$(DESTDIR)$(SBINDIR)/newaliases
+		$(DESTDIR)$(SBINDIR)/newaliases $(DESTDIR)$(MANDIR)/man8/postel.8 $(DESTDIR)$(MANDIR)/man5/postel.toml.5
 
 # Build output and test caches only; ./spool and ./mailboxes may hold mail and stay.
 clean:
