@@ -77,7 +77,7 @@ deb: release
 
 # lintian on the package, then the test that installs it into a fresh Debian root (tests/test_package.py).
 deb-test: deb
-	POSTEL_DEB="$$(ls target/debian/postel_*.deb | tail -n 1)" $(PYTHON) -m pytest -q tests/test_package.py
+	POSTEL_DEB="$$(ls target/debian/postel_*.deb | tail -n 1)" $(PYTHON) -m pytest -q -rs tests/test_package.py
 
 # sendmail, mailq and newaliases are the same binary under other names (it looks at argv[0]).
 install: release

@@ -6,7 +6,7 @@
 # openbsd-inetd (a classic inetd: the client's socket on stdin, stdout and
 # stderr; tests run their own on a private config), what builds and checks
 # the Debian package: dpkg-dev, lintian, mmdebstrap (a clean root to install
-# it into), man (the man pages are rendered to catch mistakes), and make.
+# it into), iproute2 (its loopback in a network namespace), man (the man pages are rendered to catch mistakes), and make.
 # As root it installs whatever is missing (Debian packages, pytest from PyPI);
 # otherwise it prints the one command that does and exits 1.
 # Idempotent and quiet when everything is there already.
@@ -33,6 +33,7 @@ have inetd || want openbsd-inetd
 have dpkg-shlibdeps || want dpkg-dev
 have lintian || want lintian
 have mmdebstrap || want mmdebstrap
+have ip || want iproute2
 have man || want man-db
 
 if [ -z "$missing_debs" ] && [ "$need_pytest" = no ]; then
@@ -87,7 +88,7 @@ if command -v postconf >/dev/null 2>&1 && postconf -M 2>/dev/null | grep -q '252
     echo "setup-tools: note: Postfix is configured on 127.0.0.1:2525 (the benchmark reference); 'make run' needs that port" >&2
 fi
 
-for tool in swaks socat smtp-source mutt bsd-mailx strace dnsmasq systemd-socket-activate openssl inetd dpkg-shlibdeps lintian mmdebstrap man; do
+for tool in swaks socat smtp-source mutt bsd-mailx strace dnsmasq systemd-socket-activate openssl inetd dpkg-shlibdeps lintian mmdebstrap ip man; do
     have "$tool" || { echo "setup-tools: $tool is still missing" >&2; exit 1; }
 done
 echo "setup-tools: all test tools present" >&2
