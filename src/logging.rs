@@ -1,7 +1,7 @@
 //! Where log lines go: stderr (through env_logger) or syslog, facility mail — and never into an SMTP session.
 //!
 //! Classic inetd and xinetd hand `postel inetd` the client's socket as stdin, stdout *and* stderr, so in inetd
-//! mode a stderr that is a socket, or the same file as stdin or stdout, is treated as the client's: lines go to
+//! mode a stderr that is a network socket, or the same file as stdin or stdout, is treated as the client's: lines go to
 //! syslog whatever the `log` key says, and when the syslog socket cannot be reached they are dropped and counted
 //! rather than written there; the count rides on the next line that gets out.
 //!
@@ -20,8 +20,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use log::{Level, Log, Metadata, Record};
-use nix::sys::socket::{MsgFlags, UnixAddr, sendto};
-use nix::sys::stat::{FileStat, SFlag, fstat};
+use nix::sys::socket::{
+    AddressFamily, MsgFlags, SockaddrLike, SockaddrStorage, UnixAddr, getsockname, sendto,
+};
+use nix::sys::stat::{FileStat, fstat};
 
 use crate::config::{Config, DEFAULT_SYSLOG_SOCKET, LogTarget};
 
@@ -256,21 +258,31 @@ fn syslog_line(
     line
 }
 
-/// Whether stderr may lead to the client: a socket (inetd and xinetd pass the connection as fd 2), or the file
-/// stdin or stdout is (socat's `stderr` option, a pipe pair) — unless it is a terminal, where a person runs it.
+/// Whether stderr may lead to the client: a network socket (inetd and xinetd pass the connection as fd 2), or
+/// the file stdin or stdout is (socat's `stderr` option, a pipe pair). Not a terminal, where a person runs it,
+/// nor a local socket of its own (systemd's `StandardError=journal`).
 fn stderr_may_be_the_client() -> bool {
-    let Ok(stderr) = fstat(io::stderr().as_fd()) else {
+    let stderr = io::stderr();
+    let Ok(stat) = fstat(stderr.as_fd()) else {
         return false;
     };
-    if io::stderr().is_terminal() {
+    if stderr.is_terminal() {
         return false;
     }
     let same_file = |other: nix::Result<FileStat>| {
-        other.is_ok_and(|o| (o.st_dev, o.st_ino) == (stderr.st_dev, stderr.st_ino))
+        other.is_ok_and(|o| (o.st_dev, o.st_ino) == (stat.st_dev, stat.st_ino))
     };
-    SFlag::from_bits_truncate(stderr.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFSOCK
-        || same_file(fstat(io::stdin().as_fd()))
+    let network_socket = || {
+        getsockname::<SockaddrStorage>(stderr.as_raw_fd()).is_ok_and(|address| {
+            matches!(
+                address.family(),
+                Some(AddressFamily::Inet | AddressFamily::Inet6)
+            )
+        })
+    };
+    same_file(fstat(io::stdin().as_fd()))
         || same_file(fstat(io::stdout().as_fd()))
+        || network_socket()
 }
 
 #[cfg(test)]

@@ -250,3 +250,28 @@ def test_daemon_logs_to_syslog_when_configured(make_postel, syslog):
     syslog.wait_for("disconnect from 127.0.0.1")
     assert {facility for facility, _, _ in syslog.lines()} == {MAIL}
     assert "postel ready" not in server.log()
+
+
+def test_inetd_stderr_on_a_local_socket_of_its_own_stays_stderr(tmp_path, syslog):
+    """systemd's StandardError=journal makes stderr a Unix socket to the journal: not the client's, so kept."""
+    config = write_config(tmp_path, syslog_socket=str(syslog.path))
+    journal, theirs = socket.socketpair()
+    env = {k: v for k, v in os.environ.items() if k != "POSTEL_CONFIG"}
+    env.update(RUST_LOG="info", TCPREMOTEIP="127.0.0.1")
+    with theirs:
+        proc = subprocess.Popen([str(POSTEL_BIN), "inetd", "--config", str(config)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=theirs, env=env)
+    try:
+        out, _ = proc.communicate(b"QUIT\r\n", timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    assert_only_replies(out)
+    journal.settimeout(5)
+    logged = b""
+    with journal:
+        while chunk := journal.recv(65536):
+            logged += chunk
+    assert b"disconnect from 127.0.0.1" in logged, logged
+    assert syslog.received == []
