@@ -9,6 +9,7 @@ repository. Servers log at $POSTEL_TEST_RUST_LOG (debug by default), commands
 at $POSTEL_TEST_RUST_LOG (info by default).
 """
 
+import fcntl
 import functools
 import json
 import os
@@ -59,6 +60,18 @@ def postel(args, config=None, input=None, env=None, timeout=30, check=False):
     if check:
         assert run.returncode == 0, f"{argv} exited {run.returncode}: {run.stderr.decode(errors='replace')}"
     return run
+
+
+def spool_free(spool_dir):
+    """Whether no program holds the spool's lock (flock on <spool>/lock): no daemon, and no other program delivering."""
+    try:
+        with open(Path(spool_dir) / "lock") as lock:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return True
+    except FileNotFoundError:
+        return True
+    except BlockingIOError:
+        return False
 
 
 def free_port():

@@ -4,12 +4,11 @@ does the work, asked through <spool>/control/ and SIGUSR1) and without one (the 
 A recipient at remote.test stays deferred: mail for other hosts goes to a loopback port that refuses connections.
 """
 
-import fcntl
 import re
 
 import pytest
 
-from helpers import postel, wait_until, write_config
+from helpers import postel, spool_free, wait_until, write_config
 from mboxutil import deliver, message_ids, queue_empty, queue_list, sent_lines
 from spool import queue_files
 
@@ -24,18 +23,6 @@ def journal_attempts(spool, qid):
     except FileNotFoundError:
         return 0
     return sum(int(m[1]) for m in re.finditer(rf"^{qid} attempts (\d+) [0-9a-f]{{8}}$", text, re.M))
-
-
-def spool_free(spool):
-    """Whether no program holds the spool's lock (flock on <spool>/lock)."""
-    try:
-        with open(spool / "lock") as lock:
-            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return True
-    except FileNotFoundError:
-        return True
-    except BlockingIOError:
-        return False
 
 
 def check_listing(listing, qid):

@@ -15,8 +15,9 @@ import time
 
 import pytest
 
-from helpers import HOSTNAME, POSTEL_BIN, SmtpConn, postel, wait_until, write_config
+from helpers import HOSTNAME, POSTEL_BIN, SmtpConn, free_port, postel, spool_free, wait_until, write_config
 from mboxutil import deliver, message_ids, messages, queue_list, sent_lines, strip_trace, trace_headers
+from relayutil import FakeSmtp
 
 USERS = ["alice", "bob", "carol"]
 LOGIN = pwd.getpwuid(os.getuid()).pw_name
@@ -295,3 +296,28 @@ def test_daemon_is_handed_the_message(make_postel):
     assert "status=sent" not in run.stderr.decode(), f"sendmail delivered although a daemon runs:\n{run.stderr}"
     assert len(message_ids(daemon.mailboxes / "alice")) == 1
     print(f"handed over and delivered in {time.monotonic() - start:.2f}s")
+
+
+def test_mail_queued_while_a_background_delivery_runs_is_delivered_by_it(tmp_path):
+    """No daemon: the first sendmail's background delivery waits on a slow smarthost while holding the spool. A
+    second sendmail sees the spool held and leaves its message to that process (ringing it, which must not kill
+    it), and the process delivers that message too before it exits."""
+    smarthost = FakeSmtp("127.0.0.1", free_port(), greeting_delay=2.0)
+    try:
+        folder = tmp_path / "alone"
+        folder.mkdir()
+        config = write_config(folder, **deliver(local_users=USERS, smarthost=f"127.0.0.1:{smarthost.port}",
+                                                smarthost_tls="none"))
+        spool = folder / "spool"
+        first = postel(["sendmail", "-v", "x@remote.test"], config, input=b"Subject: slow\n\nvia the smarthost\n")
+        assert first.returncode == 0 and "delivering in the background" in first.stderr.decode(), first.stderr
+        assert wait_until(lambda: not spool_free(spool), 5), "the background delivery never took the spool"
+        second = postel(["sendmail", "-v", "alice"], config,
+                        input=b"Subject: meanwhile\nMessage-ID: <meanwhile@test>\n\nx\n")
+        assert second.returncode == 0 and "handed to" in second.stderr.decode(), second.stderr
+        smarthost.wait_delivered(1)
+        assert wait_until(lambda: message_ids(folder / "mailboxes" / "alice") == ["<meanwhile@test>"], 20)
+        assert wait_until(lambda: spool_free(spool), 20)
+        assert "Mail queue is empty" in queue_list(config)
+    finally:
+        smarthost.close()
