@@ -197,3 +197,23 @@ def test_newaliases_checks_the_file_and_the_daemon_reads_it_again(make_postel, a
     conn.expect("MAIL FROM:<carol@localhost>", 250)
     conn.expect("RCPT TO:<newlist@localhost>", 250)
     conn.cmd("QUIT")
+
+
+def test_an_alias_target_in_a_local_domain_is_expanded_as_an_alias(make_postel, tmp_path):
+    """doc/delivery.md: `postmaster: webmaster@localhost` with webmaster itself an alias reaches webmaster's members
+    (not a 5.1.1 for a user webmaster who does not exist); a loop through such addresses is logged, not followed."""
+    path = tmp_path / "aliases"
+    path.write_text("postmaster: webmaster@localhost\n"
+                    "webmaster: alice, bob@LOCALHOST\n"
+                    "ping: pong@localhost\n"
+                    "pong: ping@localhost, carol\n")
+    postel = make_postel(**deliver(local_users=USERS, aliases=str(path)))
+    send(postel, "carol@example.org", ["postmaster@localhost"], "to-postmaster")
+    send(postel, "carol@example.org", ["ping@localhost"], "ping")
+    settle(postel)
+    counts = mailbox_counts(postel)
+    assert counts["alice"] == {"<to-postmaster@alias.test>": 1}, counts
+    assert counts["bob"] == {"<to-postmaster@alias.test>": 1}, counts
+    assert counts["carol"] == {"<ping@alias.test>": 1}, counts
+    assert not counts["root"], counts
+    assert "alias loop: ping -> pong -> ping" in postel.log()

@@ -26,12 +26,14 @@ pub enum Target {
     File(String),
 }
 
-/// What an alias lists, as parsed: either a name that expansion may resolve further, or a final target.
+/// What an alias lists, as parsed: a name or address that expansion may resolve further, or a final target.
 #[derive(Clone, Debug)]
 enum Item {
     /// A lower-cased local name: an alias if one is defined, else a local user.
     Name(String),
-    /// A target that expansion passes through unchanged (addresses, commands, files and `\user`).
+    /// An address: expanded like a name when its domain is local, else passed through.
+    Address(String),
+    /// A target that expansion passes through unchanged (commands, files, `\user` and `\user@domain`).
     Final(Target),
 }
 
@@ -151,8 +153,20 @@ impl Aliases {
     /// itself directly (`root: root, bob`) delivers to that local user, as sendmail does. Duplicates are
     /// removed, keeping the order of first occurrence, and paths deeper than 20 aliases are cut off and reported.
     pub fn expand(&self, name: &str) -> Expansion {
+        self.expand_local(name, &|_| None)
+    }
+
+    /// Like [`Aliases::expand`], and an address target in a local domain (`local_part` returns its local part,
+    /// None for any other address) expands like the name it holds: with `postmaster: webmaster@localhost`,
+    /// postmaster reaches the targets of the alias webmaster, and a loop through such addresses is found and
+    /// reported like any other.
+    pub fn expand_local(
+        &self,
+        name: &str,
+        local_part: &dyn Fn(&str) -> Option<String>,
+    ) -> Expansion {
         let mut walk = Walk::default();
-        walk.visit(self, &name.to_lowercase());
+        walk.visit(self, &name.to_lowercase(), local_part);
         Expansion {
             targets: walk.targets,
             problems: walk.problems,
@@ -370,7 +384,11 @@ fn classify(text: &str, quoted: bool) -> Result<Item, String> {
         None => (text, false),
     };
     if name.contains('@') {
-        return Ok(Item::Final(Target::Address(name.to_string())));
+        return Ok(if escaped {
+            Item::Final(Target::Address(name.to_string()))
+        } else {
+            Item::Address(name.to_string())
+        });
     }
     if name.is_empty() {
         return Err("empty target".to_string());
@@ -402,7 +420,12 @@ struct Walk {
 
 impl Walk {
     /// Adds the targets of `name`, an alias or a local user.
-    fn visit(&mut self, aliases: &Aliases, name: &str) {
+    fn visit(
+        &mut self,
+        aliases: &Aliases,
+        name: &str,
+        local_part: &dyn Fn(&str) -> Option<String>,
+    ) {
         let Some(items) = aliases.map.get(name) else {
             return self.push(Target::Local(name.to_string()));
         };
@@ -424,7 +447,11 @@ impl Walk {
         self.path.push(name.to_string());
         for item in items {
             match item {
-                Item::Name(next) => self.visit(aliases, next),
+                Item::Name(next) => self.visit(aliases, next, local_part),
+                Item::Address(address) => match local_part(address) {
+                    Some(local) => self.visit(aliases, &local.to_lowercase(), local_part),
+                    None => self.push(Target::Address(address.clone())),
+                },
                 Item::Final(target) => self.push(target.clone()),
             }
         }

@@ -28,13 +28,25 @@ pub fn mailbox_name(local_part: &str) -> Option<String> {
 
 /// Whether `local_part` names a local user with a mailbox. `root` always has one: postmaster's mail goes there.
 pub fn user_exists(config: &Config, local_part: &str) -> bool {
-    let Some(name) = mailbox_name(local_part) else {
-        return false;
-    };
+    mailbox_name(local_part).is_some_and(|name| local_user(config, &name).is_some())
+}
+
+/// A local user who has a mailbox here.
+struct LocalUser {
+    /// A system account's ids, given to a mailbox delivery creates for it.
+    owner: Option<(Uid, Gid)>,
+}
+
+/// The local user a mailbox name belongs to, if any; the system's accounts are looked up once here.
+fn local_user(config: &Config, name: &str) -> Option<LocalUser> {
     match &config.local_users {
-        LocalUsers::Any => true,
-        LocalUsers::List(names) => name == "root" || names.contains(&name),
-        LocalUsers::System => matches!(User::from_name(&name), Ok(Some(_))),
+        LocalUsers::Any => Some(LocalUser { owner: None }),
+        LocalUsers::List(names) => {
+            (name == "root" || names.iter().any(|n| n == name)).then_some(LocalUser { owner: None })
+        }
+        LocalUsers::System => User::from_name(name).ok().flatten().map(|user| LocalUser {
+            owner: Some((user.uid, user.gid)),
+        }),
     }
 }
 
@@ -105,10 +117,16 @@ impl Router<'_> {
             }
         };
         let name = local_part.to_lowercase();
+        let local_part_of = |address: &str| {
+            parse_mailbox(address, true)
+                .ok()
+                .filter(|mailbox| self.is_local(&mailbox.domain))
+                .map(|mailbox| mailbox.local)
+        };
         let expansion = if self.aliases.contains(&name) {
-            self.aliases.expand(&name)
+            self.aliases.expand_local(&name, &local_part_of)
         } else if ALWAYS_LOCAL.contains(&name.as_str()) {
-            self.aliases.expand("root")
+            self.aliases.expand_local("root", &local_part_of)
         } else {
             return vec![self.mailbox(recipient, &local_part)];
         };
@@ -125,6 +143,7 @@ impl Router<'_> {
     fn target(&self, recipient: &str, target: Target) -> Route {
         match target {
             Target::Local(name) => self.mailbox(recipient, &name),
+            // Only an escaped one (`\bob@localhost`) is still in a local domain: the others were expanded.
             Target::Address(address) => match parse_mailbox(&address, true) {
                 Ok(mailbox) if self.is_local(&mailbox.domain) => {
                     self.mailbox(recipient, &mailbox.local)
@@ -171,30 +190,22 @@ impl Router<'_> {
     }
 
     fn mailbox(&self, recipient: &str, local_part: &str) -> Route {
-        let name = match mailbox_name(local_part) {
-            Some(name) if user_exists(self.config, &name) => name,
-            _ => {
-                return refused(
-                    recipient,
-                    local_part,
-                    "5.1.1",
-                    format!("no such user here: {local_part}"),
-                );
-            }
-        };
-        let owner = match self.config.local_users {
-            LocalUsers::System => User::from_name(&name)
-                .ok()
-                .flatten()
-                .map(|u| (u.uid, u.gid)),
-            _ => None,
+        let found = mailbox_name(local_part)
+            .and_then(|name| local_user(self.config, &name).map(|user| (name, user)));
+        let Some((name, user)) = found else {
+            return refused(
+                recipient,
+                local_part,
+                "5.1.1",
+                format!("no such user here: {local_part}"),
+            );
         };
         Route {
             recipient: recipient.to_string(),
             key: name.clone(),
             destination: Destination::Mailbox {
                 path: self.config.mailbox_dir.join(&name),
-                owner,
+                owner: user.owner,
             },
         }
     }
@@ -330,6 +341,47 @@ mod tests {
         };
         let routes = router.routes(&["box@localhost".into(), "prog@localhost".into()]);
         assert_eq!(keys(&routes), ["file:/tmp/x", "cmd:/bin/true"]);
+    }
+
+    #[test]
+    fn an_alias_target_in_a_local_domain_is_expanded_too() {
+        let mut config = Config::builtin();
+        config.local_users = LocalUsers::List(vec!["alice".into(), "bob".into(), "www".into()]);
+        config.local_domains = vec!["localhost".into()];
+        let aliases = Aliases::parse(
+            "postmaster: webmaster@localhost\nwebmaster: alice, www@LOCALHOST, bob@remote.test\n\
+             www: www@localhost, bob\nping: pong@localhost\npong: ping@localhost, alice\n\
+             direct: \\webmaster@localhost\n",
+            "aliases",
+        )
+        .unwrap();
+        let router = Router {
+            config: &config,
+            aliases: &aliases,
+        };
+        assert_eq!(
+            keys(&router.routes(&["postmaster".into()])),
+            [
+                "mbox:alice",
+                "mbox:www",
+                "mbox:bob",
+                "remote:bob@remote.test"
+            ]
+        );
+        // An escaped address is not expanded: there is no user webmaster.
+        assert_eq!(
+            keys(&router.routes(&["direct@localhost".into()])),
+            ["refused:5.1.1:webmaster"]
+        );
+        // A loop through addresses ends where it closes, like a loop through names.
+        assert_eq!(
+            keys(&router.routes(&["ping@localhost".into()])),
+            ["mbox:alice"]
+        );
+        let expansion = aliases.expand_local("ping", &|address: &str| {
+            address.strip_suffix("@localhost").map(str::to_string)
+        });
+        assert_eq!(expansion.problems, ["alias loop: ping -> pong -> ping"]);
     }
 
     #[test]
