@@ -122,6 +122,9 @@ fn deliver_newcomers(deliverer: &Deliverer) -> Result<(), SpoolError> {
             .into_iter()
             .filter(|m| untried(m, &tried))
             .collect();
+        if messages.is_empty() {
+            return Ok(());
+        }
         tried.extend(messages.iter().map(|m| m.envelope.id.clone()));
         deliver_all(deliverer, messages);
     }
