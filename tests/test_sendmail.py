@@ -275,6 +275,7 @@ def test_local_parts_from_sendmail_never_leave_the_mailbox_folder(tmp_path):
         queued += run.returncode == 0
     # Each one queued failed for good: carol, the sender, has one notification for each.
     assert wait_until(lambda: len(message_ids(folder / "mailboxes" / "carol")) >= queued, 20)
+    assert wait_until(lambda: spool_free(folder / "spool"), 20), "the background deliveries did not finish"
     reports = messages(folder / "mailboxes" / "carol")
     assert len(reports) == queued, f"{queued} queued, {len(reports)} notifications"
     for _, raw in reports:
