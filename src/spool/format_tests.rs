@@ -165,3 +165,47 @@ fn a_record_in_a_newer_format_is_refused_at_start_up_and_skipped_by_pick_up() {
     );
     assert!(path.exists(), "an unreadable record is never deleted");
 }
+
+/// A change to what this Postel writes must bump the version and add a fixture: the current
+/// version's fixture is exactly what the code writes today, record by record and entry by entry.
+#[test]
+fn the_current_fixture_is_what_this_postel_writes() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("src/spool/fixtures/v{}", format::VERSION));
+    for file in fs::read_dir(dir.join("queue")).unwrap() {
+        let path = file.unwrap().path();
+        let bytes = fs::read(&path).unwrap();
+        let mut offset = 0;
+        while offset < bytes.len() {
+            let line: &[u8; record::HEADER_LEN] = bytes[offset..offset + record::HEADER_LEN]
+                .try_into()
+                .unwrap();
+            let header = record::Header::parse(line).unwrap();
+            let start = offset + record::HEADER_LEN;
+            let stored = &bytes[start..start + header.envelope_len as usize];
+            let envelope = envelope::Envelope::parse(stored).unwrap();
+            assert_eq!(
+                envelope.encode().as_bytes(),
+                stored,
+                "{}: the envelope at byte {offset} is written differently now: bump the spool \
+                 format version (src/spool/format.rs) and add a fixture",
+                path.display()
+            );
+            offset = start + header.envelope_len as usize + header.body_len as usize;
+        }
+    }
+    let journal = fs::read(dir.join("journal")).unwrap();
+    let entries = journal
+        .strip_prefix(format::LINE.as_bytes())
+        .expect("the journal begins with its version line");
+    for line in entries.split_inclusive(|&b| b == b'\n') {
+        let (id, entry) = state::parse(line).unwrap();
+        let mut written = Vec::new();
+        state::encode(&id, &entry, &mut written);
+        assert_eq!(
+            written, line,
+            "a journal entry is written differently now: bump the spool format version \
+             (src/spool/format.rs) and add a fixture"
+        );
+    }
+}
