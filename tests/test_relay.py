@@ -356,8 +356,6 @@ def test_etrn_and_queue_run_deliver_deferred_mail_now(lab, how):
     assert message_id(got["message"]) == f"<sentinel.{how}@client.test>", "delivered before ETRN with retry_first = 1h"
     if how == "etrn":
         c = sender.session()
-        r = c.cmd("ETRN nothing.test")
-        assert r.code == 251, r
         r = c.cmd("ETRN example.test")
         assert r.code == 253, r
         assert "1 pending" in r.text, r
@@ -379,6 +377,45 @@ def test_etrn_other_forms(lab):
     assert c.cmd("ETRN @example.test").code == 251  # nothing waits
     r = c.cmd("ETRN")
     assert r.code == 501, r
+
+
+def test_etrn_at_most_once_per_client_address_every_ten_seconds(lab):
+    sender = lab.sender(trusted_networks=["127.0.0.1/32", "127.0.0.3/32"])
+    first = sender.session()
+    assert first.cmd("ETRN nothing.test").code == 251
+    r = first.cmd("ETRN nothing.test")
+    assert r.code == 458 and r.enhanced == "4.7.0" and "10 seconds" in r.text, r
+    second = sender.session()  # another session from the same address
+    r = second.cmd("ETRN other.test")
+    assert r.code == 458 and "10 seconds" in r.text, r
+    assert sender.session(source="127.0.0.3").cmd("ETRN nothing.test").code == 251  # another address
+
+
+def test_etrn_refused_to_an_untrusted_client(lab):
+    sender = lab.sender(trusted_networks=["127.0.0.1/32"])
+    r = sender.session(source="127.0.0.4").cmd("ETRN example.test")
+    assert r.code == 502 and r.enhanced == "5.7.0" and "trusted" in r.text, r
+
+
+def test_etrn_over_a_non_ascii_domain_held_behind_a_down_smarthost_leaves_delivery_working(lab):
+    # Nothing listens at the smarthost: the message to a UTF-8 domain waits. An ETRN whose node is a suffix
+    # ending inside the domain's first character once killed the scheduler, and with it all delivery.
+    sender = lab.sender(smarthost=f"127.0.0.2:{lab.remote_port}", retry_first="1h", retry_max="1h")
+    conn = sender.session()
+    conn.expect(f"MAIL FROM:<{ALICE}> SMTPUTF8", 250)
+    conn.expect("RCPT TO:<user@b\u00fc.org>", 250)
+    conn.expect("DATA", 354)
+    conn.send(msg("held utf8") + b".\r\n")
+    r = conn.reply()
+    assert r.code == 250, r
+    wait_status(sender, r.queue_id, "user@b\u00fc.org", "deferred")
+    r = conn.cmd("ETRN @e.org")
+    assert r.code == 251, r
+    conn.expect("QUIT", 221)
+    submit(sender, [ALICE], msg("after etrn"))
+    (got,) = wait_local(sender, "alice", 1)
+    assert got["Message-ID"] == "<after.etrn@client.test>"
+    assert "panicked" not in sender.log()
 
 
 # --------------------------------------------------------------------------------------------------------------------

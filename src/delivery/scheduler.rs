@@ -3,7 +3,9 @@
 //! as they are queued, from the start-up scan, from files other programs leave in the spool, and from the retry
 //! schedule. A message is with at most one worker at a time.
 
+use std::any::Any;
 use std::collections::{BTreeMap, HashSet};
+use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -40,19 +42,33 @@ pub struct SchedulerHandle(Sender<Event>);
 impl SchedulerHandle {
     /// Delivers a message just queued.
     pub fn enqueue(&self, message: Queued) {
-        let _ = self.0.send(Event::New(message));
+        let id = message.envelope.id.clone();
+        if self.0.send(Event::New(message)).is_err() {
+            error!(
+                "{id}: the scheduler has stopped; the message waits in the spool for the next start"
+            );
+        }
     }
 
     /// Something was asked of the daemon (SIGUSR1).
     pub fn ring(&self) {
-        let _ = self.0.send(Event::Doorbell);
+        if self.0.send(Event::Doorbell).is_err() {
+            error!("the scheduler has stopped; requests wait for the next start");
+        }
     }
 
     /// ETRN: tries the waiting messages with recipients at `node` now ("example.org", or "@example.org" for it
     /// and its subdomains); returns how many, or None if the scheduler did not answer in time.
     pub fn run_node(&self, node: &str) -> Option<usize> {
         let (reply, answer) = crossbeam_channel::bounded(1);
-        self.0.send(Event::RunNode(node.to_string(), reply)).ok()?;
+        if self
+            .0
+            .send(Event::RunNode(node.to_string(), reply))
+            .is_err()
+        {
+            error!("ETRN {node}: the scheduler has stopped");
+            return None;
+        }
         answer.recv_timeout(Duration::from_secs(2)).ok()
     }
 }
@@ -142,7 +158,9 @@ struct Manager {
 
 impl Manager {
     /// Handles events until Stop. Due retries and the periodic look around happen whatever else arrives, so a
-    /// steady stream of new messages cannot hold them back.
+    /// steady stream of new messages cannot hold them back. A panic while handling one event is logged at error
+    /// level and the manager goes on with what it knows (each handler changes its state only after the work that
+    /// can fail): a bug must never leave the daemon taking mail that nobody delivers.
     fn run(mut self, inbox: Receiver<Event>) {
         let mut next_look = Instant::now() + PICKUP_INTERVAL;
         loop {
@@ -153,21 +171,40 @@ impl Manager {
                     .unwrap_or_default()
                     .min(until_look)
             });
-            match inbox.recv_timeout(timeout) {
-                Ok(Event::New(message)) => self.dispatch(message),
-                Ok(Event::Done(message, attempted)) => self.done(message, attempted),
-                Ok(Event::Doorbell) => self.look_around(),
-                Ok(Event::RunNode(node, reply)) => {
-                    let _ = reply.send(self.run_node(&node));
-                }
+            let event = match inbox.recv_timeout(timeout) {
                 Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-                Err(RecvTimeoutError::Timeout) => {}
-            }
-            self.dispatch_due(Utc::now());
-            if Instant::now() >= next_look {
-                self.look_around();
+                Ok(event) => Some(event),
+                Err(RecvTimeoutError::Timeout) => None,
+            };
+            let handled = panic::catch_unwind(AssertUnwindSafe(|| {
+                if let Some(event) = event {
+                    self.handle(event);
+                }
+                self.dispatch_due(Utc::now());
+                if Instant::now() >= next_look {
+                    self.look_around();
+                    next_look = Instant::now() + PICKUP_INTERVAL;
+                }
+            }));
+            if let Err(panic) = handled {
+                error!(
+                    "scheduler: internal error ({}); the scheduler goes on",
+                    panic_text(panic.as_ref())
+                );
                 next_look = Instant::now() + PICKUP_INTERVAL;
             }
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::New(message) => self.dispatch(message),
+            Event::Done(message, attempted) => self.done(message, attempted),
+            Event::Doorbell => self.look_around(),
+            Event::RunNode(node, reply) => {
+                let _ = reply.send(self.run_node(&node));
+            }
+            Event::Stop => {}
         }
     }
 
@@ -176,7 +213,12 @@ impl Manager {
             return;
         }
         self.known_files.insert(message.file.clone());
-        let _ = self.work.send(message);
+        if let Err(unsent) = self.work.send(message) {
+            error!(
+                "{}: no delivery worker is running; the message waits in the spool for the next start",
+                unsent.0.envelope.id
+            );
+        }
     }
 
     fn dispatch_due(&mut self, now: DateTime<Utc>) {
@@ -284,19 +326,31 @@ impl Manager {
     }
 }
 
+/// What a caught panic said.
+fn panic_text(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message")
+}
+
 /// Whether `recipient` is at an ETRN node: "example.org" is that domain, "@example.org" also its subdomains.
+/// Compares bytes: a recipient domain may be UTF-8 (SMTPUTF8), where a byte offset need not be a char boundary.
 pub fn at_node(recipient: &str, node: &str) -> bool {
     let Some((_, domain)) = recipient.rsplit_once('@') else {
         return false;
     };
+    let domain = domain.as_bytes();
     match node.strip_prefix('@') {
         Some(parent) => {
+            let parent = parent.as_bytes();
             domain.eq_ignore_ascii_case(parent)
                 || domain.len() > parent.len()
                     && domain[domain.len() - parent.len()..].eq_ignore_ascii_case(parent)
-                    && domain.as_bytes()[domain.len() - parent.len() - 1] == b'.'
+                    && domain[domain.len() - parent.len() - 1] == b'.'
         }
-        None => domain.eq_ignore_ascii_case(node),
+        None => domain.eq_ignore_ascii_case(node.as_bytes()),
     }
 }
 
@@ -313,5 +367,14 @@ mod tests {
         assert!(at_node("a@example.org", "@example.org"));
         assert!(!at_node("a@badexample.org", "@example.org"));
         assert!(!at_node("postmaster", "example.org"));
+    }
+
+    #[test]
+    fn etrn_nodes_next_to_a_non_ascii_domain() {
+        assert!(!at_node("a@bücher.de", "e.org"));
+        assert!(!at_node("a@bücher.de", "@e.de"));
+        assert!(!at_node("a@ü.de", "@e.de"));
+        assert!(at_node("a@mx.bücher.de", "@bücher.de"));
+        assert!(!at_node("a@xbücher.de", "@bücher.de"));
     }
 }

@@ -13,7 +13,7 @@ use log::{debug, info, warn};
 use crate::config::{Config, MAX_LINE_LIMIT};
 use crate::delivery::scheduler::SchedulerHandle;
 use crate::server::pace::{Limits, Pace};
-use crate::server::policy::ServerPolicy;
+use crate::server::policy::{EtrnLimit, ServerPolicy};
 use crate::server::reload::Reloaded;
 use crate::smtp::{Detail, Envelope, Reply, Session, SessionParams, Step};
 use crate::spool::{self, MessageWriter, Queued, Spool};
@@ -40,6 +40,8 @@ pub struct Shared {
     pub handoff: Handoff,
     /// Set when the server is shutting down: idle sessions say 421 and close.
     pub shutting_down: AtomicBool,
+    /// When each client last ran ETRN.
+    pub etrn_limit: Arc<EtrnLimit>,
 }
 
 /// Where queued messages go next.
@@ -89,8 +91,11 @@ pub fn run(transport: &mut dyn Transport, client: &Client, session_id: &str, sha
             Arc::clone(config),
             shared.reloaded.aliases.get(),
             client.trusted,
+            client.ip,
             match &shared.handoff {
-                Handoff::Scheduler(scheduler) => Some(scheduler.clone()),
+                Handoff::Scheduler(scheduler) => {
+                    Some((scheduler.clone(), Arc::clone(&shared.etrn_limit)))
+                }
                 Handoff::Collect(_) | Handoff::Hold => None,
             },
         )),

@@ -94,6 +94,7 @@ pub fn run_on_stdio(config: Config, client: &Client, session_id: &str) -> Result
         reloaded,
         handoff: Handoff::Collect(Mutex::new(Vec::new())),
         shutting_down: AtomicBool::new(false),
+        etrn_limit: Arc::default(),
     };
     connection::run(&mut stdio, client, session_id, &shared);
     let Handoff::Collect(queued) = shared.handoff else {

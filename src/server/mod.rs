@@ -92,6 +92,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
             .as_ref()
             .map_or(Handoff::Hold, |s| Handoff::Scheduler(s.handle())),
         shutting_down: AtomicBool::new(false),
+        etrn_limit: Arc::default(),
     });
     let (pool_tx, pool_rx) = crossbeam_channel::bounded(config.workers + config.accept_queue);
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);

@@ -1,24 +1,54 @@
 //! The server's answers to the questions the protocol cannot answer itself: who is local, who may relay, and
 //! what VRFY, EXPN and ETRN say.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::delivery::aliases::{Aliases, Target};
 use crate::delivery::local;
 use crate::delivery::scheduler::SchedulerHandle;
 use crate::smtp::{
-    Detail, Echo, ForwardPath, HostNameRules, Policy, RcptVerdict, Reply, check_host_name,
+    Detail, ETRN_NOT_PERMITTED, ETRN_TOO_OFTEN, Echo, ForwardPath, HostNameRules, Policy,
+    RcptVerdict, Reply, check_host_name,
 };
 
 /// The recipient policy for one client.
 pub struct ServerPolicy {
     config: Arc<Config>,
     aliases: Arc<Aliases>,
-    /// The client is in trusted_networks, or a local program: it may relay.
+    /// The client is in trusted_networks, or a local program: it may relay and use ETRN.
     trusted: bool,
-    /// The daemon's scheduler, for ETRN; None in inetd mode.
-    scheduler: Option<SchedulerHandle>,
+    /// The client's address (None for a local program), for the ETRN limit.
+    ip: Option<IpAddr>,
+    /// The daemon's scheduler and the ETRN limit all its sessions share; None in inetd mode.
+    etrn: Option<(SchedulerHandle, Arc<EtrnLimit>)>,
+}
+
+/// How often one client address may have the queue run with ETRN: each run costs the server a look through
+/// the queue and delivery attempts, so a client must not be able to keep it doing that.
+pub const ETRN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// When each client address last ran ETRN; shared by all sessions of the daemon.
+#[derive(Default)]
+pub struct EtrnLimit(Mutex<HashMap<Option<IpAddr>, Instant>>);
+
+impl EtrnLimit {
+    /// Whether `client` may run ETRN at `now`; if so, the run is counted.
+    pub fn allow(&self, client: Option<IpAddr>, now: Instant) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        last.retain(|_, at| now.saturating_duration_since(*at) < ETRN_INTERVAL);
+        match last.entry(client) {
+            Entry::Occupied(_) => false,
+            Entry::Vacant(entry) => {
+                entry.insert(now);
+                true
+            }
+        }
+    }
 }
 
 const EXPN_DISABLED: Reply = Reply::fixed(
@@ -50,13 +80,15 @@ impl ServerPolicy {
         config: Arc<Config>,
         aliases: Arc<Aliases>,
         trusted: bool,
-        scheduler: Option<SchedulerHandle>,
+        ip: Option<IpAddr>,
+        etrn: Option<(SchedulerHandle, Arc<EtrnLimit>)>,
     ) -> ServerPolicy {
         ServerPolicy {
             config,
             aliases,
             trusted,
-            scheduler,
+            ip,
+            etrn,
         }
     }
 
@@ -182,13 +214,19 @@ impl Policy for ServerPolicy {
                 format!("Syntax: ETRN <domain>; '{}' is not a domain", Echo(node)),
             );
         }
-        let Some(scheduler) = &self.scheduler else {
+        if !self.trusted {
+            return ETRN_NOT_PERMITTED;
+        }
+        let Some((scheduler, limit)) = &self.etrn else {
             return Reply::new(
                 458,
                 Detail::OtherMailSystem,
                 format!("Unable to queue messages for node {node}: no queue runner in this mode"),
             );
         };
+        if !limit.allow(self.ip, Instant::now()) {
+            return ETRN_TOO_OFTEN;
+        }
         match scheduler.run_node(node) {
             Some(0) => Reply::new(
                 251,
@@ -201,10 +239,34 @@ impl Policy for ServerPolicy {
                 format!("OK, {n} pending messages for node {node} started"),
             ),
             None => Reply::new(
-                250,
-                Detail::Undefined,
-                format!("Queuing for node {node} started"),
+                458,
+                Detail::OtherMailSystem,
+                format!("Unable to queue messages for node {node}: the queue runner is busy"),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etrn_once_per_client_address_per_interval() {
+        let limit = EtrnLimit::default();
+        let (one, other): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "::1".parse().unwrap());
+        let start = Instant::now();
+        assert!(limit.allow(Some(one), start));
+        assert!(!limit.allow(Some(one), start + ETRN_INTERVAL / 2));
+        assert!(limit.allow(Some(other), start + ETRN_INTERVAL / 2));
+        assert!(limit.allow(None, start));
+        assert!(!limit.allow(None, start));
+        assert!(limit.allow(Some(one), start + ETRN_INTERVAL));
+    }
+
+    #[test]
+    fn the_etrn_refusal_names_the_interval() {
+        let seconds = format!("every {} seconds", ETRN_INTERVAL.as_secs());
+        assert!(ETRN_TOO_OFTEN.to_string().contains(&seconds));
     }
 }

@@ -18,7 +18,7 @@ pub use address::{AddressError, Domain, ForwardPath, Mailbox, ReversePath, parse
 pub use command::{BodyType, MailParams};
 pub use data::BareLf;
 pub use hostname::{HostNameError, HostNameRules, check_host_name};
-pub use reply::{Echo, Reply};
+pub use reply::{ETRN_NOT_PERMITTED, ETRN_TOO_OFTEN, Echo, Reply};
 pub use session::{
     EXTENSIONS, Envelope, Extension, Policy, Protocol, RcptVerdict, Session, SessionParams, State,
     Step, VERBS, Verb,

@@ -257,6 +257,17 @@ pub const BARE_LF: Reply = Reply::fixed(
     Detail::OtherContent,
     "Error: bare LF in the message; SMTP lines must end with CR LF",
 );
+/// ETRN makes the server work for the client, so only clients it knows may ask.
+pub const ETRN_NOT_PERMITTED: Reply = Reply::fixed(
+    502,
+    Detail::OtherSecurity,
+    "Error: ETRN is only for trusted or authenticated clients",
+);
+pub const ETRN_TOO_OFTEN: Reply = Reply::fixed(
+    458,
+    Detail::OtherSecurity,
+    "Unable to queue messages now: one ETRN per client every 10 seconds",
+);
 
 #[cfg(test)]
 #[path = "reply_tests.rs"]
