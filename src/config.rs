@@ -69,6 +69,9 @@ pub struct Config {
     pub spool_dir: PathBuf,
     /// The directory of per-user mbox files (`mailbox_dir`).
     pub mailbox_dir: PathBuf,
+    /// The unprivileged account the server runs as once it has bound its sockets (`user`); None: whoever
+    /// started it.
+    pub user: Option<String>,
     /// Session worker threads (`workers`).
     pub workers: usize,
     /// Accepted connections that may wait for a free worker (`accept_queue`).
@@ -376,6 +379,20 @@ pub const KEYS: &[Key] = &[
             Ok(())
         },
         get: |c| c.mailbox_dir.display().to_string().into(),
+    },
+    Key {
+        name: "user",
+        kind: "account",
+        default: Some("`\"\"` (none: whoever starts Postel)"),
+        doc: "the unprivileged account that serves sessions and delivers, such as `\"postel\"`; Postel started as root binds its sockets and reads the TLS key first ([doc/security.md](doc/security.md))",
+        set: |c, v| {
+            c.user = match string(v)? {
+                "" => None,
+                name => Some(name.to_string()),
+            };
+            Ok(())
+        },
+        get: |c| c.user.clone().unwrap_or_default().into(),
     },
     count_key!(
         workers,
@@ -747,6 +764,7 @@ impl Config {
             hostname,
             spool_dir: PathBuf::from("./spool"),
             mailbox_dir: PathBuf::from("./mailboxes"),
+            user: None,
             workers: 100,
             accept_queue: 100,
             max_message_size: 50 * 1024 * 1024,

@@ -8,6 +8,7 @@ pub mod copy;
 pub mod delivery;
 pub mod logging;
 pub mod net;
+pub mod privilege;
 pub mod reloadable;
 pub mod remote;
 pub mod server;

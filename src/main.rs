@@ -8,6 +8,7 @@ use nix::sys::signal::{SigSet, Signal};
 use postel::commands::{CliError, Exit, check, passwd, queue, sendmail};
 use postel::config::Config;
 use postel::logging;
+use postel::privilege;
 use postel::server;
 
 const USAGE: &str = "\
@@ -159,6 +160,10 @@ fn run(args: Vec<String>) -> Result<(), CliError> {
     }
     let config = load_config(&options, command != "serve")?;
     logging::route(&config);
+    if command == "queue" {
+        // Root working on the queue does so as the server's account, which owns the spool.
+        privilege::become_account(&config)?;
+    }
     let mut out = std::io::stdout();
     match command.as_str() {
         "serve" => Ok(server::serve(config)?),

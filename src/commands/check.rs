@@ -9,11 +9,15 @@ use chrono::Utc;
 use crate::auth::{AuthUsers, Credentials, credentials};
 use crate::config::Config;
 use crate::delivery::aliases::Aliases;
+use crate::privilege::{self, Account};
 use crate::tls::{self, ServerTls};
 
 /// Every problem found, one per line, or Ok after printing the configuration as TOML.
 pub fn run(config: &Config, out: &mut dyn Write) -> Result<(), String> {
     let problems = problems(config);
+    if let Some(warning) = privilege::root_warning(config) {
+        log::warn!("{warning}");
+    }
     if !problems.is_empty() {
         return Err(problems.join("\n"));
     }
@@ -22,6 +26,9 @@ pub fn run(config: &Config, out: &mut dyn Write) -> Result<(), String> {
 
 fn problems(config: &Config) -> Vec<String> {
     let mut problems = Vec::new();
+    if let Err(e) = Account::configured(config) {
+        problems.push(e.to_string());
+    }
     if let Err(e) = Aliases::configured(config) {
         problems.push(e.to_string());
     }

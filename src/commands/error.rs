@@ -7,6 +7,7 @@ use std::io;
 use crate::config::ConfigError;
 use crate::delivery::aliases::AliasError;
 use crate::delivery::attempt::SetupError;
+use crate::privilege::PrivilegeError;
 use crate::server::ServeError;
 use crate::spool::SpoolError;
 
@@ -112,6 +113,12 @@ impl From<SetupError> for CliError {
     }
 }
 
+impl From<PrivilegeError> for CliError {
+    fn from(e: PrivilegeError) -> CliError {
+        CliError::new(Exit::Config, e.to_string())
+    }
+}
+
 impl From<ServeError> for CliError {
     fn from(e: ServeError) -> CliError {
         let message = e.to_string();
@@ -121,9 +128,10 @@ impl From<ServeError> for CliError {
                 ..CliError::from(e)
             },
             ServeError::Listen(..) | ServeError::Setup(..) => CliError::new(Exit::OsErr, message),
-            ServeError::Aliases(_) | ServeError::Tls(_) | ServeError::AuthUsers(_) => {
-                CliError::new(Exit::Config, message)
-            }
+            ServeError::Aliases(_)
+            | ServeError::Tls(_)
+            | ServeError::AuthUsers(_)
+            | ServeError::Privilege(_) => CliError::new(Exit::Config, message),
         }
     }
 }

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::delivery::aliases::Aliases;
 use crate::delivery::attempt::Deliverer;
 use crate::delivery::control;
+use crate::privilege;
 use crate::server::connection::Client;
 use crate::server::inetd;
 use crate::smtp::{Protocol, parse_mailbox};
@@ -139,6 +140,10 @@ pub fn run(
     out: &mut dyn io::Write,
 ) -> Result<(), CliError> {
     let config = config(&invocation)?;
+    if invocation.mode != Mode::Smtp {
+        // -bs reads the TLS key first and becomes the account itself.
+        privilege::become_account(&config)?;
+    }
     match invocation.mode {
         Mode::List => queue::list(&config, out),
         Mode::RunQueue => queue::run(config, None, out),

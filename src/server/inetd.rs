@@ -13,11 +13,14 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{SockaddrLike, SockaddrStorage, getpeername};
 
 use crate::config::Config;
+use crate::delivery::aliases::Aliases;
 use crate::delivery::attempt::Deliverer;
 use crate::delivery::runner;
+use crate::privilege;
+use crate::reloadable::Reloadable;
 use crate::server::ServeError;
 use crate::server::connection::{self, Client, Handoff, Shared, Transport};
-use crate::spool::SpoolError;
+use crate::spool::{Spool, SpoolError};
 
 /// stdin and stdout as one byte stream; reads wait at most the timeout.
 struct Stdio {
@@ -69,8 +72,15 @@ pub fn run(config: Config) -> Result<(), ServeError> {
 /// Runs one session on stdin/stdout for `client`, then sees the messages it queued delivered: by the daemon if
 /// one runs, else by this process.
 pub fn run_on_stdio(config: Config, client: &Client, session_id: &str) -> Result<(), ServeError> {
-    let deliverer = Arc::new(Deliverer::open(config)?);
-    let reloaded = super::load_reloaded(&deliverer.config, Arc::clone(&deliverer.aliases))?;
+    // The TLS key is read while the process may still be root; then it becomes the `user` account.
+    let account = privilege::Account::configured(&config)?;
+    let aliases = Arc::new(Reloadable::new(
+        Aliases::configured(&config).map_err(ServeError::Aliases)?,
+    ));
+    let reloaded = super::load_reloaded(&config, Arc::clone(&aliases))?;
+    privilege::settle(&config, account)?;
+    let spool = Arc::new(Spool::open(&config.spool_dir)?);
+    let deliverer = Arc::new(Deliverer::new(Arc::new(config), spool, aliases));
     let stdio_error = |e: io::Error| SpoolError::Io {
         path: "standard input".into(),
         source: e,

@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::delivery::aliases::{AliasError, Aliases};
 use crate::delivery::attempt::{Deliverer, SetupError};
 use crate::delivery::scheduler::Scheduler;
+use crate::privilege::{self, Account, PrivilegeError};
 use crate::reloadable::Reloadable;
 use crate::spool::{Queued, Scan, Spool, SpoolError, SpoolLock};
 use crate::tls::TlsError;
@@ -38,6 +39,7 @@ pub enum ServeError {
     Aliases(AliasError),
     Tls(TlsError),
     AuthUsers(AuthUsersError),
+    Privilege(PrivilegeError),
 }
 
 impl fmt::Display for ServeError {
@@ -52,6 +54,7 @@ impl fmt::Display for ServeError {
             ServeError::Aliases(e) => write!(f, "{e}"),
             ServeError::Tls(e) => write!(f, "{e}"),
             ServeError::AuthUsers(e) => write!(f, "{e}"),
+            ServeError::Privilege(e) => write!(f, "{e}"),
         }
     }
 }
@@ -61,6 +64,12 @@ impl std::error::Error for ServeError {}
 impl From<SpoolError> for ServeError {
     fn from(e: SpoolError) -> ServeError {
         ServeError::Spool(e)
+    }
+}
+
+impl From<PrivilegeError> for ServeError {
+    fn from(e: PrivilegeError) -> ServeError {
+        ServeError::Privilege(e)
     }
 }
 
@@ -75,15 +84,20 @@ impl From<SetupError> for ServeError {
 
 /// Runs the daemon until SIGTERM or SIGINT, then lets sessions in flight finish (up to `shutdown_grace`).
 /// SIGHUP re-reads the aliases file, the TLS files and `auth_users`.
+///
+/// Started as root, it reads the files and binds the sockets only root may, then becomes the `user` account
+/// before any thread starts (see doc/security.md).
 pub fn serve(config: Config) -> Result<(), ServeError> {
     let config = Arc::new(config);
+    let account = Account::configured(&config)?;
     let aliases = Aliases::configured(&config).map_err(ServeError::Aliases)?;
     let reloaded = load_reloaded(&config, Arc::new(Reloadable::new(aliases)))?;
     let signals = block_signals()?;
+    let listeners = bind(&config)?;
+    privilege::settle(&config, account)?;
     let (spool, _lock, scan) = open_spool(&config)?;
     let queued = scan.messages.len();
     let scheduler = start_delivery(&config, &spool, &reloaded.aliases, scan.messages)?;
-    let listeners = bind(&config)?;
     let shared = Arc::new(Shared {
         config: Arc::clone(&config),
         spool,

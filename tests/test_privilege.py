@@ -1,0 +1,177 @@
+"""Least privilege (doc/security.md): started as root with `user` set, Postel binds its sockets and then serves
+and delivers as that account; the spool is private to it; mailboxes end up owned by their users.
+
+These tests run the server as root and create the accounts they need with useradd (removed at the end);
+they need root, as `make test` on the test machines has.
+"""
+
+import os
+import pwd
+import shutil
+import socket
+import stat
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from helpers import (POSTEL_BIN, Postel, SmtpConn, free_port, message, postel, transaction, wait_until,
+                     write_config)
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the privilege model is tested as root")
+
+
+@pytest.fixture
+def make_account():
+    """make_account() -> the name of a new system account (no home, no shell); all are removed afterwards."""
+    names = []
+
+    def make(*groups):
+        name = "pt" + uuid.uuid4().hex[:10]
+        argv = ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name]
+        if groups:
+            argv[1:1] = ["--groups", ",".join(groups)]
+        subprocess.run(argv, check=True, capture_output=True)
+        names.append(name)
+        return name
+
+    yield make
+    for name in names:
+        subprocess.run(["userdel", name], capture_output=True)
+
+
+@pytest.fixture
+def open_folder():
+    """A folder every account may enter (pytest's own tmp_path is private to root)."""
+    folder = Path(tempfile.mkdtemp(prefix="postel-privilege-", dir="/tmp"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def servers():
+    started = []
+    yield started
+    for server in started:
+        server.kill()
+        assert "panicked" not in server.log(), server.log()
+
+
+def ids(pid, field):
+    """The real, effective, saved and filesystem ids of process `pid` ("Uid" or "Gid"), from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return [int(n) for n in line.split()[1:]]
+    raise AssertionError(f"no {field} line for {pid}")
+
+
+def mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def serve_as(servers, folder, account, **config):
+    (folder / "spool").mkdir(exist_ok=True)
+    shutil.chown(folder / "spool", account, account)
+    (folder / "mailboxes").mkdir(exist_ok=True)
+    shutil.chown(folder / "mailboxes", account, account)
+    server = Postel(folder, user=account, delivery_workers=2, **config)
+    servers.append(server)
+    return server
+
+
+def test_sessions_and_deliveries_run_as_the_configured_user(servers, open_folder, make_account):
+    account = make_account()
+    user = pwd.getpwnam(account)
+    server = serve_as(servers, open_folder, account)
+    assert ids(server.pid, "Uid") == [user.pw_uid] * 4
+    assert ids(server.pid, "Gid") == [user.pw_gid] * 4
+    conn = server.session()
+    assert transaction(conn, "carol@example.org", ["alice@localhost"], message("as the account")).code == 250
+    mailbox = server.mailboxes / "alice"
+    assert wait_until(lambda: mailbox.exists() and b"as the account" in mailbox.read_bytes())
+    # local_users given as a list: the mailboxes belong to the server's own account.
+    assert os.stat(mailbox).st_uid == user.pw_uid
+    assert "running as root" not in server.log()
+
+
+def test_queued_mail_is_readable_by_every_local_user(servers, open_folder, make_account):
+    """Item 3: spool directories 0700 and files 0600, owned by the account the server runs as."""
+    account = make_account()
+    uid = pwd.getpwnam(account).pw_uid
+    spool_dir = open_folder / "new" / "spool"  # missing: the server creates it
+    mailbox_dir = open_folder / "new" / "mailboxes"
+    server = Postel(open_folder, user=account, delivery_workers=0, spool_dir=str(spool_dir),
+                    mailbox_dir=str(mailbox_dir))
+    servers.append(server)
+    server.spool = spool_dir
+    conn = server.session()
+    assert transaction(conn, "carol@example.org", ["alice@localhost"], message("private")).code == 250
+    assert server.queued_ids(), server.log()
+    for path in [server.spool, *server.spool.rglob("*")]:
+        info = os.stat(path)
+        assert info.st_uid == uid, f"{path} is owned by {info.st_uid}"
+        expected = 0o700 if path.is_dir() else 0o600
+        assert mode(path) == expected, f"{path} has mode {mode(path):o}"
+
+
+def test_an_unknown_account_stops_the_start_naming_it(tmp_path):
+    config = tmp_path / "postel.toml"
+    config.write_text(f'user = "nosuch{uuid.uuid4().hex[:6]}"\nlisten = ["127.0.0.1:1"]\n')
+    name = config.read_text().split('"')[1]
+    for command in (["serve"], ["check"], ["inetd"]):
+        run = postel(command, config=config, input=b"")
+        assert run.returncode == 78, (command, run.stderr)
+        assert f"no such account '{name}'" in run.stderr.decode(), (command, run.stderr)
+
+
+def test_root_without_user_is_warned_about(make_postel, tmp_path):
+    server = make_postel(user=None)
+    assert "running as root" in server.log() and 'user = "postel"' in server.log()
+    run = postel(["check"], config=server.config_path)
+    assert run.returncode == 0
+    assert "running as root" in run.stderr.decode()
+
+
+def test_a_spool_owned_by_another_account_is_refused(servers, open_folder, make_account):
+    account = make_account()
+    (open_folder / "spool").mkdir()
+    (open_folder / "mailboxes").mkdir()
+    config = write_config(open_folder, user=account)
+    run = postel(["serve"], config=config, timeout=10)
+    assert run.returncode == 78, run.stderr
+    assert f"{open_folder / 'spool'}: owned by uid 0, not by the account '{account}'" in run.stderr.decode()
+
+
+def test_serve_outside_the_repository_never_delivers(open_folder):
+    """Item 5: from an empty directory, with the built-in mailbox_dir and spool_dir, the server creates both."""
+    port = free_port()
+    env = dict(os.environ, RUST_LOG="info")
+    env.pop("POSTEL_CONFIG", None)
+    proc = subprocess.Popen([str(POSTEL_BIN), "serve", "--listen", f"127.0.0.1:{port}"], cwd=open_folder,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    try:
+        assert wait_until(lambda: _accepts(port), 10), "the server did not start"
+        conn = SmtpConn.connect(port)
+        conn.greet()
+        assert transaction(conn, "carol@example.org", ["root@localhost"], message("from nowhere")).code == 250
+        conn.close()
+        mailbox = open_folder / "mailboxes" / "root"
+        assert wait_until(lambda: mailbox.exists() and b"from nowhere" in mailbox.read_bytes(), 10)
+        assert mode(open_folder / "spool") == 0o700
+        assert mode(open_folder / "mailboxes") == 0o755
+        assert mode(mailbox) == 0o600
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        proc.stderr.close()
+
+
+def _accepts(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
