@@ -2,7 +2,8 @@
 fresh Debian root made with mmdebstrap through the host's apt sources, and inside it, in a network namespace of
 its own (so the packaged port 25 is free): the shipped configuration checks, the daemon serves port 25, mail(1)
 delivers through /usr/sbin/sendmail into /var/mail, mailq shows the queue empty again, newaliases checks
-/etc/aliases and the daemon takes it up, sendmail with no daemon delivers root's mail in the background while a
+/etc/aliases and the daemon takes it up, a user's mail reaches the daemon through the set-group-id binary,
+sendmail with no daemon delivers root's mail in the background while a
 user's waits for the queue run, and a purge takes the package and its spool but leaves the mailboxes.
 
 Skipped, saying why, when POSTEL_DEB is not set or no Debian mirror can be reached.
@@ -173,18 +174,25 @@ def test_newaliases_checks_the_file_and_the_daemon_reloads_it(installed):
     assert wait_until(lambda: "reload: /etc/aliases:" in installed.log.read_text(), 10), installed.log.read_text()
     installed.run("echo 'to the new alias' | mail -s alias webmaster")
     assert wait_until(lambda: len(installed.mail_to_root()) == 2, 20), installed.log.read_text()
+
+
+def test_a_users_mail_reaches_the_daemon_through_the_set_group_id_binary(installed):
+    installed.run("useradd --create-home alice")
+    run = installed.run("echo 'from alice' | mail -s 'from a user' root", user="alice")
+    assert run.stderr == "", run.stderr
+    assert wait_until(lambda: len(installed.mail_to_root()) == 3, 20), installed.log.read_text()
+    assert installed.mail_to_root()[-1]["From"].startswith("alice@"), installed.mail_to_root()[-1]["From"]
     installed.stop_daemon()
 
 
 def test_without_a_daemon_root_delivers_in_the_background_and_users_wait(installed):
     installed.run("echo 'no daemon' | mail -s detached root")
-    assert wait_until(lambda: len(installed.mail_to_root()) == 3, 20), installed.run("mailq").stdout
-    installed.run("useradd --create-home alice")
+    assert wait_until(lambda: len(installed.mail_to_root()) == 4, 20), installed.run("mailq").stdout
     run = installed.run("echo 'from alice' | /usr/sbin/sendmail -v root", user="alice")
     assert "queue run" in run.stderr, run.stderr
     assert "Mail queue is empty" not in installed.run("mailq").stdout
     installed.run("postel queue run")
-    assert wait_until(lambda: len(installed.mail_to_root()) == 4, 20), installed.run("mailq").stdout
+    assert wait_until(lambda: len(installed.mail_to_root()) == 5, 20), installed.run("mailq").stdout
 
 
 def test_postinst_says_what_is_wrong_with_the_configuration(installed):
