@@ -39,47 +39,91 @@ pub fn prepare(
     message_id: &str,
     now: DateTime<Utc>,
 ) -> io::Result<Prepared> {
-    let mut lines: Vec<Vec<u8>> = Vec::new();
-    let mut size = 0;
-    let mut ended = false;
-    let mut body_start = None;
+    let mut read = read_header_section(input, options.ignore_dots)?;
+    let mut header_recipients = Vec::new();
+    if options.recipients_from_headers {
+        header_recipients = recipients_of(&read.fields);
+        read.fields
+            .retain(|field| !field_name(field).eq_ignore_ascii_case("bcc"));
+    }
+    let added = missing_fields(&read.fields, options, sender, message_id, now);
+    Ok(Prepared {
+        headers: assemble(&added, &read),
+        header_recipients,
+        ended: read.ended,
+    })
+}
+
+/// The header section as read: fields with their continuation lines joined by CRLF, without line ends.
+struct HeaderSection {
+    fields: Vec<Vec<u8>>,
+    /// The first line of the body when the section ended without an empty line (a line that is no header).
+    body_start: Option<Vec<u8>>,
+    /// Its length as read, in bytes.
+    size: usize,
+    /// The input ended with a line holding only "." (unless dots are ignored).
+    ended: bool,
+}
+
+/// Reads header lines up to the empty line that ends them, the first line that is no header, a lone "." (unless
+/// `ignore_dots`), the end of the input, or [`MAX_HEADER_SECTION`] bytes.
+fn read_header_section(input: &mut dyn BufRead, ignore_dots: bool) -> io::Result<HeaderSection> {
+    let mut section = HeaderSection {
+        fields: Vec::new(),
+        body_start: None,
+        size: 0,
+        ended: false,
+    };
     loop {
         let mut line = Vec::new();
         if input.read_until(b'\n', &mut line)? == 0 {
-            break;
+            return Ok(section);
         }
         let text = trim_line_end(&line);
-        if !options.ignore_dots && text == b"." {
-            ended = true;
-            break;
+        if !ignore_dots && text == b"." {
+            section.ended = true;
+            return Ok(section);
         }
-        size += line.len();
-        let continues = text.first().is_some_and(|&b| b == b' ' || b == b'\t') && !lines.is_empty();
+        section.size += line.len();
+        let continues =
+            text.first().is_some_and(|&b| b == b' ' || b == b'\t') && !section.fields.is_empty();
         let is_header = continues || is_field(text);
-        if text.is_empty() || !is_header || size > MAX_HEADER_SECTION {
+        if text.is_empty() || !is_header || section.size > MAX_HEADER_SECTION {
             // The first line that is no header: without an empty line before it, it starts the body.
-            body_start = Some(if text.is_empty() { Vec::new() } else { line });
-            break;
+            section.body_start = (!text.is_empty()).then_some(line);
+            return Ok(section);
         }
-        match lines.last_mut() {
+        match section.fields.last_mut() {
             Some(last) if continues => {
                 last.extend_from_slice(b"\r\n");
                 last.extend_from_slice(text);
             }
-            _ => lines.push(text.to_vec()),
+            _ => section.fields.push(text.to_vec()),
         }
     }
-    let mut header_recipients = Vec::new();
-    if options.recipients_from_headers {
-        for field in &lines {
-            if ["to", "cc", "bcc"].contains(&field_name(field).to_ascii_lowercase().as_str()) {
-                header_recipients.extend(addresses(&String::from_utf8_lossy(field_value(field))));
-            }
-        }
-        lines.retain(|field| !field_name(field).eq_ignore_ascii_case("bcc"));
-    }
+}
+
+/// The addresses in the To, Cc and Bcc fields (for `-t`).
+fn recipients_of(fields: &[Vec<u8>]) -> Vec<String> {
+    fields
+        .iter()
+        .filter(|field| {
+            ["to", "cc", "bcc"].contains(&field_name(field).to_ascii_lowercase().as_str())
+        })
+        .flat_map(|field| addresses(&String::from_utf8_lossy(field_value(field))))
+        .collect()
+}
+
+/// The From, Date and Message-ID fields a message lacks (RFC 5322 3.6), as they are to be added.
+fn missing_fields(
+    fields: &[Vec<u8>],
+    options: &Options,
+    sender: &str,
+    message_id: &str,
+    now: DateTime<Utc>,
+) -> Vec<String> {
     let has = |name: &str| {
-        lines
+        fields
             .iter()
             .any(|field| field_name(field).eq_ignore_ascii_case(name))
     };
@@ -96,27 +140,29 @@ pub fn prepare(
     if !has("message-id") {
         added.push(format!("Message-ID: <{message_id}>"));
     }
-    let mut headers = Vec::with_capacity(size + 256);
+    added
+}
+
+/// The header section as it is queued: the added fields, the message's own, the empty line, and the body's
+/// first line if the section ended on it; CRLF line ends.
+fn assemble(added: &[String], read: &HeaderSection) -> Vec<u8> {
+    let mut headers = Vec::with_capacity(read.size + 256);
     for line in added
         .iter()
         .map(|l| l.as_bytes())
-        .chain(lines.iter().map(|l| l.as_slice()))
+        .chain(read.fields.iter().map(|l| l.as_slice()))
     {
         headers.extend_from_slice(line);
         headers.extend_from_slice(b"\r\n");
     }
     headers.extend_from_slice(b"\r\n");
-    if let Some(first) = body_start.filter(|line| !line.is_empty()) {
-        headers.extend_from_slice(trim_line_end(&first));
+    if let Some(first) = &read.body_start {
+        headers.extend_from_slice(trim_line_end(first));
         if first.ends_with(b"\n") {
             headers.extend_from_slice(b"\r\n");
         }
     }
-    Ok(Prepared {
-        headers,
-        header_recipients,
-        ended,
-    })
+    headers
 }
 
 /// Copies the body from `input` into `write`, with CRLF line ends; stops at a lone "." unless dots are ignored.

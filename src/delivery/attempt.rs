@@ -4,10 +4,12 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{BufReader, Read};
+use std::path::Path;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use log::{error, info, warn};
+use log::{error, info};
+use nix::unistd::{Gid, Uid};
 
 use crate::config::Config;
 use crate::delivery::aliases::{AliasError, Aliases};
@@ -16,11 +18,11 @@ use crate::delivery::local::{Destination, Route, Router};
 use crate::delivery::mbox::{self, MboxSettings};
 use crate::delivery::pipe;
 use crate::delivery::relay::Relay;
+use crate::delivery::retry::Schedule;
 use crate::delivery::trace::{self, Loop};
-use crate::delivery::transport::{Delivery, Problem};
+use crate::delivery::transport::Delivery;
 use crate::reloadable::Reloadable;
-use crate::smtp::Protocol;
-use crate::spool::{self, Outcome, QueueId, Queued, RecipientResult, Spool, SpoolError};
+use crate::spool::{Outcome, QueueId, Queued, RecipientResult, Spool, SpoolError};
 
 /// How much of a message is read to find its header section (for loop checks and bounces).
 const HEADER_LIMIT: u64 = 64 * 1024;
@@ -94,52 +96,22 @@ impl Deliverer {
         message: &mut Queued,
         now: DateTime<Utc>,
     ) -> Result<Attempted, SpoolError> {
-        let envelope = &message.envelope;
-        let router = Router {
-            config: &self.config,
-            aliases: &self.aliases.get(),
-        };
         let headers = self.header_section(message)?;
-        let expired = now
-            .signed_duration_since(envelope.arrival)
-            .to_std()
-            .unwrap_or_default()
-            >= self.config.queue_lifetime;
-        let attempts = message.state.attempts + 1;
-        let mut results = Vec::new();
+        let pending = self.pending_routes(message);
+        let deliveries = self.deliver_all(message, pending, &headers);
+        let schedule = Schedule::new(
+            &self.config,
+            message.envelope.arrival,
+            message.state.attempts + 1,
+            now,
+        );
+        let mut results = Vec::with_capacity(deliveries.len());
         let mut failures = Vec::new();
-        let mut next_try = None;
-        let mut finished = true;
-        let pending: Vec<Route> = router
-            .routes(&envelope.recipients)
-            .into_iter()
-            .filter(|route| {
-                !matches!(
-                    message.state.outcome(&route.key),
-                    Some(Outcome::Delivered | Outcome::Failed { .. })
-                )
-            })
-            .collect();
-        let mut relayed = self.relay_all(message, &pending);
-        let retry_at = now + backoff(&self.config, attempts);
-        for route in pending {
-            let delivery = match relayed.remove(&route.key) {
-                Some(delivery) => delivery,
-                None => self.deliver(message, &route, &headers),
-            };
+        for (route, delivery) in deliveries {
             let remote_reply = matches!(&delivery,
                 Delivery::Temporary(p) | Delivery::Permanent(p) if p.remote_reply);
-            let outcome = self.outcome(delivery, expired, retry_at);
-            if let Outcome::Deferred { next_try: at, .. } = &outcome {
-                next_try = Some(next_try.map_or(*at, |t: DateTime<Utc>| t.min(*at)));
-                finished = false;
-            }
-            log_outcome(&envelope.id, &route, &outcome, envelope.arrival);
-            // Relayed deliveries were recorded as soon as the other server took them.
-            let remote = matches!(route.destination, Destination::Remote(_));
-            if outcome == Outcome::Delivered && !remote {
-                self.spool.record_delivered(&envelope.id, &route.key)?;
-            }
+            let outcome = schedule.outcome(delivery);
+            self.record_delivery(message, &route, &outcome)?;
             if let Outcome::Failed { status, diagnostic } = &outcome {
                 failures.push(Failure {
                     recipient: route.recipient.clone(),
@@ -153,73 +125,109 @@ impl Deliverer {
                 outcome,
             });
         }
-        // Deliveries are recorded as they happen. The notification is queued before the failures are recorded:
-        // a crash in between sends it twice rather than never.
-        let bounces = self
-            .notify(message, &failures, &headers, now)?
+        // The notification is queued before the failures are recorded: a crash in between sends it twice rather
+        // than never.
+        let hostname = &self.config.hostname;
+        let bounces = bounce::queue(&self.spool, hostname, message, &failures, &headers, now)?
             .into_iter()
             .collect();
+        let next_try = self.record_attempt(message, results)?;
+        Ok(Attempted { next_try, bounces })
+    }
+
+    /// The targets of the message's recipients that are neither delivered nor failed yet.
+    fn pending_routes(&self, message: &Queued) -> Vec<Route> {
+        let aliases = self.aliases.get();
+        let router = Router {
+            config: &self.config,
+            aliases: &aliases,
+        };
+        router
+            .routes(&message.envelope.recipients)
+            .into_iter()
+            .filter(|route| {
+                !matches!(
+                    message.state.outcome(&route.key),
+                    Some(Outcome::Delivered | Outcome::Failed { .. })
+                )
+            })
+            .collect()
+    }
+
+    /// Delivers to every route: the remote ones relayed together, one transaction per domain, the others one by
+    /// one. Returns each route with what its transport said, in the order of `routes`.
+    fn deliver_all(
+        &self,
+        message: &Queued,
+        routes: Vec<Route>,
+        headers: &[u8],
+    ) -> Vec<(Route, Delivery)> {
+        let mut relayed = self.relay_all(message, &routes);
+        routes
+            .into_iter()
+            .map(|route| {
+                let delivery = match relayed.remove(&route.key) {
+                    Some(delivery) => delivery,
+                    None => self.deliver(message, &route, headers),
+                };
+                (route, delivery)
+            })
+            .collect()
+    }
+
+    /// Logs the outcome of one target and records a local delivery in the journal at once (a relayed one was
+    /// recorded as soon as the other server took it).
+    fn record_delivery(
+        &self,
+        message: &Queued,
+        route: &Route,
+        outcome: &Outcome,
+    ) -> Result<(), SpoolError> {
+        let envelope = &message.envelope;
+        log_outcome(&envelope.id, route, outcome, envelope.arrival);
+        let remote = matches!(route.destination, Destination::Remote(_));
+        if *outcome == Outcome::Delivered && !remote {
+            self.spool.record_delivered(&envelope.id, &route.key)?;
+        }
+        Ok(())
+    }
+
+    /// Records the outcomes of the attempt that are not deliveries (those are recorded already), and finishes
+    /// the message when no target waits for a retry. Returns the earliest retry time, if any.
+    fn record_attempt(
+        &self,
+        message: &mut Queued,
+        results: Vec<RecipientResult>,
+    ) -> Result<Option<DateTime<Utc>>, SpoolError> {
+        let id = &message.envelope.id;
         let unfinished: Vec<RecipientResult> = results
             .iter()
             .filter(|r| r.outcome != Outcome::Delivered)
             .cloned()
             .collect();
         if !unfinished.is_empty() {
-            self.spool.record(&envelope.id, &unfinished)?;
+            self.spool.record(id, &unfinished)?;
         }
-        if finished {
-            self.spool.finish(&envelope.id)?;
-            info!("{}: removed", envelope.id);
+        let next_try = results
+            .iter()
+            .filter_map(|r| match r.outcome {
+                Outcome::Deferred { next_try, .. } => Some(next_try),
+                _ => None,
+            })
+            .min();
+        if next_try.is_none() {
+            self.spool.finish(id)?;
+            info!("{id}: removed");
         }
         message.state.apply(results);
-        Ok(Attempted { next_try, bounces })
-    }
-
-    /// The journal's record of a delivery: a temporary failure is tried again at `retry_at`, or given up once
-    /// the message has been queued longer than queue_lifetime (`expired`).
-    fn outcome(&self, delivery: Delivery, expired: bool, retry_at: DateTime<Utc>) -> Outcome {
-        match delivery {
-            Delivery::Done => Outcome::Delivered,
-            Delivery::Permanent(Problem {
-                status, diagnostic, ..
-            }) => Outcome::Failed { status, diagnostic },
-            Delivery::Temporary(Problem { diagnostic, .. }) if expired => {
-                let lifetime = crate::config::format_duration(self.config.queue_lifetime);
-                // RFC 3463 4.4.7: delivery time expired; the last error says why.
-                Outcome::Failed {
-                    status: "4.4.7".to_string(),
-                    diagnostic: format!("{diagnostic} (gave up: queued longer than {lifetime})"),
-                }
-            }
-            Delivery::Temporary(Problem {
-                status, diagnostic, ..
-            }) => Outcome::Deferred {
-                status,
-                diagnostic,
-                next_try: retry_at,
-            },
-        }
+        Ok(next_try)
     }
 
     /// Sends the message on to the remote recipients among `routes`: one transaction per domain, for all its
     /// recipients. Returns the result for each remote route's key.
     fn relay_all(&self, message: &Queued, routes: &[Route]) -> HashMap<String, Delivery> {
-        let mut by_domain: Vec<(String, Vec<String>)> = Vec::new();
-        for route in routes {
-            let Destination::Remote(address) = &route.destination else {
-                continue;
-            };
-            let domain = address
-                .rsplit_once('@')
-                .map_or("", |(_, d)| d)
-                .to_ascii_lowercase();
-            match by_domain.iter_mut().find(|(d, _)| *d == domain) {
-                Some((_, addresses)) => addresses.push(address.clone()),
-                None => by_domain.push((domain, vec![address.clone()])),
-            }
-        }
         let mut outcomes = HashMap::new();
-        for (domain, addresses) in by_domain {
+        for (domain, addresses) in remote_by_domain(routes) {
             let record = |taken: &[&String]| {
                 for address in taken {
                     if let Err(e) = self.spool.record_delivered(&message.envelope.id, address) {
@@ -238,47 +246,34 @@ impl Deliverer {
         outcomes
     }
 
+    /// Delivers to one local target: a mailbox, a file or a command.
     fn deliver(&self, message: &Queued, route: &Route, headers: &[u8]) -> Delivery {
-        match &route.destination {
-            Destination::Refused { status, reason } => {
-                return Delivery::permanent(*status, reason.clone());
-            }
-            Destination::Remote(_) => unreachable!("remote routes are relayed"),
-            Destination::Mailbox { .. } | Destination::File(_) | Destination::Command(_) => {}
+        if let Destination::Refused { status, reason } = &route.destination {
+            return Delivery::permanent(*status, reason.clone());
         }
-        match trace::find_loop(headers, &route.recipient) {
-            Some(Loop::AlreadyDelivered) => {
-                return Delivery::permanent(
-                    "5.4.6",
-                    format!(
-                        "mail forwarding loop: already delivered to {}",
-                        route.recipient
-                    ),
-                );
-            }
-            Some(Loop::TooManyHops(n)) => {
-                return Delivery::permanent(
-                    "5.4.6",
-                    format!("mail forwarding loop: {n} Received headers"),
-                );
-            }
-            None => {}
+        if let Some(refused) = loop_refusal(headers, &route.recipient) {
+            return refused;
         }
-        let envelope = &message.envelope;
-        let trace_headers = trace::trace_headers(envelope, &self.config.hostname, &route.recipient);
-        match &route.destination {
-            Destination::Command(command) => match self.body(message) {
-                Ok(mut body) => pipe::deliver(command, trace_headers.as_bytes(), &mut body),
-                Err(outcome) => outcome,
-            },
-            Destination::Mailbox { path, owner } => {
-                self.append(path, *owner, message, &route.key, &trace_headers)
+        let trace_headers =
+            trace::trace_headers(&message.envelope, &self.config.hostname, &route.recipient);
+        let delivered = match &route.destination {
+            Destination::Command(command) => self
+                .body(message)
+                .map(|mut body| pipe::deliver(command, trace_headers.as_bytes(), &mut body)),
+            Destination::Mailbox { path, owner } => self
+                .append(path, *owner, message, &route.key, &trace_headers)
+                .map(|()| Delivery::Done),
+            Destination::File(path) => self
+                .append(path, None, message, &route.key, &trace_headers)
+                .map(|()| Delivery::Done),
+            Destination::Remote(_) | Destination::Refused { .. } => {
+                unreachable!("remote routes are relayed, refused ones answered above")
             }
-            Destination::File(path) => self.append(path, None, message, &route.key, &trace_headers),
-            Destination::Remote(_) | Destination::Refused { .. } => unreachable!("handled above"),
-        }
+        };
+        delivered.unwrap_or_else(|failed| failed)
     }
 
+    /// The queued message, for reading once more; Err is the delivery's failure.
     fn body(&self, message: &Queued) -> Result<BufReader<impl Read + use<>>, Delivery> {
         match self.spool.read_body(message) {
             Ok(body) => Ok(BufReader::with_capacity(64 * 1024, body)),
@@ -289,68 +284,73 @@ impl Deliverer {
         }
     }
 
+    /// Appends the message to the mbox at `path` for the target `key`, unless a crash interrupted an append
+    /// that in fact completed. The append is announced in the journal (offset and length) before it starts,
+    /// so that recovery can tell. Err is the delivery's failure.
     fn append(
         &self,
-        path: &std::path::Path,
-        owner: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
+        path: &Path,
+        owner: Option<(Uid, Gid)>,
         message: &Queued,
         key: &str,
         trace_headers: &str,
-    ) -> Delivery {
+    ) -> Result<(), Delivery> {
         let settings = MboxSettings {
             lock_timeout: self.config.mailbox_lock_timeout,
             stale_lock_age: self.config.stale_lock_age,
             flock: self.config.mailbox_flock,
             max_mailbox_size: self.config.mailbox_size_limit,
         };
-        let envelope = &message.envelope;
-        let from = envelope.sender.as_str();
-        let id = &envelope.id;
-        // An append announced before a crash may have happened: then it must not happen twice.
-        if let Some(&Outcome::Appending { offset, len }) = message.state.outcome(key) {
-            match mbox::appended_whole(path, &settings, offset, len, id.as_str()) {
-                Ok(true) => {
-                    info!(
-                        "{id}: {key}: found whole in {} after a restart",
-                        path.display()
-                    );
-                    return Delivery::Done;
-                }
-                Ok(false) => {}
-                Err(e) => return e.into(),
-            }
+        if self.appended_before_a_crash(path, &settings, message, key)? {
+            return Ok(());
         }
-        let trace = trace_headers.as_bytes();
-        let len = match self
-            .body(message)
-            .map(|mut body| mbox::len_in_mbox(path, from, envelope.arrival, trace, &mut body))
-        {
-            Ok(Ok(len)) => len,
-            Ok(Err(e)) => return e.into(),
-            Err(delivery) => return delivery,
-        };
-        let mut body = match self.body(message) {
-            Ok(body) => body,
-            Err(delivery) => return delivery,
-        };
+        let envelope = &message.envelope;
+        let (sender, trace) = (envelope.sender.as_str(), trace_headers.as_bytes());
+        let len = mbox::len_in_mbox(
+            path,
+            sender,
+            envelope.arrival,
+            trace,
+            &mut self.body(message)?,
+        )?;
         let mut announce = |offset| {
             self.spool
-                .record_appending(id, key, offset, len)
+                .record_appending(&envelope.id, key, offset, len)
                 .map_err(|e| {
                     mbox::MboxError::temporary("4.3.0", format!("cannot record the delivery: {e}"))
                 })
         };
-        let message = mbox::Message {
-            sender: from,
+        let copy = mbox::Message {
+            sender,
             arrival: envelope.arrival,
             trace_headers: trace,
-            body: &mut body,
+            body: &mut self.body(message)?,
             len,
         };
-        match mbox::append(path, owner, &settings, message, &mut announce) {
-            Ok(()) => Delivery::Done,
-            Err(e) => e.into(),
+        Ok(mbox::append(path, owner, &settings, copy, &mut announce)?)
+    }
+
+    /// Whether an append of this message for `key`, announced before a crash, is in the mailbox whole: then it
+    /// must not happen twice. A torn one is cut off.
+    fn appended_before_a_crash(
+        &self,
+        path: &Path,
+        settings: &MboxSettings,
+        message: &Queued,
+        key: &str,
+    ) -> Result<bool, Delivery> {
+        let Some(&Outcome::Appending { offset, len }) = message.state.outcome(key) else {
+            return Ok(false);
+        };
+        let id = &message.envelope.id;
+        let whole = mbox::appended_whole(path, settings, offset, len, id.as_str())?;
+        if whole {
+            info!(
+                "{id}: {key}: found whole in {} after a restart",
+                path.display()
+            );
         }
+        Ok(whole)
     }
 
     /// The message's header section, read from the spool (at most [`HEADER_LIMIT`] bytes).
@@ -368,73 +368,34 @@ impl Deliverer {
         start.truncate(headers);
         Ok(start)
     }
-
-    /// Queues a notification of `failures` for the sender (or postmaster, for a message with the null sender).
-    /// A notification about a notification is never sent: it is dropped with a log line.
-    fn notify(
-        &self,
-        message: &Queued,
-        failures: &[Failure],
-        headers: &[u8],
-        now: DateTime<Utc>,
-    ) -> Result<Option<Queued>, SpoolError> {
-        if failures.is_empty() {
-            return Ok(None);
-        }
-        let envelope = &message.envelope;
-        let hostname = &self.config.hostname;
-        let double_bounce = bounce::double_bounce_sender(hostname);
-        if envelope.sender == double_bounce {
-            warn!(
-                "{}: undeliverable notification to postmaster dropped",
-                envelope.id
-            );
-            return Ok(None);
-        }
-        let (to, sender) = if envelope.sender.is_empty() {
-            ("postmaster".to_string(), double_bounce)
-        } else {
-            (envelope.sender.clone(), String::new())
-        };
-        let text = bounce::build(&bounce::Report {
-            hostname,
-            queue_id: envelope.id.as_str(),
-            arrival: envelope.arrival,
-            now,
-            to: &to,
-            failures,
-            original_headers: headers,
-        });
-        let mut writer = self.spool.new_message(spool::Envelope {
-            id: QueueId::default(),
-            arrival: now,
-            client: None,
-            helo: hostname.clone(),
-            protocol: Protocol::Local,
-            sender,
-            recipients: vec![to.clone()],
-            body: None,
-            smtputf8: false,
-            declared_size: None,
-        });
-        writer.write(&text);
-        let queued = self.spool.commit(writer)?;
-        info!(
-            "{}: sender non-delivery notification: {} to <{to}>",
-            envelope.id, queued.envelope.id
-        );
-        Ok(Some(queued))
-    }
 }
 
-/// The wait before attempt number `attempts + 1`: retry_first, doubling, at most retry_max.
-pub fn backoff(config: &Config, attempts: u32) -> chrono::Duration {
-    let factor = 2u32.saturating_pow(attempts.saturating_sub(1).min(30));
-    let wait = config
-        .retry_first
-        .saturating_mul(factor)
-        .min(config.retry_max);
-    chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX)
+/// The remote addresses among `routes`, grouped by their domain (lower-cased), in the order first met.
+fn remote_by_domain(routes: &[Route]) -> Vec<(String, Vec<String>)> {
+    let mut by_domain: Vec<(String, Vec<String>)> = Vec::new();
+    for route in routes {
+        let Destination::Remote(address) = &route.destination else {
+            continue;
+        };
+        let domain = address
+            .rsplit_once('@')
+            .map_or("", |(_, d)| d)
+            .to_ascii_lowercase();
+        match by_domain.iter_mut().find(|(d, _)| *d == domain) {
+            Some((_, addresses)) => addresses.push(address.clone()),
+            None => by_domain.push((domain, vec![address.clone()])),
+        }
+    }
+    by_domain
+}
+
+/// The failure of a delivery to `recipient` that would be a mail loop, judged by the message's header section.
+fn loop_refusal(headers: &[u8], recipient: &str) -> Option<Delivery> {
+    let why = match trace::find_loop(headers, recipient)? {
+        Loop::AlreadyDelivered => format!("mail forwarding loop: already delivered to {recipient}"),
+        Loop::TooManyHops(n) => format!("mail forwarding loop: {n} Received headers"),
+    };
+    Some(Delivery::permanent("5.4.6", why))
 }
 
 /// One line per delivery attempt of one target, as Postfix writes them; the delay counts from the arrival.
@@ -463,3 +424,7 @@ fn log_outcome(id: &QueueId, route: &Route, outcome: &Outcome, arrival: DateTime
         }
     }
 }
+
+#[cfg(test)]
+#[path = "attempt_tests.rs"]
+mod tests;

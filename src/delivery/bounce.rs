@@ -1,10 +1,14 @@
-//! Delivery status notifications (RFC 3464): the message that tells a sender which recipients failed and why.
+//! Delivery status notifications (RFC 3464): the message that tells a sender which recipients failed and why,
+//! built and queued.
 
 use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
+use log::{info, warn};
 
 use crate::copy::{self, Format};
+use crate::smtp::Protocol;
+use crate::spool::{Envelope, QueueId, Queued, Spool, SpoolError};
 
 /// One recipient that could not be delivered.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +39,63 @@ pub struct Report<'a> {
 /// dropped, so notifications can never loop.
 pub fn double_bounce_sender(hostname: &str) -> String {
     format!("double-bounce@{hostname}")
+}
+
+/// Queues a notification of `failures` for the sender (or postmaster, for a message with the null sender).
+/// A notification about a notification is never sent: it is dropped with a log line.
+pub fn queue(
+    spool: &Spool,
+    hostname: &str,
+    message: &Queued,
+    failures: &[Failure],
+    headers: &[u8],
+    now: DateTime<Utc>,
+) -> Result<Option<Queued>, SpoolError> {
+    if failures.is_empty() {
+        return Ok(None);
+    }
+    let envelope = &message.envelope;
+    let double_bounce = double_bounce_sender(hostname);
+    if envelope.sender == double_bounce {
+        warn!(
+            "{}: undeliverable notification to postmaster dropped",
+            envelope.id
+        );
+        return Ok(None);
+    }
+    let (to, sender) = if envelope.sender.is_empty() {
+        ("postmaster".to_string(), double_bounce)
+    } else {
+        (envelope.sender.clone(), String::new())
+    };
+    let text = build(&Report {
+        hostname,
+        queue_id: envelope.id.as_str(),
+        arrival: envelope.arrival,
+        now,
+        to: &to,
+        failures,
+        original_headers: headers,
+    });
+    let mut writer = spool.new_message(Envelope {
+        id: QueueId::default(),
+        arrival: now,
+        client: None,
+        helo: hostname.to_string(),
+        protocol: Protocol::Local,
+        sender,
+        recipients: vec![to.clone()],
+        body: None,
+        smtputf8: false,
+        declared_size: None,
+    });
+    writer.write(&text);
+    let queued = spool.commit(writer)?;
+    info!(
+        "{}: sender non-delivery notification: {} to <{to}>",
+        envelope.id, queued.envelope.id
+    );
+    Ok(Some(queued))
 }
 
 /// Builds the notification: a multipart/report with a readable part, the machine-readable

@@ -9,6 +9,7 @@ pub mod local;
 pub mod mbox;
 pub mod pipe;
 pub mod relay;
+pub mod retry;
 pub mod runner;
 pub mod scheduler;
 pub mod trace;

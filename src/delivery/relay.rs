@@ -3,7 +3,7 @@
 //! other server said into a delivery result per recipient.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufReader, Cursor, Read};
+use std::io::{BufRead, BufReader, Cursor, Read};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -16,7 +16,9 @@ use crate::config::{Config, RemoteTls, SmarthostTls};
 use crate::copy::{self, Format};
 use crate::delivery::trace;
 use crate::delivery::transport::{Delivery, Problem};
-use crate::remote::client::{ClientError, Connection, RemoteReply, Security, Timeouts, TlsMode};
+use crate::remote::client::{
+    ClientError, Connection, RemoteReply, Security, Sent as Transaction, Timeouts, TlsMode,
+};
 use crate::remote::dns::{DnsError, Resolver, Route as MxRoute};
 use crate::smtp::BodyType;
 use crate::spool::{Queued, Spool};
@@ -301,77 +303,26 @@ impl Relay {
         recipients: &[String],
         accepted: &dyn Fn(&[&String]),
     ) -> Sent {
+        let (mut connection, reused) = match self.connect(addr, security) {
+            Ok(connection) => connection,
+            Err(why) => return Sent::TryNext(why),
+        };
+        let (mut content, size) = match self.content(spool, message, recipients) {
+            Ok(content) => content,
+            Err(failed) => return Sent::Done(vec![failed; recipients.len()]),
+        };
         let envelope = &message.envelope;
-        let eight_bit = envelope.body == Some(BodyType::EightBitMime);
-        let (mut connection, reused) = match self.cached(addr) {
-            Some(connection) => (connection, true),
-            None => match Connection::open(addr, &self.hostname, &self.timeouts, security) {
-                Ok(connection) => (connection, false),
-                Err(ClientError::Rejected { reply, .. }) => {
-                    return Sent::TryNext(reply.to_string());
-                }
-                Err(ClientError::Security(why)) => {
-                    if security.mode == TlsMode::Opportunistic {
-                        self.protection
-                            .plaintext_next
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(addr);
-                    }
-                    return Sent::TryNext(why);
-                }
-                Err(e) => return Sent::TryNext(e.to_string()),
-            },
-        };
-        let body = match spool.read_body(message) {
-            Ok(body) => body,
-            Err(e) => {
-                return Sent::Done(vec![
-                    Delivery::temporary(
-                        "4.3.0",
-                        format!("cannot read the queued message: {e}")
-                    );
-                    recipients.len()
-                ]);
-            }
-        };
-        let received = self.received(message, recipients);
-        let received_len = received.get_ref().len() as u64;
-        let mut body = BufReader::with_capacity(64 * 1024, received.chain(body));
-        let server = connection.server_name().to_string();
-        match connection.send(
+        let sent = connection.send(
             &envelope.sender,
             recipients,
-            &mut body,
-            message.len + received_len,
-            eight_bit,
+            &mut content,
+            size,
+            envelope.body == Some(BodyType::EightBitMime),
             envelope.smtputf8,
-        ) {
-            Ok(sent) => {
-                let taken: Vec<&String> = recipients
-                    .iter()
-                    .zip(&sent.recipients)
-                    .filter(|(_, result)| result.is_ok())
-                    .map(|(recipient, _)| recipient)
-                    .collect();
-                accepted(&taken);
-                let outcomes = sent
-                    .recipients
-                    .into_iter()
-                    .map(|result| match result {
-                        Ok(()) => Delivery::Done,
-                        Err(reply) => from_reply(&reply),
-                    })
-                    .collect();
-                let tls = connection
-                    .tls()
-                    .map_or(String::new(), |tls| format!(" over {tls}"));
-                info!(
-                    "{}: sent to {addr} ({server}){tls}: {}",
-                    envelope.id, sent.final_reply
-                );
-                self.keep(addr, connection);
-                Sent::Done(outcomes)
+        );
+        match sent {
+            Ok(transaction) => {
+                self.taken(message, addr, connection, recipients, transaction, accepted)
             }
             // A cached connection the server has closed meanwhile: try once more on a new one.
             Err(ClientError::Connection(why)) if reused => {
@@ -381,8 +332,100 @@ impl Relay {
                 );
                 self.send(spool, message, addr, security, recipients, accepted)
             }
-            Err(ClientError::Connection(why) | ClientError::Security(why)) => Sent::TryNext(why),
-            Err(ClientError::Rejected { step, reply }) => {
+            Err(e) => self.not_taken(addr, connection, e, recipients.len()),
+        }
+    }
+
+    /// A connection to `addr`: a cached one (true), else a new one; Err says why this server cannot be used.
+    fn connect(&self, addr: SocketAddr, security: &Security) -> Result<(Connection, bool), String> {
+        if let Some(connection) = self.cached(addr) {
+            return Ok((connection, true));
+        }
+        match Connection::open(addr, &self.hostname, &self.timeouts, security) {
+            Ok(connection) => Ok((connection, false)),
+            Err(ClientError::Rejected { reply, .. }) => Err(reply.to_string()),
+            Err(ClientError::Security(why)) => {
+                if security.mode == TlsMode::Opportunistic {
+                    self.protection
+                        .plaintext_next
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(addr);
+                }
+                Err(why)
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// What goes out as the message: our Received header, then the message as queued; and its size.
+    fn content(
+        &self,
+        spool: &Spool,
+        message: &Queued,
+        recipients: &[String],
+    ) -> Result<(impl BufRead + use<>, u64), Delivery> {
+        let body = spool.read_body(message).map_err(|e| {
+            Delivery::temporary("4.3.0", format!("cannot read the queued message: {e}"))
+        })?;
+        let received = self.received(message, recipients);
+        let size = message.len + received.get_ref().len() as u64;
+        Ok((
+            BufReader::with_capacity(64 * 1024, received.chain(body)),
+            size,
+        ))
+    }
+
+    /// The server answered the message: the recipients it took are recorded at once, and the connection is
+    /// kept for the next message.
+    fn taken(
+        &self,
+        message: &Queued,
+        addr: SocketAddr,
+        connection: Connection,
+        recipients: &[String],
+        transaction: Transaction,
+        accepted: &dyn Fn(&[&String]),
+    ) -> Sent {
+        let taken: Vec<&String> = recipients
+            .iter()
+            .zip(&transaction.recipients)
+            .filter(|(_, result)| result.is_ok())
+            .map(|(recipient, _)| recipient)
+            .collect();
+        accepted(&taken);
+        let results = transaction
+            .recipients
+            .into_iter()
+            .map(|result| match result {
+                Ok(()) => Delivery::Done,
+                Err(reply) => from_reply(&reply),
+            })
+            .collect();
+        let tls = connection
+            .tls()
+            .map_or(String::new(), |tls| format!(" over {tls}"));
+        info!(
+            "{}: sent to {addr} ({}){tls}: {}",
+            message.envelope.id,
+            connection.server_name(),
+            transaction.final_reply
+        );
+        self.keep(addr, connection);
+        Sent::Done(results)
+    }
+
+    /// The transaction failed as a whole: for every recipient alike, or for this server.
+    fn not_taken(
+        &self,
+        addr: SocketAddr,
+        connection: Connection,
+        error: ClientError,
+        recipients: usize,
+    ) -> Sent {
+        match error {
+            ClientError::Connection(why) | ClientError::Security(why) => Sent::TryNext(why),
+            ClientError::Rejected { step, reply } => {
                 if !reply.is_permanent() {
                     self.keep(addr, connection);
                 }
@@ -393,10 +436,10 @@ impl Relay {
                     }
                     other => other,
                 };
-                Sent::Done(vec![outcome; recipients.len()])
+                Sent::Done(vec![outcome; recipients])
             }
-            Err(ClientError::Unsendable(why)) => {
-                Sent::Done(vec![Delivery::permanent("5.3.4", why); recipients.len()])
+            ClientError::Unsendable(why) => {
+                Sent::Done(vec![Delivery::permanent("5.3.4", why); recipients])
             }
         }
     }

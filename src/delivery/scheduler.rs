@@ -17,6 +17,7 @@ use log::{error, info, warn};
 
 use crate::delivery::attempt::{Attempted, Deliverer};
 use crate::delivery::control::{self, Request};
+use crate::delivery::retry;
 use crate::spool::{QueueId, Queued, SpoolError};
 
 /// How often the manager looks for messages other programs left in the spool and for control requests, when
@@ -250,8 +251,7 @@ impl Manager {
             }
             Err(e) => {
                 warn!("{id}: delivery results could not be recorded, trying again later: {e}");
-                let retry =
-                    Utc::now() + crate::delivery::attempt::backoff(&self.deliverer.config, 1);
+                let retry = Utc::now() + retry::backoff(&self.deliverer.config, 1);
                 self.waiting.insert((retry, id), message);
             }
         }

@@ -1,0 +1,186 @@
+//! A real deliverer on a spool and a mailbox folder of its own: routing, local delivery, bounces, retries on
+//! the backoff schedule and expiry.
+
+use std::fs;
+use std::net::TcpListener;
+use std::time::Duration;
+
+use chrono::TimeZone;
+
+use super::*;
+use crate::config::LocalUsers;
+use crate::smtp::Protocol;
+use crate::spool::Envelope;
+use crate::testing::TempDir;
+
+/// A deliverer for the local users alice and bob at mx.test, with mail for other hosts going to a port where
+/// nothing listens, retries after 5 minutes (doubling to an hour) and no wait for a locked mailbox.
+fn deliverer(dir: &TempDir, aliases: &str) -> Deliverer {
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut config = Config::builtin();
+    config.hostname = "mx.test".into();
+    config.local_domains = vec!["localhost".into(), "mx.test".into()];
+    config.spool_dir = dir.0.join("spool");
+    config.mailbox_dir = dir.0.join("mailboxes");
+    config.local_users = LocalUsers::List(vec!["alice".into(), "bob".into()]);
+    config.smarthost = Some(closed.to_string());
+    config.nameservers = vec![closed];
+    config.retry_first = Duration::from_secs(300);
+    config.retry_max = Duration::from_secs(3600);
+    config.mailbox_lock_timeout = Duration::ZERO;
+    fs::create_dir_all(&config.mailbox_dir).unwrap();
+    let spool = Spool::open(&config.spool_dir).unwrap();
+    let aliases = Aliases::parse(aliases, "aliases").unwrap();
+    Deliverer::new(
+        Arc::new(config),
+        Arc::new(spool),
+        Arc::new(Reloadable::new(aliases)),
+    )
+}
+
+fn arrival() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 24, 6, 0, 0).unwrap()
+}
+
+fn queue(deliverer: &Deliverer, recipients: &[&str]) -> Queued {
+    let mut writer = deliverer.spool.new_message(Envelope {
+        id: QueueId::default(),
+        arrival: arrival(),
+        client: Some("192.0.2.7".parse().unwrap()),
+        helo: "client.test".into(),
+        protocol: Protocol::Esmtp,
+        sender: "carol@example.org".into(),
+        recipients: recipients.iter().map(|r| r.to_string()).collect(),
+        body: None,
+        smtputf8: false,
+        declared_size: None,
+    });
+    writer.write(b"Subject: hi\r\nMessage-ID: <hi@client.test>\r\n\r\nFrom the body.\r\n");
+    deliverer.spool.commit(writer).unwrap()
+}
+
+fn mailbox(deliverer: &Deliverer, user: &str) -> String {
+    fs::read_to_string(deliverer.config.mailbox_dir.join(user)).unwrap_or_default()
+}
+
+fn outcome<'a>(message: &'a Queued, key: &str) -> &'a Outcome {
+    message.state.outcome(key).unwrap()
+}
+
+#[test]
+fn aliases_route_to_mailboxes_and_unknown_users_are_bounced_at_once() {
+    let dir = TempDir::new("attempt");
+    let deliverer = deliverer(&dir, "staff: alice, bob\n");
+    let mut message = queue(
+        &deliverer,
+        &["staff@mx.test", "Alice@localhost", "nobody@mx.test"],
+    );
+    let attempted = deliverer.attempt(&mut message, arrival()).unwrap();
+    assert_eq!(attempted.next_try, None, "nothing is left to retry");
+    for user in ["alice", "bob"] {
+        let text = mailbox(&deliverer, user);
+        assert_eq!(
+            text.matches("\nFrom ").count() + 1,
+            1,
+            "{user} gets one copy:\n{text}"
+        );
+        assert!(
+            text.starts_with("From carol@example.org Tue Nov 24 06:00:00 2026\n"),
+            "{text}"
+        );
+        assert!(text.contains("\n>From the body.\n"), "{text}");
+    }
+    assert_eq!(
+        outcome(&message, "nobody"),
+        &Outcome::Failed {
+            status: "5.1.1".into(),
+            diagnostic: "no such user here: nobody".into()
+        }
+    );
+    let [bounce] = &attempted.bounces[..] else {
+        panic!("{} notifications", attempted.bounces.len());
+    };
+    assert_eq!(bounce.envelope.recipients, ["carol@example.org"]);
+    assert_eq!(bounce.envelope.sender, "");
+    let scan = deliverer.spool.scan(false).unwrap();
+    assert_eq!(
+        scan.messages
+            .iter()
+            .map(|m| &m.envelope.id)
+            .collect::<Vec<_>>(),
+        [&bounce.envelope.id],
+        "the message is finished; its notification waits"
+    );
+}
+
+#[test]
+fn temporary_failures_wait_on_the_backoff_schedule_and_done_targets_are_not_tried_again() {
+    let dir = TempDir::new("attempt");
+    let deliverer = deliverer(&dir, "");
+    let lock = deliverer.config.mailbox_dir.join("alice.lock");
+    fs::write(&lock, format!("{}\n", std::process::id())).unwrap();
+    let mut message = queue(
+        &deliverer,
+        &["alice@mx.test", "bob@mx.test", "dave@remote.test"],
+    );
+
+    let first = deliverer.attempt(&mut message, arrival()).unwrap();
+    assert_eq!(
+        first.next_try,
+        Some(arrival() + chrono::Duration::minutes(5))
+    );
+    assert!(first.bounces.is_empty());
+    assert!(
+        matches!(outcome(&message, "alice"), Outcome::Deferred { status, .. } if status == "4.2.0")
+    );
+    assert!(
+        matches!(outcome(&message, "dave@remote.test"), Outcome::Deferred { status, .. } if status == "4.4.1")
+    );
+    assert_eq!(outcome(&message, "bob"), &Outcome::Delivered);
+
+    let later = arrival() + chrono::Duration::minutes(5);
+    let second = deliverer.attempt(&mut message, later).unwrap();
+    assert_eq!(
+        second.next_try,
+        Some(later + chrono::Duration::minutes(10)),
+        "the wait doubles"
+    );
+
+    fs::remove_file(&lock).unwrap();
+    let third = deliverer.attempt(&mut message, later).unwrap();
+    assert_eq!(outcome(&message, "alice"), &Outcome::Delivered);
+    assert!(third.next_try.is_some(), "dave@remote.test still waits");
+    assert_eq!(
+        mailbox(&deliverer, "bob").matches("Subject: hi").count(),
+        1,
+        "bob got one copy"
+    );
+    assert_eq!(
+        mailbox(&deliverer, "alice").matches("Subject: hi").count(),
+        1
+    );
+}
+
+#[test]
+fn after_the_queue_lifetime_a_temporary_failure_bounces_with_the_last_error() {
+    let dir = TempDir::new("attempt");
+    let deliverer = deliverer(&dir, "");
+    let mut message = queue(&deliverer, &["dave@remote.test"]);
+    let expired = arrival() + chrono::Duration::days(5);
+    let attempted = deliverer.attempt(&mut message, expired).unwrap();
+    assert_eq!(attempted.next_try, None);
+    assert_eq!(attempted.bounces.len(), 1);
+    match outcome(&message, "dave@remote.test") {
+        Outcome::Failed { status, diagnostic } => {
+            assert_eq!(status, "4.4.7");
+            assert!(
+                diagnostic.ends_with("(gave up: queued longer than 5d)"),
+                "{diagnostic}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
