@@ -111,6 +111,9 @@ pub struct Config {
     pub alias_commands: bool,
     /// Alias targets `/file` may be appended to (`alias_files`).
     pub alias_files: bool,
+    /// How long a `|command` delivery may take, writing the message included, before the command is killed
+    /// and the delivery tried again later (`pipe_timeout`).
+    pub pipe_timeout: Duration,
     /// EXPN expands aliases; false refuses it (`expn`).
     pub expn: bool,
     /// Delivery worker threads (`delivery_workers`); 0 holds every message in the queue.
@@ -562,6 +565,10 @@ pub const KEYS: &[Key] = &[
         alias_files,
         "alias targets `/path` may be appended to as mbox files"
     ),
+    duration_key!(
+        pipe_timeout,
+        "how long a `\"|command\"` delivery may take, from its start to its exit; then the command is killed and the delivery tried again later"
+    ),
     boolean_key!(
         expn,
         "EXPN lists an alias's members; `false` refuses it with `502 5.7.0`"
@@ -787,6 +794,7 @@ impl Config {
             aliases: None,
             alias_commands: false,
             alias_files: false,
+            pipe_timeout: Duration::from_secs(10 * 60),
             expn: true,
             delivery_workers: 4,
             retry_first: Duration::from_secs(5 * 60),

@@ -150,6 +150,30 @@ def test_command_alias_runs_when_allowed(make_postel, aliases):
     assert not (postel.mailboxes / "alice").exists(), "a notification was sent although the command succeeded"
 
 
+def test_a_pipe_command_that_never_reads_is_killed_at_the_deadline(make_postel, tmp_path):
+    """The command's pipe fills long before the message is written: the deadline still ends the delivery, the
+    command and what it started are killed, the message waits for a retry, and the worker goes on."""
+    started = tmp_path / "started"
+    path = tmp_path / "aliases"
+    path.write_text(f'stuck: "|touch {started}; sleep 300"\n')
+    postel = make_postel(**deliver(local_users=USERS, aliases=str(path), alias_commands=True, delivery_workers=1,
+                                   pipe_timeout="1s", retry_first="1h", retry_max="1h"))
+    conn = postel.session()
+    conn.expect("MAIL FROM:<alice@localhost>", 250)
+    conn.expect("RCPT TO:<stuck@localhost>", 250)
+    conn.expect("DATA", 354)
+    conn.send(b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 2000 + b".\r\n")
+    stuck = conn.reply()
+    assert stuck.code == 250, stuck
+    conn.cmd("QUIT")
+    postel.wait_log(rf"{stuck.queue_id}: to=<[^>]*sleep 300>.*status=deferred.*took longer than 1s and was killed", 20)
+    assert started.exists()
+    sleeping = subprocess.run(["pgrep", "-f", f"touch {started}"], capture_output=True, text=True)
+    assert sleeping.stdout == "", f"the command was left running: {sleeping.stdout}"
+    send(postel, "carol@localhost", ["bob@localhost"], "after")
+    assert wait_until(lambda: message_ids(postel.mailboxes / "bob") == ["<after@alias.test>"]), postel.log()[-2000:]
+
+
 def test_the_aliases_example_in_the_docs_loads(make_postel, tmp_path):
     """doc/delivery.md shows an aliases file: the server must start with it as written (its :include: made real)."""
     doc = (REPO / "doc" / "delivery.md").read_text()

@@ -257,9 +257,14 @@ impl Deliverer {
         let trace_headers =
             trace::trace_headers(&message.envelope, &self.config.hostname, &route.recipient);
         let delivered = match &route.destination {
-            Destination::Command(command) => self
-                .body(message)
-                .map(|mut body| pipe::deliver(command, trace_headers.as_bytes(), &mut body)),
+            Destination::Command(command) => self.body(message).map(|mut body| {
+                pipe::deliver(
+                    command,
+                    trace_headers.as_bytes(),
+                    &mut body,
+                    self.config.pipe_timeout,
+                )
+            }),
             Destination::Mailbox { path, owner } => self
                 .append(path, *owner, message, &route.key, &trace_headers)
                 .map(|()| Delivery::Done),

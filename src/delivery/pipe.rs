@@ -1,23 +1,46 @@
 //! Delivery to a command named by an alias (`|command`, only with `alias_commands = true`): the command runs
 //! under /bin/sh with the message on stdin, LF line ends. Nothing from the client reaches the command line or
 //! the environment; the command comes from the admin's aliases file alone.
+//!
+//! One deadline covers the whole delivery: writing the message, the command's run and its exit. A command
+//! that stops reading, never exits or talks endlessly on stderr is killed at the deadline with everything it
+//! started (it runs in a process group of its own), so it cannot hold a delivery worker.
 
-use std::io::{BufRead, BufWriter, Read, Write};
-use std::process::{Command, Stdio};
+use std::io::{self, BufRead, BufWriter, ErrorKind, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, ChildStderr, ChildStdin, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+use crate::config::format_duration;
 use crate::copy::{self, CopyError, Format};
 use crate::delivery::transport::Delivery;
-
-/// How long a command may take before it is killed and the delivery deferred.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
 /// sysexits.h EX_TEMPFAIL: the command asks to be tried again later.
 const EX_TEMPFAIL: i32 = 75;
 
-/// Runs `command` with `trace_headers` and then the message on stdin.
-pub fn deliver(command: &str, trace_headers: &[u8], body: &mut dyn BufRead) -> Delivery {
+/// How much of what the command says on stderr is kept for the log and the bounce; the rest is read and
+/// dropped, so a chatty command never blocks on a full pipe.
+const STDERR_KEPT: usize = 4096;
+
+/// How often the exit of a command that closed its pipes is looked for.
+const EXIT_POLL: Duration = Duration::from_millis(20);
+
+/// Runs `command` with `trace_headers` and then the message `body` on stdin, and kills it if it has not exited
+/// `timeout` after its start; its exit status says what became of the message.
+pub fn deliver(
+    command: &str,
+    trace_headers: &[u8],
+    body: &mut dyn BufRead,
+    timeout: Duration,
+) -> Delivery {
+    let deadline = Instant::now() + timeout;
     let mut child = match Command::new("/bin/sh")
         .arg("-c")
         .arg(command)
@@ -26,50 +49,33 @@ pub fn deliver(command: &str, trace_headers: &[u8], body: &mut dyn BufRead) -> D
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
     {
         Ok(child) => child,
         Err(e) => return Delivery::temporary("4.3.0", format!("cannot run '{command}': {e}")),
     };
-    let mut stdin = child.stdin.take().expect("stdin is piped");
-    let mut stderr = child.stderr.take().expect("stderr is piped");
-    let errors = thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.by_ref().take(4096).read_to_string(&mut text);
-        text
-    });
-    // A command that exits without reading everything closes the pipe: its exit status tells what happened.
-    let _ = copy::copy(
-        Format::PIPE,
-        trace_headers,
-        body,
-        BufWriter::new(&mut stdin),
-    )
-    .and_then(|(mut out, _)| out.flush().map_err(CopyError::Write));
-    drop(stdin);
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Delivery::temporary(
+    let stdin = child.stdin.take().expect("stdin is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (status, said) = match run(&mut child, stdin, stderr, trace_headers, body, deadline) {
+        Ok(done) => done,
+        Err(e) => {
+            kill(&mut child);
+            return if e.kind() == ErrorKind::TimedOut {
+                Delivery::temporary(
                     "4.3.0",
                     format!(
-                        "'{command}' took longer than {}s and was killed",
-                        COMMAND_TIMEOUT.as_secs()
+                        "'{command}' took longer than {} and was killed",
+                        format_duration(timeout)
                     ),
-                );
-            }
-            Err(e) => {
-                return Delivery::temporary("4.3.0", format!("cannot wait for '{command}': {e}"));
-            }
+                )
+            } else {
+                Delivery::temporary("4.3.0", format!("cannot run '{command}': {e}"))
+            };
         }
     };
-    let said = errors.join().unwrap_or_default();
-    let said = said.lines().next().unwrap_or("").trim();
+    let said = String::from_utf8_lossy(&said);
+    let said = said.split_whitespace().collect::<Vec<_>>().join(" ");
     match status.code() {
         Some(0) => Delivery::Done,
         Some(EX_TEMPFAIL) => Delivery::temporary(
@@ -84,9 +90,162 @@ pub fn deliver(command: &str, trace_headers: &[u8], body: &mut dyn BufRead) -> D
     }
 }
 
+/// Feeds the message to the child and waits for its exit, draining stderr all along; Err(TimedOut) at the
+/// deadline. Returns the exit status and the start of what the command said on stderr.
+fn run(
+    child: &mut Child,
+    stdin: ChildStdin,
+    stderr: ChildStderr,
+    trace_headers: &[u8],
+    body: &mut dyn BufRead,
+    deadline: Instant,
+) -> io::Result<(ExitStatus, Vec<u8>)> {
+    set_nonblocking(&stdin)?;
+    set_nonblocking(&stderr)?;
+    let mut input = Input {
+        stdin,
+        stderr: Stderr::new(stderr),
+        deadline,
+    };
+    // A command that exits without reading everything closes the pipe (EPIPE): its exit status tells what
+    // happened. Only the deadline ends the delivery here.
+    let written = copy::copy(
+        Format::PIPE,
+        trace_headers,
+        body,
+        BufWriter::new(&mut input),
+    )
+    .and_then(|(mut out, _)| out.flush().map_err(CopyError::Write));
+    if let Err(CopyError::Write(e)) = written
+        && e.kind() == ErrorKind::TimedOut
+    {
+        return Err(e);
+    }
+    let Input {
+        stdin, mut stderr, ..
+    } = input;
+    drop(stdin);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            // What is still in the pipe; a background process the command left may keep it open, and is
+            // not waited for.
+            stderr.drain()?;
+            return Ok((status, stderr.kept));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ErrorKind::TimedOut.into());
+        }
+        if stderr.open {
+            stderr.wait_and_drain(left.min(EXIT_POLL))?;
+        } else {
+            thread::sleep(left.min(EXIT_POLL));
+        }
+    }
+}
+
+/// The child's stdin as a writer that gives up at the deadline and drains stderr while it waits.
+struct Input {
+    stdin: ChildStdin,
+    stderr: Stderr,
+    deadline: Instant,
+}
+
+impl Write for Input {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            match self.stdin.write(buf) {
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                other => return other,
+            }
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+            let mut fds = [
+                PollFd::new(self.stdin.as_fd(), PollFlags::POLLOUT),
+                PollFd::new(self.stderr.pipe.as_fd(), PollFlags::POLLIN),
+            ];
+            if !self.stderr.open {
+                fds[1].set_events(PollFlags::empty());
+            }
+            if left.is_zero() || poll(&mut fds, timeout)? == 0 {
+                return Err(ErrorKind::TimedOut.into());
+            }
+            if fds[1].any().unwrap_or(false) {
+                self.stderr.drain()?;
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The child's stderr, read as it comes; the first [`STDERR_KEPT`] bytes are kept.
+struct Stderr {
+    pipe: ChildStderr,
+    kept: Vec<u8>,
+    /// Until end of file.
+    open: bool,
+}
+
+impl Stderr {
+    fn new(pipe: ChildStderr) -> Stderr {
+        Stderr {
+            pipe,
+            kept: Vec::new(),
+            open: true,
+        }
+    }
+
+    /// Reads what is in the pipe now.
+    fn drain(&mut self) -> io::Result<()> {
+        let mut chunk = [0; 4096];
+        while self.open {
+            match self.pipe.read(&mut chunk) {
+                Ok(0) => self.open = false,
+                Ok(n) => {
+                    let room = STDERR_KEPT - self.kept.len();
+                    self.kept.extend_from_slice(&chunk[..n.min(room)]);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for something to read, and reads it.
+    fn wait_and_drain(&mut self, timeout: Duration) -> io::Result<()> {
+        let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(self.pipe.as_fd(), PollFlags::POLLIN)];
+        if poll(&mut fds, timeout)? > 0 {
+            self.drain()?;
+        }
+        Ok(())
+    }
+}
+
+fn set_nonblocking(fd: &impl AsFd) -> io::Result<()> {
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(())
+}
+
+/// Kills the command and everything it started, and reaps it.
+fn kill(child: &mut Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    let _ = child.wait();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SOON: Duration = Duration::from_secs(30);
 
     #[test]
     fn the_command_gets_the_message_and_its_exit_status_decides() {
@@ -98,6 +257,7 @@ mod tests {
             &command,
             b"Received: x\r\n",
             &mut &b"Subject: hi\r\n\r\nbody\r\n"[..],
+            SOON,
         );
         assert_eq!(outcome, Delivery::Done);
         assert_eq!(
@@ -105,13 +265,65 @@ mod tests {
             b"Received: x\nSubject: hi\n\nbody\n"
         );
         assert!(matches!(
-            deliver("exit 75", b"", &mut &b""[..]),
+            deliver("exit 75", b"", &mut &b""[..], SOON),
             Delivery::Temporary(_)
         ));
-        match deliver("echo no such list >&2; exit 1", b"", &mut &b"x\r\n"[..]) {
+        match deliver(
+            "echo no such list >&2; exit 1",
+            b"",
+            &mut &b"x\r\n"[..],
+            SOON,
+        ) {
             Delivery::Permanent(problem) => {
                 assert_eq!(problem.status, "5.3.0");
                 assert!(problem.diagnostic.contains("no such list"), "{problem:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A message far bigger than a pipe holds, to a command that never reads it.
+    #[test]
+    fn a_command_that_never_reads_is_killed_at_the_deadline() {
+        let message = vec![b'x'; 4 << 20];
+        match deliver(
+            "sleep 60",
+            b"",
+            &mut &message[..],
+            Duration::from_millis(500),
+        ) {
+            Delivery::Temporary(problem) => {
+                assert!(problem.diagnostic.contains("was killed"), "{problem:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_command_that_never_exits_is_killed_at_the_deadline() {
+        let timeout = Duration::from_millis(500);
+        match deliver("cat >/dev/null; sleep 60", b"", &mut &b"x\r\n"[..], timeout) {
+            Delivery::Temporary(problem) => {
+                assert!(problem.diagnostic.contains("was killed"), "{problem:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// 1 MiB on stderr while the message goes in: stderr is read all along, the first bytes kept.
+    #[test]
+    fn a_chatty_command_is_drained_and_its_first_words_kept() {
+        let message = vec![b'y'; 1 << 20];
+        // Exit status 9 if writing stderr failed (a reader that stopped early: SIGPIPE).
+        let command =
+            "cat >/dev/null; head -c 1048576 /dev/zero | tr '\\0' e >&2 && exit 1; exit 9";
+        match deliver(command, b"", &mut &message[..], SOON) {
+            Delivery::Permanent(problem) => {
+                assert!(
+                    problem.diagnostic.contains("exit status 1: eeee"),
+                    "{problem:?}"
+                );
+                assert!(problem.diagnostic.len() < 2 * STDERR_KEPT, "{problem:?}");
             }
             other => panic!("{other:?}"),
         }
