@@ -193,3 +193,118 @@ fn parse_id(id: &str) -> Result<QueueId, CliError> {
 fn not_queued(id: &QueueId) -> CliError {
     CliError::new(Exit::DataErr, format!("{id}: no such message in the queue"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LocalUsers;
+    use crate::smtp::Protocol;
+    use crate::spool::{Envelope, RecipientResult};
+    use crate::testing::TempDir;
+    use chrono::TimeZone;
+
+    /// A configuration with its spool and mailboxes in `dir`, local users alice and bob.
+    fn config(dir: &TempDir) -> Config {
+        let mut config = Config::builtin();
+        config.spool_dir = dir.0.join("spool");
+        config.mailbox_dir = dir.0.join("mailboxes");
+        config.local_users = LocalUsers::List(vec!["alice".into(), "bob".into()]);
+        std::fs::create_dir_all(&config.mailbox_dir).unwrap();
+        config
+    }
+
+    /// Queues a message from carol to `recipients`, as the spool keeps it.
+    fn queue(config: &Config, recipients: &[&str]) -> QueueId {
+        let spool = Spool::open(&config.spool_dir).unwrap();
+        let mut writer = spool.new_message(Envelope {
+            id: QueueId::default(),
+            arrival: chrono::Utc.with_ymd_and_hms(2026, 11, 24, 6, 0, 0).unwrap(),
+            client: None,
+            helo: "client.test".into(),
+            protocol: Protocol::Local,
+            sender: "carol@example.org".into(),
+            recipients: recipients.iter().map(|r| r.to_string()).collect(),
+            body: None,
+            smtputf8: false,
+            declared_size: None,
+        });
+        writer.write(b"Subject: queued\r\n\r\nwaiting\r\n");
+        spool.commit(writer).unwrap().envelope.id
+    }
+
+    fn output(run: impl FnOnce(&mut Vec<u8>) -> Result<(), CliError>) -> String {
+        let mut out = Vec::new();
+        run(&mut out).unwrap_or_else(|e| panic!("{e}"));
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn list_shows_each_message_with_its_recipients_and_their_state() {
+        let dir = TempDir::new("queue-command");
+        let config = config(&dir);
+        assert_eq!(output(|out| list(&config, out)), "Mail queue is empty\n");
+        let id = queue(&config, &["alice@localhost", "dave@remote.test"]);
+        let spool = Spool::open(&config.spool_dir).unwrap();
+        let next_try = chrono::Utc.with_ymd_and_hms(2026, 11, 24, 6, 5, 0).unwrap();
+        let deferred = RecipientResult {
+            recipient: "dave@remote.test".into(),
+            outcome: Outcome::Deferred {
+                status: "4.4.1".into(),
+                diagnostic: "connection refused".into(),
+                next_try,
+            },
+        };
+        spool.record(&id, &[deferred]).unwrap();
+        assert_eq!(
+            output(|out| list(&config, out)),
+            format!(
+                "{id}         28  2026-11-24 06:00:00  <carol@example.org>\n    <alice@localhost>\n    \
+                 <dave@remote.test>\n      dave@remote.test: deferred until 2026-11-24 06:05:00: 4.4.1 \
+                 connection refused\n\n-- 1 message, 28 bytes\n"
+            )
+        );
+        let shown = output(|out| show(&config, id.as_str(), out));
+        assert!(shown.starts_with(&format!("id: {id}\n")), "{shown}");
+        assert!(
+            shown.contains("client: unknown\n") && shown.contains("protocol: local\n"),
+            "{shown}"
+        );
+        assert!(
+            shown.ends_with("Subject: queued\r\n\r\nwaiting\r\n"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn remove_and_run_without_a_daemon_work_here() {
+        let dir = TempDir::new("queue-command");
+        let config = config(&dir);
+        let dropped = queue(&config, &["alice@localhost"]);
+        let kept = queue(&config, &["bob@localhost"]);
+        assert_eq!(
+            output(|out| remove(config.clone(), dropped.as_str(), out)),
+            format!("{dropped}: removed\n")
+        );
+        let again = remove(config.clone(), dropped.as_str(), &mut Vec::new()).unwrap_err();
+        assert_eq!(again.exit, Exit::DataErr);
+        assert_eq!(
+            again.message,
+            format!("{dropped}: no such message in the queue")
+        );
+        let bad = remove(config.clone(), "12345", &mut Vec::new()).unwrap_err();
+        assert_eq!(bad.exit, Exit::DataErr);
+        assert!(bad.message.contains("is not a queue id"), "{}", bad.message);
+
+        assert_eq!(
+            output(|out| run(config.clone(), None, out)),
+            "queue run finished\n"
+        );
+        let bob = std::fs::read_to_string(config.mailbox_dir.join("bob")).unwrap();
+        assert!(bob.contains(&format!(" id {kept}")), "{bob}");
+        assert!(
+            !config.mailbox_dir.join("alice").exists(),
+            "the removed message was delivered"
+        );
+        assert_eq!(output(|out| list(&config, out)), "Mail queue is empty\n");
+    }
+}

@@ -55,8 +55,9 @@ impl MboxError {
         }
     }
 
-    /// An I/O error while doing `what` to `path`, classified the way Postfix does: a full disk is temporary
-    /// (4.3.1), a full quota or file size limit is the recipient's mailbox full (5.2.2, permanent).
+    /// An I/O error while doing `what` to `path`, classified as Postfix does: a full disk is temporary (Postfix
+    /// says 4.3.0; we say 4.3.1, mail system full), a full quota or file size limit is the recipient's mailbox
+    /// full (5.2.2, permanent).
     fn io(path: &Path, what: &str, err: &io::Error) -> Self {
         let message = format!("{}: {what}: {err}", path.display());
         match err.raw_os_error() {

@@ -19,7 +19,7 @@ use crate::delivery::transport::{Delivery, Problem};
 use crate::remote::client::{
     ClientError, Connection, RemoteReply, Security, Sent as Transaction, Timeouts, TlsMode,
 };
-use crate::remote::dns::{DnsError, Resolver, Route as MxRoute};
+use crate::remote::dns::{self, DnsError, Resolver, Route as MxRoute};
 use crate::smtp::BodyType;
 use crate::spool::{Queued, Spool};
 use crate::tls;
@@ -116,7 +116,7 @@ impl Relay {
                 data_block: config.remote_data_timeout,
                 end_of_data: config.remote_data_timeout,
             },
-            resolver: (!servers.is_empty()).then(|| Resolver::new(servers, Duration::from_secs(5))),
+            resolver: (!servers.is_empty()).then(|| Resolver::new(servers, dns::DEFAULT_TIMEOUT)),
             idle: Mutex::new(HashMap::new()),
             busy: Mutex::new(HashMap::new()),
             freed: Condvar::new(),

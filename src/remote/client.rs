@@ -105,17 +105,6 @@ pub enum ClientError {
     Security(String),
 }
 
-impl ClientError {
-    /// Whether the failure is final (bounce) rather than temporary (retry later or elsewhere).
-    pub fn is_permanent(&self) -> bool {
-        match self {
-            ClientError::Connection(_) | ClientError::Security(_) => false,
-            ClientError::Rejected { reply, .. } => reply.is_permanent(),
-            ClientError::Unsendable(_) => true,
-        }
-    }
-}
-
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -129,31 +118,20 @@ impl fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
-/// How long to wait at each step (RFC 5321 section 4.5.3.2).
+/// How long to wait at each step (RFC 5321 section 4.5.3.2); the relay takes them from the remote_*_timeout
+/// keys of the configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
-    /// Establishing the TCP connection. Default 30 s.
+    /// Establishing the TCP connection.
     pub connect: Duration,
-    /// The 220 greeting. Default 5 min.
+    /// The 220 greeting.
     pub greeting: Duration,
-    /// The reply to each command (EHLO, MAIL, RCPT, DATA, RSET, QUIT). Default 5 min.
+    /// The reply to each command (EHLO, MAIL, RCPT, DATA, RSET, QUIT).
     pub command: Duration,
-    /// Each write of the message to the server. Default 3 min.
+    /// Each write of the message to the server.
     pub data_block: Duration,
-    /// The reply after the final ".". Default 10 min.
+    /// The reply after the final ".".
     pub end_of_data: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Timeouts {
-        Timeouts {
-            connect: Duration::from_secs(30),
-            greeting: Duration::from_secs(5 * 60),
-            command: Duration::from_secs(5 * 60),
-            data_block: Duration::from_secs(3 * 60),
-            end_of_data: Duration::from_secs(10 * 60),
-        }
-    }
 }
 
 /// What the server said about each recipient of one transaction.
@@ -1181,7 +1159,9 @@ mod tests {
                     ..
                 },
             ) => {
-                assert!(!error.is_permanent());
+                assert!(
+                    matches!(&error, ClientError::Rejected { reply, .. } if !reply.is_permanent())
+                );
                 assert_eq!(
                     error.to_string(),
                     "end of data rejected: 452 4.3.1 Insufficient system storage"
@@ -1228,7 +1208,6 @@ mod tests {
                 connection.send("a@b.test", &to, &mut &b"hi\r\n"[..], 4, eight_bit, smtputf8);
             match result {
                 Err(error @ ClientError::Unsendable(_)) => {
-                    assert!(error.is_permanent());
                     assert_eq!(error.to_string(), expected);
                 }
                 other => panic!("{other:?}"),

@@ -264,6 +264,102 @@ mod tests {
         assert!(limit.allow(Some(one), start + ETRN_INTERVAL));
     }
 
+    /// The policy the built-in configuration gives (system accounts are the local users) with these aliases.
+    fn policy(aliases: &str, trusted: bool) -> ServerPolicy {
+        let aliases = Aliases::parse(aliases, "/etc/aliases").unwrap();
+        ServerPolicy::new(
+            Arc::new(Config::builtin()),
+            Arc::new(aliases),
+            trusted,
+            None,
+            None,
+        )
+    }
+
+    /// The reply code of `reply`.
+    fn code(reply: Reply) -> u16 {
+        reply.to_string()[..3].parse().unwrap()
+    }
+
+    fn rcpt(policy: &ServerPolicy, address: &str) -> RcptVerdict {
+        policy.recipient(&ForwardPath::Mailbox(
+            crate::smtp::parse_mailbox(address, false).unwrap(),
+        ))
+    }
+
+    const ALIASES: &str =
+        "staff: root, \"|/usr/bin/archive\", carol@example.org\nempty: :include:/dev/null\n";
+
+    #[test]
+    fn local_recipients_are_users_aliases_and_postmaster_and_only_trusted_clients_relay() {
+        let outsider = policy(ALIASES, false);
+        assert_eq!(rcpt(&outsider, "root@localhost"), RcptVerdict::Accept);
+        assert_eq!(rcpt(&outsider, "STAFF@localhost"), RcptVerdict::Accept);
+        assert_eq!(
+            rcpt(&outsider, "mailer-daemon@localhost"),
+            RcptVerdict::Accept
+        );
+        assert_eq!(
+            outsider.recipient(&ForwardPath::Postmaster),
+            RcptVerdict::Accept
+        );
+        assert_eq!(
+            rcpt(&outsider, "no-such-user-here@localhost"),
+            RcptVerdict::UnknownUser
+        );
+        assert_eq!(rcpt(&outsider, "root@[127.0.0.1]"), RcptVerdict::Accept);
+        assert_eq!(rcpt(&outsider, "bob@example.org"), RcptVerdict::RelayDenied);
+        assert_eq!(
+            rcpt(&policy(ALIASES, true), "bob@example.org"),
+            RcptVerdict::Accept
+        );
+    }
+
+    #[test]
+    fn vrfy_and_expn_answer_for_local_names_only() {
+        let policy = policy(ALIASES, false);
+        let host = &policy.config.hostname;
+        assert_eq!(
+            policy.vrfy("root").to_string(),
+            format!("250 2.1.5 <root@{host}>")
+        );
+        assert_eq!(
+            policy.vrfy("<nobody-here@localhost>").to_string(),
+            "550 5.1.1 <nobody-here>: no such user here"
+        );
+        assert_eq!(code(policy.vrfy("bob@example.org")), 252);
+        assert_eq!(
+            policy.expn("staff").to_string(),
+            format!(
+                "250 2.1.5 <root@{host}> / staff (delivered by a program) / <carol@example.org>"
+            )
+        );
+        assert_eq!(
+            policy.expn("empty").to_string(),
+            "550 5.1.1 <empty>: the list is empty"
+        );
+        assert_eq!(code(policy.expn("bob@example.org")), 252);
+        let mut closed = Config::builtin();
+        closed.expn = false;
+        let closed = ServerPolicy::new(Arc::new(closed), policy.aliases.clone(), false, None, None);
+        assert_eq!(code(closed.expn("staff")), 502);
+    }
+
+    #[test]
+    fn etrn_is_for_trusted_clients_of_a_daemon_with_a_scheduler() {
+        assert_eq!(code(policy("", false).etrn("#queue")), 458);
+        assert_eq!(code(policy("", false).etrn("not a domain")), 501);
+        assert_eq!(
+            policy("", false).etrn("example.org").to_string(),
+            ETRN_NOT_PERMITTED.to_string()
+        );
+        let inetd = policy("", true).etrn("@example.org").to_string();
+        assert!(
+            inetd.starts_with("458 4.3.0 ") && inetd.contains("no queue runner"),
+            "{inetd}"
+        );
+    }
+
     #[test]
     fn the_etrn_refusal_names_the_interval() {
         let seconds = format!("every {} seconds", ETRN_INTERVAL.as_secs());
