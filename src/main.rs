@@ -148,6 +148,9 @@ fn run(args: Vec<String>) -> Result<(), CliError> {
         println!("{USAGE}");
         return Ok(());
     }
+    if command == "privileged-helper" {
+        return run_helper();
+    }
     let options = parse_options(rest)?;
     if command != "serve" && !options.listen.is_empty() {
         return Err(usage("--listen applies to 'serve' only"));
@@ -193,6 +196,19 @@ fn run(args: Vec<String>) -> Result<(), CliError> {
         },
         other => Err(usage(&format!("unknown command '{other}'"))),
     }
+}
+
+/// The daemon's privileged helper (see privilege::helper); not for a set-id binary's callers.
+fn run_helper() -> Result<(), CliError> {
+    use nix::unistd::{getegid, geteuid, getgid, getuid};
+    if getuid() != geteuid() || getgid() != getegid() {
+        return Err(CliError::new(
+            Exit::NoPerm,
+            "privileged-helper: not for set-id use",
+        ));
+    }
+    privilege::helper::run()
+        .map_err(|e| CliError::new(Exit::OsErr, format!("privileged helper: {e}")))
 }
 
 fn parse_options(args: &[String]) -> Result<Options, CliError> {

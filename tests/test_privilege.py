@@ -79,6 +79,7 @@ def serve_as(servers, folder, account, **config):
     shutil.chown(folder / "mailboxes", account, account)
     server = Postel(folder, user=account, delivery_workers=2, **config)
     servers.append(server)
+    server.wait_log("postel ready")  # the sockets are bound (and accept) before the switch
     return server
 
 
@@ -175,3 +176,51 @@ def _accepts(port):
         return True
     except OSError:
         return False
+
+
+def test_a_system_users_new_mailbox_is_created_owned_by_the_user(servers, open_folder, make_account):
+    account, bob = make_account(), make_account()
+    server = serve_as(servers, open_folder, account, local_users="system")
+    helpers = [p for p in _children(server.pid) if b"privileged-helper" in _cmdline(p)]
+    assert len(helpers) == 1, "one privileged helper"
+    assert ids(helpers[0], "Uid") == [0] * 4, "the helper stays root"
+    assert ids(server.pid, "Uid") == [pwd.getpwnam(account).pw_uid] * 4
+    conn = server.session()
+    assert transaction(conn, "carol@example.org", [f"{bob}@localhost"], message("for bob")).code == 250
+    mailbox = server.mailboxes / bob
+    assert wait_until(lambda: mailbox.exists() and b"for bob" in mailbox.read_bytes()), server.log()
+    info = os.stat(mailbox)
+    assert (info.st_uid, mode(mailbox)) == (pwd.getpwnam(bob).pw_uid, 0o600)
+    # The next message goes into the same file, which the server's account cannot open by itself.
+    assert transaction(conn, "carol@example.org", [f"{bob}@localhost"], message("again")).code == 250
+    assert wait_until(lambda: b"again" in mailbox.read_bytes()), server.log()
+
+
+@pytest.mark.parametrize("planted", ["symlink", "hard link", "someone else's"])
+def test_a_planted_mailbox_is_refused_under_the_account(servers, open_folder, make_account, planted):
+    account, bob, mallory = make_account(), make_account(), make_account()
+    server = serve_as(servers, open_folder, account, local_users="system")
+    mailbox = server.mailboxes / bob
+    target = open_folder / "target"
+    target.write_bytes(b"")
+    if planted == "symlink":
+        mailbox.symlink_to(target)
+    elif planted == "hard link":
+        shutil.chown(target, bob, bob)
+        os.link(target, mailbox)
+    else:
+        mailbox.write_bytes(b"")
+        shutil.chown(mailbox, mallory, mallory)
+    conn = server.session()
+    assert transaction(conn, "carol@example.org", [f"{bob}@localhost"], message("planted")).code == 250
+    server.wait_log(r"refusing to deliver into it", timeout=10)
+    assert target.read_bytes() == b""
+    assert b"planted" not in Path(mailbox).read_bytes()
+
+
+def _children(pid):
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _cmdline(pid):
+    return Path(f"/proc/{pid}/cmdline").read_bytes()

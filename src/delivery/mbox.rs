@@ -20,6 +20,7 @@ use nix::unistd::{Gid, Pid, Uid, fchown, geteuid};
 
 use crate::copy::{self, CopyError, Format};
 use crate::delivery::transport::Delivery;
+use crate::privilege::helper;
 
 /// How mailboxes are locked and limited (from the configuration).
 #[derive(Debug, Clone)]
@@ -287,7 +288,7 @@ pub fn appended_whole(
     let _turn = Turn::take(path);
     let locked = lock(path, None, settings)?;
     let read_error = |e: io::Error| MboxError::io(path, "reading", &e);
-    let reader = File::open(path).map_err(read_error)?;
+    let reader = &locked.file;
     let size = locked.size;
     if size <= offset || len < 2 {
         return Ok(false);
@@ -447,7 +448,7 @@ fn try_lock(
     } else {
         None
     };
-    let size = check_mailbox(path, &file)?;
+    let size = check_mailbox(path, &file, owner)?;
     Ok(Locked {
         _flock: flock,
         file,
@@ -462,23 +463,37 @@ fn lock_path(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Opens the mailbox for appending, creating it (mode 0600) if it is missing.
+/// Opens the mailbox for appending (and reading, for the check after a crash), creating it (mode 0600) if it is
+/// missing. Under the `user` account, a system user's mailbox the account may not open or create is opened by the
+/// privileged helper, which creates it owned by the user.
 fn open_mailbox(path: &Path, owner: Option<(Uid, Gid)>) -> Result<File, NotLocked> {
     let mut options = OpenOptions::new();
     // O_NONBLOCK: a FIFO planted at the path must not hang the delivery thread; regular files ignore it.
     options
+        .read(true)
         .append(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    let helper = helper::installed();
     match options.open(path) {
         Ok(file) => return Ok(file),
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
             return Err(refused(path, "is a symbolic link").into());
         }
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied && helper.is_some() => {}
         Err(e) if e.kind() != io::ErrorKind::NotFound => {
             return Err(MboxError::io(path, "opening", &e).into());
         }
         Err(_) => {}
+    }
+    if let Some(helper) = helper.filter(|_| owner.is_some()) {
+        let name = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .unwrap_or_default();
+        return helper
+            .open_mailbox(name)
+            .map_err(|why| MboxError::temporary("4.3.0", why).into());
     }
     // Creating with O_EXCL tells us the file is new, and so ours to chown and make durable.
     match options.create_new(true).open(path) {
@@ -513,8 +528,10 @@ fn settle_new_mailbox(
         .map_err(|e| MboxError::io(dir, "syncing the directory", &e))
 }
 
-/// Checks the locked file is a regular file with one link, still at `path`, and returns its size.
-fn check_mailbox(path: &Path, file: &File) -> Result<u64, NotLocked> {
+/// Checks the locked file is a regular file with one link, still at `path`, and returns its size. Where mailboxes
+/// are given to their users (the server is root, or has the helper for it), one that belongs to someone else than
+/// `owner` is refused too.
+fn check_mailbox(path: &Path, file: &File, owner: Option<(Uid, Gid)>) -> Result<u64, NotLocked> {
     let meta = file
         .metadata()
         .map_err(|e| MboxError::io(path, "fstat", &e))?;
@@ -531,6 +548,13 @@ fn check_mailbox(path: &Path, file: &File) -> Result<u64, NotLocked> {
     }
     if meta.nlink() != 1 {
         return Err(refused(path, &format!("has {} hard links", meta.nlink())).into());
+    }
+    if let Some((uid, _)) = owner
+        && (geteuid().is_root() || helper::installed().is_some())
+        && meta.uid() != uid.as_raw()
+    {
+        let problem = format!("belongs to uid {}, not to its user (uid {uid})", meta.uid());
+        return Err(refused(path, &problem).into());
     }
     Ok(meta.len())
 }

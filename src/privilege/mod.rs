@@ -3,6 +3,8 @@
 //! it serves as root. glibc changes the credentials of every thread at once, so the switch happens once, before
 //! any thread starts; work that needs another identity goes to the privileged helper ([`helper`]).
 
+pub mod helper;
+
 use std::ffi::CString;
 use std::fmt;
 use std::fs::{self, DirBuilder};
@@ -37,6 +39,8 @@ pub enum PrivilegeError {
     NotRoot { name: String, uid: Uid },
     /// A credential call failed.
     Switch { name: String, source: Errno },
+    /// The privileged helper could not be started.
+    Helper(String),
     /// A directory the server needs is missing and cannot be made, or is not as it must be.
     Directory { path: PathBuf, problem: String },
 }
@@ -59,6 +63,7 @@ impl fmt::Display for PrivilegeError {
             PrivilegeError::Switch { name, source } => {
                 write!(f, "cannot switch to the account '{name}': {source}")
             }
+            PrivilegeError::Helper(e) => write!(f, "cannot start the privileged helper: {e}"),
             PrivilegeError::Directory { path, problem } => {
                 write!(f, "{}: {problem}", path.display())
             }
@@ -146,7 +151,8 @@ pub fn settle(
         close_spool(&config.spool_dir, account.as_ref())?;
     }
     create_missing_dir(&config.mailbox_dir, 0o755, owner)?;
-    if let Some(account) = &account {
+    if let Some(account) = account.as_ref().filter(|a| !a.is_current()) {
+        helper::install(config).map_err(|e| PrivilegeError::Helper(e.to_string()))?;
         account.switch()?;
     }
     // The files of the spool are the server's alone; a mailbox is created with its own mode.
