@@ -9,6 +9,7 @@ pub mod delivery;
 pub mod logging;
 pub mod net;
 pub mod privilege;
+pub mod privileged;
 pub mod reloadable;
 pub mod remote;
 pub mod server;

@@ -207,7 +207,7 @@ fn run_helper() -> Result<(), CliError> {
             "privileged-helper: not for set-id use",
         ));
     }
-    privilege::helper::run()
+    postel::privileged::run()
         .map_err(|e| CliError::new(Exit::OsErr, format!("privileged helper: {e}")))
 }
 

@@ -5,9 +5,11 @@ These tests run the server as root and create the accounts they need with userad
 they need root, as `make test` on the test machines has.
 """
 
+import datetime
 import os
 import pwd
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tlsutil import openssl, self_signed
 from helpers import (POSTEL_BIN, Postel, SmtpConn, free_port, message, postel, transaction, wait_until,
                      write_config)
 
@@ -224,3 +227,42 @@ def _children(pid):
 
 def _cmdline(pid):
     return Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+@pytest.mark.parametrize("aliases_owner", ["user", "root"])
+def test_a_pipe_alias_runs_as_the_owner_of_the_aliases_file(servers, open_folder, make_account, aliases_owner):
+    """Never as root, never as the server's account: a root-owned aliases file runs its commands as nobody."""
+    account, owner = make_account(), make_account()
+    expected = pwd.getpwnam(owner if aliases_owner == "user" else "nobody")
+    out = open_folder / "out"
+    out.mkdir()
+    out.chmod(0o777)
+    aliases = open_folder / "aliases"
+    aliases.write_text(f'robot: "|id -u > {out}/uid; id -G > {out}/groups; cat > {out}/message"\n')
+    if aliases_owner == "user":
+        shutil.chown(aliases, owner, owner)
+    server = serve_as(servers, open_folder, account, aliases=str(aliases), alias_commands=True)
+    conn = server.session()
+    assert transaction(conn, "carol@example.org", ["robot@localhost"], message("for the robot")).code == 250
+    assert wait_until(lambda: (out / "message").exists() and b"for the robot" in (out / "message").read_bytes(),
+                      10), server.log()
+    assert int((out / "uid").read_text()) == expected.pw_uid
+    assert (out / "groups").read_text().split() == [str(expected.pw_gid)], "no supplementary groups of root"
+    assert os.stat(out / "message").st_uid == expected.pw_uid
+    server.wait_log(r"robot.*status=sent", timeout=10)
+
+
+def test_sighup_rereads_a_key_only_root_may_read(servers, open_folder, make_account):
+    account = make_account()
+    cert, key = self_signed(open_folder)
+    key.chmod(0o600)  # root's alone: the helper reads it for the daemon
+    server = serve_as(servers, open_folder, account, tls_certificate=str(cert), tls_key=str(key))
+    # A new pair that is valid for 90 days instead of 30, over the old files.
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(key),
+            "-out", str(cert), "-days", "90", "-subj", "/CN=postel.test")
+    key.chmod(0o600)
+    server.proc.send_signal(signal.SIGHUP)
+    until = server.wait_log(r"reload: TLS certificate valid until (\S+)").group(1)
+    expected = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=90)).strftime("%Y-%m-%d")
+    assert until.startswith(expected), (until, expected)
+    assert "keeping the old TLS" not in server.log()

@@ -113,6 +113,8 @@ def test_the_shipped_configuration_and_its_commented_examples_check(tmp_path):
     for key, value in examples:
         if key in pending:
             continue
+        if key == "user":
+            value = '"nobody"'  # the package creates its account; this host may not have it
         text = re.sub(rf"^{key} = .*$", "", shipped, flags=re.M) + f"\n{key} = {value}\n"
         check(tmp_path, text)
 

@@ -94,6 +94,14 @@ impl Aliases {
         }
     }
 
+    /// Whether some alias lists the command target `|command` (the privileged helper runs no other command).
+    pub fn lists_command(&self, command: &str) -> bool {
+        self.map
+            .values()
+            .flatten()
+            .any(|item| matches!(item, Item::Final(Target::Command(c)) if c == command))
+    }
+
     /// Reads and parses the aliases file at `path`, with the `:include:` files it names.
     pub fn load(path: &Path) -> Result<Aliases, AliasError> {
         let origin = path.display().to_string();

@@ -6,21 +6,23 @@
 //! that stops reading, never exits or talks endlessly on stderr is killed at the deadline with everything it
 //! started (it runs in a process group of its own), so it cannot hold a delivery worker.
 
+use std::fs::File;
 use std::io::{self, BufRead, BufWriter, ErrorKind, Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, ChildStderr, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use nix::unistd::{Pid, pipe2};
 
 use crate::config::format_duration;
 use crate::copy::{self, CopyError, Format};
 use crate::delivery::transport::Delivery;
+use crate::privilege::helper::{self, Ended, RunningCommand};
 
 /// sysexits.h EX_TEMPFAIL: the command asks to be tried again later.
 const EX_TEMPFAIL: i32 = 75;
@@ -41,26 +43,14 @@ pub fn deliver(
     timeout: Duration,
 ) -> Delivery {
     let deadline = Instant::now() + timeout;
-    let mut child = match Command::new("/bin/sh")
-        .arg("-c")
-        .arg(command)
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-    {
-        Ok(child) => child,
+    let (mut process, stdin, stderr) = match start(command) {
+        Ok(started) => started,
         Err(e) => return Delivery::temporary("4.3.0", format!("cannot run '{command}': {e}")),
     };
-    let stdin = child.stdin.take().expect("stdin is piped");
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let (status, said) = match run(&mut child, stdin, stderr, trace_headers, body, deadline) {
+    let (ended, said) = match run(&mut process, stdin, stderr, trace_headers, body, deadline) {
         Ok(done) => done,
         Err(e) => {
-            kill(&mut child);
+            process.kill();
             return if e.kind() == ErrorKind::TimedOut {
                 Delivery::temporary(
                     "4.3.0",
@@ -76,30 +66,93 @@ pub fn deliver(
     };
     let said = String::from_utf8_lossy(&said);
     let said = said.split_whitespace().collect::<Vec<_>>().join(" ");
-    match status.code() {
-        Some(0) => Delivery::Done,
-        Some(EX_TEMPFAIL) => Delivery::temporary(
+    match ended {
+        Ended::Exited(0) => Delivery::Done,
+        Ended::Exited(EX_TEMPFAIL) => Delivery::temporary(
             "4.3.0",
             format!("'{command}' asked to try again later: {said}"),
         ),
-        Some(code) => Delivery::permanent(
+        Ended::Exited(code) => Delivery::permanent(
             "5.3.0",
             format!("'{command}' failed with exit status {code}: {said}"),
         ),
-        None => Delivery::temporary("4.3.0", format!("'{command}' was killed by a signal")),
+        Ended::Signalled => {
+            Delivery::temporary("4.3.0", format!("'{command}' was killed by a signal"))
+        }
     }
+}
+
+/// The command's process: a child of ours, or, under the `user` account, the privileged helper's, which runs it
+/// as the owner of the aliases file.
+enum Process {
+    Ours(Child),
+    Helper(RunningCommand),
+}
+
+impl Process {
+    /// How it ended, without waiting; None while it runs.
+    fn try_wait(&mut self) -> io::Result<Option<Ended>> {
+        match self {
+            Process::Ours(child) => Ok(child
+                .try_wait()?
+                .map(|status| status.code().map_or(Ended::Signalled, Ended::Exited))),
+            Process::Helper(command) => command
+                .wait_timeout(Duration::ZERO)
+                .map_err(io::Error::other),
+        }
+    }
+
+    /// Kills the command and everything it started, and reaps it (the helper does both once its reply socket
+    /// is closed).
+    fn kill(self) {
+        if let Process::Ours(mut child) = self {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts the command in a process group of its own, with its stdin and stderr piped to us.
+fn start(command: &str) -> io::Result<(Process, File, File)> {
+    if let Some(helper) = helper::installed() {
+        let (stdin, to_stdin) = pipe2(OFlag::O_CLOEXEC)?;
+        let (from_stderr, stderr) = pipe2(OFlag::O_CLOEXEC)?;
+        let running = helper
+            .run_command(command, stdin, stderr)
+            .map_err(io::Error::other)?;
+        return Ok((
+            Process::Helper(running),
+            File::from(to_stdin),
+            File::from(from_stderr),
+        ));
+    }
+    let mut child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()?;
+    let stdin = OwnedFd::from(child.stdin.take().expect("stdin is piped"));
+    let stderr = OwnedFd::from(child.stderr.take().expect("stderr is piped"));
+    Ok((Process::Ours(child), File::from(stdin), File::from(stderr)))
 }
 
 /// Feeds the message to the child and waits for its exit, draining stderr all along; Err(TimedOut) at the
 /// deadline. Returns the exit status and the start of what the command said on stderr.
 fn run(
-    child: &mut Child,
-    stdin: ChildStdin,
-    stderr: ChildStderr,
+    process: &mut Process,
+    stdin: File,
+    stderr: File,
     trace_headers: &[u8],
     body: &mut dyn BufRead,
     deadline: Instant,
-) -> io::Result<(ExitStatus, Vec<u8>)> {
+) -> io::Result<(Ended, Vec<u8>)> {
     set_nonblocking(&stdin)?;
     set_nonblocking(&stderr)?;
     let mut input = Input {
@@ -126,7 +179,7 @@ fn run(
     } = input;
     drop(stdin);
     loop {
-        if let Some(status) = child.try_wait()? {
+        if let Some(status) = process.try_wait()? {
             // What is still in the pipe; a background process the command left may keep it open, and is
             // not waited for.
             stderr.drain()?;
@@ -146,7 +199,7 @@ fn run(
 
 /// The child's stdin as a writer that gives up at the deadline and drains stderr while it waits.
 struct Input {
-    stdin: ChildStdin,
+    stdin: File,
     stderr: Stderr,
     deadline: Instant,
 }
@@ -183,14 +236,14 @@ impl Write for Input {
 
 /// The child's stderr, read as it comes; the first [`STDERR_KEPT`] bytes are kept.
 struct Stderr {
-    pipe: ChildStderr,
+    pipe: File,
     kept: Vec<u8>,
     /// Until end of file.
     open: bool,
 }
 
 impl Stderr {
-    fn new(pipe: ChildStderr) -> Stderr {
+    fn new(pipe: File) -> Stderr {
         Stderr {
             pipe,
             kept: Vec::new(),
@@ -231,14 +284,6 @@ fn set_nonblocking(fd: &impl AsFd) -> io::Result<()> {
     let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
     fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     Ok(())
-}
-
-/// Kills the command and everything it started, and reaps it.
-fn kill(child: &mut Child) {
-    if let Ok(pid) = i32::try_from(child.id()) {
-        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-    }
-    let _ = child.wait();
 }
 
 #[cfg(test)]

@@ -1,33 +1,30 @@
-//! The privileged helper: a small process that stays root when the daemon becomes the `user` account, and does
-//! only what needs another identity, each request checked before it is carried out.
+//! The daemon's side of the privileged helper (the helper itself is [`crate::privileged`]): starting it, its
+//! requests and replies on the wire.
 //!
-//! The daemon starts it before any thread of its own (it is the same binary, run as `postel privileged-helper`
-//! with a Unix socket of type SOCK_SEQPACKET as its stdin) and sends it the configuration as the first message.
-//! Every request is then one message on that socket: a word, NUL-separated arguments, and as its first file
-//! descriptor (SCM_RIGHTS) the socket the reply goes to, so that requests from many threads never wait for each
-//! other. Requests:
+//! The daemon starts the helper as root before any thread of its own (it is the same binary, run as `postel
+//! privileged-helper` with a Unix socket of type SOCK_SEQPACKET as its stdin) and sends it the configuration as
+//! the first message. Every request is then one message on that socket: a word and NUL-separated arguments, with
+//! file descriptors (SCM_RIGHTS): first the socket the reply goes to, so that requests from many threads never
+//! wait for each other, then what the request needs. Requests:
 //!
-//! | request | arguments | reply |
+//! | request | arguments, descriptors | reply |
 //! |---|---|---|
-//! | `mailbox` | a system user's name | the user's mailbox in `mailbox_dir`, open for appending (and reading), created 0600 and owned by the user when missing; refused when it is a symbolic link, has more than one link, is not a regular file or belongs to someone else |
-//! | `terminal` | a user's name, a terminal (`pts/3`) | reserved for writing to a user's terminal; answered "not available" |
+//! | `mailbox` | a system user's name | `O` with the user's mailbox in `mailbox_dir`, open for appending and reading, created 0600 and owned by the user when missing |
+//! | `command` | the command of a `\|command` alias; its stdin and stderr | `O`, once the command runs as the aliases file's owner; then, when it ends, `X` and its exit status or `S` (killed by a signal). Closing the reply socket kills it |
+//! | `reload` | — | `O` and the TLS certificate and key files' contents, NUL-separated (empty without TLS), read again, and the aliases file read again |
+//! | `terminal` | a user's name, a terminal (`pts/3`) | reserved for writing to a user's terminal |
 //!
-//! A reply is `O` (with the descriptor asked for, if any) or `E` and a message saying why not. The helper exits
-//! when the daemon's end of the socket closes.
+//! A refusal is `E` and a message saying why. The helper exits when the daemon's end of the socket closes.
 
-use std::ffi::OsStr;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
+use std::time::Duration;
 
-use log::{error, warn};
-use nix::unistd::{User, fchown};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags, SocketFlags, SocketType, recvmsg, sendmsg, socketpair,
@@ -35,8 +32,14 @@ use rustix::net::{
 
 use crate::config::Config;
 
-/// The longest request or reply; a configuration is sent in one message too.
-const MAX_MESSAGE: usize = 64 * 1024;
+/// The longest request or reply; the configuration and the TLS files go in one message each.
+pub const MAX_MESSAGE: usize = 256 * 1024;
+
+/// Room for a reply that carries no file contents (a refusal's reason, an exit status).
+const SHORT_REPLY: usize = 4096;
+
+/// The most descriptors one message carries.
+const MAX_FDS: usize = 3;
 
 /// The daemon's end of the helper's socket.
 #[derive(Debug)]
@@ -47,7 +50,7 @@ pub struct Helper {
 /// The helper of this process, once [`install`]ed.
 static INSTALLED: OnceLock<Helper> = OnceLock::new();
 
-/// The helper this process was given at start-up, if any: only a daemon started as root with `user` set has one.
+/// The helper this process was given at start-up, if any: only a process started as root with `user` set has one.
 pub fn installed() -> Option<&'static Helper> {
     INSTALLED.get()
 }
@@ -55,163 +58,150 @@ pub fn installed() -> Option<&'static Helper> {
 /// Starts the helper as root, before the process drops its privileges and before any thread starts, and makes it
 /// the process's helper.
 pub fn install(config: &Config) -> io::Result<()> {
-    let (ours, theirs) = socketpair(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC,
-        None,
-    )?;
+    let (ours, theirs) = pair()?;
     Command::new(std::env::current_exe()?)
         .arg("privileged-helper")
         .stdin(Stdio::from(theirs))
         .stdout(Stdio::null())
         .spawn()?;
-    send(&ours, config.to_toml().as_bytes(), None)?;
+    send(&ours, config.to_toml().as_bytes(), &[])?;
     INSTALLED
         .set(Helper { socket: ours })
         .map_err(|_| io::Error::other("a privileged helper is installed already"))
 }
 
+/// A `|command` the helper runs; dropping it kills the command if it still runs.
+pub struct RunningCommand {
+    reply: OwnedFd,
+}
+
+/// The contents of the TLS certificate and key files.
+pub struct TlsFiles {
+    pub certificate: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+/// A reply the helper accepted: its text after `O`, its descriptors, and the socket later replies come on.
+struct Accepted {
+    text: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    socket: OwnedFd,
+}
+
+/// How a command ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    Exited(i32),
+    Signalled,
+}
+
 impl Helper {
     /// The system user `name`'s mailbox, opened by the helper (see the module's table).
     pub fn open_mailbox(&self, name: &str) -> Result<File, String> {
-        self.ask(&["mailbox", name]).map(File::from)
+        let accepted = self.ask(&["mailbox", name], &[], SHORT_REPLY)?;
+        accepted
+            .fds
+            .into_iter()
+            .next()
+            .map(File::from)
+            .ok_or_else(no_answer)
     }
 
-    /// Sends one request and waits for its reply; the descriptor it carries.
-    fn ask(&self, words: &[&str]) -> Result<OwnedFd, String> {
+    /// Runs the alias command `command` with `stdin` and `stderr` as the owner of the aliases file.
+    pub fn run_command(
+        &self,
+        command: &str,
+        stdin: OwnedFd,
+        stderr: OwnedFd,
+    ) -> Result<RunningCommand, String> {
+        let fds = [stdin.as_fd(), stderr.as_fd()];
+        let accepted = self.ask(&["command", command], &fds, SHORT_REPLY)?;
+        Ok(RunningCommand {
+            reply: accepted.socket,
+        })
+    }
+
+    /// The TLS certificate and key, read again by the helper (which also reads the aliases file again); None
+    /// without TLS.
+    pub fn reload(&self) -> Result<Option<TlsFiles>, String> {
+        let text = self.ask(&["reload"], &[], MAX_MESSAGE)?.text;
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let at = memchr::memchr(0, &text).ok_or_else(no_answer)?;
+        Ok(Some(TlsFiles {
+            certificate: text[..at].to_vec(),
+            key: text[at + 1..].to_vec(),
+        }))
+    }
+
+    /// Sends one request and waits for its first reply, of at most `capacity` bytes.
+    fn ask(&self, words: &[&str], fds: &[BorrowedFd], capacity: usize) -> Result<Accepted, String> {
         let failed = |e: io::Error| format!("the privileged helper cannot be reached: {e}");
-        let (reply, theirs) = socketpair(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .map_err(|e| failed(e.into()))?;
-        send(&self.socket, words.join("\0").as_bytes(), Some(&theirs)).map_err(failed)?;
+        let (reply, theirs) = pair().map_err(failed)?;
+        let mut attached = vec![theirs.as_fd()];
+        attached.extend_from_slice(fds);
+        send(&self.socket, words.join("\0").as_bytes(), &attached).map_err(failed)?;
         drop(theirs);
-        let (text, fd) = receive(&reply).map_err(failed)?;
-        match (text.split_first(), fd) {
-            (Some((b'O', _)), Some(fd)) => Ok(fd),
-            (Some((b'E', why)), _) => Err(String::from_utf8_lossy(why).into_owned()),
-            _ => Err("the privileged helper gave no answer".into()),
-        }
-    }
-}
-
-/// `postel privileged-helper`: serves the daemon on the socket that is its stdin until the daemon goes away.
-pub fn run() -> io::Result<()> {
-    let socket = io::stdin().as_fd().try_clone_to_owned()?;
-    let (text, _) = receive(&socket)?;
-    let text = String::from_utf8_lossy(&text);
-    let config = Config::parse(&text, "the daemon's configuration")
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-    loop {
-        let (request, reply) = match receive(&socket) {
-            Ok((request, _)) if request.is_empty() => return Ok(()),
-            Ok((request, Some(reply))) => (request, reply),
-            Ok((_, None)) => {
-                error!("privileged helper: a request without a reply socket; ignored");
-                continue;
+        let (mut text, fds) = receive(&reply, capacity).map_err(failed)?;
+        match text.first() {
+            Some(b'O') => {
+                text.remove(0);
+                Ok(Accepted {
+                    text,
+                    fds,
+                    socket: reply,
+                })
             }
-            Err(e) => return Err(e),
-        };
-        let answer = answer(&config, &request);
-        let sent = match &answer {
-            Ok(fd) => send(&reply, b"O", Some(fd)),
-            Err(why) => {
-                warn!("privileged helper: refused: {why}");
-                send(&reply, format!("E{why}").as_bytes(), None)
-            }
-        };
-        if let Err(e) = sent {
-            warn!("privileged helper: cannot reply: {e}");
+            Some(b'E') => Err(String::from_utf8_lossy(&text[1..]).into_owned()),
+            _ => Err(no_answer()),
         }
     }
 }
 
-/// Carries out one request, or says why not.
-fn answer(config: &Config, request: &[u8]) -> Result<OwnedFd, String> {
-    let words: Vec<&[u8]> = request.split(|&b| b == 0).collect();
-    match words.as_slice() {
-        [b"mailbox", name] => mailbox(config, name).map(OwnedFd::from),
-        [b"terminal", _, _] => Err("writing to terminals is not available".into()),
-        _ => Err(format!(
-            "unknown request '{}'",
-            String::from_utf8_lossy(words[0]).escape_debug()
-        )),
-    }
-}
-
-/// Opens (creating if missing) the mailbox of the system user `name`, as the module's table says.
-fn mailbox(config: &Config, name: &[u8]) -> Result<File, String> {
-    let name =
-        std::str::from_utf8(name).map_err(|_| "a user name that is not UTF-8".to_string())?;
-    if name.is_empty()
-        || name.starts_with('.')
-        || name.contains(|c: char| c == '/' || c.is_control())
-    {
-        return Err(format!("'{}' cannot name a mailbox", name.escape_debug()));
-    }
-    let user = User::from_name(name)
-        .ok()
-        .flatten()
-        .ok_or_else(|| format!("no such user: {name}"))?;
-    let path = config.mailbox_dir.join(OsStr::from_bytes(name.as_bytes()));
-    let failed = |what: &str, e: io::Error| format!("{}: {what}: {e}", path.display());
-    let mut options = OpenOptions::new();
-    options
-        .read(true)
-        .append(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
-    let file = match options.open(&path) {
-        Ok(file) => file,
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(refused(&path, "is a symbolic link"));
+impl RunningCommand {
+    /// How the command ended, waiting at most `timeout`; None while it runs.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<Ended>, String> {
+        let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(self.reply.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(0) => return Ok(None),
+            Ok(_) => {}
+            Err(e) => return Err(format!("waiting for the privileged helper: {e}")),
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let file = options
-                .create_new(true)
-                .open(&path)
-                .map_err(|e| failed("creating", e))?;
-            fchown(&file, Some(user.uid), Some(user.gid))
-                .map_err(|e| failed("giving it to its user", e.into()))?;
-            File::open(config.mailbox_dir.as_path())
-                .and_then(|dir| dir.sync_all())
-                .map_err(|e| failed("syncing its directory", e))?;
-            file
+        let (text, _) = receive(&self.reply, SHORT_REPLY).map_err(|e| e.to_string())?;
+        match text.split_first() {
+            Some((b'X', code)) => std::str::from_utf8(code)
+                .ok()
+                .and_then(|code| code.parse().ok())
+                .map(|code| Some(Ended::Exited(code)))
+                .ok_or_else(no_answer),
+            Some((b'S', _)) => Ok(Some(Ended::Signalled)),
+            _ => Err(no_answer()),
         }
-        Err(e) => return Err(failed("opening", e)),
-    };
-    let meta = file.metadata().map_err(|e| failed("fstat", e))?;
-    if !meta.file_type().is_file() {
-        return Err(refused(&path, "is not a regular file"));
     }
-    if meta.nlink() != 1 {
-        return Err(refused(&path, &format!("has {} hard links", meta.nlink())));
-    }
-    if meta.uid() != user.uid.as_raw() {
-        return Err(refused(
-            &path,
-            &format!("belongs to uid {}, not to {name}", meta.uid()),
-        ));
-    }
-    Ok(file)
 }
 
-fn refused(path: &Path, problem: &str) -> String {
-    format!("{}: {problem}; refusing to deliver into it", path.display())
+fn no_answer() -> String {
+    "the privileged helper gave no answer".into()
 }
 
-/// Sends one message, with `fd` attached when given.
-fn send(socket: &OwnedFd, bytes: &[u8], fd: Option<&OwnedFd>) -> io::Result<()> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+/// A connected pair of SOCK_SEQPACKET sockets, close-on-exec.
+pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+/// Sends one message with `fds` attached.
+pub fn send(socket: &OwnedFd, bytes: &[u8], fds: &[BorrowedFd]) -> io::Result<()> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = SendAncillaryBuffer::new(&mut space);
-    let fds;
-    if let Some(fd) = fd {
-        fds = [fd.as_fd()];
-        control.push(SendAncillaryMessage::ScmRights(&fds));
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other("too many descriptors for one message"));
     }
     sendmsg(
         socket,
@@ -222,10 +212,11 @@ fn send(socket: &OwnedFd, bytes: &[u8], fd: Option<&OwnedFd>) -> io::Result<()> 
     Ok(())
 }
 
-/// Receives one message and the first descriptor attached to it; an empty message means the other end closed.
-fn receive(socket: &OwnedFd) -> io::Result<(Vec<u8>, Option<OwnedFd>)> {
-    let mut bytes = vec![0; MAX_MESSAGE];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+/// Receives one message of at most `capacity` bytes and the descriptors attached to it; an empty message means
+/// the other end closed.
+pub fn receive(socket: &OwnedFd, capacity: usize) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    let mut bytes = vec![0; capacity];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let received = recvmsg(
         socket,
@@ -234,13 +225,11 @@ fn receive(socket: &OwnedFd) -> io::Result<(Vec<u8>, Option<OwnedFd>)> {
         RecvFlags::CMSG_CLOEXEC,
     )?;
     bytes.truncate(received.bytes);
-    let mut fd = None;
+    let mut fds = Vec::new();
     for message in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(fds) = message {
-            for received in fds {
-                fd.get_or_insert(received);
-            }
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
         }
     }
-    Ok((bytes, fd))
+    Ok((bytes, fds))
 }

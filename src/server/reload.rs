@@ -2,8 +2,8 @@
 //! `auth_users`.
 //! A file that fails to load on reload keeps the old contents in force and says why.
 //!
-//! Loading goes through [`load_tls`] alone, so that a privileged helper can take over reading the key (which
-//! only root may read) without the rest of the server changing.
+//! Loading goes through [`load_tls`] alone: under the `user` account the privileged helper reads the files (the
+//! key may be readable by root alone) and hands their contents over.
 
 use std::sync::Arc;
 
@@ -13,16 +13,25 @@ use log::{info, warn};
 use crate::auth::{AuthUsers, AuthUsersError};
 use crate::config::Config;
 use crate::delivery::aliases::Aliases;
+use crate::privilege::helper;
 use crate::reloadable::Reloadable;
 use crate::tls::{ServerTls, TlsError};
 
 /// The certificate and key of the configuration, or None when TLS is not configured. An expired certificate
 /// loads (clients decide what to do with it) and is warned about.
 pub fn load_tls(config: &Config) -> Result<Option<ServerTls>, TlsError> {
+    // Under the `user` account the helper reads the files again (and the aliases, which say what commands it runs).
+    let read_by_helper = match helper::installed() {
+        Some(helper) => helper.reload().map_err(TlsError)?,
+        None => None,
+    };
     let (Some(certificate), Some(key)) = (&config.tls_certificate, &config.tls_key) else {
         return Ok(None);
     };
-    let tls = ServerTls::load(certificate, key)?;
+    let tls = match read_by_helper {
+        Some(files) => ServerTls::from_pem(certificate, &files.certificate, key, &files.key)?,
+        None => ServerTls::load(certificate, key)?,
+    };
     if let Err(e) = tls.check_validity(certificate, Utc::now()) {
         warn!("tls: {e}");
     }

@@ -33,8 +33,18 @@ impl ServerTls {
     /// Reads the certificate chain (PEM, the server's certificate first) and its key (PKCS#8, RSA or EC, in
     /// PEM) and checks that they belong together. Errors name the file.
     pub fn load(certificate: &Path, key: &Path) -> Result<ServerTls, TlsError> {
-        let cert_pem = read(certificate)?;
-        let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        ServerTls::from_pem(certificate, &read(certificate)?, key, &read(key)?)
+    }
+
+    /// As [`ServerTls::load`], from the files' contents (read by someone who may read them); the paths name them
+    /// in errors.
+    pub fn from_pem(
+        certificate: &Path,
+        cert_pem: &[u8],
+        key: &Path,
+        key_pem: &[u8],
+    ) -> Result<ServerTls, TlsError> {
+        let chain = CertificateDer::pem_slice_iter(cert_pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| {
                 TlsError(format!(
@@ -54,8 +64,7 @@ impl ServerTls {
                 certificate.display()
             ))
         })?;
-        let key_pem = read(key)?;
-        let private_key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        let private_key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| {
             TlsError(format!(
                 "{}: no private key (PKCS#8, RSA or EC, in PEM) in the file: {e}",
                 key.display()

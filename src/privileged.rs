@@ -1,0 +1,343 @@
+//! The privileged helper process (`postel privileged-helper`, started by the daemon: see
+//! [`crate::privilege::helper`] for the requests): it stays root, checks every request and does only what needs
+//! another identity than the server's.
+
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, RwLock};
+use std::thread;
+
+use log::{error, info, warn};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::{Pid, Uid, User, fchown};
+
+use crate::config::Config;
+use crate::delivery::aliases::Aliases;
+use crate::privilege::helper::{self, MAX_MESSAGE};
+
+/// The account commands run as when the aliases file belongs to root or to the server's account (as Postfix's
+/// `default_privs`).
+const NOBODY: &str = "nobody";
+
+/// What the helper knows: the daemon's configuration and the aliases, which say what commands may run.
+struct State {
+    config: Config,
+    aliases: RwLock<Aliases>,
+}
+
+/// Serves the daemon on the socket that is stdin until the daemon goes away.
+pub fn run() -> io::Result<()> {
+    let socket = io::stdin().as_fd().try_clone_to_owned()?;
+    let (text, _) = helper::receive(&socket, MAX_MESSAGE)?;
+    let config = Config::parse(
+        &String::from_utf8_lossy(&text),
+        "the daemon's configuration",
+    )
+    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    let aliases = Aliases::configured(&config).unwrap_or_else(|e| {
+        warn!("privileged helper: no alias commands run until the aliases load: {e}");
+        Aliases::empty()
+    });
+    let state = Arc::new(State {
+        config,
+        aliases: RwLock::new(aliases),
+    });
+    loop {
+        let (request, mut fds) = helper::receive(&socket, 64 * 1024)?;
+        if request.is_empty() {
+            return Ok(());
+        }
+        if fds.is_empty() {
+            error!("privileged helper: a request without a reply socket; ignored");
+            continue;
+        }
+        let reply = fds.remove(0);
+        let sent = match answer(&state, &request, fds) {
+            Ok(Answer::Now(text, fd)) => {
+                let fds: Vec<_> = fd.iter().map(|fd| fd.as_fd()).collect();
+                helper::send(&reply, &[b"O".as_slice(), &text].concat(), &fds)
+            }
+            Ok(Answer::Later(child, command)) => {
+                let sent = helper::send(&reply, b"O", &[]);
+                thread::spawn(move || watch(child, &command, &reply));
+                sent
+            }
+            Err(why) => {
+                warn!("privileged helper: refused: {why}");
+                helper::send(&reply, format!("E{why}").as_bytes(), &[])
+            }
+        };
+        if let Err(e) = sent {
+            warn!("privileged helper: cannot reply: {e}");
+        }
+    }
+}
+
+/// A request's answer: right away (text and maybe a descriptor), or once a command ends.
+enum Answer {
+    Now(Vec<u8>, Option<OwnedFd>),
+    Later(Child, String),
+}
+
+/// Checks and carries out one request, or says why not.
+fn answer(state: &State, request: &[u8], fds: Vec<OwnedFd>) -> Result<Answer, String> {
+    let words: Vec<&[u8]> = request.split(|&b| b == 0).collect();
+    match words.as_slice() {
+        [b"mailbox", name] => {
+            let file = mailbox(&state.config, name)?;
+            Ok(Answer::Now(Vec::new(), Some(file.into())))
+        }
+        [b"command", command] => {
+            let command = String::from_utf8_lossy(command).into_owned();
+            let child = command_child(state, &command, fds)?;
+            Ok(Answer::Later(child, command))
+        }
+        [b"reload"] => Ok(Answer::Now(reload(state)?, None)),
+        [b"terminal", _, _] => Err("writing to terminals is not available".into()),
+        _ => Err(format!(
+            "unknown request '{}'",
+            String::from_utf8_lossy(words[0]).escape_debug()
+        )),
+    }
+}
+
+/// Opens (creating if missing) the mailbox of the system user `name`: never a path outside `mailbox_dir`, never
+/// through a symbolic link, and never a file with more than one link or that belongs to someone else.
+fn mailbox(config: &Config, name: &[u8]) -> Result<File, String> {
+    let name =
+        std::str::from_utf8(name).map_err(|_| "a user name that is not UTF-8".to_string())?;
+    if name.is_empty()
+        || name.starts_with('.')
+        || name.contains(|c: char| c == '/' || c.is_control())
+    {
+        return Err(format!("'{}' cannot name a mailbox", name.escape_debug()));
+    }
+    let user = User::from_name(name)
+        .ok()
+        .flatten()
+        .ok_or_else(|| format!("no such user: {name}"))?;
+    let path = config.mailbox_dir.join(OsStr::from_bytes(name.as_bytes()));
+    let failed = |what: &str, e: io::Error| format!("{}: {what}: {e}", path.display());
+    let mut options = OpenOptions::new();
+    options
+        .read(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    let file = match options.open(&path) {
+        Ok(file) => file,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(refused(&path, "is a symbolic link"));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let file = options
+                .create_new(true)
+                .open(&path)
+                .map_err(|e| failed("creating", e))?;
+            fchown(&file, Some(user.uid), Some(user.gid))
+                .map_err(|e| failed("giving it to its user", e.into()))?;
+            File::open(config.mailbox_dir.as_path())
+                .and_then(|dir| dir.sync_all())
+                .map_err(|e| failed("syncing its directory", e))?;
+            info!("{}: created for {name}", path.display());
+            file
+        }
+        Err(e) => return Err(failed("opening", e)),
+    };
+    let meta = file.metadata().map_err(|e| failed("fstat", e))?;
+    if !meta.file_type().is_file() {
+        return Err(refused(&path, "is not a regular file"));
+    }
+    if meta.nlink() != 1 {
+        return Err(refused(&path, &format!("has {} hard links", meta.nlink())));
+    }
+    if meta.uid() != user.uid.as_raw() {
+        return Err(refused(
+            &path,
+            &format!("belongs to uid {}, not to {name}", meta.uid()),
+        ));
+    }
+    Ok(file)
+}
+
+fn refused(path: &Path, problem: &str) -> String {
+    format!("{}: {problem}; refusing to deliver into it", path.display())
+}
+
+/// Starts an alias command as the owner of the aliases file, with the message on `fds[0]` and its stderr on
+/// `fds[1]`: only a command some alias lists, only with `alias_commands = true`, never as root or the server's
+/// account (those become `nobody`).
+fn command_child(state: &State, command: &str, fds: Vec<OwnedFd>) -> Result<Child, String> {
+    let config = &state.config;
+    if !config.alias_commands {
+        return Err("alias commands are disabled (alias_commands = false)".into());
+    }
+    let listed = state
+        .aliases
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .lists_command(command);
+    if !listed {
+        return Err(format!(
+            "no alias lists the command '{}'",
+            command.escape_debug()
+        ));
+    }
+    let user = command_user(config)?;
+    let [stdin, stderr]: [OwnedFd; 2] = fds
+        .try_into()
+        .map_err(|_| "a command request needs its stdin and stderr".to_string())?;
+    // std drops the supplementary groups when it changes the uid of a child of root.
+    Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", &user.dir)
+        .env("USER", &user.name)
+        .env("LOGNAME", &user.name)
+        .current_dir("/")
+        .uid(user.uid.as_raw())
+        .gid(user.gid.as_raw())
+        .stdin(Stdio::from(stdin))
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(stderr))
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot run '{command}' as {}: {e}", user.name))
+}
+
+/// Who alias commands run as: the owner of the aliases file, unless that is root or the server's account.
+fn command_user(config: &Config) -> Result<User, String> {
+    let path = config
+        .aliases
+        .as_deref()
+        .ok_or_else(|| "no aliases file".to_string())?;
+    let owner = fs::metadata(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .uid();
+    let service = config
+        .user
+        .as_deref()
+        .and_then(|name| User::from_name(name).ok().flatten())
+        .map(|user| user.uid);
+    let user = if owner == 0 || Some(Uid::from_raw(owner)) == service {
+        User::from_name(NOBODY).ok().flatten()
+    } else {
+        User::from_uid(Uid::from_raw(owner)).ok().flatten()
+    };
+    user.filter(|user| !user.uid.is_root() && Some(user.uid) != service)
+        .ok_or_else(|| {
+            format!(
+                "no account to run alias commands as (owner of {}: uid {owner})",
+                path.display()
+            )
+        })
+}
+
+/// Waits for a command to end and tells the daemon how; kills it when the daemon hangs up its reply socket (it
+/// gave up on the command).
+fn watch(mut child: Child, command: &str, reply: &OwnedFd) {
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(e) => {
+                warn!("privileged helper: cannot wait for '{command}': {e}");
+                return;
+            }
+        }
+        let mut fds = [PollFd::new(reply.as_fd(), PollFlags::POLLIN)];
+        let hung_up = poll(&mut fds, PollTimeout::from(20u8)).is_ok_and(|n| n > 0)
+            && fds[0]
+                .revents()
+                .is_some_and(|r| r.intersects(PollFlags::POLLHUP));
+        if hung_up {
+            // The command and everything it started.
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            let _ = child.wait();
+            return;
+        }
+    };
+    let text = match status.code() {
+        Some(code) => format!("X{code}"),
+        None => "S".to_string(),
+    };
+    let _ = helper::send(reply, text.as_bytes(), &[]);
+}
+
+/// Reads the aliases file again and returns the TLS certificate and key files' contents (empty without TLS).
+fn reload(state: &State) -> Result<Vec<u8>, String> {
+    let config = &state.config;
+    match Aliases::configured(config) {
+        Ok(aliases) => *state.aliases.write().unwrap_or_else(|p| p.into_inner()) = aliases,
+        Err(e) => warn!("privileged helper: keeping the old aliases: {e}"),
+    }
+    let (Some(certificate), Some(key)) = (&config.tls_certificate, &config.tls_key) else {
+        return Ok(Vec::new());
+    };
+    let read = |path: &Path| fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
+    Ok([read(certificate)?, vec![0], read(key)?].concat())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(aliases: &str, alias_commands: bool) -> State {
+        let mut config = Config::builtin();
+        config.alias_commands = alias_commands;
+        State {
+            config,
+            aliases: RwLock::new(Aliases::parse(aliases, "aliases").unwrap()),
+        }
+    }
+
+    fn refusal(state: &State, request: &[u8]) -> String {
+        match answer(state, request, Vec::new()) {
+            Err(why) => why,
+            Ok(_) => panic!("{request:?} was carried out"),
+        }
+    }
+
+    #[test]
+    fn only_commands_the_aliases_list_are_run() {
+        let state = state("robot: \"|/usr/bin/robot --quiet\"\n", true);
+        assert_eq!(
+            refusal(&state, b"command\0rm -rf /"),
+            "no alias lists the command 'rm -rf /'"
+        );
+        let disabled = self::state("robot: \"|/usr/bin/robot --quiet\"\n", false);
+        assert!(refusal(&disabled, b"command\0/usr/bin/robot --quiet").contains("disabled"));
+    }
+
+    #[test]
+    fn mailbox_names_stay_inside_the_mailbox_directory() {
+        let state = state("", false);
+        for name in ["../etc/passwd", ".profile", "a/b", "", "x\ny"] {
+            let request = [b"mailbox\0".as_slice(), name.as_bytes()].concat();
+            assert!(
+                refusal(&state, &request).contains("cannot name a mailbox"),
+                "{name:?}"
+            );
+        }
+        assert!(refusal(&state, b"mailbox\0no-such-user-here").starts_with("no such user"));
+    }
+
+    #[test]
+    fn unknown_and_reserved_requests_are_refused() {
+        let state = state("", false);
+        assert!(refusal(&state, b"shell\0id").starts_with("unknown request"));
+        assert!(refusal(&state, b"terminal\0alice\0pts/3").contains("not available"));
+    }
+}
