@@ -67,6 +67,9 @@ pub struct Config {
     pub local_domains: Vec<String>,
     /// The spool directory (`spool_dir`).
     pub spool_dir: PathBuf,
+    /// How long a spool segment takes new messages; once closed it is deleted as soon as its messages are
+    /// finished (`spool_segment_age`).
+    pub spool_segment_age: Duration,
     /// The directory of per-user mbox files (`mailbox_dir`).
     pub mailbox_dir: PathBuf,
     /// The unprivileged account the server runs as once it has bound its sockets (`user`); None: whoever
@@ -372,6 +375,10 @@ pub const KEYS: &[Key] = &[
         },
         get: |c| c.spool_dir.display().to_string().into(),
     },
+    duration_key!(
+        spool_segment_age,
+        "how long a spool segment (the shared file small messages are written to) takes new messages; once closed, it is deleted as soon as its messages are delivered, so delivered mail does not stay on disk ([doc/spool.md](doc/spool.md))"
+    ),
     Key {
         name: "mailbox_dir",
         kind: "path",
@@ -770,6 +777,7 @@ impl Config {
             local_domains: default_local_domains(&hostname),
             hostname,
             spool_dir: PathBuf::from("./spool"),
+            spool_segment_age: Duration::from_secs(60),
             mailbox_dir: PathBuf::from("./mailboxes"),
             user: None,
             workers: 100,

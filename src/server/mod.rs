@@ -156,7 +156,7 @@ fn open_spool(config: &Config) -> Result<(Arc<Spool>, SpoolLock, Scan), ServeErr
     for problem in &scan.problems {
         warn!("spool: {problem}");
     }
-    spool.start_group_commit()?;
+    spool.start_group_commit(config.spool_segment_age)?;
     Ok((Arc::new(spool), lock, scan))
 }
 

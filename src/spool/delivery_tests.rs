@@ -48,7 +48,9 @@ fn daemon(dir: &TempDir) -> (Spool, SpoolLock, Scan) {
     let mut spool = Spool::open(&dir.0).unwrap();
     let lock = spool.lock().unwrap();
     let scan = spool.scan(true).unwrap();
-    spool.start_group_commit().unwrap();
+    spool
+        .start_group_commit(std::time::Duration::from_secs(60))
+        .unwrap();
     (spool, lock, scan)
 }
 
@@ -372,7 +374,9 @@ fn the_journal_is_compacted_while_the_server_runs() {
     let mut queued: Vec<Queued> = (0..20)
         .map(|n| send(&spool, envelope(&["a"]), &body(n, 100)).unwrap())
         .collect();
-    spool.start_group_commit().unwrap();
+    spool
+        .start_group_commit(std::time::Duration::from_secs(60))
+        .unwrap();
     spool.journal.set_compact_min(8 * 1024);
     let first = queued[0].envelope.id.clone();
     for round in 0..10 {

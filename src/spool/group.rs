@@ -6,8 +6,9 @@ use std::io::{self, IoSlice};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::warn;
 use nix::errno::Errno;
 use nix::sys::uio::pwritev;
@@ -43,17 +44,23 @@ struct Segment {
     path: PathBuf,
     /// The length of the records acknowledged so far.
     len: u64,
+    /// When it takes no more batches, so that it can go once its messages are finished.
+    close_at: Instant,
 }
 
 impl GroupCommit {
-    /// Starts the thread; it creates its segments in `queue` and enters them and their records in
-    /// `live`.
-    pub(super) fn start(queue: &Path, live: Arc<LiveFiles>) -> Result<GroupCommit, SpoolError> {
+    /// Starts the thread; it creates its segments in `queue`, enters them and their records in
+    /// `live`, and closes each one `segment_age` after it was created.
+    pub(super) fn start(
+        queue: &Path,
+        live: Arc<LiveFiles>,
+        segment_age: Duration,
+    ) -> Result<GroupCommit, SpoolError> {
         let (requests, incoming) = crossbeam_channel::unbounded();
         let thread_queue = queue.to_path_buf();
         thread::Builder::new()
             .name("spool-commit".to_string())
-            .spawn(move || run(&thread_queue, &live, &incoming))
+            .spawn(move || run(&thread_queue, &live, &incoming, segment_age))
             .map_err(SpoolError::io(queue))?;
         Ok(GroupCommit {
             requests,
@@ -90,13 +97,33 @@ impl GroupCommit {
 }
 
 /// The thread's loop. A batch is the request that ends the wait and every other one already queued
-/// behind it.
-fn run(queue: &Path, live: &LiveFiles, incoming: &Receiver<Request>) {
-    let mut segment = None;
-    while let Ok(first) = incoming.recv() {
+/// behind it. The current segment is closed when its time is up, whether or not more mail comes: a
+/// segment that takes no more batches is deleted as soon as its last message is finished, so that
+/// delivered mail does not stay on disk on a quiet host.
+fn run(queue: &Path, live: &LiveFiles, incoming: &Receiver<Request>, segment_age: Duration) {
+    let mut segment: Option<Segment> = None;
+    loop {
+        let received = match &segment {
+            Some(current) => incoming.recv_deadline(current.close_at),
+            None => incoming.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        let first = match received {
+            Ok(first) => first,
+            Err(RecvTimeoutError::Timeout) => {
+                close(live, &mut segment);
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        if segment
+            .as_ref()
+            .is_some_and(|s| Instant::now() >= s.close_at)
+        {
+            close(live, &mut segment);
+        }
         let mut batch = vec![first];
         batch.extend(incoming.try_iter().take(MAX_BATCH - 1));
-        match append(queue, live, &mut segment, &batch) {
+        match append(queue, live, &mut segment, &batch, segment_age) {
             Ok((path, mut offset)) => {
                 for request in batch {
                     let _ = request.reply.send(Ok((path.clone(), offset)));
@@ -115,6 +142,13 @@ fn run(queue: &Path, live: &LiveFiles, incoming: &Receiver<Request>) {
     }
 }
 
+/// Closes the current segment: it takes no more batches, and goes once nothing in it is live.
+fn close(live: &LiveFiles, segment: &mut Option<Segment>) {
+    if let Some(segment) = segment.take() {
+        live.retire(&segment.path);
+    }
+}
+
 /// Appends a batch to the current segment (starting one if there is none), syncs it and enters its
 /// records in `live`; returns the segment's path and the batch's offset. On failure the segment is
 /// cut back to what was acknowledged and left for good, so that no later record follows a torn
@@ -124,10 +158,11 @@ fn append(
     live: &LiveFiles,
     current: &mut Option<Segment>,
     batch: &[Request],
+    segment_age: Duration,
 ) -> Result<(PathBuf, u64), (PathBuf, io::Error)> {
     let segment = match current.take() {
         Some(segment) => segment,
-        None => Segment::create(queue, live, &batch[0].id)?,
+        None => Segment::create(queue, live, &batch[0].id, segment_age)?,
     };
     let mut buffers: Vec<IoSlice> = batch
         .iter()
@@ -164,7 +199,9 @@ impl Segment {
         queue: &Path,
         live: &LiveFiles,
         id: &QueueId,
+        age: Duration,
     ) -> Result<Segment, (PathBuf, io::Error)> {
+        let close_at = Instant::now() + age;
         let path = queue.join(id.as_str());
         live.start_segment(&path);
         let file = match File::options().write(true).create_new(true).open(&path) {
@@ -179,7 +216,12 @@ impl Segment {
             live.forget(&path);
             return Err((queue.to_path_buf(), e));
         }
-        Ok(Segment { file, path, len: 0 })
+        Ok(Segment {
+            file,
+            path,
+            len: 0,
+            close_at,
+        })
     }
 
     /// Cuts off a failed append; removes the file if it holds nothing else. Failing that, the next

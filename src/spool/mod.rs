@@ -294,8 +294,10 @@ impl Spool {
     }
 
     /// Starts the group-commit thread, which [`commit`](Spool::commit) then uses for small messages.
-    pub fn start_group_commit(&mut self) -> Result<(), SpoolError> {
-        self.group = Some(GroupCommit::start(&self.queue, Arc::clone(&self.live))?);
+    /// Each segment it starts takes new messages for `segment_age` at most.
+    pub fn start_group_commit(&mut self, segment_age: Duration) -> Result<(), SpoolError> {
+        let live = Arc::clone(&self.live);
+        self.group = Some(GroupCommit::start(&self.queue, live, segment_age)?);
         Ok(())
     }
 

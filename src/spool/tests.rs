@@ -92,7 +92,9 @@ fn round_trip(spool: &Spool, sizes: &[usize]) {
 fn small_and_large_messages_round_trip_with_group_commit() {
     let dir = TempDir::new("group");
     let mut spool = Spool::open(&dir.0).unwrap();
-    spool.start_group_commit().unwrap();
+    spool
+        .start_group_commit(std::time::Duration::from_secs(60))
+        .unwrap();
     round_trip(
         &spool,
         &[0, 1, 1000, SMALL_LIMIT, SMALL_LIMIT + 1, 300 * 1024, 5],
@@ -130,7 +132,9 @@ fn a_queued_message_is_named_by_its_new_id_and_keeps_its_envelope() {
 fn concurrent_commits_get_distinct_ids_and_all_scan_back() {
     let dir = TempDir::new("concurrent");
     let mut spool = Spool::open(&dir.0).unwrap();
-    spool.start_group_commit().unwrap();
+    spool
+        .start_group_commit(std::time::Duration::from_secs(60))
+        .unwrap();
     let spool = Arc::new(spool);
     let threads: Vec<_> = (0..16)
         .map(|thread| {
@@ -172,10 +176,48 @@ fn concurrent_commits_get_distinct_ids_and_all_scan_back() {
 fn segments_rotate_once_full() {
     let dir = TempDir::new("rotate");
     let mut spool = Spool::open(&dir.0).unwrap();
-    spool.start_group_commit().unwrap();
+    spool
+        .start_group_commit(std::time::Duration::from_secs(60))
+        .unwrap();
     let sizes = vec![SMALL_LIMIT; 130];
     round_trip(&spool, &sizes);
     assert_eq!(names(&spool.queue).len(), 2);
+}
+
+/// Waits (a bounded while) until `dir` holds `count` files.
+fn wait_for_files(dir: &Path, count: usize) -> Vec<String> {
+    for _ in 0..200 {
+        if names(dir).len() == count {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    names(dir)
+}
+
+#[test]
+fn a_finished_segment_disappears_on_a_quiet_host() {
+    let dir = TempDir::new("segment-age");
+    let mut spool = Spool::open(&dir.0).unwrap();
+    spool
+        .start_group_commit(std::time::Duration::from_millis(100))
+        .unwrap();
+    let delivered = send(&spool, envelope(&["bob@localhost"]), b"one\r\n").unwrap();
+    let waiting = send(&spool, envelope(&["bob@localhost"]), b"two\r\n").unwrap();
+    assert_eq!(delivered.file, waiting.file, "both in one segment");
+    spool.finish(&delivered.envelope.id).unwrap();
+    // Closed after its time, with one message still live: it stays until that one is finished.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(names(&spool.queue).len(), 1);
+    spool.finish(&waiting.envelope.id).unwrap();
+    assert_eq!(names(&spool.queue), Vec::<String>::new());
+    // Closed with nothing live: it goes at its time, without another message to rotate it.
+    let later = send(&spool, envelope(&["bob@localhost"]), b"three\r\n").unwrap();
+    spool.finish(&later.envelope.id).unwrap();
+    assert_eq!(wait_for_files(&spool.queue, 0), Vec::<String>::new());
+    // A message after the close goes into a new segment.
+    let next = send(&spool, envelope(&["bob@localhost"]), b"four\r\n").unwrap();
+    assert_ne!(next.file, later.file);
 }
 
 #[test]
@@ -184,7 +226,9 @@ fn a_dropped_writer_leaves_nothing_behind() {
     let mut spool = Spool::open(&dir.0).unwrap();
     for group in [false, true] {
         if group {
-            spool.start_group_commit().unwrap();
+            spool
+                .start_group_commit(std::time::Duration::from_secs(60))
+                .unwrap();
         }
         for size in [10, 300 * 1024] {
             let mut writer = spool.new_message(envelope(&["bob@localhost"]));
@@ -217,7 +261,9 @@ fn a_write_error_fails_the_commit_and_leaves_nothing_in_the_queue() {
 fn a_failed_batch_is_refused_and_the_next_starts_a_new_segment() {
     let dir = TempDir::new("batch-error");
     let mut spool = Spool::open(&dir.0).unwrap();
-    spool.start_group_commit().unwrap();
+    spool
+        .start_group_commit(std::time::Duration::from_secs(60))
+        .unwrap();
     fs::remove_dir(&spool.queue).unwrap();
     let error = send(&spool, envelope(&["bob@localhost"]), b"hello\r\n").unwrap_err();
     assert!(
@@ -256,7 +302,9 @@ fn control_characters_in_the_envelope_become_question_marks() {
 
 /// Three small messages in one segment; returns it and where the third record starts.
 fn three_in_a_segment(spool: &mut Spool) -> (PathBuf, u64) {
-    spool.start_group_commit().unwrap();
+    spool
+        .start_group_commit(std::time::Duration::from_secs(60))
+        .unwrap();
     let queued: Vec<Queued> = (0..3)
         .map(|n| send(spool, envelope(&["bob@localhost"]), &body(n, 500)).unwrap())
         .collect();
