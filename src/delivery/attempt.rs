@@ -22,6 +22,7 @@ use crate::delivery::retry::Schedule;
 use crate::delivery::trace::{self, Loop};
 use crate::delivery::transport::Delivery;
 use crate::reloadable::Reloadable;
+use crate::smtp::Detail;
 use crate::spool::{Outcome, QueueId, Queued, RecipientResult, Spool, SpoolError};
 
 /// How much of a message is read to find its header section (for loop checks and bounces).
@@ -248,8 +249,8 @@ impl Deliverer {
 
     /// Delivers to one local target: a mailbox, a file or a command.
     fn deliver(&self, message: &Queued, route: &Route, headers: &[u8]) -> Delivery {
-        if let Destination::Refused { status, reason } = &route.destination {
-            return Delivery::permanent(*status, reason.clone());
+        if let Destination::Refused { detail, reason } = &route.destination {
+            return Delivery::permanent(*detail, reason.clone());
         }
         if let Some(refused) = loop_refusal(headers, &route.recipient) {
             return refused;
@@ -283,7 +284,7 @@ impl Deliverer {
         match self.spool.read_body(message) {
             Ok(body) => Ok(BufReader::with_capacity(64 * 1024, body)),
             Err(e) => Err(Delivery::temporary(
-                "4.3.0",
+                Detail::OtherMailSystem,
                 format!("cannot read the queued message: {e}"),
             )),
         }
@@ -322,7 +323,10 @@ impl Deliverer {
             self.spool
                 .record_appending(&envelope.id, key, offset, len)
                 .map_err(|e| {
-                    mbox::MboxError::temporary("4.3.0", format!("cannot record the delivery: {e}"))
+                    mbox::MboxError::temporary(
+                        Detail::OtherMailSystem,
+                        format!("cannot record the delivery: {e}"),
+                    )
                 })
         };
         let copy = mbox::Message {
@@ -400,7 +404,7 @@ fn loop_refusal(headers: &[u8], recipient: &str) -> Option<Delivery> {
         Loop::AlreadyDelivered => format!("mail forwarding loop: already delivered to {recipient}"),
         Loop::TooManyHops(n) => format!("mail forwarding loop: {n} Received headers"),
     };
-    Some(Delivery::permanent("5.4.6", why))
+    Some(Delivery::permanent(Detail::RoutingLoop, why))
 }
 
 /// One line per delivery attempt of one target, as Postfix writes them; the delay counts from the arrival.

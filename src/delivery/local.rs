@@ -8,7 +8,7 @@ use nix::unistd::{Gid, Uid, User};
 
 use crate::config::{Config, LocalUsers};
 use crate::delivery::aliases::{Aliases, Target};
-use crate::smtp::{Domain, parse_mailbox};
+use crate::smtp::{Detail, Domain, parse_mailbox};
 
 /// The mailbox name a local part maps to, or None when it could never name a mailbox file: case-folded, and
 /// without `/`, NUL, control characters, a leading dot or `..` that could leave the mailbox directory.
@@ -67,11 +67,8 @@ pub enum Destination {
     Command(String),
     /// Another host's recipient.
     Remote(String),
-    /// Cannot be delivered: the status and the reason.
-    Refused {
-        status: &'static str,
-        reason: String,
-    },
+    /// Cannot be delivered, ever: the status (5.`detail`) and the reason.
+    Refused { detail: Detail, reason: String },
 }
 
 /// One final target of an envelope recipient. `key` names it in the spool's delivery records, so a target two
@@ -112,7 +109,12 @@ impl Router<'_> {
                 Ok(_) => return vec![self.remote(recipient, recipient)],
                 Err(e) => {
                     let reason = format!("bad address: {}", e.describe());
-                    return vec![refused(recipient, recipient, "5.1.3", reason)];
+                    return vec![refused(
+                        recipient,
+                        recipient,
+                        Detail::BadDestinationSyntax,
+                        reason,
+                    )];
                 }
             }
         };
@@ -152,7 +154,7 @@ impl Router<'_> {
                 Err(e) => refused(
                     recipient,
                     &address,
-                    "5.1.3",
+                    Detail::BadDestinationSyntax,
                     format!("alias target {address}: {}", e.describe()),
                 ),
             },
@@ -173,7 +175,7 @@ impl Router<'_> {
                 refused(
                     recipient,
                     &format!("|{command}"),
-                    "5.7.1",
+                    Detail::NotAuthorized,
                     "delivery to commands is disabled here".into(),
                 )
             }
@@ -182,7 +184,7 @@ impl Router<'_> {
                 refused(
                     recipient,
                     &path,
-                    "5.7.1",
+                    Detail::NotAuthorized,
                     "delivery to files is disabled here".into(),
                 )
             }
@@ -196,7 +198,7 @@ impl Router<'_> {
             return refused(
                 recipient,
                 local_part,
-                "5.1.1",
+                Detail::BadDestinationMailbox,
                 format!("no such user here: {local_part}"),
             );
         };
@@ -235,17 +237,18 @@ pub fn is_local(config: &Config, domain: &Domain) -> bool {
     }
 }
 
-fn refused(recipient: &str, key: &str, status: &'static str, reason: String) -> Route {
+fn refused(recipient: &str, key: &str, detail: Detail, reason: String) -> Route {
     Route {
         recipient: recipient.to_string(),
         key: key.to_string(),
-        destination: Destination::Refused { status, reason },
+        destination: Destination::Refused { detail, reason },
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::smtp::{Class, Status};
 
     #[test]
     fn names_that_could_escape_the_mailbox_directory_are_refused() {
@@ -289,7 +292,10 @@ mod tests {
                 Destination::File(path) => format!("file:{}", path.display()),
                 Destination::Command(c) => format!("cmd:{c}"),
                 Destination::Remote(a) => format!("remote:{a}"),
-                Destination::Refused { status, .. } => format!("refused:{status}:{}", r.key),
+                Destination::Refused { detail, .. } => {
+                    let status = Status::new(Class::PermanentFailure, *detail);
+                    format!("refused:{status}:{}", r.key)
+                }
             })
             .collect()
     }

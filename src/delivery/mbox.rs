@@ -21,6 +21,7 @@ use nix::unistd::{Gid, Pid, Uid, fchown, geteuid};
 use crate::copy::{self, CopyError, Format};
 use crate::delivery::transport::Delivery;
 use crate::privilege::helper;
+use crate::smtp::{Class, Detail, Status};
 
 /// How mailboxes are locked and limited (from the configuration).
 #[derive(Debug, Clone)]
@@ -39,21 +40,31 @@ pub struct MboxSettings {
 /// Why a message could not be appended, and whether trying again later could help.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MboxError {
-    /// True when retrying cannot help (bounce), false for a temporary failure (keep it queued).
-    pub permanent: bool,
-    /// The RFC 3463 enhanced status code, e.g. "4.2.0" (locked), "5.2.2" (mailbox full), "4.3.0".
-    pub status: &'static str,
+    /// The RFC 3463 enhanced status code, e.g. 4.2.0 (locked), 5.2.2 (mailbox full), 4.3.0; its class says
+    /// whether retrying can help.
+    pub status: Status,
     /// What happened, naming the mailbox path.
     pub message: String,
 }
 
 impl MboxError {
-    pub fn temporary(status: &'static str, message: String) -> Self {
+    pub fn temporary(detail: Detail, message: String) -> Self {
         MboxError {
-            permanent: false,
-            status,
+            status: Status::new(Class::TransientFailure, detail),
             message,
         }
+    }
+
+    fn permanent(detail: Detail, message: String) -> Self {
+        MboxError {
+            status: Status::new(Class::PermanentFailure, detail),
+            message,
+        }
+    }
+
+    /// True when retrying cannot help (bounce), false for a temporary failure (keep it queued).
+    pub fn is_permanent(&self) -> bool {
+        self.status.class == Class::PermanentFailure
     }
 
     /// An I/O error while doing `what` to `path`, classified as Postfix does: a full disk is temporary (Postfix
@@ -62,13 +73,9 @@ impl MboxError {
     fn io(path: &Path, what: &str, err: &io::Error) -> Self {
         let message = format!("{}: {what}: {err}", path.display());
         match err.raw_os_error() {
-            Some(libc::ENOSPC) => MboxError::temporary("4.3.1", message),
-            Some(libc::EDQUOT | libc::EFBIG) => MboxError {
-                permanent: true,
-                status: "5.2.2",
-                message,
-            },
-            _ => MboxError::temporary("4.3.0", message),
+            Some(libc::ENOSPC) => MboxError::temporary(Detail::MailSystemFull, message),
+            Some(libc::EDQUOT | libc::EFBIG) => MboxError::permanent(Detail::MailboxFull, message),
+            _ => MboxError::temporary(Detail::OtherMailSystem, message),
         }
     }
 }
@@ -83,11 +90,7 @@ impl std::error::Error for MboxError {}
 
 impl From<MboxError> for Delivery {
     fn from(e: MboxError) -> Delivery {
-        if e.permanent {
-            Delivery::permanent(e.status, e.message)
-        } else {
-            Delivery::temporary(e.status, e.message)
-        }
+        Delivery::failed(e.status, e.message)
     }
 }
 
@@ -128,14 +131,13 @@ pub fn append(
     let len = message.len;
     let limit = settings.max_mailbox_size;
     if limit != 0 && old_size.saturating_add(len) > limit {
-        return Err(MboxError {
-            permanent: true,
-            status: "5.2.2",
-            message: format!(
+        return Err(MboxError::permanent(
+            Detail::MailboxFull,
+            format!(
                 "{}: mailbox full: {old_size} bytes plus {len} for this message exceed the limit of {limit}",
                 path.display()
             ),
-        });
+        ));
     }
     announce(old_size)?;
     let undo = Undo {
@@ -151,7 +153,7 @@ pub fn append(
                 .map_err(|e| MboxError::io(path, "writing", e.error()))?;
             if written != len {
                 return Err(MboxError::temporary(
-                    "4.3.0",
+                    Detail::OtherMailSystem,
                     format!(
                         "{}: the message took {written} bytes, not the {len} announced",
                         path.display()
@@ -248,7 +250,7 @@ fn render<W: Write>(
     let (mut out, copied) =
         copy::copy(Format::MBOX, trace_headers, body, out).map_err(|e| match e {
             CopyError::Read(e) => MboxError::temporary(
-                "4.3.0",
+                Detail::OtherMailSystem,
                 format!("{}: reading the message failed: {e}", path.display()),
             ),
             CopyError::Write(e) => write_error(e),
@@ -404,7 +406,7 @@ fn lock(
                 let now = Instant::now();
                 if now >= deadline {
                     return Err(MboxError::temporary(
-                        "4.2.0",
+                        Detail::OtherMailbox,
                         format!(
                             "{}: mailbox is locked ({holder}); gave up after {:?}",
                             path.display(),
@@ -493,7 +495,7 @@ fn open_mailbox(path: &Path, owner: Option<(Uid, Gid)>) -> Result<File, NotLocke
             .unwrap_or_default();
         return helper
             .open_mailbox(name)
-            .map_err(|why| MboxError::temporary("4.3.0", why).into());
+            .map_err(|why| MboxError::temporary(Detail::OtherMailSystem, why).into());
     }
     // Creating with O_EXCL tells us the file is new, and so ours to chown and make durable.
     match options.create_new(true).open(path) {
@@ -562,7 +564,7 @@ fn check_mailbox(path: &Path, file: &File, owner: Option<(Uid, Gid)>) -> Result<
 /// A mailbox the admin must look at: kept as a temporary failure so the mail waits in the queue meanwhile.
 fn refused(path: &Path, problem: &str) -> MboxError {
     MboxError::temporary(
-        "4.3.0",
+        Detail::OtherMailSystem,
         format!("{}: {problem}; refusing to deliver into it", path.display()),
     )
 }
@@ -935,7 +937,10 @@ mod tests {
         .unwrap();
         for wrong in [len - 1, len + 1] {
             let err = append_body(&mailbox(&dir), &settings(), &mut &body[..], wrong).unwrap_err();
-            assert_eq!((err.permanent, err.status), (false, "4.3.0"));
+            assert_eq!(
+                (err.is_permanent(), err.status.to_string().as_str()),
+                (false, "4.3.0")
+            );
             assert!(
                 err.message
                     .contains(&format!("took {len} bytes, not the {wrong} announced")),
@@ -1044,7 +1049,10 @@ mod tests {
         let started = Instant::now();
         let err = append_body(&mailbox(&dir), &quick, &mut &b"x"[..], 1).unwrap_err();
         assert!(started.elapsed() >= Duration::from_millis(300));
-        assert_eq!((err.permanent, err.status), (false, "4.2.0"));
+        assert_eq!(
+            (err.is_permanent(), err.status.to_string().as_str()),
+            (false, "4.2.0")
+        );
         assert!(
             err.message
                 .contains(&format!("process {}", std::process::id())),
@@ -1134,7 +1142,7 @@ mod tests {
             ..settings()
         };
         let err = append_body(&mailbox(&dir), &quick, &mut &b"x"[..], 1).unwrap_err();
-        assert_eq!(err.status, "4.2.0");
+        assert_eq!(err.status.to_string(), "4.2.0");
         let old = std::time::SystemTime::now() - Duration::from_secs(600);
         File::options()
             .write(true)
@@ -1207,7 +1215,10 @@ mod tests {
         fs::write(&target, "keep").unwrap();
         std::os::unix::fs::symlink(&target, mailbox(&dir)).unwrap();
         let err = deliver(&mailbox(&dir), b"x").unwrap_err();
-        assert_eq!((err.permanent, err.status), (false, "4.3.0"));
+        assert_eq!(
+            (err.is_permanent(), err.status.to_string().as_str()),
+            (false, "4.3.0")
+        );
         assert!(err.message.contains("symbolic link"), "{}", err.message);
         assert_eq!(fs::read_to_string(&target).unwrap(), "keep");
     }
@@ -1218,7 +1229,10 @@ mod tests {
         fs::write(mailbox(&dir), "keep").unwrap();
         fs::hard_link(mailbox(&dir), dir.0.join("other")).unwrap();
         let err = deliver(&mailbox(&dir), b"x").unwrap_err();
-        assert_eq!((err.permanent, err.status), (false, "4.3.0"));
+        assert_eq!(
+            (err.is_permanent(), err.status.to_string().as_str()),
+            (false, "4.3.0")
+        );
         assert!(err.message.contains("2 hard links"), "{}", err.message);
         assert_eq!(fs::read_to_string(mailbox(&dir)).unwrap(), "keep");
     }
@@ -1233,7 +1247,10 @@ mod tests {
             ..settings()
         };
         let err = deliver_with(&mailbox(&dir), &small, &[b'x'; 900]).unwrap_err();
-        assert_eq!((err.permanent, err.status), (true, "5.2.2"));
+        assert_eq!(
+            (err.is_permanent(), err.status.to_string().as_str()),
+            (true, "5.2.2")
+        );
         assert_eq!(fs::read(mailbox(&dir)).unwrap(), before);
         deliver_with(&mailbox(&dir), &small, b"fits").unwrap();
     }
@@ -1268,7 +1285,10 @@ mod tests {
             panic: false,
         });
         let err = append_body(&mailbox(&dir), &settings(), &mut body, 400_000).unwrap_err();
-        assert_eq!((err.permanent, err.status), (false, "4.3.0"));
+        assert_eq!(
+            (err.is_permanent(), err.status.to_string().as_str()),
+            (false, "4.3.0")
+        );
         assert!(
             err.message.contains("spool disk on fire"),
             "{}",
@@ -1326,11 +1346,11 @@ mod tests {
         let path = Path::new("/var/mail/alice");
         let status = |errno| {
             let err = MboxError::io(path, "writing", &io::Error::from_raw_os_error(errno));
-            (err.permanent, err.status)
+            (err.is_permanent(), err.status.to_string())
         };
-        assert_eq!(status(libc::ENOSPC), (false, "4.3.1"));
-        assert_eq!(status(libc::EDQUOT), (true, "5.2.2"));
-        assert_eq!(status(libc::EIO), (false, "4.3.0"));
+        assert_eq!(status(libc::ENOSPC), (false, "4.3.1".to_string()));
+        assert_eq!(status(libc::EDQUOT), (true, "5.2.2".to_string()));
+        assert_eq!(status(libc::EIO), (false, "4.3.0".to_string()));
         let err = MboxError::io(path, "writing", &io::Error::from_raw_os_error(libc::EIO));
         assert!(
             err.to_string()

@@ -23,6 +23,7 @@ use crate::config::format_duration;
 use crate::copy::{self, CopyError, Format};
 use crate::delivery::transport::Delivery;
 use crate::privilege::helper::{self, Ended, RunningCommand};
+use crate::smtp::Detail;
 
 /// sysexits.h EX_TEMPFAIL: the command asks to be tried again later.
 const EX_TEMPFAIL: i32 = 75;
@@ -45,7 +46,12 @@ pub fn deliver(
     let deadline = Instant::now() + timeout;
     let (mut process, stdin, stderr) = match start(command) {
         Ok(started) => started,
-        Err(e) => return Delivery::temporary("4.3.0", format!("cannot run '{command}': {e}")),
+        Err(e) => {
+            return Delivery::temporary(
+                Detail::OtherMailSystem,
+                format!("cannot run '{command}': {e}"),
+            );
+        }
     };
     let (ended, said) = match run(&mut process, stdin, stderr, trace_headers, body, deadline) {
         Ok(done) => done,
@@ -53,14 +59,17 @@ pub fn deliver(
             process.kill();
             return if e.kind() == ErrorKind::TimedOut {
                 Delivery::temporary(
-                    "4.3.0",
+                    Detail::OtherMailSystem,
                     format!(
                         "'{command}' took longer than {} and was killed",
                         format_duration(timeout)
                     ),
                 )
             } else {
-                Delivery::temporary("4.3.0", format!("cannot run '{command}': {e}"))
+                Delivery::temporary(
+                    Detail::OtherMailSystem,
+                    format!("cannot run '{command}': {e}"),
+                )
             };
         }
     };
@@ -69,16 +78,17 @@ pub fn deliver(
     match ended {
         Ended::Exited(0) => Delivery::Done,
         Ended::Exited(EX_TEMPFAIL) => Delivery::temporary(
-            "4.3.0",
+            Detail::OtherMailSystem,
             format!("'{command}' asked to try again later: {said}"),
         ),
         Ended::Exited(code) => Delivery::permanent(
-            "5.3.0",
+            Detail::OtherMailSystem,
             format!("'{command}' failed with exit status {code}: {said}"),
         ),
-        Ended::Signalled => {
-            Delivery::temporary("4.3.0", format!("'{command}' was killed by a signal"))
-        }
+        Ended::Signalled => Delivery::temporary(
+            Detail::OtherMailSystem,
+            format!("'{command}' was killed by a signal"),
+        ),
     }
 }
 

@@ -20,7 +20,7 @@ use crate::remote::client::{
     ClientError, Connection, RemoteReply, Security, Sent as Transaction, Timeouts, TlsMode,
 };
 use crate::remote::dns::{self, DnsError, Resolver, Route as MxRoute};
-use crate::smtp::BodyType;
+use crate::smtp::{BodyType, Class, Detail, Status};
 use crate::spool::{Queued, Spool};
 use crate::tls;
 
@@ -145,7 +145,7 @@ impl Relay {
             .map_or_else(String::new, |h| h.name.to_ascii_lowercase());
         let Some(_slot) = self.take_slot(&destination) else {
             return all(Delivery::temporary(
-                "4.4.5",
+                Detail::Congestion,
                 format!("too many deliveries to {destination} at once"),
             ));
         };
@@ -162,7 +162,7 @@ impl Relay {
                 let addr = SocketAddr::new(ip, host.port);
                 let security = match self.security(host, addr) {
                     Ok(security) => security,
-                    Err(why) => return all(Delivery::temporary("4.7.5", why)),
+                    Err(why) => return all(Delivery::temporary(Detail::CryptographicFailure, why)),
                 };
                 match self.send(spool, message, addr, &security, recipients, accepted) {
                     Sent::Done(outcomes) => return outcomes,
@@ -170,7 +170,7 @@ impl Relay {
                 }
             }
         }
-        all(Delivery::temporary("4.4.1", last_error))
+        all(Delivery::temporary(Detail::NoAnswer, last_error))
     }
 
     /// The servers for `domain`, best first, or the result for every recipient when there is none.
@@ -193,7 +193,7 @@ impl Relay {
         }
         let resolver = self.resolver.as_ref().ok_or_else(|| {
             Delivery::temporary(
-                "4.4.3",
+                Detail::DirectoryFailure,
                 "no DNS server is configured (nameservers, /etc/resolv.conf)",
             )
         })?;
@@ -202,19 +202,19 @@ impl Relay {
             Ok(MxRoute::Implicit) => vec![(0, domain.to_string())],
             Ok(MxRoute::NullMx) => {
                 return Err(Delivery::permanent(
-                    "5.1.10",
+                    Detail::NullMx,
                     format!("{domain} accepts no mail (null MX, RFC 7505)"),
                 ));
             }
             Err(DnsError::NotFound(why)) => {
                 return Err(Delivery::permanent(
-                    "5.1.2",
+                    Detail::BadDestinationSystem,
                     format!("domain {domain} not found: {why}"),
                 ));
             }
             Err(DnsError::Temporary(why)) => {
                 return Err(Delivery::temporary(
-                    "4.4.3",
+                    Detail::DirectoryFailure,
                     format!("DNS lookup for {domain}: {why}"),
                 ));
             }
@@ -234,7 +234,7 @@ impl Relay {
             .collect();
         if hosts.is_empty() {
             return Err(Delivery::permanent(
-                "5.4.6",
+                Detail::RoutingLoop,
                 format!("mail for {domain} loops back to myself (MX points to this host)"),
             ));
         }
@@ -366,7 +366,10 @@ impl Relay {
         recipients: &[String],
     ) -> Result<(impl BufRead + use<>, u64), Delivery> {
         let body = spool.read_body(message).map_err(|e| {
-            Delivery::temporary("4.3.0", format!("cannot read the queued message: {e}"))
+            Delivery::temporary(
+                Detail::OtherMailSystem,
+                format!("cannot read the queued message: {e}"),
+            )
         })?;
         let received = self.received(message, recipients);
         let size = message.len + received.get_ref().len() as u64;
@@ -439,7 +442,10 @@ impl Relay {
                 Sent::Done(vec![outcome; recipients])
             }
             ClientError::Unsendable(why) => {
-                Sent::Done(vec![Delivery::permanent("5.3.4", why); recipients])
+                Sent::Done(vec![
+                    Delivery::permanent(Detail::MessageTooBig, why);
+                    recipients
+                ])
             }
         }
     }
@@ -531,9 +537,14 @@ enum Sent {
 fn from_reply(reply: &RemoteReply) -> Delivery {
     let permanent = reply.is_permanent();
     let problem = Problem {
-        status: reply
-            .enhanced_status()
-            .unwrap_or_else(|| if permanent { "5.0.0" } else { "4.0.0" }.into()),
+        status: reply.enhanced_status().unwrap_or_else(|| {
+            let class = if permanent {
+                Class::PermanentFailure
+            } else {
+                Class::TransientFailure
+            };
+            Status::new(class, Detail::Undefined).to_string()
+        }),
         diagnostic: format!("{} {}", reply.code, reply.text),
         remote_reply: true,
     };

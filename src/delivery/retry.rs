@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 
 use crate::config::{Config, format_duration};
 use crate::delivery::transport::{Delivery, Problem};
+use crate::smtp::{Class, Detail, Status};
 use crate::spool::Outcome;
 
 /// The wait before attempt number `attempts + 1`: retry_first, doubling, at most retry_max.
@@ -61,7 +62,8 @@ impl Schedule {
                 let lifetime = format_duration(self.lifetime);
                 // RFC 3463 4.4.7: delivery time expired; the last error says why.
                 Outcome::Failed {
-                    status: "4.4.7".to_string(),
+                    status: Status::new(Class::TransientFailure, Detail::DeliveryTimeExpired)
+                        .to_string(),
                     diagnostic: format!("{diagnostic} (gave up: queued longer than {lifetime})"),
                 }
             }
@@ -111,7 +113,7 @@ mod tests {
         assert!(!Schedule::new(&config(), arrival, 9, later(lifetime - 1)).expired);
         assert!(Schedule::new(&config(), arrival, 9, later(lifetime)).expired);
 
-        let busy = || Delivery::temporary("4.2.0", "mailbox is locked");
+        let busy = || Delivery::temporary(Detail::OtherMailbox, "mailbox is locked");
         assert_eq!(
             first.outcome(busy()),
             Outcome::Deferred {
@@ -139,7 +141,10 @@ mod tests {
         ] {
             assert_eq!(schedule.outcome(Delivery::Done), Outcome::Delivered);
             assert_eq!(
-                schedule.outcome(Delivery::permanent("5.1.1", "no such user here: x")),
+                schedule.outcome(Delivery::permanent(
+                    Detail::BadDestinationMailbox,
+                    "no such user here: x"
+                )),
                 Outcome::Failed {
                     status: "5.1.1".into(),
                     diagnostic: "no such user here: x".into(),

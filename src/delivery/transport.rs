@@ -1,6 +1,8 @@
 //! What a transport (mbox, pipe, relay) made of one delivery. Transports say only done, try again or give up;
 //! the attempt turns that into a journal record with a retry time or a bounce.
 
+use crate::smtp::{Class, Detail, Status};
+
 /// The result of delivering to one target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
@@ -15,7 +17,7 @@ pub enum Delivery {
 /// Why a delivery did not happen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
-    /// The RFC 3463 enhanced status code, e.g. "4.2.0".
+    /// The RFC 3463 enhanced status code, e.g. "4.2.0": ours, or as another server gave it.
     pub status: String,
     /// What happened, for the log and the notification.
     pub diagnostic: String,
@@ -25,21 +27,30 @@ pub struct Problem {
 }
 
 impl Delivery {
-    /// A temporary failure with a reason of our own.
-    pub fn temporary(status: impl Into<String>, diagnostic: impl Into<String>) -> Delivery {
-        Delivery::Temporary(Problem::local(status, diagnostic))
+    /// A temporary failure with a reason of our own: status 4.`detail`.
+    pub fn temporary(detail: Detail, diagnostic: impl Into<String>) -> Delivery {
+        Delivery::Temporary(Problem::local(Class::TransientFailure, detail, diagnostic))
     }
 
-    /// A permanent failure with a reason of our own.
-    pub fn permanent(status: impl Into<String>, diagnostic: impl Into<String>) -> Delivery {
-        Delivery::Permanent(Problem::local(status, diagnostic))
+    /// A permanent failure with a reason of our own: status 5.`detail`.
+    pub fn permanent(detail: Detail, diagnostic: impl Into<String>) -> Delivery {
+        Delivery::Permanent(Problem::local(Class::PermanentFailure, detail, diagnostic))
+    }
+
+    /// A failure with a reason of our own and `status`, temporary or permanent as its class says.
+    pub fn failed(status: Status, diagnostic: impl Into<String>) -> Delivery {
+        let problem = Problem::local(status.class, status.detail, diagnostic);
+        match status.class {
+            Class::PermanentFailure => Delivery::Permanent(problem),
+            Class::TransientFailure | Class::Success => Delivery::Temporary(problem),
+        }
     }
 }
 
 impl Problem {
-    fn local(status: impl Into<String>, diagnostic: impl Into<String>) -> Problem {
+    fn local(class: Class, detail: Detail, diagnostic: impl Into<String>) -> Problem {
         Problem {
-            status: status.into(),
+            status: Status::new(class, detail).to_string(),
             diagnostic: diagnostic.into(),
             remote_reply: false,
         }
