@@ -2,10 +2,12 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod classroom;
 pub mod commands;
 pub mod config;
 pub mod copy;
 pub mod delivery;
+pub mod events;
 pub mod logging;
 pub mod net;
 pub mod privilege;

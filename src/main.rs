@@ -5,21 +5,25 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use nix::sys::signal::{SigSet, Signal};
+use postel::classroom;
 use postel::commands::{CliError, Exit, check, passwd, queue, sendmail};
-use postel::config::Config;
+use postel::config::{Config, LocalUsers};
 use postel::logging;
 use postel::privilege;
 use postel::server;
 
 const USAGE: &str = "\
-usage: postel serve [--config FILE] [--listen ADDR]... [--spool DIR] [--mailboxes DIR]
+usage: postel serve [--config FILE] [--listen ADDR]... [--spool DIR] [--mailboxes DIR] [--explain]
+       postel demo [--listen ADDR]...
        postel inetd [--config FILE] [--spool DIR] [--mailboxes DIR]
        postel check [--config FILE]
        postel passwd NAME [--config FILE]
        postel queue list|run [--domain D]|show ID|remove ID|deliver ID... [--config FILE]
        postel sendmail [--config FILE] [sendmail options] [recipient...]
 
-  serve     run the SMTP server (127.0.0.1:2525, ./spool and ./mailboxes unless configured)
+  serve     run the SMTP server (127.0.0.1:2525, ./spool and ./mailboxes unless configured); --explain
+            shows every session on stdout, each command and reply explained
+  demo      the server for a class: built-in defaults, any user name accepted, every session explained
   inetd     run one SMTP session on stdin/stdout, for inetd, xinetd or systemd socket activation
   check     validate the configuration and the files it names (aliases, TLS, auth_users) and print it,
             with every default, as TOML
@@ -42,6 +46,8 @@ struct Options {
     words: Vec<String>,
     /// `queue run --domain D`.
     domain: Option<String>,
+    /// `serve --explain`.
+    explain: bool,
 }
 
 fn main() -> ExitCode {
@@ -152,8 +158,19 @@ fn run(args: Vec<String>) -> Result<(), CliError> {
         return run_helper();
     }
     let options = parse_options(rest)?;
-    if command != "serve" && !options.listen.is_empty() {
-        return Err(usage("--listen applies to 'serve' only"));
+    if !matches!(command.as_str(), "serve" | "demo") && !options.listen.is_empty() {
+        return Err(usage("--listen applies to 'serve' and 'demo' only"));
+    }
+    if command != "serve" && options.explain {
+        return Err(usage("--explain applies to 'serve' only"));
+    }
+    if command == "demo" {
+        if options.config.is_some() || options.spool.is_some() || options.mailboxes.is_some() {
+            return Err(usage(
+                "'demo' runs on the built-in defaults; use 'serve --explain' with a configuration",
+            ));
+        }
+        return demo(&options);
     }
     if !matches!(command.as_str(), "queue" | "passwd") && !options.words.is_empty() {
         return Err(usage(&format!(
@@ -169,6 +186,10 @@ fn run(args: Vec<String>) -> Result<(), CliError> {
     }
     let mut out = std::io::stdout();
     match command.as_str() {
+        "serve" if options.explain => {
+            let _explain = classroom::explain(Box::new(out), classroom::colour_wanted());
+            Ok(server::serve(config)?)
+        }
         "serve" => Ok(server::serve(config)?),
         "inetd" => Ok(server::inetd::run(config)?),
         "check" => check::run(&config, &mut out).map_err(|e| CliError::new(Exit::Config, e)),
@@ -211,6 +232,35 @@ fn run_helper() -> Result<(), CliError> {
         .map_err(|e| CliError::new(Exit::OsErr, format!("privileged helper: {e}")))
 }
 
+/// `postel demo`: the server on the built-in defaults, any local user name accepted, every session explained.
+fn demo(options: &Options) -> Result<(), CliError> {
+    let mut config = load_config(options, false)?;
+    config.local_users = LocalUsers::Any;
+    logging::route(&config);
+    std::fs::create_dir_all(&config.mailbox_dir).map_err(|e| {
+        CliError::new(
+            Exit::IoErr,
+            format!("cannot create {}: {e}", config.mailbox_dir.display()),
+        )
+    })?;
+    let listen = config.listen[0];
+    let (host, port) = (listen.ip(), listen.port());
+    println!(
+        "Postel demo: an SMTP server on {listen}, mail spooled in {} and delivered to {}/<user>.
+Any user name is accepted at localhost. Connect from another terminal and type SMTP by hand:
+    nc -C {host} {port}          (-C sends CR LF, as SMTP wants)
+    telnet {host} {port}
+    swaks --server {host}:{port} --to alice@localhost
+Every session shows up below: C: the client's lines, S: the server's replies, and between them,
+indented, what the server does. Stop with Ctrl-C.
+",
+        config.spool_dir.display(),
+        config.mailbox_dir.display()
+    );
+    let _explain = classroom::explain(Box::new(std::io::stdout()), classroom::colour_wanted());
+    Ok(server::serve(config)?)
+}
+
 fn parse_options(args: &[String]) -> Result<Options, CliError> {
     let mut options = Options::default();
     let mut args = args.iter();
@@ -231,6 +281,7 @@ fn parse_options(args: &[String]) -> Result<Options, CliError> {
             "--spool" => options.spool = Some(value()?.into()),
             "--mailboxes" => options.mailboxes = Some(value()?.into()),
             "--domain" => options.domain = Some(value()?),
+            "--explain" => options.explain = true,
             _ if !flag.starts_with('-') => options.words.push(arg.clone()),
             _ => return Err(usage(&format!("unknown option '{arg}'"))),
         }

@@ -283,8 +283,10 @@ def find_record(spool_dir, queue_id, log=""):
 class Postel:
     """A running `postel serve`: its port, folders, process and log."""
 
-    def __init__(self, folder, **config):
+    def __init__(self, folder, serve_args=(), **config):
+        """`serve_args`: more arguments for `postel serve` (`["--explain"]`)."""
         self.dir = Path(folder)
+        self.serve_args = list(serve_args)
         self.port = free_port()
         self.config_path = write_config(self.dir, self.port, **config)
         self.spool = self.dir / "spool"
@@ -301,7 +303,7 @@ class Postel:
         env.pop("POSTEL_CONFIG", None)
         with open(self.log_path, mode) as log:
             self.proc = subprocess.Popen(
-                [str(POSTEL_BIN), "serve", "--config", str(self.config_path)],
+                [str(POSTEL_BIN), "serve", "--config", str(self.config_path), *self.serve_args],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 cwd=self.dir, env=env,
             )

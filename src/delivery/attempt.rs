@@ -24,6 +24,7 @@ use crate::delivery::transport::Delivery;
 use crate::reloadable::Reloadable;
 use crate::smtp::Detail;
 use crate::spool::{Outcome, QueueId, Queued, RecipientResult, Spool, SpoolError};
+use crate::step;
 
 /// How much of a message is read to find its header section (for loop checks and bounces).
 const HEADER_LIMIT: u64 = 64 * 1024;
@@ -167,6 +168,7 @@ impl Deliverer {
         routes
             .into_iter()
             .map(|route| {
+                step_route(&message.envelope.id, &route);
                 let delivery = match relayed.remove(&route.key) {
                     Some(delivery) => delivery,
                     None => self.deliver(message, &route, headers),
@@ -336,7 +338,14 @@ impl Deliverer {
             body: &mut self.body(message)?,
             len,
         };
-        Ok(mbox::append(path, owner, &settings, copy, &mut announce)?)
+        mbox::append(path, owner, &settings, copy, &mut announce)?;
+        step!(
+            envelope.id.as_str(),
+            "{key}: Received header added; {len} bytes appended to {} under a dot-lock and an {} lock, fsync, locks released",
+            path.display(),
+            if settings.flock { "flock" } else { "fcntl" }
+        );
+        Ok(())
     }
 
     /// Whether an append of this message for `key`, announced before a crash, is in the mailbox whole: then it
@@ -407,8 +416,67 @@ fn loop_refusal(headers: &[u8], recipient: &str) -> Option<Delivery> {
     Some(Delivery::permanent(Detail::RoutingLoop, why))
 }
 
+/// Tells the event stream where a recipient goes; where an alias leads, that is a disclosure.
+fn step_route(id: &QueueId, route: &Route) {
+    let to = match &route.destination {
+        Destination::Mailbox { path, .. } | Destination::File(path) => {
+            format!("the mbox file {}", path.display())
+        }
+        Destination::Command(command) => format!("the command |{command}"),
+        Destination::Remote(address) => format!("<{address}>, relayed by SMTP"),
+        Destination::Refused { status, reason } => format!("nowhere: {status} {reason}"),
+    };
+    let direct = route.key == route.recipient
+        || route
+            .recipient
+            .rsplit_once('@')
+            .is_some_and(|(local, _)| local.eq_ignore_ascii_case(&route.key));
+    if direct {
+        step!(id.as_str(), "{}: route: {to}", route.recipient);
+    } else {
+        step!(
+            id.as_str(),
+            Kind::Disclosure,
+            "{}: route through an alias: {to}",
+            route.recipient
+        );
+    }
+}
+
+/// An attempt's outcome in words, for the event stream.
+struct Attempt<'a>(&'a Outcome);
+
+impl fmt::Display for Attempt<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Outcome::Delivered => f.write_str("delivered"),
+            Outcome::Appending { offset, .. } => write!(f, "being appended at byte {offset}"),
+            Outcome::Deferred {
+                status,
+                diagnostic,
+                next_try,
+            } => write!(
+                f,
+                "deferred ({status} {diagnostic}); next try at {}",
+                next_try.format("%H:%M:%S")
+            ),
+            Outcome::Failed { status, diagnostic } => {
+                write!(f, "failed ({status} {diagnostic}); the sender gets a bounce")
+            }
+        }
+    }
+}
+
 /// One line per delivery attempt of one target, as Postfix writes them; the delay counts from the arrival.
 fn log_outcome(id: &QueueId, route: &Route, outcome: &Outcome, arrival: DateTime<Utc>) {
+    step!(
+        id.as_str(),
+        Kind::Attempted {
+            recipient: &route.recipient
+        },
+        "{}",
+        Attempt(outcome)
+    );
     let to = if route.key == route.recipient {
         format!("<{}>", route.key)
     } else {

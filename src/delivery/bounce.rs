@@ -95,6 +95,11 @@ pub fn queue(
         "{}: sender non-delivery notification: {} to <{to}>",
         envelope.id, queued.envelope.id
     );
+    crate::step!(
+        envelope.id.as_str(),
+        "bounce: a delivery status notification (RFC 3464) to <{to}> queued as {}",
+        queued.envelope.id
+    );
     Ok(Some(queued))
 }
 

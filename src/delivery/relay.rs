@@ -140,6 +140,17 @@ impl Relay {
             Ok(hosts) => hosts,
             Err(outcome) => return all(outcome),
         };
+        let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+        crate::step!(
+            message.envelope.id.as_str(),
+            "{domain}: servers to try, best first: {} ({})",
+            names.join(", "),
+            if self.smarthost.is_some() {
+                "the smarthost"
+            } else {
+                "MX, or the domain itself"
+            }
+        );
         let destination = hosts
             .first()
             .map_or_else(String::new, |h| h.name.to_ascii_lowercase());
@@ -312,6 +323,12 @@ impl Relay {
             Err(failed) => return Sent::Done(vec![failed; recipients.len()]),
         };
         let envelope = &message.envelope;
+        crate::step!(
+            envelope.id.as_str(),
+            "{addr}: {} connection; one transaction for {} recipients",
+            if reused { "reusing an open" } else { "a new" },
+            recipients.len()
+        );
         let sent = connection.send(
             &envelope.sender,
             recipients,
@@ -411,6 +428,12 @@ impl Relay {
         info!(
             "{}: sent to {addr} ({}){tls}: {}",
             message.envelope.id,
+            connection.server_name(),
+            transaction.final_reply
+        );
+        crate::step!(
+            message.envelope.id.as_str(),
+            "{addr} ({}){tls} answered: {}",
             connection.server_name(),
             transaction.final_reply
         );

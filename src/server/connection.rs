@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use log::{debug, info, warn};
+use log::{info, warn};
 
 use crate::config::{Config, MAX_LINE_LIMIT};
 use crate::delivery::scheduler::SchedulerHandle;
@@ -17,6 +17,7 @@ use crate::server::policy::{EtrnLimit, ServerPolicy};
 use crate::server::reload::Reloaded;
 use crate::smtp::{Detail, Envelope, Reply, Session, SessionParams, Step};
 use crate::spool::{self, MessageWriter, Queued, Spool};
+use crate::step;
 
 /// A byte stream a session can run over: a TCP connection, or stdin/stdout in inetd mode.
 pub trait Transport: Read + Write {
@@ -84,10 +85,11 @@ const SHUTDOWN_CHECK: Duration = Duration::from_secs(1);
 pub fn run(transport: &mut dyn Transport, client: &Client, session_id: &str, shared: &Shared) {
     let started = Instant::now();
     let config = &shared.config;
-    debug!("{session_id}: connect from {}", client.label);
+    step!(session_id, Kind::Connect, "connect from {}", client.label);
     let mut session = Session::new(
         session_params(config, session_id),
         Box::new(ServerPolicy::new(
+            session_id,
             Arc::clone(config),
             shared.reloaded.aliases.get(),
             client.trusted,
@@ -127,6 +129,7 @@ pub fn run(transport: &mut dyn Transport, client: &Client, session_id: &str, sha
         Ok(()) => String::new(),
         Err(e) => format!(" ({e})"),
     };
+    step!(session_id, Kind::Disconnect, "disconnect{ended}");
     info!(
         "{session_id}: disconnect from {} helo={} messages={} duration={:.3}s{ended}",
         client.label,
@@ -213,9 +216,17 @@ impl Driver<'_> {
     }
 
     fn begin_message(&self, envelope: &Envelope) -> MessageWriter {
-        self.shared
+        let writer = self
+            .shared
             .spool
-            .new_message(spool_envelope(envelope, self.client))
+            .new_message(spool_envelope(envelope, self.client));
+        let id = writer.id().as_str();
+        step!(
+            self.session_id,
+            Kind::Message { id },
+            "the message gets queue id {id}"
+        );
+        writer
     }
 
     fn end_message(&mut self, session: &mut Session) {

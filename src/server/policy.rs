@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
+use crate::config::{Config, LocalUsers};
 use crate::delivery::aliases::{Aliases, Target};
 use crate::delivery::local;
 use crate::delivery::scheduler::SchedulerHandle;
@@ -15,9 +15,12 @@ use crate::smtp::{
     Detail, ETRN_NOT_PERMITTED, ETRN_TOO_OFTEN, Echo, ForwardPath, HostNameRules, Policy,
     RcptVerdict, Reply, check_host_name,
 };
+use crate::step;
 
 /// The recipient policy for one client.
 pub struct ServerPolicy {
+    /// The session's id, which names its events.
+    session: String,
     config: Arc<Config>,
     aliases: Arc<Aliases>,
     /// The client is in trusted_networks, or a local program: it may relay and use ETRN.
@@ -77,6 +80,7 @@ enum Lookup {
 
 impl ServerPolicy {
     pub fn new(
+        session: &str,
         config: Arc<Config>,
         aliases: Arc<Aliases>,
         trusted: bool,
@@ -84,6 +88,7 @@ impl ServerPolicy {
         etrn: Option<(SchedulerHandle, Arc<EtrnLimit>)>,
     ) -> ServerPolicy {
         ServerPolicy {
+            session: session.to_string(),
             config,
             aliases,
             trusted,
@@ -121,23 +126,101 @@ impl ServerPolicy {
     fn address(&self, name: &str) -> String {
         format!("<{name}@{}>", self.config.hostname)
     }
+
+    /// The verdict on a recipient in a local domain, and why.
+    fn local_recipient(&self, local_part: &str, domain: &str) -> RcptVerdict {
+        let scope = self.session.as_str();
+        let name = local_part.to_lowercase();
+        if self.aliases.contains(&name) {
+            step!(
+                scope,
+                "{domain} is a local domain and {name} is an alias here"
+            );
+            step!(
+                scope,
+                Kind::Disclosure,
+                "alias {name} expands to {}",
+                self.members(&name).join(", ")
+            );
+        } else if local::ALWAYS_LOCAL.contains(&name.as_str()) {
+            step!(
+                scope,
+                "{name} always reaches the administrator (root), as RFC 2142 asks"
+            );
+        } else if local::user_exists(&self.config, &name) {
+            step!(
+                scope,
+                "{domain} is a local domain and {name} is a local user ({})",
+                self.users_source()
+            );
+        } else {
+            step!(
+                scope,
+                "{domain} is a local domain, but {name} is no user here ({})",
+                self.users_source()
+            );
+            return RcptVerdict::UnknownUser;
+        }
+        RcptVerdict::Accept
+    }
+
+    /// Where local users come from, in words.
+    fn users_source(&self) -> &'static str {
+        match self.config.local_users {
+            LocalUsers::System => "local_users = \"system\": the Unix accounts",
+            LocalUsers::Any => "local_users = \"any\": every name is a user",
+            LocalUsers::List(_) => "local_users lists the users",
+        }
+    }
+
+    /// An alias's members, as EXPN shows them.
+    fn members(&self, name: &str) -> Vec<String> {
+        self.aliases
+            .expand(name)
+            .targets
+            .into_iter()
+            .map(|target| match target {
+                Target::Local(user) => self.address(&user),
+                Target::Address(address) => format!("<{address}>"),
+                Target::Command(_) | Target::File(_) => format!("{name} (delivered by a program)"),
+            })
+            .collect()
+    }
 }
 
 impl Policy for ServerPolicy {
     fn recipient(&self, to: &ForwardPath) -> RcptVerdict {
+        let scope = self.session.as_str();
         let mailbox = match to {
-            ForwardPath::Postmaster => return RcptVerdict::Accept,
+            ForwardPath::Postmaster => {
+                step!(
+                    scope,
+                    "mail to postmaster is always accepted (RFC 5321 §4.5.1)"
+                );
+                return RcptVerdict::Accept;
+            }
             ForwardPath::Mailbox(m) => m,
         };
-        if local::is_local(&self.config, &mailbox.domain) {
-            if self.knows(&mailbox.local) {
-                RcptVerdict::Accept
-            } else {
-                RcptVerdict::UnknownUser
-            }
-        } else if self.trusted || self.config.is_relay_domain(&mailbox.domain.to_string()) {
+        let domain = &mailbox.domain;
+        if local::is_local(&self.config, domain) {
+            self.local_recipient(&mailbox.local, &domain.to_string())
+        } else if self.trusted {
+            step!(
+                scope,
+                "{domain} is not a local domain; the client may relay (trusted_networks, or a local program)"
+            );
+            RcptVerdict::Accept
+        } else if self.config.is_relay_domain(&domain.to_string()) {
+            step!(
+                scope,
+                "{domain} is not local, but in relay_domains: accepted, to be passed on"
+            );
             RcptVerdict::Accept
         } else {
+            step!(
+                scope,
+                "{domain} is not a local domain, and the client is not in trusted_networks: relaying denied"
+            );
             RcptVerdict::RelayDenied
         }
     }
@@ -162,19 +245,7 @@ impl Policy for ServerPolicy {
         }
         match self.lookup(list) {
             Lookup::Alias(name) => {
-                let members = self
-                    .aliases
-                    .expand(&name)
-                    .targets
-                    .into_iter()
-                    .map(|target| match target {
-                        Target::Local(user) => self.address(&user).into(),
-                        Target::Address(address) => format!("<{address}>").into(),
-                        Target::Command(_) | Target::File(_) => {
-                            format!("{name} (delivered by a program)").into()
-                        }
-                    })
-                    .collect::<Vec<_>>();
+                let members: Vec<_> = self.members(&name).into_iter().map(Into::into).collect();
                 if members.is_empty() {
                     return Reply::new(
                         550,

@@ -21,6 +21,6 @@ pub use hostname::{HostNameError, HostNameRules, check_host_name};
 pub use reply::{ETRN_NOT_PERMITTED, ETRN_TOO_OFTEN, Echo, Reply};
 pub use session::{
     EXTENSIONS, Envelope, Extension, Policy, Protocol, RcptVerdict, Session, SessionParams, State,
-    Step, VERBS, Verb,
+    Step, VERBS, Verb, find_verb,
 };
 pub use status::{Class, Detail, Status, Subject};

@@ -70,6 +70,11 @@ impl Reply {
         }
     }
 
+    /// The reply code, e.g. 250.
+    pub fn code(&self) -> u16 {
+        self.code
+    }
+
     /// The enhanced status code, if the reply has one.
     pub fn status(&self) -> Option<Status> {
         self.status

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::mem;
 
-use log::{debug, trace};
+use log::trace;
 
 use super::ReversePath;
 use super::address::ForwardPath;
@@ -12,8 +12,10 @@ use super::command::{self, ArgError, Chunk, MailArgs, MailParams, RcptArgs};
 use super::data::{BareLf, DataReceiver, DataStep};
 use super::reply::{self, Echo, Reply};
 use super::status::Detail;
+use crate::events::{self, Event, Kind};
+use crate::step;
 use verbs::Handler;
-pub use verbs::{EXTENSIONS, Extension, State, VERBS, Verb};
+pub use verbs::{EXTENSIONS, Extension, State, VERBS, Verb, find as find_verb};
 
 mod verbs;
 
@@ -189,9 +191,9 @@ impl Session {
     /// The connection is gone; a message in progress is lost.
     pub fn input_closed(&mut self) {
         if matches!(self.phase, Phase::Data(_) | Phase::Chunk { .. }) {
-            debug!(
-                "{}: connection lost in the middle of a message; nothing kept",
-                self.params.id
+            step!(
+                &self.params.id,
+                "connection lost in the middle of a message; nothing kept"
             );
         }
         self.set_phase(Phase::Closed);
@@ -278,6 +280,13 @@ impl Session {
                         continue;
                     }
                     let line = rest[..lf].strip_suffix(b"\r").unwrap_or(&rest[..lf]);
+                    if events::enabled() {
+                        events::emit(&Event {
+                            scope: &self.params.id,
+                            kind: Kind::Command(&rest[..=lf]),
+                            text: format_args!("{}", String::from_utf8_lossy(line)),
+                        });
+                    }
                     if let Some(step) = self.command(line) {
                         return (used, step);
                     }
@@ -390,8 +399,7 @@ impl Session {
 
     /// Writes a reply; error replies count, and too many of them end the session.
     fn reply(&mut self, reply: Reply) {
-        debug!("{}: S: {reply}", self.params.id);
-        reply.write_to(&mut self.output);
+        self.send(&reply);
         if reply.is_error()
             && reply.status() != reply::TOO_MANY_RECIPIENTS.status()
             && !matches!(self.phase, Phase::Closed)
@@ -402,17 +410,26 @@ impl Session {
                     "{} Error: too many errors; closing the connection",
                     self.params.hostname
                 );
-                let goodbye = Reply::new(421, Detail::OtherSecurity, text);
-                debug!("{}: S: {goodbye}", self.params.id);
-                goodbye.write_to(&mut self.output);
+                self.send(&Reply::new(421, Detail::OtherSecurity, text));
                 self.set_phase(Phase::Closed);
             }
         }
     }
 
+    /// Writes a reply to the output, and tells the event stream.
+    fn send(&mut self, reply: &Reply) {
+        if events::enabled() {
+            events::emit(&Event {
+                scope: &self.params.id,
+                kind: Kind::Reply(reply.code()),
+                text: format_args!("{reply}"),
+            });
+        }
+        reply.write_to(&mut self.output);
+    }
+
     /// Carries out one command line; returns the step the caller must take, if any.
     fn command(&mut self, line: &[u8]) -> Option<Step<'static>> {
-        debug!("{}: C: {}", self.params.id, String::from_utf8_lossy(line));
         let answer = match command::split(line) {
             Err(reply) => Answer::Reply(reply),
             Ok((name, args)) => match verbs::find(name) {
@@ -622,10 +639,6 @@ impl Session {
     }
 
     fn verb_command(&mut self) -> Answer {
-        debug!(
-            "{}: VERB: this dialogue is already logged at debug level; nothing else changes",
-            self.params.id
-        );
         Answer::Reply(VERBOSE_CHANGES_NOTHING)
     }
 

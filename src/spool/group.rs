@@ -16,6 +16,7 @@ use nix::sys::uio::pwritev;
 use super::id::QueueId;
 use super::live::LiveFiles;
 use super::{SpoolError, copy_io_error, sync_dir};
+use crate::{events, step};
 
 /// A segment takes no more batches once it is this long.
 const SEGMENT_LIMIT: u64 = 16 * 1024 * 1024;
@@ -123,9 +124,20 @@ fn run(queue: &Path, live: &LiveFiles, incoming: &Receiver<Request>, segment_age
         }
         let mut batch = vec![first];
         batch.extend(incoming.try_iter().take(MAX_BATCH - 1));
+        let started = events::enabled().then(Instant::now);
         match append(queue, live, &mut segment, &batch, segment_age) {
             Ok((path, mut offset)) => {
+                let others = batch.len() - 1;
                 for request in batch {
+                    if let Some(started) = started {
+                        step!(
+                            request.id.as_str(),
+                            "spooled in segment {} with {} other messages: one write and one fdatasync, {:.1} ms",
+                            path.file_name().unwrap_or_default().to_string_lossy(),
+                            others,
+                            started.elapsed().as_secs_f64() * 1e3
+                        );
+                    }
                     let _ = request.reply.send(Ok((path.clone(), offset)));
                     offset += (request.head.len() + request.body.len()) as u64;
                 }

@@ -403,6 +403,11 @@ impl Spool {
             self.live.forget(&target);
             return Err(e);
         }
+        crate::step!(
+            id.as_str(),
+            "spooled in its own file {}: written, fsync, renamed into queue/, directory fsync",
+            target.display()
+        );
         Ok(target)
     }
 

@@ -74,6 +74,11 @@ impl MessageWriter {
         }
     }
 
+    /// The queue id the message will have.
+    pub fn id(&self) -> &QueueId {
+        &self.envelope.id
+    }
+
     /// Appends a piece of the body. An I/O error is remembered and returned by commit.
     pub fn write(&mut self, content: &[u8]) {
         if self.error.is_some() {
