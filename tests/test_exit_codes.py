@@ -24,7 +24,7 @@ def status(run, expected):
     (["check", "--no-such-option"], "unknown option '--no-such-option'"),
     (["check", "--config"], "--config needs a value"),
     (["serve", "--listen", "localhost"], "is not an ip:port address"),
-    (["queue", "list", "--listen", "127.0.0.1:25"], "--listen applies to 'serve' only"),
+    (["queue", "list", "--listen", "127.0.0.1:25"], "--listen applies to 'serve' and 'demo' only"),
 ])
 def test_a_wrong_command_line_is_a_usage_error(args, words):
     stderr = status(postel(args), EX_USAGE)

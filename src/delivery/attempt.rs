@@ -461,7 +461,10 @@ impl fmt::Display for Attempt<'_> {
                 next_try.format("%H:%M:%S")
             ),
             Outcome::Failed { status, diagnostic } => {
-                write!(f, "failed ({status} {diagnostic}); the sender gets a bounce")
+                write!(
+                    f,
+                    "failed ({status} {diagnostic}); the sender gets a bounce"
+                )
             }
         }
     }

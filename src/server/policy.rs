@@ -339,6 +339,7 @@ mod tests {
     fn policy(aliases: &str, trusted: bool) -> ServerPolicy {
         let aliases = Aliases::parse(aliases, "/etc/aliases").unwrap();
         ServerPolicy::new(
+            "s1",
             Arc::new(Config::builtin()),
             Arc::new(aliases),
             trusted,
@@ -412,7 +413,14 @@ mod tests {
         assert_eq!(code(policy.expn("bob@example.org")), 252);
         let mut closed = Config::builtin();
         closed.expn = false;
-        let closed = ServerPolicy::new(Arc::new(closed), policy.aliases.clone(), false, None, None);
+        let closed = ServerPolicy::new(
+            "s1",
+            Arc::new(closed),
+            policy.aliases.clone(),
+            false,
+            None,
+            None,
+        );
         assert_eq!(code(closed.expn("staff")), 502);
     }
 
