@@ -424,7 +424,9 @@ fn step_route(id: &QueueId, route: &Route) {
         }
         Destination::Command(command) => format!("the command |{command}"),
         Destination::Remote(address) => format!("<{address}>, relayed by SMTP"),
-        Destination::Refused { status, reason } => format!("nowhere: {status} {reason}"),
+        Destination::Refused { detail, reason } => {
+            format!("nowhere: {} ({reason})", detail.meaning())
+        }
     };
     let direct = route.key == route.recipient
         || route
