@@ -584,7 +584,7 @@ pub const KEYS: &[Key] = &[
         name: "delivery_workers",
         kind: "count",
         default: None,
-        doc: "delivery threads: messages delivered at once; `0` holds every accepted message in the queue",
+        doc: "delivery threads, each running one job at a time (one destination and its messages, [doc/architecture.md](doc/architecture.md#delivery-jobs)); `0` holds every accepted message in the queue",
         set: |c, v| {
             c.delivery_workers = match v.as_integer() {
                 Some(n) if n >= 0 => usize::try_from(n).map_err(|_| "too large".to_string())?,

@@ -227,3 +227,18 @@ def test_the_received_header_gives_the_arrival_time_and_an_ipv6_address_literal(
     arrival = datetime.datetime.strptime(from_line.split(b" ", 2)[2].decode(), "%a %b %d %H:%M:%S %Y")
     stamped = email.utils.parsedate_to_datetime(received.rsplit(";", 1)[1].strip())
     assert stamped.replace(tzinfo=None) == arrival, f"Received says {stamped}, the message arrived {arrival}"
+
+
+def test_a_message_to_fifty_mailboxes_reaches_each_once(make_postel):
+    """Each mailbox is a target of its own: the message's 50 deliveries go out as 50 jobs over the workers, and
+    the attempt is concluded once all are back — every mailbox has the message once, and it leaves the queue."""
+    postel = make_postel(**{**DELIVER, "local_users": "any"})
+    users = [f"user{i}" for i in range(50)]
+    conn = postel.session()
+    body = b"Subject: fifty\r\nMessage-ID: <fifty@delivery.test>\r\n\r\nTo everyone.\r\n"
+    r = transaction(conn, "alice@localhost", [f"{u}@localhost" for u in users], body)
+    assert r.code == 250, r
+    conn.cmd("QUIT")
+    assert wait_until(lambda: re.search(rf"^.*{r.queue_id}: removed", postel.log(), re.M), 30), postel.log()[-3000:]
+    for user in users:
+        assert message_ids(postel.mailboxes / user) == ["<fifty@delivery.test>"], user

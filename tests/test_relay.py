@@ -117,6 +117,35 @@ def test_concurrency_limit_per_destination(lab):
     assert fake.max_active <= 2, f"{fake.max_active} connections at once to one destination, remote_concurrency = 2"
 
 
+def test_a_slow_destination_does_not_delay_local_delivery_with_few_workers(lab):
+    """A remote that accepts connections and never says a word holds only its own deliveries: with 2 delivery
+    workers and remote_concurrency = 2 (both workers could wait for its greeting), local mail is delivered at once."""
+    lab.dns()
+    mute = lab.fake("127.0.0.4", greeting_delay=120)  # slow.test's MX
+    sender = lab.sender(delivery_workers=2, remote_concurrency=2, remote_command_timeout="120s",
+                        retry_first="1h", retry_max="1h")
+    conn = sender.session()
+    for i in range(4):
+        assert transaction(conn, ALICE, [f"u{i}@slow.test"], msg(f"slow {i}")).code == 250
+    assert wait_until(lambda: len(mute.connections) >= 1, 10), "the slow destination was never tried"
+    assert transaction(conn, ALICE, [ALICE], msg("local while slow")).code == 250
+    conn.expect("QUIT", 221)
+    (got,) = wait_local(sender, "alice", 1, timeout=20)
+    assert got["Message-ID"] == "<local.while.slow@client.test>"
+
+
+def test_slow_domains_of_one_message_are_tried_side_by_side(lab):
+    """One message for two domains that never answer: each domain is its own job, so both are connected to at once
+    rather than one after the other in one worker."""
+    lab.dns()
+    first = lab.fake("127.0.0.2", greeting_delay=120)  # example.test's MX
+    second = lab.fake("127.0.0.4", greeting_delay=120)  # slow.test's MX
+    sender = lab.sender(delivery_workers=4, remote_command_timeout="120s", retry_first="1h", retry_max="1h")
+    submit(sender, ["one@example.test", "two@slow.test"], msg("two slow domains"))
+    assert wait_until(lambda: first.connections and second.connections, 10), (
+        f"connections: example.test {len(first.connections)}, slow.test {len(second.connections)}")
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # 2. MX fallback
 

@@ -38,6 +38,13 @@ pub struct Deliverer {
     relay: Relay,
 }
 
+/// What an attempt starts from: the message's header section (for loop checks and bounces) and the targets not
+/// yet delivered or failed.
+pub struct Plan {
+    pub headers: Arc<[u8]>,
+    pub routes: Vec<Route>,
+}
+
 /// What became of an attempt.
 pub struct Attempted {
     /// When to try again; None when the message is finished.
@@ -91,16 +98,36 @@ impl Deliverer {
         }
     }
 
-    /// Tries every target of `message` that is neither delivered nor failed. The results are on disk before this
-    /// returns; an Err means they could not be recorded, and the message stays as it was for a later attempt.
+    /// Tries every target of `message` that is neither delivered nor failed, one after another. The results are
+    /// on disk before this returns; an Err means they could not be recorded, and the message stays as it was for
+    /// a later attempt. (The daemon's scheduler runs the same steps, its deliveries in jobs per destination.)
     pub fn attempt(
         &self,
         message: &mut Queued,
         now: DateTime<Utc>,
     ) -> Result<Attempted, SpoolError> {
-        let headers = self.header_section(message)?;
-        let pending = self.pending_routes(message);
-        let deliveries = self.deliver_all(message, pending, &headers);
+        let plan = self.plan(message)?;
+        let deliveries = self.deliver_routes(message, plan.routes, &plan.headers);
+        self.conclude(message, deliveries, &plan.headers, now)
+    }
+
+    /// The first step of an attempt: the message's header section and the targets still to deliver.
+    pub fn plan(&self, message: &Queued) -> Result<Plan, SpoolError> {
+        Ok(Plan {
+            headers: self.header_section(message)?.into(),
+            routes: self.pending_routes(message),
+        })
+    }
+
+    /// The last step of an attempt, once every delivery of it is done: logs each outcome, queues the
+    /// notification of failures, records the rest, and finishes the message when no target waits for a retry.
+    pub fn conclude(
+        &self,
+        message: &mut Queued,
+        deliveries: Vec<(Route, Delivery)>,
+        headers: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<Attempted, SpoolError> {
         let schedule = Schedule::new(
             &self.config,
             message.envelope.arrival,
@@ -113,7 +140,8 @@ impl Deliverer {
             let remote_reply = matches!(&delivery,
                 Delivery::Temporary(p) | Delivery::Permanent(p) if p.remote_reply);
             let outcome = schedule.outcome(delivery);
-            self.record_delivery(message, &route, &outcome)?;
+            let envelope = &message.envelope;
+            log_outcome(&envelope.id, &route, &outcome, envelope.arrival);
             if let Outcome::Failed { status, diagnostic } = &outcome {
                 failures.push(Failure {
                     recipient: route.recipient.clone(),
@@ -130,7 +158,7 @@ impl Deliverer {
         // The notification is queued before the failures are recorded: a crash in between sends it twice rather
         // than never.
         let hostname = &self.config.hostname;
-        let bounces = bounce::queue(&self.spool, hostname, message, &failures, &headers, now)?
+        let bounces = bounce::queue(&self.spool, hostname, message, &failures, headers, now)?
             .into_iter()
             .collect();
         let next_try = self.record_attempt(message, results)?;
@@ -156,9 +184,10 @@ impl Deliverer {
             .collect()
     }
 
-    /// Delivers to every route: the remote ones relayed together, one transaction per domain, the others one by
-    /// one. Returns each route with what its transport said, in the order of `routes`.
-    fn deliver_all(
+    /// Delivers to `routes`: the remote ones relayed together, one transaction per domain, the others one by
+    /// one. Each delivery is recorded in the journal as it happens (a relayed one as soon as the other server
+    /// took it). Returns each route with what its transport said, in the order of `routes`.
+    pub fn deliver_routes(
         &self,
         message: &Queued,
         routes: Vec<Route>,
@@ -171,28 +200,31 @@ impl Deliverer {
                 step_route(&message.envelope.id, &route);
                 let delivery = match relayed.remove(&route.key) {
                     Some(delivery) => delivery,
-                    None => self.deliver(message, &route, headers),
+                    None => {
+                        self.record_local(message, &route, self.deliver(message, &route, headers))
+                    }
                 };
                 (route, delivery)
             })
             .collect()
     }
 
-    /// Logs the outcome of one target and records a local delivery in the journal at once (a relayed one was
-    /// recorded as soon as the other server took it).
-    fn record_delivery(
-        &self,
-        message: &Queued,
-        route: &Route,
-        outcome: &Outcome,
-    ) -> Result<(), SpoolError> {
-        let envelope = &message.envelope;
-        log_outcome(&envelope.id, route, outcome, envelope.arrival);
-        let remote = matches!(route.destination, Destination::Remote(_));
-        if *outcome == Outcome::Delivered && !remote {
-            self.spool.record_delivered(&envelope.id, &route.key)?;
+    /// Records a local delivery in the journal at once. When that fails, the delivery counts as deferred: the
+    /// append was announced before it began, so the next attempt finds it made and does not repeat it.
+    fn record_local(&self, message: &Queued, route: &Route, delivery: Delivery) -> Delivery {
+        if delivery != Delivery::Done {
+            return delivery;
         }
-        Ok(())
+        match self
+            .spool
+            .record_delivered(&message.envelope.id, &route.key)
+        {
+            Ok(()) => Delivery::Done,
+            Err(e) => Delivery::temporary(
+                Detail::OtherMailSystem,
+                format!("cannot record the delivery: {e}"),
+            ),
+        }
     }
 
     /// Records the outcomes of the attempt that are not deliveries (those are recorded already), and finishes

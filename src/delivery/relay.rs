@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Cursor, Read};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -27,21 +27,15 @@ use crate::tls;
 /// An idle connection is kept this long for the next message to the same server.
 const IDLE_LIMIT: Duration = Duration::from_secs(10);
 
-/// How long a delivery waits for its turn at a destination that already has `remote_concurrency` connections.
-const SLOT_WAIT: Duration = Duration::from_secs(30);
-
 /// Sends mail to other hosts; shared by the delivery workers.
 pub struct Relay {
     hostname: String,
     port: u16,
     smarthost: Option<(String, u16)>,
-    concurrency: usize,
     timeouts: Timeouts,
     /// None when no nameserver is known (no /etc/resolv.conf, none configured): lookups fail for now.
     resolver: Option<Resolver>,
     idle: Mutex<HashMap<SocketAddr, Vec<(Connection, Instant)>>>,
-    busy: Mutex<HashMap<String, usize>>,
-    freed: Condvar,
     protection: Protection,
 }
 
@@ -108,7 +102,6 @@ impl Relay {
             hostname: config.hostname.clone(),
             port: config.remote_port,
             smarthost,
-            concurrency: config.remote_concurrency,
             timeouts: Timeouts {
                 connect: config.remote_connect_timeout,
                 greeting: config.remote_command_timeout,
@@ -118,8 +111,6 @@ impl Relay {
             },
             resolver: (!servers.is_empty()).then(|| Resolver::new(servers, dns::DEFAULT_TIMEOUT)),
             idle: Mutex::new(HashMap::new()),
-            busy: Mutex::new(HashMap::new()),
-            freed: Condvar::new(),
             protection: Protection::new(config),
         }
     }
@@ -151,15 +142,6 @@ impl Relay {
                 "MX, or the domain itself"
             }
         );
-        let destination = hosts
-            .first()
-            .map_or_else(String::new, |h| h.name.to_ascii_lowercase());
-        let Some(_slot) = self.take_slot(&destination) else {
-            return all(Delivery::temporary(
-                Detail::Congestion,
-                format!("too many deliveries to {destination} at once"),
-            ));
-        };
         let mut last_error = format!("no server for {domain} could be reached");
         for host in &hosts {
             let addresses = match self.addresses(&host.name) {
@@ -505,47 +487,6 @@ impl Relay {
                 .or_default()
                 .push((connection, Instant::now()));
         }
-    }
-
-    /// Waits for a free place among the deliveries to `destination`; None after [`SLOT_WAIT`].
-    fn take_slot(&self, destination: &str) -> Option<Slot<'_>> {
-        let deadline = Instant::now() + SLOT_WAIT;
-        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            let count = busy.entry(destination.to_string()).or_insert(0);
-            if *count < self.concurrency {
-                *count += 1;
-                return Some(Slot {
-                    relay: self,
-                    destination: destination.to_string(),
-                });
-            }
-            let left = deadline.checked_duration_since(Instant::now())?;
-            busy = self
-                .freed
-                .wait_timeout(busy, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-    }
-}
-
-/// One delivery's place at a destination, given back when dropped.
-struct Slot<'a> {
-    relay: &'a Relay,
-    destination: String,
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        let mut busy = self.relay.busy.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = busy.get_mut(&self.destination) {
-            *count -= 1;
-            if *count == 0 {
-                busy.remove(&self.destination);
-            }
-        }
-        self.relay.freed.notify_all();
     }
 }
 

@@ -1,10 +1,13 @@
-//! The daemon's scheduler: one thread that knows every queued message and when it is due, and a fixed pool
-//! of delivery workers fed with messages over a crossbeam channel. New messages come from the sessions as soon
-//! as they are queued, from the start-up scan, from files other programs leave in the spool, and from the retry
-//! schedule. A message is with at most one worker at a time.
+//! The daemon's scheduler: one thread that knows every queued message and when it is due, and hands work to a
+//! fixed pool of delivery workers. New messages come from the sessions as soon as they are queued, from the
+//! start-up scan, from files other programs leave in the spool, and from the retry schedule. An attempt at a
+//! message is planned by a worker (routing, header section), split into deliveries per target, which wait in
+//! that target's queue (see [`Queues`]) and go out as jobs when the target has room, and concluded by a worker
+//! once all of them are back. Work goes to a worker only when one is free, so nothing waits in a worker's
+//! hands: a slow destination holds its own jobs, never a worker that local mail needs. A message is in at
+//! most one attempt at a time.
 
-use std::any::Any;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,9 +18,14 @@ use chrono::{DateTime, Utc};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::{error, info, warn};
 
-use crate::delivery::attempt::{Attempted, Deliverer};
+use crate::delivery::attempt::{Attempted, Deliverer, Plan};
 use crate::delivery::control::{self, Request};
+use crate::delivery::job::{self, Part, Target};
+use crate::delivery::local::Route;
+use crate::delivery::queues::Queues;
 use crate::delivery::retry;
+use crate::delivery::transport::Delivery;
+use crate::delivery::worker::{self, Conclusion, Finished, Work, panic_text};
 use crate::spool::{QueueId, Queued, SpoolError};
 
 /// How often the manager looks for messages other programs left in the spool and for control requests, when
@@ -27,8 +35,8 @@ const PICKUP_INTERVAL: Duration = Duration::from_secs(5);
 enum Event {
     /// A message to deliver now.
     New(Queued),
-    /// A worker is done with a message.
-    Done(Queued, Result<Attempted, SpoolError>),
+    /// A worker is done with a piece of work.
+    Finished(Finished),
     /// Look at the control requests and for new files now.
     Doorbell,
     /// ETRN: try the messages for a node now, and say how many.
@@ -84,37 +92,27 @@ impl Scheduler {
     /// Starts the scheduler thread and `config.delivery_workers` workers with the messages already queued.
     pub fn start(deliverer: Arc<Deliverer>, queued: Vec<Queued>) -> std::io::Result<Scheduler> {
         let (events, inbox) = crossbeam_channel::unbounded();
-        let (work, jobs) = crossbeam_channel::unbounded::<Queued>();
+        let (work, jobs) = crossbeam_channel::unbounded::<Work>();
+        let workers = deliverer.config.delivery_workers;
         let mut threads = Vec::new();
-        for n in 0..deliverer.config.delivery_workers {
+        for n in 0..workers {
             let (jobs, events, deliverer) = (jobs.clone(), events.clone(), Arc::clone(&deliverer));
             threads.push(thread::Builder::new().name(format!("delivery-{n}")).spawn(
                 move || {
-                    for mut message in jobs.iter() {
-                        let attempted =
-                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                deliverer.attempt(&mut message, Utc::now())
-                            }))
-                            .unwrap_or_else(|_| {
-                                error!(
-                                    "{}: delivery failed on an internal error; the worker goes on",
-                                    message.envelope.id
-                                );
-                                Err(SpoolError::Io {
-                                    path: message.file.clone(),
-                                    source: std::io::Error::other("internal error during delivery"),
-                                })
-                            });
-                        if events.send(Event::Done(message, attempted)).is_err() {
-                            return;
-                        }
-                    }
+                    worker::run(&deliverer, &jobs, |finished| {
+                        events.send(Event::Finished(finished)).is_ok()
+                    })
                 },
             )?);
         }
         let manager = Manager {
-            deliverer,
             work,
+            idle_workers: workers,
+            queues: Queues::new(workers),
+            to_plan: VecDeque::new(),
+            to_conclude: VecDeque::new(),
+            attempts: HashMap::new(),
+            deliverer,
             waiting: BTreeMap::new(),
             in_flight: HashSet::new(),
             remove_when_done: HashSet::new(),
@@ -136,7 +134,8 @@ impl Scheduler {
         self.handle.clone()
     }
 
-    /// Stops taking new work, lets each worker finish the message it holds, and waits for them.
+    /// Stops taking new work, lets each worker finish the work it holds, and waits for them. An attempt cut
+    /// short this way has its deliveries so far recorded; the rest is tried at the next start.
     pub fn stop(self) {
         let _ = self.handle.0.send(Event::Stop);
         for thread in self.threads {
@@ -145,13 +144,32 @@ impl Scheduler {
     }
 }
 
+/// An attempt whose deliveries are out in jobs.
+struct Attempt {
+    message: Arc<Queued>,
+    headers: Arc<[u8]>,
+    /// Its parts (one per target) whose job is not back yet.
+    parts_left: usize,
+    deliveries: Vec<(Route, Delivery)>,
+}
+
 struct Manager {
     deliverer: Arc<Deliverer>,
-    work: Sender<Queued>,
+    work: Sender<Work>,
+    /// Workers without work: the scheduler gives out work only to them.
+    idle_workers: usize,
+    /// The deliveries waiting for their target.
+    queues: Queues,
+    /// Messages whose attempt is to be planned, and attempts to be concluded.
+    to_plan: VecDeque<Queued>,
+    to_conclude: VecDeque<Conclusion>,
+    /// Attempts with deliveries out, by message.
+    attempts: HashMap<QueueId, Attempt>,
     /// Deferred messages by their next try.
     waiting: BTreeMap<(DateTime<Utc>, QueueId), Queued>,
+    /// Messages in an attempt (planned, delivered or concluded now).
     in_flight: HashSet<QueueId>,
-    /// Removed by the admin while a worker held them.
+    /// Removed by the admin during an attempt.
     remove_when_done: HashSet<QueueId>,
     /// Files whose messages this daemon knows of; others found in the queue are picked up.
     known_files: HashSet<PathBuf>,
@@ -186,6 +204,7 @@ impl Manager {
                     self.look_around();
                     next_look = Instant::now() + PICKUP_INTERVAL;
                 }
+                self.hand_out();
             }));
             if let Err(panic) = handled {
                 error!(
@@ -200,7 +219,14 @@ impl Manager {
     fn handle(&mut self, event: Event) {
         match event {
             Event::New(message) => self.dispatch(message),
-            Event::Done(message, attempted) => self.done(message, attempted),
+            Event::Finished(finished) => {
+                self.idle_workers += 1;
+                match finished {
+                    Finished::Planned(message, plan) => self.planned(message, plan),
+                    Finished::Delivered(target, results) => self.delivered(&target, results),
+                    Finished::Concluded(message, attempted) => self.done(message, attempted),
+                }
+            }
             Event::Doorbell => self.look_around(),
             Event::RunNode(node, reply) => {
                 let _ = reply.send(self.run_node(&node));
@@ -209,16 +235,96 @@ impl Manager {
         }
     }
 
+    /// Starts an attempt at a message, unless one is under way.
     fn dispatch(&mut self, message: Queued) {
         if !self.in_flight.insert(message.envelope.id.clone()) {
             return;
         }
         self.known_files.insert(message.file.clone());
-        if let Err(unsent) = self.work.send(message) {
-            error!(
-                "{}: no delivery worker is running; the message waits in the spool for the next start",
-                unsent.0.envelope.id
-            );
+        self.to_plan.push_back(message);
+    }
+
+    /// Gives work to every idle worker while there is any: conclusions first (they free the messages), then
+    /// plans, then jobs from the targets with room.
+    fn hand_out(&mut self) {
+        while self.idle_workers > 0 {
+            let work = if let Some(conclusion) = self.to_conclude.pop_front() {
+                Work::Conclude(conclusion)
+            } else if let Some(message) = self.to_plan.pop_front() {
+                Work::Plan(message)
+            } else if let Some(job) = self.queues.next_job(&self.deliverer.config) {
+                Work::Deliver(job)
+            } else {
+                return;
+            };
+            if self.work.send(work).is_err() {
+                error!(
+                    "no delivery worker is running; queued mail waits in the spool for the next start"
+                );
+                return;
+            }
+            self.idle_workers -= 1;
+        }
+    }
+
+    /// An attempt is planned: its deliveries join their targets' queues.
+    fn planned(&mut self, message: Queued, plan: Result<Plan, SpoolError>) {
+        let id = message.envelope.id.clone();
+        let Plan { headers, routes } = match plan {
+            Ok(plan) => plan,
+            Err(e) => return self.done(message, Err(e)),
+        };
+        let config = &self.deliverer.config;
+        let groups = job::by_target(routes, config);
+        if groups.is_empty() {
+            self.to_conclude.push_back(Conclusion {
+                message,
+                headers,
+                deliveries: Vec::new(),
+            });
+            return;
+        }
+        let message = Arc::new(message);
+        let parts_left = groups.len();
+        for (target, routes) in groups {
+            let part = Part {
+                message: Arc::clone(&message),
+                headers: Arc::clone(&headers),
+                routes,
+            };
+            self.queues.push(target, part, config);
+        }
+        self.attempts.insert(
+            id,
+            Attempt {
+                message,
+                headers,
+                parts_left,
+                deliveries: Vec::new(),
+            },
+        );
+    }
+
+    /// A job is back: its deliveries go to their attempts, and an attempt with all of its back is concluded.
+    fn delivered(&mut self, target: &Target, results: job::JobResults) {
+        self.queues.job_done(target, &self.deliverer.config);
+        for (id, deliveries) in results {
+            let Some(attempt) = self.attempts.get_mut(&id) else {
+                continue;
+            };
+            attempt.deliveries.extend(deliveries);
+            attempt.parts_left -= 1;
+            if attempt.parts_left == 0 {
+                let attempt = self
+                    .attempts
+                    .remove(&id)
+                    .expect("the attempt was just found");
+                self.to_conclude.push_back(Conclusion {
+                    message: Arc::unwrap_or_clone(attempt.message),
+                    headers: attempt.headers,
+                    deliveries: attempt.deliveries,
+                });
+            }
         }
     }
 
@@ -324,15 +430,6 @@ impl Manager {
             Err(e) => error!("{id}: cannot remove: {e}"),
         }
     }
-}
-
-/// What a caught panic said.
-fn panic_text(panic: &(dyn Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("a panic without a message")
 }
 
 /// Whether `recipient` is at an ETRN node: "example.org" is that domain, "@example.org" also its subdomains.

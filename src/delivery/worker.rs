@@ -1,0 +1,125 @@
+//! A delivery worker: takes one piece of work at a time from the scheduler — plan an attempt, deliver a job,
+//! conclude an attempt — and reports what came of it. A panic in the work is caught and reported as a failure
+//! of that work; the worker goes on.
+
+use std::any::Any;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+
+use chrono::Utc;
+use crossbeam_channel::Receiver;
+use log::error;
+
+use crate::delivery::attempt::{Attempted, Deliverer, Plan};
+use crate::delivery::job::{Job, JobResults, Target};
+use crate::delivery::local::Route;
+use crate::delivery::transport::Delivery;
+use crate::smtp::Detail;
+use crate::spool::{Queued, SpoolError};
+
+/// What the scheduler gives a worker.
+pub enum Work {
+    /// Route a message and read its header section: the first step of an attempt.
+    Plan(Queued),
+    /// Deliver a job: one target, one or more messages for it.
+    Deliver(Job),
+    /// Record an attempt whose deliveries are all done.
+    Conclude(Conclusion),
+}
+
+/// An attempt whose deliveries are all done.
+pub struct Conclusion {
+    pub message: Queued,
+    pub headers: Arc<[u8]>,
+    pub deliveries: Vec<(Route, Delivery)>,
+}
+
+/// What a worker reports.
+pub enum Finished {
+    Planned(Queued, Result<Plan, SpoolError>),
+    Delivered(Target, JobResults),
+    Concluded(Queued, Result<Attempted, SpoolError>),
+}
+
+/// Works until the scheduler closes `work` or stops listening (`report` returns false).
+pub fn run(deliverer: &Deliverer, work: &Receiver<Work>, report: impl Fn(Finished) -> bool) {
+    for item in work.iter() {
+        if !report(perform(deliverer, item)) {
+            return;
+        }
+    }
+}
+
+fn perform(deliverer: &Deliverer, work: Work) -> Finished {
+    match work {
+        Work::Plan(message) => {
+            let planned = guarded(|| deliverer.plan(&message))
+                .unwrap_or_else(|| Err(internal_error(&message)));
+            Finished::Planned(message, planned)
+        }
+        Work::Deliver(job) => {
+            let results = guarded(|| deliver(deliverer, &job)).unwrap_or_else(|| {
+                let failed =
+                    Delivery::temporary(Detail::OtherMailSystem, "internal error during delivery");
+                job.parts
+                    .iter()
+                    .map(|part| {
+                        let routes = part.routes.iter().map(|r| (r.clone(), failed.clone()));
+                        (part.message.envelope.id.clone(), routes.collect())
+                    })
+                    .collect()
+            });
+            Finished::Delivered(job.target, results)
+        }
+        Work::Conclude(Conclusion {
+            mut message,
+            headers,
+            deliveries,
+        }) => {
+            let attempted =
+                guarded(|| deliverer.conclude(&mut message, deliveries, &headers, Utc::now()))
+                    .unwrap_or_else(|| Err(internal_error(&message)));
+            Finished::Concluded(message, attempted)
+        }
+    }
+}
+
+/// Delivers the job's messages one after another.
+fn deliver(deliverer: &Deliverer, job: &Job) -> JobResults {
+    job.parts
+        .iter()
+        .map(|part| {
+            let delivered =
+                deliverer.deliver_routes(&part.message, part.routes.clone(), &part.headers);
+            (part.message.envelope.id.clone(), delivered)
+        })
+        .collect()
+}
+
+/// Runs `work`, catching a panic (logged at error level).
+fn guarded<T>(work: impl FnOnce() -> T) -> Option<T> {
+    panic::catch_unwind(AssertUnwindSafe(work))
+        .map_err(|panic| {
+            error!(
+                "delivery failed on an internal error ({}); the worker goes on",
+                panic_text(panic.as_ref())
+            );
+        })
+        .ok()
+}
+
+fn internal_error(message: &Queued) -> SpoolError {
+    SpoolError::Io {
+        path: message.file.clone(),
+        source: std::io::Error::other("internal error during delivery"),
+    }
+}
+
+/// What a caught panic said.
+pub fn panic_text(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message")
+}
