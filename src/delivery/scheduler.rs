@@ -454,6 +454,37 @@ pub fn at_node(recipient: &str, node: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+    use crate::delivery::aliases::Aliases;
+    use crate::reloadable::Reloadable;
+    use crate::spool::Spool;
+    use crate::testing::TempDir;
+
+    #[test]
+    fn the_scheduler_goes_on_after_a_panic() {
+        let dir = TempDir::new("scheduler-panic");
+        let mut config = Config::builtin();
+        config.spool_dir = dir.0.join("spool");
+        config.delivery_workers = 1;
+        let spool = Spool::open(&config.spool_dir).unwrap();
+        let aliases = Aliases::parse("", "aliases").unwrap();
+        let deliverer = Deliverer::new(
+            Arc::new(config),
+            Arc::new(spool),
+            Arc::new(Reloadable::new(aliases)),
+        );
+        let scheduler = Scheduler::start(Arc::new(deliverer), Vec::new()).unwrap();
+        let handle = scheduler.handle();
+        // A job that was never handed out comes back: its target's count goes below zero, a bug that panics.
+        let bogus = Finished::Delivered(Target::Remote("x.test".into()), Vec::new());
+        handle.0.send(Event::Finished(bogus)).unwrap();
+        assert_eq!(
+            handle.run_node("example.org"),
+            Some(0),
+            "the scheduler died"
+        );
+        scheduler.stop();
+    }
 
     #[test]
     fn etrn_nodes() {
