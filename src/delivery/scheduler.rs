@@ -178,8 +178,9 @@ struct Manager {
 impl Manager {
     /// Handles events until Stop. Due retries and the periodic look around happen whatever else arrives, so a
     /// steady stream of new messages cannot hold them back. A panic while handling one event is logged at error
-    /// level and the manager goes on with what it knows (each handler changes its state only after the work that
-    /// can fail): a bug must never leave the daemon taking mail that nobody delivers.
+    /// level and the manager goes on with the rest of what it knows (the message that event was about may wait
+    /// for the next start; its spool records are untouched): a bug must never leave the daemon taking mail that
+    /// nobody delivers.
     fn run(mut self, inbox: Receiver<Event>) {
         let mut next_look = Instant::now() + PICKUP_INTERVAL;
         loop {
