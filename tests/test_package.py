@@ -1,6 +1,7 @@
 """The Debian package (`make deb-test`, which builds it and sets POSTEL_DEB): lintian, then an install into a
 fresh Debian root made with mmdebstrap through the host's apt sources, and inside it, in a network namespace of
-its own (so the packaged port 25 is free): the shipped configuration checks, the daemon serves port 25, mail(1)
+its own (so the packaged port 25 is free): the shipped configuration checks, the daemon started as root serves
+port 25, mail(1)
 delivers through /usr/sbin/sendmail into /var/mail, mailq shows the queue empty again, newaliases checks
 /etc/aliases and the daemon takes it up, a user's mail reaches the daemon through the set-group-id binary,
 sendmail with no daemon delivers root's mail in the background while a
@@ -134,11 +135,16 @@ def installed(root):
 def test_the_package_sets_up_the_account_the_spool_and_the_mta_names(installed):
     user = installed.run("getent passwd postel").stdout.strip().split(":")
     assert user[5:] == ["/nonexistent", "/usr/sbin/nologin"], user
+    assert "mail" in installed.run("id -nG postel").stdout.split()
     assert not installed.file("/nonexistent").exists()
-    spool = installed.run("stat -c '%U:%G %a' /var/spool/postel /var/spool/postel/queue /usr/sbin/postel").stdout
-    assert spool.split("\n")[:3] == ["postel:postel 2770", "postel:postel 2770", "root:postel 2755"], spool
-    for name in ["/usr/sbin/sendmail", "/usr/bin/mailq", "/usr/bin/newaliases", "/usr/lib/sendmail"]:
+    modes = installed.run("stat -c '%U:%G %a' /var/spool/postel /var/spool/postel/queue /usr/sbin/postel "
+                          "/usr/sbin/sendmail").stdout
+    assert modes.split("\n")[:4] == ["postel:postel 2770", "postel:postel 2770", "root:root 755",
+                                     "root:postel 2755"], modes
+    for name in ["/usr/bin/mailq", "/usr/bin/newaliases"]:
         assert installed.run(f"readlink -f {name}").stdout.strip() == "/usr/sbin/postel", name
+    assert installed.run("readlink -f /usr/lib/sendmail").stdout.strip() == "/usr/sbin/sendmail"
+    assert installed.run("cmp /usr/sbin/sendmail /usr/sbin/postel", check=False).returncode == 0
     assert installed.file("/etc/aliases").exists()
     assert "/etc/postel/postel.toml" in installed.run("dpkg-query -W -f '${Conffiles}' postel").stdout
     for page in ["postel.8", "postel.toml.5", "sendmail.8", "mailq.8", "newaliases.8"]:
@@ -176,7 +182,7 @@ def test_newaliases_checks_the_file_and_the_daemon_reloads_it(installed):
     assert wait_until(lambda: len(installed.mail_to_root()) == 2, 20), installed.log.read_text()
 
 
-def test_a_users_mail_reaches_the_daemon_through_the_set_group_id_binary(installed):
+def test_a_users_mail_reaches_the_daemon_through_the_set_group_id_sendmail(installed):
     installed.run("useradd --create-home alice")
     run = installed.run("echo 'from alice' | mail -s 'from a user' root", user="alice")
     assert run.stderr == "", run.stderr

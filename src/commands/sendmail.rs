@@ -408,7 +408,8 @@ fn may_deliver(config: &Config) -> bool {
 /// streams on /dev/null, so that mail(1) or cron does not wait for it. Returns its pid.
 fn start_delivery(config: Option<&Path>, id: &QueueId) -> io::Result<u32> {
     let mut command = Command::new(std::env::current_exe()?);
-    command.args(["queue", "deliver"]);
+    // As `postel`, whatever this binary's file is called (the package's sendmail is a copy).
+    command.arg0("postel").args(["queue", "deliver"]);
     if let Some(path) = config {
         command.arg("--config").arg(path);
     }
