@@ -140,6 +140,9 @@ pub fn mail(args: &str) -> Result<MailArgs, ArgError> {
                     Some(BodyType::from_name(&value.to_ascii_uppercase()).ok_or(UNSUPPORTED_BODY)?);
             }
             (Some("SMTPUTF8"), None) if !params.smtputf8 => params.smtputf8 = true,
+            // RFC 4954 section 5: the identity a trusted relay vouches for; this server trusts none, so it
+            // is taken and not kept.
+            (Some("AUTH"), Some(_)) => {}
             (Some(known), _) => {
                 return Err(Reply::new(
                     501,
@@ -239,7 +242,7 @@ fn split_parameter(param: &str) -> (&str, &str, Option<&str>) {
 
 /// The upper-case name of a MAIL parameter this server knows.
 fn known_parameter(name: &str) -> Option<&'static str> {
-    ["SIZE", "BODY", "SMTPUTF8"]
+    ["SIZE", "BODY", "SMTPUTF8", "AUTH"]
         .into_iter()
         .find(|known| known.eq_ignore_ascii_case(name))
 }

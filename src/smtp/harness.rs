@@ -2,7 +2,7 @@
 //! of the protocol feed their input through.
 
 use crate::smtp::{
-    BareLf, Detail, Domain, ForwardPath, Mailbox, Policy, RcptVerdict, Reply, Session,
+    BareLf, Detail, Domain, ForwardPath, Mailbox, Policy, RcptVerdict, Reply, ReversePath, Session,
     SessionParams, Step,
 };
 
@@ -43,6 +43,16 @@ impl Policy for TestPolicy {
         )
     }
 
+    /// alice's password is "secret".
+    fn authenticate(&self, user: &str, password: &[u8]) -> bool {
+        user == "alice" && password == b"secret"
+    }
+
+    /// Users send as themselves at localhost.
+    fn may_send_as(&self, user: &str, sender: &ReversePath) -> bool {
+        sender.to_string() == format!("{user}@localhost")
+    }
+
     fn etrn(&self, domain: &str) -> Reply {
         Reply::new(
             458,
@@ -61,6 +71,10 @@ pub fn params() -> SessionParams {
         max_errors: 20,
         max_line_length: 512,
         bare_lf: BareLf::Normalize,
+        tls_offered: true,
+        auth_offered: true,
+        tls_required: false,
+        submission: false,
     }
 }
 
@@ -77,6 +91,12 @@ pub struct Run {
     pub closed: bool,
     /// Every byte the session wrote.
     pub output: Vec<u8>,
+    /// The octets thrown away at each STARTTLS (read before the handshake).
+    pub discarded: Vec<usize>,
+    /// The tarpit delay of each failed authentication.
+    pub delays: Vec<std::time::Duration>,
+    /// The envelope of the last message that reached EndMessage.
+    pub envelope: Option<crate::smtp::Envelope>,
 }
 
 impl Run {
@@ -92,6 +112,8 @@ enum Event {
     End,
     Abort,
     Close,
+    StartTls,
+    AuthFailed(std::time::Duration),
 }
 
 pub fn run(input: &[u8]) -> Run {
@@ -120,6 +142,8 @@ pub fn run_with(params: SessionParams, trusted: bool, input: &[u8], piece: usize
                 Step::EndMessage => Some(Event::End),
                 Step::AbortMessage => Some(Event::Abort),
                 Step::Close => Some(Event::Close),
+                Step::StartTls => Some(Event::StartTls),
+                Step::AuthFailed { delay, .. } => Some(Event::AuthFailed(delay)),
             };
             buffer.drain(..used);
             match event {
@@ -133,11 +157,19 @@ pub fn run_with(params: SessionParams, trusted: bool, input: &[u8], piece: usize
                         .iter()
                         .map(|r| r.to_string())
                         .collect();
+                    result.envelope = Some(session.envelope().clone());
                     result
                         .messages
                         .push((message.take().expect("a message"), recipients));
                     session.message_queued(Ok(&format!("Q{}", result.messages.len())));
                 }
+                // A handshake that always works; what was read before it is thrown away, as the driver does.
+                Some(Event::StartTls) => {
+                    result.discarded.push(buffer.len());
+                    buffer.clear();
+                    session.tls_started("TLSv1.3 with cipher TEST".into());
+                }
+                Some(Event::AuthFailed(delay)) => result.delays.push(delay),
                 Some(Event::Abort) => {
                     message = None;
                     result.aborted += 1;

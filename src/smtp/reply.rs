@@ -274,6 +274,50 @@ pub const ETRN_TOO_OFTEN: Reply = Reply::fixed(
     "Unable to queue messages now: one ETRN per client every 10 seconds",
 );
 
+pub const NEED_STARTTLS: Reply = Reply::fixed(
+    530,
+    Detail::OtherSecurity,
+    "Error: must issue a STARTTLS command first",
+);
+pub const NEED_AUTH: Reply = Reply::fixed(
+    530,
+    Detail::OtherSecurity,
+    "Error: authentication required: log in with AUTH first",
+);
+pub const READY_FOR_TLS: Reply = Reply::fixed(220, Detail::Undefined, "Ready to start TLS");
+pub const TLS_ALREADY_ACTIVE: Reply =
+    Reply::fixed(503, Detail::InvalidCommand, "Error: TLS is already active");
+pub const TLS_NOT_AVAILABLE: Reply = Reply::fixed(
+    454,
+    Detail::OtherSecurity,
+    "TLS not available: this server has no certificate",
+);
+pub const AUTH_NOT_OFFERED: Reply = Reply::fixed(
+    502,
+    Detail::InvalidCommand,
+    "Error: AUTH is not offered by this server",
+);
+pub const AUTH_NEEDS_TLS: Reply = Reply::fixed(
+    538,
+    Detail::EncryptionRequiredForMechanism,
+    "Error: authentication needs an encrypted connection: say STARTTLS first",
+);
+pub const ALREADY_AUTHENTICATED: Reply =
+    Reply::fixed(503, Detail::InvalidCommand, "Error: already authenticated");
+pub const AUTH_OK: Reply = Reply::fixed(235, Detail::OtherSecurity, "Authentication successful");
+pub const AUTH_FAILED: Reply = Reply::fixed(
+    535,
+    Detail::InvalidCredentials,
+    "Error: authentication failed",
+);
+pub const AUTH_CANCELLED: Reply =
+    Reply::fixed(501, Detail::SyntaxError, "Error: authentication cancelled");
+pub const AUTH_BAD_BASE64: Reply = Reply::fixed(
+    501,
+    Detail::SyntaxError,
+    "Error: the authentication response is not valid base64",
+);
+
 #[cfg(test)]
 #[path = "reply_tests.rs"]
 mod tests;

@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::mem;
+use std::time::Duration;
 
 use log::trace;
 
@@ -11,6 +12,7 @@ use super::address::ForwardPath;
 use super::command::{self, ArgError, Chunk, MailArgs, MailParams, RcptArgs};
 use super::data::{BareLf, DataReceiver, DataStep};
 use super::reply::{self, Echo, Reply};
+use super::sasl::{self, Credentials, SaslError, SaslStep};
 use super::status::Detail;
 use crate::events::{self, Event, Kind};
 use crate::step;
@@ -33,14 +35,26 @@ pub struct SessionParams {
     /// The longest command line, in octets with its line end.
     pub max_line_length: usize,
     pub bare_lf: BareLf,
+    /// STARTTLS may be offered: a certificate is configured and the connection can carry TLS.
+    pub tls_offered: bool,
+    /// AUTH may be offered (inside TLS): some users may authenticate.
+    pub auth_offered: bool,
+    /// MAIL needs TLS first (`tls_required`).
+    pub tls_required: bool,
+    /// A submission port (RFC 6409): MAIL needs AUTH first, and the sender must be the user's.
+    pub submission: bool,
 }
 
-/// What the session cannot decide by itself: who is a local user, who may relay.
+/// What the session cannot decide by itself: who is a local user, who may relay, whose password is right.
 pub trait Policy: Send {
     fn recipient(&self, to: &ForwardPath) -> RcptVerdict;
     fn vrfy(&self, query: &str) -> Reply;
     fn expn(&self, list: &str) -> Reply;
     fn etrn(&self, domain: &str) -> Reply;
+    /// Whether `user` may log in with `password`.
+    fn authenticate(&self, user: &str, password: &[u8]) -> bool;
+    /// Whether the authenticated `user` may give `sender` as the envelope sender on a submission port.
+    fn may_send_as(&self, user: &str, sender: &ReversePath) -> bool;
 }
 
 /// The policy's answer to RCPT.
@@ -60,17 +74,33 @@ pub enum Protocol {
     #[default]
     Smtp,
     Esmtp,
+    /// ESMTP over TLS (RFC 3848).
+    Esmtps,
+    /// ESMTP with AUTH (RFC 3848).
+    Esmtpa,
+    /// ESMTP over TLS with AUTH (RFC 3848).
+    Esmtpsa,
     Local,
 }
 
 impl Protocol {
-    const ALL: [Protocol; 3] = [Protocol::Smtp, Protocol::Esmtp, Protocol::Local];
+    const ALL: [Protocol; 6] = [
+        Protocol::Smtp,
+        Protocol::Esmtp,
+        Protocol::Esmtps,
+        Protocol::Esmtpa,
+        Protocol::Esmtpsa,
+        Protocol::Local,
+    ];
 
     /// The name the spool and the Received header use.
     pub fn as_str(&self) -> &'static str {
         match self {
             Protocol::Smtp => "SMTP",
             Protocol::Esmtp => "ESMTP",
+            Protocol::Esmtps => "ESMTPS",
+            Protocol::Esmtpa => "ESMTPA",
+            Protocol::Esmtpsa => "ESMTPSA",
             Protocol::Local => "local",
         }
     }
@@ -86,9 +116,25 @@ impl Protocol {
 pub struct Envelope {
     pub helo: String,
     pub protocol: Protocol,
+    /// What TLS agreed on ("TLSv1.3 with cipher ..."), when the session is encrypted.
+    pub tls: Option<String>,
+    /// The user the client authenticated as.
+    pub user: Option<String>,
     pub sender: ReversePath,
     pub recipients: Vec<ForwardPath>,
     pub params: MailParams,
+}
+
+impl Envelope {
+    /// The protocol as the Received header's `with` names it (RFC 3848): ESMTP, and S for TLS, A for AUTH.
+    pub fn with_keyword(&self) -> Protocol {
+        match (self.protocol, self.tls.is_some(), self.user.is_some()) {
+            (Protocol::Esmtp, true, false) => Protocol::Esmtps,
+            (Protocol::Esmtp, false, true) => Protocol::Esmtpa,
+            (Protocol::Esmtp, true, true) => Protocol::Esmtpsa,
+            (protocol, ..) => protocol,
+        }
+    }
 }
 
 /// What the caller must do next.
@@ -106,6 +152,13 @@ pub enum Step<'a> {
     AbortMessage,
     /// Write the output and close the connection.
     Close,
+    /// Write the output (the 220), throw away any input already read (it came before the handshake and must
+    /// never be taken as commands: CVE-2011-0411), run the TLS handshake, then call [`Session::tls_started`];
+    /// if the handshake fails, close.
+    StartTls,
+    /// An authentication failed: log it with the client's address, and wait `delay` before writing the
+    /// output, so that guessing passwords is slow.
+    AuthFailed { user: String, delay: Duration },
 }
 
 enum Phase {
@@ -135,7 +188,13 @@ pub struct Session {
     errors: u32,
     messages: u32,
     output: Vec<u8>,
+    /// An AUTH exchange waiting for the client's next response line.
+    sasl: Option<sasl::Exchange>,
+    auth_failures: u32,
 }
+
+/// The longest wait before answering a failed authentication.
+const MAX_TARPIT: Duration = Duration::from_secs(16);
 
 impl Session {
     pub fn new(params: SessionParams, policy: Box<dyn Policy>) -> Session {
@@ -150,7 +209,21 @@ impl Session {
             errors: 0,
             messages: 0,
             output: Vec::with_capacity(512),
+            sasl: None,
+            auth_failures: 0,
         }
+    }
+
+    /// The TLS handshake after [`Step::StartTls`] (or on an implicit-TLS port, before the greeting) is done:
+    /// `description` says what it agreed on. Everything the client said before is forgotten (RFC 3207 4.2):
+    /// it must say EHLO again.
+    pub fn tls_started(&mut self, description: String) {
+        self.set_state(State::Connected);
+        self.envelope = Envelope {
+            tls: Some(description),
+            ..Envelope::default()
+        };
+        self.sasl = None;
     }
 
     /// Writes the 220 greeting.
@@ -281,10 +354,21 @@ impl Session {
                     }
                     let line = rest[..lf].strip_suffix(b"\r").unwrap_or(&rest[..lf]);
                     if events::enabled() {
+                        // Credentials never reach the event stream: an AUTH line's initial response and the
+                        // responses that follow are shown as what they are, not as what they say.
+                        let secret = self.secret_shown_as(line);
+                        let shown = secret.as_deref().map_or_else(
+                            || String::from_utf8_lossy(line),
+                            std::borrow::Cow::Borrowed,
+                        );
+                        let raw = match &secret {
+                            Some(secret) => secret.as_bytes(),
+                            None => &rest[..=lf],
+                        };
                         events::emit(&Event {
                             scope: &self.params.id,
-                            kind: Kind::Command(&rest[..=lf]),
-                            text: format_args!("{}", String::from_utf8_lossy(line)),
+                            kind: Kind::Command(raw),
+                            text: format_args!("{shown}"),
                         });
                     }
                     if let Some(step) = self.command(line) {
@@ -430,6 +514,10 @@ impl Session {
 
     /// Carries out one command line; returns the step the caller must take, if any.
     fn command(&mut self, line: &[u8]) -> Option<Step<'static>> {
+        if let Some(exchange) = self.sasl.take() {
+            let answer = self.sasl_response(exchange, line);
+            return self.finish(answer);
+        }
         let answer = match command::split(line) {
             Err(reply) => Answer::Reply(reply),
             Ok((name, args)) => match verbs::find(name) {
@@ -437,6 +525,24 @@ impl Session {
                 Some(verb) => self.carry_out(verb, args).unwrap_or_else(Answer::Reply),
             },
         };
+        self.finish(answer)
+    }
+
+    /// What the event stream shows instead of `line` when the line holds a secret.
+    fn secret_shown_as(&self, line: &[u8]) -> Option<String> {
+        if self.sasl.is_some() {
+            return Some("<authentication response>".into());
+        }
+        let text = String::from_utf8_lossy(line);
+        let mut words = text.split(' ').filter(|w| !w.is_empty());
+        let verb = words.next()?;
+        let mechanism = words.next()?;
+        (verb.eq_ignore_ascii_case("AUTH") && words.next().is_some())
+            .then(|| format!("AUTH {mechanism} <credentials>"))
+    }
+
+    /// Writes the answer's reply, or passes on its step.
+    fn finish(&mut self, answer: Answer) -> Option<Step<'static>> {
         match answer {
             Answer::Reply(reply) => {
                 self.reply(reply);
@@ -522,7 +628,7 @@ impl Session {
     fn ehlo_command(&mut self, name: &str) -> Answer {
         self.hello(name, Protocol::Esmtp);
         let mut lines = vec![Cow::Owned(self.params.hostname.clone())];
-        lines.extend(verbs::ehlo_keywords(&self.params));
+        lines.extend(verbs::ehlo_keywords(self));
         Answer::Reply(Reply::lines(250, None, lines))
     }
 
@@ -535,6 +641,21 @@ impl Session {
 
     fn mail_command(&mut self, mail: MailArgs) -> Answer {
         let MailArgs { from, params, utf8 } = mail;
+        if self.params.tls_required && self.envelope.tls.is_none() {
+            return Answer::Reply(reply::NEED_STARTTLS);
+        }
+        if self.params.submission {
+            let Some(user) = &self.envelope.user else {
+                return Answer::Reply(reply::NEED_AUTH);
+            };
+            if !self.policy.may_send_as(user, &from) {
+                return Answer::Reply(Reply::new(
+                    550,
+                    Detail::NotAuthorized,
+                    format!("<{from}>: Sender address rejected: not an address of user {user}"),
+                ));
+            }
+        }
         if self.envelope.protocol == Protocol::Smtp && params != MailParams::default() {
             return Answer::Reply(reply::MAIL_PARAMETERS_NEED_EHLO);
         }
@@ -561,7 +682,12 @@ impl Session {
         if self.envelope.recipients.len() >= self.params.max_recipients {
             return Answer::Reply(reply::TOO_MANY_RECIPIENTS);
         }
-        Answer::Reply(match self.policy.recipient(&to) {
+        let verdict = match self.policy.recipient(&to) {
+            // An authenticated client may send anywhere.
+            RcptVerdict::RelayDenied if self.envelope.user.is_some() => RcptVerdict::Accept,
+            verdict => verdict,
+        };
+        Answer::Reply(match verdict {
             RcptVerdict::Accept => {
                 if !self.envelope.recipients.contains(&to) {
                     self.envelope.recipients.push(to);
@@ -640,6 +766,87 @@ impl Session {
 
     fn verb_command(&mut self) -> Answer {
         Answer::Reply(VERBOSE_CHANGES_NOTHING)
+    }
+
+    fn starttls_command(&mut self) -> Answer {
+        if self.envelope.tls.is_some() {
+            return Answer::Reply(reply::TLS_ALREADY_ACTIVE);
+        }
+        if !self.params.tls_offered {
+            return Answer::Reply(reply::TLS_NOT_AVAILABLE);
+        }
+        self.reply(reply::READY_FOR_TLS);
+        Answer::Step(Some(Step::StartTls))
+    }
+
+    fn auth_command(&mut self, args: &str) -> Answer {
+        if !self.params.auth_offered {
+            return Answer::Reply(reply::AUTH_NOT_OFFERED);
+        }
+        if self.envelope.tls.is_none() {
+            return Answer::Reply(reply::AUTH_NEEDS_TLS);
+        }
+        if self.envelope.user.is_some() {
+            return Answer::Reply(reply::ALREADY_AUTHENTICATED);
+        }
+        let (mechanism, initial) = match args.split_once(' ') {
+            Some((mechanism, initial)) => (mechanism, Some(initial.trim())),
+            None => (args, None),
+        };
+        let (exchange, step) = sasl::Exchange::start(mechanism, initial);
+        self.sasl_step(exchange, step)
+    }
+
+    fn sasl_response(&mut self, mut exchange: sasl::Exchange, line: &[u8]) -> Answer {
+        let step = match std::str::from_utf8(line) {
+            Ok(line) => exchange.respond(line),
+            Err(_) => SaslStep::Failed(SaslError::BadBase64),
+        };
+        self.sasl_step(exchange, step)
+    }
+
+    fn sasl_step(&mut self, exchange: sasl::Exchange, step: SaslStep) -> Answer {
+        match step {
+            SaslStep::Challenge(challenge) => {
+                self.sasl = Some(exchange);
+                Answer::Reply(Reply::plain(334, challenge))
+            }
+            SaslStep::Done(credentials) => self.check_credentials(credentials),
+            SaslStep::Failed(SaslError::Cancelled) => Answer::Reply(reply::AUTH_CANCELLED),
+            SaslStep::Failed(SaslError::BadBase64) => Answer::Reply(reply::AUTH_BAD_BASE64),
+            SaslStep::Failed(SaslError::Malformed(why)) => Answer::Reply(Reply::new(
+                501,
+                Detail::SyntaxError,
+                format!("Error: malformed authentication response: {why}"),
+            )),
+            SaslStep::Failed(SaslError::UnknownMechanism) => Answer::Reply(Reply::new(
+                504,
+                Detail::InvalidArguments,
+                format!(
+                    "Error: unknown authentication mechanism; offered: {}",
+                    sasl::MECHANISMS
+                ),
+            )),
+        }
+    }
+
+    /// Checks the credentials an exchange produced; a failure is answered after the tarpit's delay.
+    fn check_credentials(&mut self, credentials: Credentials) -> Answer {
+        let Credentials {
+            authzid,
+            user,
+            password,
+        } = credentials;
+        // Acting as someone else (a PLAIN authorization identity) is not offered.
+        let as_self = authzid.as_deref().is_none_or(|authzid| authzid == user);
+        if as_self && self.policy.authenticate(&user, &password) {
+            self.envelope.user = Some(user);
+            return Answer::Reply(reply::AUTH_OK);
+        }
+        self.auth_failures += 1;
+        let delay = Duration::from_secs(1 << (self.auth_failures - 1).min(4)).min(MAX_TARPIT);
+        self.reply(reply::AUTH_FAILED);
+        Answer::Step(Some(Step::AuthFailed { user, delay }))
     }
 
     fn start_message(&mut self) {
@@ -729,3 +936,7 @@ impl Phase {
 #[cfg(test)]
 #[path = "session_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "session/security_tests.rs"]
+mod security_tests;

@@ -79,6 +79,8 @@ pub struct Verb {
     pub states: &'static [State],
     /// The keyword EHLO announces for it, if any.
     pub ehlo: Option<&'static str>,
+    /// Whether EHLO announces the keyword in this session; None: always.
+    pub(super) announce: Option<fn(&Session) -> bool>,
     /// What the arguments must look like, and what carries the command out.
     pub(super) handler: Handler,
 }
@@ -115,6 +117,7 @@ pub const VERBS: &[Verb] = &[
         reference: "RFC 5321 §4.1.1.1",
         states: ANY_STATE,
         ehlo: None,
+        announce: None,
         handler: Handler::Word(Session::helo_command),
     },
     Verb {
@@ -124,6 +127,7 @@ pub const VERBS: &[Verb] = &[
         reference: "RFC 5321 §4.1.1.1",
         states: ANY_STATE,
         ehlo: None,
+        announce: None,
         handler: Handler::Word(Session::ehlo_command),
     },
     Verb {
@@ -133,6 +137,7 @@ pub const VERBS: &[Verb] = &[
         reference: "RFC 5321 §4.1.1.2",
         states: &[State::Greeted],
         ehlo: None,
+        announce: None,
         handler: Handler::Mail(Session::mail_command),
     },
     Verb {
@@ -142,6 +147,7 @@ pub const VERBS: &[Verb] = &[
         reference: "RFC 5321 §4.1.1.3",
         states: IN_TRANSACTION,
         ehlo: None,
+        announce: None,
         handler: Handler::Rcpt(Session::rcpt_command),
     },
     Verb {
@@ -151,6 +157,7 @@ pub const VERBS: &[Verb] = &[
         reference: "RFC 5321 §4.1.1.4",
         states: &[State::Rcpt],
         ehlo: None,
+        announce: None,
         handler: Handler::NoArgument(Session::data_command),
     },
     Verb {
@@ -160,6 +167,7 @@ pub const VERBS: &[Verb] = &[
         reference: "RFC 3030 §2",
         states: &[State::Rcpt, State::Chunking],
         ehlo: Some("CHUNKING"),
+        announce: None,
         handler: Handler::Chunk(Session::bdat_command),
     },
     Verb {
@@ -169,6 +177,7 @@ pub const VERBS: &[Verb] = &[
         reference: "RFC 5321 §4.1.1.5",
         states: ANY_STATE,
         ehlo: None,
+        announce: None,
         handler: Handler::NoArgument(Session::rset_command),
     },
     Verb {
@@ -178,6 +187,7 @@ pub const VERBS: &[Verb] = &[
         reference: "RFC 5321 §4.1.1.9",
         states: ANY_STATE,
         ehlo: None,
+        announce: None,
         handler: Handler::AnyArgument(Session::noop_command),
     },
     Verb {
@@ -187,6 +197,7 @@ pub const VERBS: &[Verb] = &[
         reference: "RFC 5321 §4.1.1.10",
         states: ANY_STATE,
         ehlo: None,
+        announce: None,
         handler: Handler::NoArgument(Session::quit_command),
     },
     Verb {
@@ -196,6 +207,7 @@ pub const VERBS: &[Verb] = &[
         reference: "RFC 5321 §4.1.1.6",
         states: ANY_STATE,
         ehlo: None,
+        announce: None,
         handler: Handler::Text(Session::vrfy_command),
     },
     Verb {
@@ -205,6 +217,7 @@ pub const VERBS: &[Verb] = &[
         reference: "RFC 5321 §4.1.1.7",
         states: ANY_STATE,
         ehlo: None,
+        announce: None,
         handler: Handler::Text(Session::expn_command),
     },
     Verb {
@@ -214,6 +227,7 @@ pub const VERBS: &[Verb] = &[
         reference: "RFC 1985",
         states: OUTSIDE_TRANSACTION,
         ehlo: Some("ETRN"),
+        announce: None,
         handler: Handler::Word(Session::etrn_command),
     },
     Verb {
@@ -223,6 +237,7 @@ pub const VERBS: &[Verb] = &[
         reference: "RFC 5321 §4.1.1.8",
         states: ANY_STATE,
         ehlo: Some("HELP"),
+        announce: None,
         handler: Handler::OptionalText(Session::help_command),
     },
     Verb {
@@ -232,6 +247,7 @@ pub const VERBS: &[Verb] = &[
         reference: "Sendmail, no RFC",
         states: ANY_STATE,
         ehlo: None,
+        announce: None,
         handler: Handler::AnyArgument(Session::verb_command),
     },
     Verb {
@@ -241,6 +257,7 @@ pub const VERBS: &[Verb] = &[
         reference: "RFC 5321 Appendix F.1",
         states: ANY_STATE,
         ehlo: None,
+        announce: None,
         handler: Handler::NotOffered(
             "Error: TURN is refused: it would hand mail queued here to an unauthenticated client",
         ),
@@ -252,6 +269,7 @@ pub const VERBS: &[Verb] = &[
         reference: "RFC 2645",
         states: ANY_STATE,
         ehlo: None,
+        announce: None,
         handler: Handler::NotOffered(
             "Error: ATRN needs authentication (RFC 2645), which this server does not offer",
         ),
@@ -263,6 +281,7 @@ pub const VERBS: &[Verb] = &[
         reference: "RFC 5321 Appendix F.6",
         states: ANY_STATE,
         ehlo: None,
+        announce: None,
         handler: Handler::NotOffered(
             "Error: SEND (delivery to a user's terminal) is not offered; use MAIL",
         ),
@@ -274,6 +293,7 @@ pub const VERBS: &[Verb] = &[
         reference: "RFC 5321 Appendix F.6",
         states: ANY_STATE,
         ehlo: None,
+        announce: None,
         handler: Handler::NotOffered(
             "Error: SOML (delivery to a user's terminal) is not offered; use MAIL",
         ),
@@ -285,6 +305,7 @@ pub const VERBS: &[Verb] = &[
         reference: "RFC 5321 Appendix F.6",
         states: ANY_STATE,
         ehlo: None,
+        announce: None,
         handler: Handler::NotOffered(
             "Error: SAML (delivery to a user's terminal) is not offered; use MAIL",
         ),
@@ -294,18 +315,25 @@ pub const VERBS: &[Verb] = &[
         syntax: "STARTTLS",
         help: "Turns the connection into an encrypted one (TLS) before any mail is sent.",
         reference: "RFC 3207 §4",
-        states: ANY_STATE,
-        ehlo: None,
-        handler: Handler::NotOffered("Error: STARTTLS is not offered by this server"),
+        states: &[State::Greeted],
+        ehlo: Some("STARTTLS"),
+        announce: Some(|session| session.params.tls_offered && session.envelope.tls.is_none()),
+        handler: Handler::NoArgument(Session::starttls_command),
     },
     Verb {
         name: "AUTH",
         syntax: "AUTH <mechanism> [initial-response]",
         help: "Logs the client in with a user name and password (SASL).",
         reference: "RFC 4954 §4",
-        states: ANY_STATE,
-        ehlo: None,
-        handler: Handler::NotOffered("Error: AUTH is not offered by this server"),
+        states: &[State::Greeted],
+        ehlo: Some("AUTH PLAIN LOGIN"),
+        // Only inside TLS, and not once the client has logged in (RFC 4954 4).
+        announce: Some(|session| {
+            session.params.auth_offered
+                && session.envelope.tls.is_some()
+                && session.envelope.user.is_none()
+        }),
+        handler: Handler::Text(Session::auth_command),
     },
 ];
 
@@ -393,15 +421,23 @@ impl Verb {
     }
 }
 
-/// The lines of the EHLO reply after the host name: the extensions, then the verbs' keywords.
-pub(super) fn ehlo_keywords(params: &SessionParams) -> impl Iterator<Item = Cow<'static, str>> {
+/// The lines of the EHLO reply after the host name: the extensions, then the keywords of the verbs the
+/// session offers now.
+pub(super) fn ehlo_keywords(session: &Session) -> impl Iterator<Item = Cow<'static, str>> + '_ {
     let extensions = EXTENSIONS
         .iter()
         .map(|extension| match extension.parameter {
             None => Cow::Borrowed(extension.keyword),
-            Some(parameter) => Cow::Owned(format!("{} {}", extension.keyword, parameter(params))),
+            Some(parameter) => Cow::Owned(format!(
+                "{} {}",
+                extension.keyword,
+                parameter(&session.params)
+            )),
         });
-    extensions.chain(VERBS.iter().filter_map(|verb| verb.ehlo.map(Cow::Borrowed)))
+    let verbs = VERBS
+        .iter()
+        .filter(|verb| verb.announce.is_none_or(|announce| announce(session)));
+    extensions.chain(verbs.filter_map(|verb| verb.ehlo.map(Cow::Borrowed)))
 }
 
 /// The verbs the server carries out, as HELP lists them.

@@ -2,12 +2,12 @@
 //! the states its row names and refused in the others, and EHLO lists the table's keywords.
 
 use super::*;
-use crate::smtp::harness::{STATES, params, run};
+use crate::smtp::harness::{STATES, TestPolicy, params, run};
 
 /// `(state, line, what the last reply line starts with)`: one or more lines for every verb of the table.
 const EVERY_VERB: &[(&str, &str, &str)] = &[
     ("fresh", "HELO client.example", "250 mx.test"),
-    ("fresh", "ehlo [127.0.0.1]", "250 HELP"),
+    ("fresh", "ehlo [127.0.0.1]", "250 STARTTLS"),
     (
         "ehlo",
         "MAIL FROM:<alice@example.org> SIZE=100 BODY=8bitmime SMTPUTF8",
@@ -74,15 +74,11 @@ const EVERY_VERB: &[(&str, &str, &str)] = &[
         "saml FROM:<a@b.c>",
         "502 5.5.1 Error: SAML (delivery",
     ),
+    ("ehlo", "starttls", "220 2.0.0 Ready to start TLS"),
     (
-        "fresh",
-        "STARTTLS",
-        "502 5.5.1 Error: STARTTLS is not offered",
-    ),
-    (
-        "fresh",
+        "ehlo",
         "AUTH PLAIN",
-        "502 5.5.1 Error: AUTH is not offered",
+        "538 5.7.11 Error: authentication needs an encrypted connection",
     ),
 ];
 
@@ -163,14 +159,17 @@ fn help_for_every_verb_and_extension() {
     let output = overview.lines.join("\n");
     assert_eq!(
         offered_names(),
-        "HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY EXPN ETRN HELP VERB"
+        "HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY EXPN ETRN HELP VERB STARTTLS AUTH"
     );
     assert!(!output.contains("TURN"));
 }
 
 #[test]
 fn ehlo_lists_the_extensions_then_the_verbs_keywords() {
-    let keywords: Vec<String> = ehlo_keywords(&params()).map(String::from).collect();
+    let mut plain = params();
+    plain.tls_offered = false;
+    let session = Session::new(plain, Box::new(TestPolicy { trusted: false }));
+    let keywords: Vec<String> = ehlo_keywords(&session).map(String::from).collect();
     assert_eq!(
         keywords,
         [
@@ -184,10 +183,16 @@ fn ehlo_lists_the_extensions_then_the_verbs_keywords() {
             "HELP"
         ]
     );
+    // Without TLS to offer, the keywords of the verbs that need it stay out.
     let from_table: Vec<&str> = EXTENSIONS
         .iter()
         .map(|extension| extension.keyword)
-        .chain(VERBS.iter().filter_map(|verb| verb.ehlo))
+        .chain(
+            VERBS
+                .iter()
+                .filter(|verb| verb.announce.is_none())
+                .filter_map(|verb| verb.ehlo),
+        )
         .collect();
     let announced: Vec<&str> = keywords
         .iter()
