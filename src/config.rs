@@ -61,6 +61,10 @@ pub enum LogTarget {
 pub struct Config {
     /// Addresses to accept SMTP connections on (`listen`).
     pub listen: Vec<SocketAddr>,
+    /// Addresses of the submission port (RFC 6409, 587): STARTTLS, then AUTH before MAIL (`submission_listen`).
+    pub submission_listen: Vec<SocketAddr>,
+    /// Addresses of the submission port with implicit TLS (RFC 8314, 465) (`submissions_listen`).
+    pub submissions_listen: Vec<SocketAddr>,
     /// The name this host gives in greetings and Received headers (`hostname`).
     pub hostname: String,
     /// Domains whose mail is delivered here (`local_domains`).
@@ -157,6 +161,13 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// The file of `name:hash` lines of the users who may authenticate (`auth_users`).
     pub auth_users: Option<PathBuf>,
+    /// MAIL on the `listen` ports needs STARTTLS first (`tls_required`).
+    pub tls_required: bool,
+    /// The Received header names the authenticated user (`received_auth_user`).
+    pub received_auth_user: bool,
+    /// On the submission ports, the sender's local part must be the user's name at a local domain
+    /// (`submission_sender_check`).
+    pub submission_sender_check: bool,
     /// TLS to other domains' MX hosts (`remote_tls`).
     pub remote_tls: RemoteTls,
     /// TLS to the smarthost (`smarthost_tls`).
@@ -341,6 +352,28 @@ pub const KEYS: &[Key] = &[
             Ok(())
         },
         get: |c| strings(c.listen.iter()),
+    },
+    Key {
+        name: "submission_listen",
+        kind: "list of ip:port",
+        default: None,
+        doc: "addresses of the submission port (RFC 6409), e.g. `[\"0.0.0.0:587\"]`: STARTTLS, and AUTH before MAIL ([TLS and authentication](#tls-and-authentication))",
+        set: |c, v| {
+            c.submission_listen = socket_addresses(v)?;
+            Ok(())
+        },
+        get: |c| strings(c.submission_listen.iter()),
+    },
+    Key {
+        name: "submissions_listen",
+        kind: "list of ip:port",
+        default: None,
+        doc: "addresses of the submission port with TLS from the first byte (RFC 8314), e.g. `[\"0.0.0.0:465\"]`",
+        set: |c, v| {
+            c.submissions_listen = socket_addresses(v)?;
+            Ok(())
+        },
+        get: |c| strings(c.submissions_listen.iter()),
     },
     Key {
         name: "hostname",
@@ -705,6 +738,18 @@ pub const KEYS: &[Key] = &[
         auth_users,
         "a file of `name:hash` lines, crypt(3) hashes `$y$`, `$6$` or `$2b$`, of the users who may authenticate"
     ),
+    boolean_key!(
+        tls_required,
+        "MAIL on the `listen` ports needs STARTTLS first (`530 5.7.0`), for private relays"
+    ),
+    boolean_key!(
+        received_auth_user,
+        "the Received header names the user a client authenticated as"
+    ),
+    boolean_key!(
+        submission_sender_check,
+        "on the submission ports the sender must be the user's name at a local domain (`550 5.7.1`); `false` allows any sender"
+    ),
     Key {
         name: "remote_tls",
         kind: "choice",
@@ -774,6 +819,8 @@ impl Config {
             .unwrap_or_else(|| "localhost".to_string());
         Config {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
+            submission_listen: Vec::new(),
+            submissions_listen: Vec::new(),
             local_domains: default_local_domains(&hostname),
             hostname,
             spool_dir: PathBuf::from("./spool"),
@@ -823,6 +870,9 @@ impl Config {
             tls_certificate: None,
             tls_key: None,
             auth_users: None,
+            tls_required: false,
+            received_auth_user: false,
+            submission_sender_check: true,
             remote_tls: RemoteTls::Opportunistic,
             smarthost_tls: SmarthostTls::Starttls,
             tls_ca_file: None,
@@ -890,6 +940,12 @@ impl Config {
                 "{origin}: tls_certificate and tls_key go together: set both or neither"
             )));
         }
+        let needs_tls = !config.submissions_listen.is_empty() || config.tls_required;
+        if needs_tls && config.tls_certificate.is_none() {
+            return Err(ConfigError(format!(
+                "{origin}: submissions_listen and tls_required need tls_certificate and tls_key"
+            )));
+        }
         Ok(config)
     }
 
@@ -944,6 +1000,13 @@ fn path(v: &Value) -> Result<PathBuf, String> {
         "" => Err("expected a path, not an empty string".into()),
         s => Ok(PathBuf::from(s)),
     }
+}
+
+fn socket_addresses(v: &Value) -> Result<Vec<SocketAddr>, String> {
+    list(v, |s| {
+        s.parse()
+            .map_err(|_| format!("'{s}' is not an ip:port address"))
+    })
 }
 
 fn optional_path(v: &Value) -> Result<Option<PathBuf>, String> {

@@ -29,6 +29,7 @@ have dnsmasq || want dnsmasq-base
 have systemd-socket-activate || want systemd
 have make || want make
 have openssl || want openssl
+have testssl || want testssl.sh
 have inetd || want openbsd-inetd
 have dpkg-shlibdeps || want dpkg-dev
 have lintian || want lintian

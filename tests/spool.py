@@ -20,7 +20,7 @@ import zlib
 HEADER_LEN = 43
 HEADER = re.compile(rb"POSTEL1 ([0-9a-f]{8}) ([0-9a-f]{16}) ([0-9a-f]{8})\n")
 # Keys in the order doc/spool.md gives them; the ones every record has.
-KEY_ORDER = ["version", "id", "arrival", "client", "helo", "protocol", "sender", "body", "smtputf8", "size", "rcpt"]
+KEY_ORDER = ["version", "id", "arrival", "client", "helo", "protocol", "tls", "auth", "sender", "body", "smtputf8", "size", "rcpt"]
 REQUIRED = {"id", "arrival", "client", "helo", "protocol", "sender", "rcpt"}
 QUEUE_ID = re.compile(r"[0-9A-F]{20}")
 

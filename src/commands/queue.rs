@@ -227,6 +227,8 @@ mod tests {
             body: None,
             smtputf8: false,
             declared_size: None,
+            tls: None,
+            auth: None,
         });
         writer.write(b"Subject: queued\r\n\r\nwaiting\r\n");
         spool.commit(writer).unwrap().envelope.id

@@ -19,7 +19,7 @@ use crate::delivery::aliases::Aliases;
 use crate::delivery::attempt::Deliverer;
 use crate::delivery::control;
 use crate::privilege;
-use crate::server::connection::Client;
+use crate::server::connection::{Client, Port};
 use crate::server::inetd;
 use crate::smtp::{Protocol, parse_mailbox};
 use crate::spool::{self, QueueId, Queued, Spool};
@@ -152,6 +152,7 @@ pub fn run(
                 ip: None,
                 label: "local".into(),
                 trusted: true,
+                port: Port::Smtp,
             };
             let session_id = format!("l{}", std::process::id());
             Ok(inetd::run_on_stdio(config, &client, &session_id)?)
@@ -326,6 +327,8 @@ impl Submitter {
             body: None,
             smtputf8: false,
             declared_size: None,
+            tls: None,
+            auth: None,
         }
     }
 }

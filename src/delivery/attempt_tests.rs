@@ -57,6 +57,8 @@ fn queue(deliverer: &Deliverer, recipients: &[&str]) -> Queued {
         body: None,
         smtputf8: false,
         declared_size: None,
+        tls: None,
+        auth: None,
     });
     writer.write(b"Subject: hi\r\nMessage-ID: <hi@client.test>\r\n\r\nFrom the body.\r\n");
     deliverer.spool.commit(writer).unwrap()

@@ -88,6 +88,8 @@ pub fn queue(
         body: None,
         smtputf8: false,
         declared_size: None,
+        tls: None,
+        auth: None,
     });
     writer.write(&text);
     let queued = spool.commit(writer)?;

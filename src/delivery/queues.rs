@@ -116,6 +116,8 @@ mod tests {
                     body: None,
                     smtputf8: false,
                     declared_size: None,
+                    tls: None,
+                    auth: None,
                 },
                 len: 0,
                 file: "q".into(),

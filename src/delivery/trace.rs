@@ -29,8 +29,15 @@ pub fn received(envelope: &Envelope, hostname: &str, recipient: Option<&str>) ->
         _ => format!("from {helo} (local submission)"),
     };
     let target = recipient.map_or_else(String::new, |r| format!("\n\tfor <{r}>"));
+    let tls = envelope
+        .tls
+        .as_deref()
+        .map_or_else(String::new, |tls| format!("\n\t(using {})", sanitize(tls)));
+    let auth = envelope.auth.as_deref().map_or_else(String::new, |user| {
+        format!("\n\t(Authenticated sender: {})", sanitize(user))
+    });
     format!(
-        "Received: {from}\n\tby {hostname} (Postel) with {protocol} id {id}{target}; {date}\n",
+        "Received: {from}{tls}{auth}\n\tby {hostname} (Postel) with {protocol} id {id}{target}; {date}\n",
         protocol = envelope.protocol.as_str(),
         id = envelope.id,
         date = envelope.arrival.to_rfc2822(),
@@ -112,6 +119,8 @@ mod tests {
             client: Some("192.0.2.7".parse().unwrap()),
             helo: "client.test".to_string(),
             protocol: Protocol::Esmtp,
+            tls: None,
+            auth: None,
             sender: "alice@remote.test".to_string(),
             recipients: vec!["bob@localhost".to_string()],
             body: None,
@@ -133,11 +142,23 @@ mod tests {
             helo: String::new(),
             client: None,
             protocol: Protocol::Local,
-            ..envelope
+            ..envelope.clone()
         };
         assert!(
             trace_headers(&local, "mx.test", "bob@localhost")
                 .contains("Received: from unknown (local submission)\n")
+        );
+        let submitted = Envelope {
+            protocol: Protocol::Esmtpsa,
+            tls: Some("TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384".into()),
+            auth: Some("alice".into()),
+            ..envelope
+        };
+        assert_eq!(
+            received(&submitted, "mx.test", None),
+            "Received: from client.test (unknown [192.0.2.7])\n\t(using TLSv1.3 with cipher \
+             TLS13_AES_256_GCM_SHA384)\n\t(Authenticated sender: alice)\n\tby mx.test (Postel) with \
+             ESMTPSA id 19AB5D7C5E3F1001A3F2; Tue, 24 Nov 2026 10:00:00 +0000\n"
         );
     }
 

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use log::{info, warn};
 
+use rustls::ServerConfig;
+
 use crate::config::{Config, MAX_LINE_LIMIT};
 use crate::delivery::scheduler::SchedulerHandle;
 use crate::server::pace::{Limits, Pace};
@@ -18,16 +20,43 @@ use crate::server::reload::Reloaded;
 use crate::smtp::{Detail, Envelope, Reply, Session, SessionParams, Step};
 use crate::spool::{self, MessageWriter, Queued, Spool};
 use crate::step;
+use crate::tls::{self, TlsInfo};
 
-/// A byte stream a session can run over: a TCP connection, or stdin/stdout in inetd mode.
+/// A byte stream a session can run over: a TCP connection (plain or TLS), or stdin/stdout in inetd mode.
 pub trait Transport: Read + Write {
     /// Bounds how long one read may wait; a read that waits longer fails with WouldBlock or TimedOut.
     fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()>;
+
+    /// Whether [`Transport::start_tls`] can work on this stream.
+    fn can_start_tls(&self) -> bool {
+        false
+    }
+
+    /// Runs the server side of a TLS handshake, each read waiting at most `timeout`; Err says why it failed.
+    fn start_tls(
+        &mut self,
+        _config: Arc<ServerConfig>,
+        _timeout: Duration,
+    ) -> Result<TlsInfo, String> {
+        Err("this connection cannot carry TLS".into())
+    }
 }
 
-impl Transport for std::net::TcpStream {
+impl Transport for tls::Stream {
     fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()> {
-        std::net::TcpStream::set_read_timeout(self, Some(timeout))
+        self.tcp().set_read_timeout(Some(timeout))
+    }
+
+    fn can_start_tls(&self) -> bool {
+        self.tls().is_none()
+    }
+
+    fn start_tls(
+        &mut self,
+        config: Arc<ServerConfig>,
+        timeout: Duration,
+    ) -> Result<TlsInfo, String> {
+        self.accept_tls(config, timeout)
     }
 }
 
@@ -76,6 +105,19 @@ pub struct Client {
     pub label: String,
     /// May relay: in trusted_networks, or a local program.
     pub trusted: bool,
+    /// Which kind of port it came to.
+    pub port: Port,
+}
+
+/// The kinds of port a client may connect to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Port {
+    /// `listen`: mail from other servers and local programs.
+    Smtp,
+    /// `submission_listen` (RFC 6409): STARTTLS, AUTH before MAIL.
+    Submission,
+    /// `submissions_listen` (RFC 8314): the same, with TLS from the first byte.
+    Submissions,
 }
 
 /// How often a waiting session looks at the shutdown flag.
@@ -86,12 +128,20 @@ pub fn run(transport: &mut dyn Transport, client: &Client, session_id: &str, sha
     let started = Instant::now();
     let config = &shared.config;
     step!(session_id, Kind::Connect, "connect from {}", client.label);
+    let tls = shared.reloaded.tls.get();
+    let auth_users = shared.reloaded.auth_users.get();
+    let mut params = session_params(config, session_id);
+    params.tls_offered = tls.is_some() && transport.can_start_tls();
+    params.auth_offered = !auth_users.is_empty();
+    params.tls_required = config.tls_required && client.port == Port::Smtp;
+    params.submission = client.port != Port::Smtp;
     let mut session = Session::new(
-        session_params(config, session_id),
+        params,
         Box::new(ServerPolicy::new(
             session_id,
             Arc::clone(config),
             shared.reloaded.aliases.get(),
+            auth_users,
             client.trusted,
             client.ip,
             match &shared.handoff {
@@ -102,6 +152,22 @@ pub fn run(transport: &mut dyn Transport, client: &Client, session_id: &str, sha
             },
         )),
     );
+    if client.port == Port::Submissions {
+        let Some(tls) = tls.as_ref() else {
+            warn!("{session_id}: no TLS certificate for the implicit-TLS port; closing");
+            return;
+        };
+        match transport.start_tls(Arc::clone(&tls.config), config.command_timeout) {
+            Ok(info) => session.tls_started(info.to_string()),
+            Err(why) => {
+                info!(
+                    "{session_id}: TLS handshake with {} failed: {why}",
+                    client.label
+                );
+                return;
+            }
+        }
+    }
     let mut driver = Driver {
         transport,
         client,
@@ -149,6 +215,10 @@ fn session_params(config: &Config, session_id: &str) -> SessionParams {
         max_errors: config.max_errors,
         max_line_length: config.max_line_length,
         bare_lf: config.bare_lf,
+        tls_offered: false,
+        auth_offered: false,
+        tls_required: false,
+        submission: false,
     }
 }
 
@@ -195,6 +265,14 @@ impl Driver<'_> {
                         self.content_ended();
                     }
                     Step::Close => return self.flush(session),
+                    Step::StartTls => self.start_tls(session)?,
+                    Step::AuthFailed { user, delay } => {
+                        warn!(
+                            "{}: authentication failed: user={user}, client={}",
+                            self.session_id, self.client.label
+                        );
+                        std::thread::sleep(delay);
+                    }
                 }
             }
             self.flush(session)?;
@@ -208,6 +286,42 @@ impl Driver<'_> {
         }
     }
 
+    /// After the 220 to STARTTLS: the handshake, with whatever the client sent after STARTTLS thrown away.
+    fn start_tls(&mut self, session: &mut Session) -> io::Result<()> {
+        self.flush(session)?;
+        if self.start != self.end {
+            step!(
+                self.session_id,
+                "{} octets the client sent after STARTTLS, before the handshake, are thrown away unread",
+                self.end - self.start
+            );
+        }
+        (self.start, self.end) = (0, 0);
+        let Some(tls) = self
+            .shared
+            .reloaded
+            .tls
+            .get()
+            .as_ref()
+            .as_ref()
+            .map(|t| Arc::clone(&t.config))
+        else {
+            return Err(io::Error::other("the TLS certificate is gone"));
+        };
+        let timeout = self.shared.config.command_timeout;
+        match self.transport.start_tls(tls, timeout) {
+            Ok(info) => {
+                step!(
+                    self.session_id,
+                    "TLS is up: {info}; the session starts over"
+                );
+                session.tls_started(info.to_string());
+                self.transport.set_read_timeout(SHUTDOWN_CHECK)
+            }
+            Err(why) => Err(io::Error::other(format!("TLS handshake failed: {why}"))),
+        }
+    }
+
     /// Back to commands: a line may already have begun in the input read with the end of the message.
     fn content_ended(&mut self) {
         let pending = &self.input[self.start..self.end];
@@ -216,10 +330,11 @@ impl Driver<'_> {
     }
 
     fn begin_message(&self, envelope: &Envelope) -> MessageWriter {
-        let writer = self
-            .shared
-            .spool
-            .new_message(spool_envelope(envelope, self.client));
+        let writer = self.shared.spool.new_message(spool_envelope(
+            envelope,
+            self.client,
+            self.shared.config.received_auth_user,
+        ));
         let id = writer.id().as_str();
         step!(
             self.session_id,
@@ -337,13 +452,15 @@ impl Driver<'_> {
 }
 
 /// The spool's record of a transaction, from the protocol's envelope and what the server knows of the client.
-fn spool_envelope(envelope: &Envelope, client: &Client) -> spool::Envelope {
+fn spool_envelope(envelope: &Envelope, client: &Client, show_user: bool) -> spool::Envelope {
     spool::Envelope {
         id: spool::QueueId::default(),
         arrival: Utc::now(),
         client: client.ip,
         helo: envelope.helo.clone(),
-        protocol: envelope.protocol,
+        protocol: envelope.with_keyword(),
+        tls: envelope.tls.clone(),
+        auth: envelope.user.clone().filter(|_| show_user),
         sender: envelope.sender.to_string(),
         recipients: envelope.recipients.iter().map(|r| r.to_string()).collect(),
         body: envelope.params.body,

@@ -19,7 +19,7 @@ use crate::delivery::runner;
 use crate::privilege;
 use crate::reloadable::Reloadable;
 use crate::server::ServeError;
-use crate::server::connection::{self, Client, Handoff, Shared, Transport};
+use crate::server::connection::{self, Client, Handoff, Port, Shared, Transport};
 use crate::spool::{Spool, SpoolError};
 
 /// stdin and stdout as one byte stream; reads wait at most the timeout.
@@ -64,6 +64,7 @@ pub fn run(config: Config) -> Result<(), ServeError> {
         ip,
         label: ip.map_or_else(|| "unknown".to_string(), |ip| ip.to_string()),
         trusted: ip.is_some_and(|ip| config.is_trusted(ip)),
+        port: Port::Smtp,
     };
     let session_id = format!("i{}", std::process::id());
     run_on_stdio(config, &client, &session_id)

@@ -16,7 +16,7 @@ use nix::sys::signalfd::SignalFd;
 
 use crate::config::Config;
 use crate::net::canonical;
-use crate::server::connection::refuse;
+use crate::server::connection::{Port, refuse};
 use crate::server::pool::{ClientCounts, Incoming, Occupancy};
 use crate::smtp::Detail;
 
@@ -26,7 +26,7 @@ const SIGNALS: Token = Token(usize::MAX);
 /// SIGUSR1 (a request from `postel queue` or `postel sendmail`) calls `doorbell`; SIGHUP calls `reload`.
 pub fn run(
     config: &Config,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<(TcpListener, Port)>,
     signals: &SignalFd,
     pool: &Sender<Incoming>,
     doorbell: &dyn Fn(),
@@ -34,7 +34,7 @@ pub fn run(
 ) -> io::Result<()> {
     let mut poll = Poll::new()?;
     let mut listeners = listeners;
-    for (n, listener) in listeners.iter_mut().enumerate() {
+    for (n, (listener, _)) in listeners.iter_mut().enumerate() {
         poll.registry()
             .register(listener, Token(n), Interest::READABLE)?;
     }
@@ -75,8 +75,8 @@ pub fn run(
                 }
                 continue;
             }
-            if let Some(listener) = listeners.get(event.token().0) {
-                accept_all(config, listener, &counts, &occupancy, pool);
+            if let Some((listener, port)) = listeners.get(event.token().0) {
+                accept_all(config, listener, *port, &counts, &occupancy, pool);
             }
         }
     }
@@ -86,6 +86,7 @@ pub fn run(
 fn accept_all(
     config: &Config,
     listener: &TcpListener,
+    port: Port,
     counts: &Arc<ClientCounts>,
     occupancy: &Arc<Occupancy>,
     pool: &Sender<Incoming>,
@@ -132,6 +133,7 @@ fn accept_all(
         let incoming = Incoming {
             stream: stream.into(),
             peer,
+            port,
             slot,
             occupant,
         };

@@ -27,7 +27,7 @@ use crate::privilege::{self, Account, PrivilegeError};
 use crate::reloadable::Reloadable;
 use crate::spool::{Queued, Scan, Spool, SpoolError, SpoolLock};
 use crate::tls::TlsError;
-use connection::{Handoff, Shared};
+use connection::{Handoff, Port, Shared};
 use reload::Reloaded;
 
 /// Why the server could not start.
@@ -183,18 +183,42 @@ fn start_delivery(
 }
 
 /// A listening socket for each configured address.
-fn bind(config: &Config) -> Result<Vec<mio::net::TcpListener>, ServeError> {
-    config
-        .listen
-        .iter()
-        .map(|addr| {
-            mio::net::TcpListener::bind(*addr).map_err(|e| ServeError::Listen(addr.to_string(), e))
+/// Every listening socket with the kind of port it is.
+fn bind(config: &Config) -> Result<Vec<(mio::net::TcpListener, Port)>, ServeError> {
+    let ports = [
+        (&config.listen, Port::Smtp),
+        (&config.submission_listen, Port::Submission),
+        (&config.submissions_listen, Port::Submissions),
+    ];
+    ports
+        .into_iter()
+        .flat_map(|(addresses, port)| addresses.iter().map(move |addr| (addr, port)))
+        .map(|(addr, port)| {
+            mio::net::TcpListener::bind(*addr)
+                .map(|listener| (listener, port))
+                .map_err(|e| ServeError::Listen(addr.to_string(), e))
         })
         .collect()
 }
 
 fn log_ready(config: &Config, queued: usize) {
-    let listening: Vec<String> = config.listen.iter().map(|a| a.to_string()).collect();
+    let listening: Vec<String> = config
+        .listen
+        .iter()
+        .map(|a| a.to_string())
+        .chain(
+            config
+                .submission_listen
+                .iter()
+                .map(|a| format!("{a} (submission)")),
+        )
+        .chain(
+            config
+                .submissions_listen
+                .iter()
+                .map(|a| format!("{a} (submissions)")),
+        )
+        .collect();
     info!(
         "postel ready: listening on {}, hostname {}, spool {}, {queued} messages queued",
         listening.join(" "),

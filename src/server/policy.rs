@@ -7,13 +7,14 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::auth::AuthUsers;
 use crate::config::{Config, LocalUsers};
 use crate::delivery::aliases::{Aliases, Target};
 use crate::delivery::local;
 use crate::delivery::scheduler::SchedulerHandle;
 use crate::smtp::{
     Detail, ETRN_NOT_PERMITTED, ETRN_TOO_OFTEN, Echo, ForwardPath, HostNameRules, Policy,
-    RcptVerdict, Reply, check_host_name,
+    RcptVerdict, Reply, ReversePath, check_host_name,
 };
 use crate::step;
 
@@ -23,6 +24,7 @@ pub struct ServerPolicy {
     session: String,
     config: Arc<Config>,
     aliases: Arc<Aliases>,
+    auth_users: Arc<AuthUsers>,
     /// The client is in trusted_networks, or a local program: it may relay and use ETRN.
     trusted: bool,
     /// The client's address (None for a local program), for the ETRN limit.
@@ -83,6 +85,7 @@ impl ServerPolicy {
         session: &str,
         config: Arc<Config>,
         aliases: Arc<Aliases>,
+        auth_users: Arc<AuthUsers>,
         trusted: bool,
         ip: Option<IpAddr>,
         etrn: Option<(SchedulerHandle, Arc<EtrnLimit>)>,
@@ -91,6 +94,7 @@ impl ServerPolicy {
             session: session.to_string(),
             config,
             aliases,
+            auth_users,
             trusted,
             ip,
             etrn,
@@ -189,6 +193,25 @@ impl ServerPolicy {
 }
 
 impl Policy for ServerPolicy {
+    fn authenticate(&self, user: &str, password: &[u8]) -> bool {
+        self.auth_users.check(user, password)
+    }
+
+    /// With `submission_sender_check`, the sender's local part must be the user's name (any case) at a local
+    /// domain.
+    fn may_send_as(&self, user: &str, sender: &ReversePath) -> bool {
+        if !self.config.submission_sender_check {
+            return true;
+        }
+        match sender {
+            ReversePath::Mailbox(mailbox) => {
+                mailbox.local.eq_ignore_ascii_case(user)
+                    && local::is_local(&self.config, &mailbox.domain)
+            }
+            ReversePath::Null => false,
+        }
+    }
+
     fn recipient(&self, to: &ForwardPath) -> RcptVerdict {
         let scope = self.session.as_str();
         let mailbox = match to {
@@ -342,6 +365,7 @@ mod tests {
             "s1",
             Arc::new(Config::builtin()),
             Arc::new(aliases),
+            Arc::new(AuthUsers::empty()),
             trusted,
             None,
             None,
@@ -417,6 +441,7 @@ mod tests {
             "s1",
             Arc::new(closed),
             policy.aliases.clone(),
+            Arc::new(AuthUsers::empty()),
             false,
             None,
             None,

@@ -11,13 +11,16 @@ use std::thread;
 use crossbeam_channel::{Receiver, Sender};
 use log::{error, warn};
 
-use crate::server::connection::{self, Client, Shared};
+use crate::server::connection::{self, Client, Port, Shared};
 use crate::smtp::Detail;
+use crate::tls::Stream;
 
 /// An accepted connection on its way to a worker.
 pub struct Incoming {
     pub stream: TcpStream,
     pub peer: SocketAddr,
+    /// The kind of port it came to.
+    pub port: Port,
     /// Holds the client's place in the per-client count until the connection ends.
     pub slot: Option<ClientSlot>,
     /// Holds the connection's place in the pool until it ends.
@@ -132,6 +135,7 @@ fn serve(connection: Incoming, session_id: &str, shared: &Shared) {
     let Incoming {
         mut stream,
         peer,
+        port,
         slot,
         occupant,
     } = connection;
@@ -155,7 +159,10 @@ fn serve(connection: Incoming, session_id: &str, shared: &Shared) {
         ip: Some(crate::net::canonical(peer.ip())),
         label: peer.to_string(),
         trusted: shared.config.is_trusted(peer.ip()),
+        port,
     };
+    let mut stream = Stream::Plain(stream);
     connection::run(&mut stream, &client, session_id, shared);
+    stream.close();
     drop((slot, occupant));
 }

@@ -22,7 +22,12 @@ pub struct Envelope {
     pub client: Option<IpAddr>,
     /// The name the client gave in HELO or EHLO.
     pub helo: String,
+    /// SMTP, ESMTP, ESMTPS, ESMTPA or ESMTPSA (RFC 3848: with TLS, AUTH), or local.
     pub protocol: Protocol,
+    /// What TLS agreed on ("TLSv1.3 with cipher ..."), for an encrypted session.
+    pub tls: Option<String>,
+    /// The user the client authenticated as, kept only with `received_auth_user = true`.
+    pub auth: Option<String>,
     /// The bare reverse-path address; empty for the null sender.
     pub sender: String,
     /// The bare forward-path addresses ("bob@localhost", "postmaster"), in the client's order.
@@ -43,6 +48,8 @@ impl Envelope {
         [&mut self.helo, &mut self.sender]
             .into_iter()
             .chain(&mut self.recipients)
+            .chain(&mut self.tls)
+            .chain(&mut self.auth)
             .for_each(replace_controls);
         self
     }
@@ -69,6 +76,12 @@ impl Envelope {
         }
         line("helo", &self.helo);
         line("protocol", self.protocol.as_str());
+        if let Some(tls) = &self.tls {
+            line("tls", tls);
+        }
+        if let Some(user) = &self.auth {
+            line("auth", user);
+        }
         line("sender", &format!("<{}>", self.sender));
         if let Some(body) = self.body {
             line("body", body.as_str());
@@ -118,6 +131,8 @@ impl Envelope {
                 let name = fields.required("protocol")?;
                 Protocol::from_name(name).ok_or_else(|| format!("bad protocol {name:?}"))?
             },
+            tls: fields.optional("tls").map(str::to_string),
+            auth: fields.optional("auth").map(str::to_string),
             sender: angle_addr(fields.required("sender")?)?,
             body: match fields.optional("body") {
                 None => None,
@@ -215,6 +230,8 @@ mod tests {
             body: Some(BodyType::EightBitMime),
             smtputf8: true,
             declared_size: Some(1234),
+            tls: None,
+            auth: None,
         }
     }
 
@@ -258,6 +275,8 @@ mod tests {
             body: None,
             smtputf8: false,
             declared_size: None,
+            tls: None,
+            auth: None,
             ..example()
         };
         let text = envelope.encode();

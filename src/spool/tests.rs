@@ -25,6 +25,8 @@ pub(super) fn envelope(recipients: &[&str]) -> Envelope {
         body: Some(crate::smtp::BodyType::EightBitMime),
         smtputf8: false,
         declared_size: None,
+        tls: None,
+        auth: None,
     }
 }
 

@@ -82,6 +82,8 @@ impl ServerTls {
                 e => TlsError(format!("{}: unusable key: {e}", key.display())),
             })?;
         config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
+        // The server's order of cipher suites (strongest first) wins over the client's.
+        config.ignore_client_order = true;
         config.ticketer = rustls::crypto::ring::Ticketer::new()
             .map_err(|e| TlsError(format!("cannot set up TLS session tickets: {e}")))?;
         Ok(ServerTls {
