@@ -8,7 +8,8 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 /// One event. `scope` names what it belongs to: a session ("s42") or a queued message (its queue id).
 pub struct Event<'a> {
@@ -93,6 +94,92 @@ impl Drop for Registration {
     }
 }
 
+/// The steps of one session and of the messages it sends, kept as lines for its client to read: what VERB
+/// shows. Commands and replies are left out (the client has them), and so are disclosures unless `disclose`.
+pub struct Capture {
+    disclose: bool,
+    captured: Mutex<Captured>,
+    attempted: Condvar,
+}
+
+#[derive(Default)]
+struct Captured {
+    /// The session's id, then the queue ids of its messages.
+    scopes: Vec<String>,
+    lines: Vec<String>,
+    /// The recipients whose first delivery attempt has ended.
+    attempted: Vec<String>,
+}
+
+impl Capture {
+    /// A capture of `session`'s steps, registered until the registration is dropped.
+    pub fn start(session: &str, disclose: bool) -> (Arc<Capture>, Registration) {
+        let capture = Arc::new(Capture {
+            disclose,
+            captured: Mutex::new(Captured {
+                scopes: vec![session.to_string()],
+                ..Captured::default()
+            }),
+            attempted: Condvar::new(),
+        });
+        let registration = listen(capture.clone());
+        (capture, registration)
+    }
+
+    /// The lines captured since the last call.
+    pub fn take_lines(&self) -> Vec<String> {
+        std::mem::take(&mut self.lock().lines)
+    }
+
+    /// Waits until the first delivery attempt of each of `recipients` has ended, or `timeout` is over.
+    pub fn wait_attempts(&self, recipients: &[String], timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut captured = self.lock();
+        while !recipients.iter().all(|r| captured.attempted.contains(r)) {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return;
+            };
+            captured = self
+                .attempted
+                .wait_timeout(captured, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Captured> {
+        self.captured.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Listener for Capture {
+    fn event(&self, event: &Event) {
+        let mut captured = self.lock();
+        if !captured.scopes.iter().any(|s| s == event.scope) {
+            return;
+        }
+        match event.kind {
+            Kind::Step => captured.lines.push(event.text.to_string()),
+            Kind::Disclosure if self.disclose => captured.lines.push(event.text.to_string()),
+            Kind::Message { id } => {
+                captured.scopes.truncate(1);
+                captured.scopes.push(id.to_string());
+                captured.lines.push(event.text.to_string());
+            }
+            Kind::Attempted { recipient } => {
+                captured.lines.push(format!("{recipient}: {}", event.text));
+                captured.attempted.push(recipient.to_string());
+                self.attempted.notify_all();
+            }
+            Kind::Disclosure
+            | Kind::Connect
+            | Kind::Command(_)
+            | Kind::Reply(_)
+            | Kind::Disconnect => {}
+        }
+    }
+}
+
 /// An event as the debug log writes it: `s42: C: MAIL FROM:<a@b>`, `s42: S: 250 2.1.0 Ok`, `6618..: step`.
 struct Logged<'a, 'b>(&'a Event<'b>);
 
@@ -147,6 +234,35 @@ mod tests {
                 self.0.lock().unwrap().push(Logged(event).to_string());
             }
         }
+    }
+
+    #[test]
+    fn a_capture_keeps_its_session_and_message_steps_and_hides_disclosures() {
+        let (capture, _registration) = Capture::start("t-capture", false);
+        step!("t-capture", "local user");
+        step!("t-capture", Kind::Disclosure, "alias expands to bob");
+        step!("t-other", "someone else's");
+        step!("t-capture", Kind::Message { id: "Q1" }, "queue id Q1");
+        step!("Q1", "spooled");
+        assert_eq!(
+            capture.take_lines(),
+            ["local user", "queue id Q1", "spooled"]
+        );
+        let waiting = {
+            let capture = capture.clone();
+            std::thread::spawn(move || {
+                capture.wait_attempts(&["alice@x".to_string()], Duration::from_secs(10))
+            })
+        };
+        step!(
+            "Q1",
+            Kind::Attempted {
+                recipient: "alice@x"
+            },
+            "delivered"
+        );
+        waiting.join().unwrap();
+        assert_eq!(capture.take_lines(), ["alice@x: delivered"]);
     }
 
     #[test]

@@ -112,3 +112,144 @@ def test_explain_teaches_the_mistakes_students_make(make_postel):
     tags = {re.match(r"\[(s\d+)", line)[1] for line in lines if "C: EHLO" in line}
     assert len(tags) == 2, "each session has its own tag"
     assert "\x1b[" not in output
+
+
+def verb_server(make_postel, **keys):
+    from mboxutil import DELIVER
+    return make_postel(**{**DELIVER, **keys})
+
+
+def test_verb_with_smtplib_names_the_spool_and_the_delivery_in_the_reply(make_postel):
+    server = verb_server(make_postel)
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=20) as client:
+        client.ehlo("client.test")
+        code, text = client.docmd("VERB")
+        assert code == 250 and b"narration on" in text
+        code, text = client.docmd("MAIL FROM:<carol@example.org>")
+        assert code == 250
+        code, text = client.docmd("RCPT TO:<alice@localhost>")
+        assert code == 250
+        assert b"alice is a local user" in text, text
+        code, text = client.docmd("RSET")
+        assert code == 250, "RSET leaves narration on"
+        assert client.mail("carol@example.org")[0] == 250
+        assert client.rcpt("alice@localhost")[0] == 250
+        code, text = client.data(b"Subject: narrated\r\n\r\nHi.\r\n")
+        # smtplib joins the lines of a multi-line reply with newlines.
+        assert code == 250 and b"alice@localhost: delivered" in text, text
+        assert text.splitlines()[-1].startswith(b"2.0.0 Ok: queued as"), text
+        code, text = client.docmd("NOOP")
+        assert code == 250
+        code, text = client.docmd("VERB OFF")
+        assert (code, text) == (250, b"2.0.0 Ok: narration off")
+        code, text = client.docmd("NOOP")
+        assert text == b"2.0.0 Ok"
+
+
+def test_verb_reply_after_the_data_reports_the_first_delivery(make_postel):
+    from helpers import SmtpConn
+    server = verb_server(make_postel)
+    conn = SmtpConn.connect(server.port)
+    conn.greet()
+    conn.expect("VERB", 250)
+    conn.expect("MAIL FROM:<carol@example.org>", 250)
+    rcpt = conn.expect("RCPT TO:<alice@localhost>", 250)
+    assert all(line.startswith("250-2.1.5 ") for line in rcpt.raw[:-1]) and rcpt.raw[-1].startswith("250 2.1.5 ")
+    conn.expect("DATA", 354)
+    conn.send(b"Subject: narrated\r\n\r\nHi.\r\n.\r\n")
+    reply = conn.reply(timeout=15)
+    assert reply.code == 250 and reply.queue_id, reply
+    assert all(line[:4] == "250-" for line in reply.raw[:-1]), reply
+    text = reply.text
+    assert re.search(r"spooled in segment [0-9A-F]{20} with \d+ other messages", text), text
+    assert re.search(r"bytes appended to .*mailboxes/alice under a dot-lock and an fcntl lock, fsync", text), text
+    assert "alice@localhost: delivered" in text, text
+    assert reply.lines[-1].startswith("2.0.0 Ok: queued as"), reply
+
+
+def test_verb_is_for_trusted_clients_and_keeps_aliases_hidden_without_expn(make_postel, tmp_path):
+    aliases = tmp_path / "aliases"
+    aliases.write_text("staff: alice, bob\n")
+    server = verb_server(make_postel, aliases=str(aliases), expn=False)
+    conn = server.session()
+    conn.expect("VERB", 250)
+    conn.expect("MAIL FROM:<carol@example.org>", 250)
+    rcpt = conn.expect("RCPT TO:<staff@localhost>", 250)
+    assert "staff is an alias" in rcpt.text and "bob" not in rcpt.text, rcpt
+    conn.expect("DATA", 354)
+    conn.send(b"Subject: to staff\r\n\r\nHi.\r\n.\r\n")
+    reply = conn.reply(timeout=15)
+    assert reply.code == 250 and "staff@localhost: delivered" in reply.text, reply
+    assert "alice" not in reply.text and "bob" not in reply.text, reply
+
+    untrusted = verb_server(make_postel, trusted_networks=[])
+    conn = untrusted.session()
+    reply = conn.expect("VERB", 250)
+    assert "for local, trusted and authenticated clients only" in reply.text
+    conn.expect("MAIL FROM:<carol@example.org>", 250)
+    assert len(conn.expect("RCPT TO:<alice@localhost>", 250).raw) == 1
+
+
+def test_verb_replies_parse_for_swaks(make_postel):
+    """swaks has no VERB option: a proxy in front of the server adds VERB after the client's EHLO and swallows
+    its reply, so swaks reads narrated replies to everything after it."""
+    import threading
+    server = verb_server(make_postel)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    seen = []
+
+    def proxy():
+        client, _ = listener.accept()
+        upstream = socket.create_connection(("127.0.0.1", server.port), timeout=20)
+        client.settimeout(20)
+        up = upstream.makefile("rb")
+        client.sendall(up.readline())
+        injected = False
+        buffered = b""
+        while True:
+            data = client.recv(65536)
+            if not data:
+                break
+            upstream.sendall(data)
+            buffered += data
+            while b"\r\n" in buffered:
+                line, buffered = buffered.split(b"\r\n", 1)
+                while True:
+                    reply = up.readline()
+                    seen.append(reply)
+                    client.sendall(reply)
+                    if reply[3:4] != b"-":
+                        break
+                if line.upper().startswith(b"EHLO") and not injected:
+                    injected = True
+                    upstream.sendall(b"VERB\r\n")
+                    assert up.readline().startswith(b"250 ")
+                if line.upper() == b"DATA":
+                    break
+            if seen and seen[-1].startswith(b"354"):
+                body = b""
+                while not body.endswith(b"\r\n.\r\n"):
+                    body += client.recv(65536)
+                upstream.sendall(body)
+                while True:
+                    reply = up.readline()
+                    seen.append(reply)
+                    client.sendall(reply)
+                    if reply[3:4] != b"-":
+                        break
+        client.close()
+        upstream.close()
+
+    thread = threading.Thread(target=proxy, daemon=True)
+    thread.start()
+    run = subprocess.run(["swaks", "--server", f"127.0.0.1:{port}", "--helo", "swaks.test", "--from",
+                          "carol@example.org", "--to", "alice@localhost", "--timeout", "20"],
+                         capture_output=True, timeout=60)
+    thread.join(30)
+    listener.close()
+    out = run.stdout.decode(errors="replace")
+    assert run.returncode == 0, out[-2000:]
+    assert "<-  250-2.1.5 localhost is a local domain and alice is a local user" in out, out
+    assert re.search(r"<-  250-2\.0\.0 alice@localhost: delivered", out), out
+    assert re.search(r"<-  250 2\.0\.0 Ok: queued as", out), out

@@ -371,8 +371,10 @@ impl Deliverer {
             len,
         };
         mbox::append(path, owner, &settings, copy, &mut announce)?;
+        // The mailbox's name may be an alias's target.
         step!(
             envelope.id.as_str(),
+            Kind::Disclosure,
             "{key}: Received header added; {len} bytes appended to {} under a dot-lock and an {} lock, fsync, locks released",
             path.display(),
             if settings.flock { "flock" } else { "fcntl" }

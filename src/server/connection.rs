@@ -13,11 +13,12 @@ use log::{info, warn};
 use rustls::ServerConfig;
 
 use crate::config::{Config, MAX_LINE_LIMIT};
+use crate::delivery::local;
 use crate::delivery::scheduler::SchedulerHandle;
 use crate::server::pace::{Limits, Pace};
 use crate::server::policy::{EtrnLimit, ServerPolicy};
 use crate::server::reload::Reloaded;
-use crate::smtp::{Detail, Envelope, Reply, Session, SessionParams, Step};
+use crate::smtp::{Detail, Envelope, ForwardPath, Reply, Session, SessionParams, Step};
 use crate::spool::{self, MessageWriter, Queued, Spool};
 use crate::step;
 use crate::tls::{self, TlsInfo};
@@ -119,6 +120,9 @@ pub enum Port {
     /// `submissions_listen` (RFC 8314): the same, with TLS from the first byte.
     Submissions,
 }
+
+/// How long the reply to a narrated message (VERB) waits for the first delivery attempts.
+const FIRST_ATTEMPT_WAIT: Duration = Duration::from_secs(3);
 
 /// How often a waiting session looks at the shutdown flag.
 const SHUTDOWN_CHECK: Duration = Duration::from_secs(1);
@@ -361,8 +365,19 @@ impl Driver<'_> {
                     self.client.label,
                     self.session_id,
                 );
-                session.message_queued(Ok(envelope.id.as_str()));
+                let id = envelope.id.clone();
+                let narration = session.narration().cloned();
+                let local = narration
+                    .as_ref()
+                    .map(|_| self.local_recipients(session.envelope()));
                 self.shared.handoff.take(queued);
+                // VERB: the reply tells how the first delivery to each local recipient went.
+                if let (Some(capture), Some(local), Handoff::Scheduler(_)) =
+                    (narration, local, &self.shared.handoff)
+                {
+                    capture.wait_attempts(&local, FIRST_ATTEMPT_WAIT);
+                }
+                session.message_queued(Ok(id.as_str()));
             }
             Err(e) => {
                 warn!("{}: message not queued: {e}", self.session_id);
@@ -371,6 +386,21 @@ impl Driver<'_> {
                 ));
             }
         }
+    }
+
+    /// The recipients delivered here, as the spool names them.
+    fn local_recipients(&self, envelope: &Envelope) -> Vec<String> {
+        envelope
+            .recipients
+            .iter()
+            .filter(|to| match to {
+                ForwardPath::Postmaster => true,
+                ForwardPath::Mailbox(mailbox) => {
+                    local::is_local(&self.shared.config, &mailbox.domain)
+                }
+            })
+            .map(|to| to.to_string())
+            .collect()
     }
 
     fn flush(&mut self, session: &mut Session) -> io::Result<()> {

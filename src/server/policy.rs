@@ -212,6 +212,11 @@ impl Policy for ServerPolicy {
         }
     }
 
+    /// Narration is for clients that may relay; it discloses aliases only where EXPN would.
+    fn narration(&self, authenticated: bool) -> Option<bool> {
+        (self.trusted || authenticated).then_some(self.config.expn)
+    }
+
     fn recipient(&self, to: &ForwardPath) -> RcptVerdict {
         let scope = self.session.as_str();
         let mailbox = match to {

@@ -60,6 +60,11 @@ impl Policy for TestPolicy {
             format!("not now for {domain}"),
         )
     }
+
+    /// A trusted client may have its session narrated, aliases included.
+    fn narration(&self, authenticated: bool) -> Option<bool> {
+        (self.trusted || authenticated).then_some(true)
+    }
 }
 
 pub fn params() -> SessionParams {

@@ -70,6 +70,19 @@ impl Reply {
         }
     }
 
+    /// The reply with `lines` before its own, under the same code and status (VERB's narration).
+    pub fn after_lines(self, lines: Vec<String>) -> Reply {
+        let mut text: Vec<Cow<'static, str>> = lines.into_iter().map(Cow::Owned).collect();
+        match self.text {
+            Text::Line(line) => text.push(line),
+            Text::Lines(own) => text.extend(own),
+        }
+        Reply {
+            text: Text::Lines(text),
+            ..self
+        }
+    }
+
     /// The reply code, e.g. 250.
     pub fn code(&self) -> u16 {
         self.code

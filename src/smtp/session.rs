@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::mem;
+use std::sync::Arc;
 use std::time::Duration;
 
 use log::trace;
@@ -14,7 +15,7 @@ use super::data::{BareLf, DataReceiver, DataStep};
 use super::reply::{self, Echo, Reply};
 use super::sasl::{self, Credentials, SaslError, SaslStep};
 use super::status::Detail;
-use crate::events::{self, Event, Kind};
+use crate::events::{self, Capture, Event, Kind, Registration};
 use crate::step;
 use verbs::Handler;
 pub use verbs::{EXTENSIONS, Extension, State, VERBS, Verb, find as find_verb};
@@ -55,6 +56,9 @@ pub trait Policy: Send {
     fn authenticate(&self, user: &str, password: &[u8]) -> bool;
     /// Whether the authenticated `user` may give `sender` as the envelope sender on a submission port.
     fn may_send_as(&self, user: &str, sender: &ReversePath) -> bool;
+    /// Whether this client (`authenticated` or not) may have the server's steps narrated (VERB): None if not;
+    /// else whether the narration may disclose who is behind an alias.
+    fn narration(&self, authenticated: bool) -> Option<bool>;
 }
 
 /// The policy's answer to RCPT.
@@ -191,6 +195,8 @@ pub struct Session {
     /// An AUTH exchange waiting for the client's next response line.
     sasl: Option<sasl::Exchange>,
     auth_failures: u32,
+    /// VERB: the session's steps, captured to go into its replies.
+    narration: Option<(Arc<Capture>, Registration)>,
 }
 
 /// The longest wait before answering a failed authentication.
@@ -211,6 +217,7 @@ impl Session {
             output: Vec::with_capacity(512),
             sasl: None,
             auth_failures: 0,
+            narration: None,
         }
     }
 
@@ -248,6 +255,11 @@ impl Session {
 
     pub fn messages_accepted(&self) -> u32 {
         self.messages
+    }
+
+    /// The capture of the session's steps while VERB is on.
+    pub fn narration(&self) -> Option<&Arc<Capture>> {
+        self.narration.as_ref().map(|(capture, _)| capture)
     }
 
     /// The transaction's envelope; complete from [`Step::StartMessage`] on.
@@ -483,6 +495,13 @@ impl Session {
 
     /// Writes a reply; error replies count, and too many of them end the session.
     fn reply(&mut self, reply: Reply) {
+        let reply = match self.narration() {
+            Some(capture) => match capture.take_lines() {
+                lines if lines.is_empty() => reply,
+                lines => reply.after_lines(lines),
+            },
+            None => reply,
+        };
         self.send(&reply);
         if reply.is_error()
             && reply.status() != reply::TOO_MANY_RECIPIENTS.status()
@@ -764,8 +783,32 @@ impl Session {
         Answer::Reply(help(topic))
     }
 
-    fn verb_command(&mut self) -> Answer {
-        Answer::Reply(VERBOSE_CHANGES_NOTHING)
+    fn verb_command(&mut self, mode: &str) -> Answer {
+        let on = match mode.trim() {
+            "" => true,
+            mode if mode.eq_ignore_ascii_case("ON") => true,
+            mode if mode.eq_ignore_ascii_case("OFF") => false,
+            _ => {
+                return Answer::Reply(Reply::new(
+                    501,
+                    Detail::InvalidArguments,
+                    "Syntax: VERB [OFF]",
+                ));
+            }
+        };
+        if !on {
+            self.narration = None;
+            return Answer::Reply(NARRATION_OFF);
+        }
+        match self.policy.narration(self.envelope.user.is_some()) {
+            None => Answer::Reply(NARRATION_REFUSED),
+            Some(disclose) => {
+                if self.narration.is_none() {
+                    self.narration = Some(Capture::start(&self.params.id, disclose));
+                }
+                Answer::Reply(NARRATION_ON)
+            }
+        }
     }
 
     fn starttls_command(&mut self) -> Answer {
@@ -863,10 +906,16 @@ enum Answer {
     Step(Option<Step<'static>>),
 }
 
-const VERBOSE_CHANGES_NOTHING: Reply = Reply::fixed(
+const NARRATION_ON: Reply = Reply::fixed(
     250,
     Detail::Undefined,
-    "Ok: verbose mode changes nothing here; the server logs the dialogue at debug level",
+    "Ok: narration on; replies carry the server's steps as extra lines (VERB OFF ends it)",
+);
+const NARRATION_OFF: Reply = Reply::fixed(250, Detail::Undefined, "Ok: narration off");
+const NARRATION_REFUSED: Reply = Reply::fixed(
+    250,
+    Detail::Undefined,
+    "Ok: narration (VERB) is for local, trusted and authenticated clients only; nothing changes",
 );
 
 /// The 503 (or 554) for a verb given in a state its row does not allow: it names what must come first, or

@@ -242,13 +242,13 @@ pub const VERBS: &[Verb] = &[
     },
     Verb {
         name: "VERB",
-        syntax: "VERB",
-        help: "Asks for verbose replies (a Sendmail extension); this server logs the dialogue instead.",
+        syntax: "VERB [OFF]",
+        help: "Asks the server to narrate its steps as extra lines of its replies (a Sendmail extension, for trusted clients); VERB OFF stops it.",
         reference: "Sendmail, no RFC",
         states: ANY_STATE,
         ehlo: None,
         announce: None,
-        handler: Handler::AnyArgument(Session::verb_command),
+        handler: Handler::OptionalText(Session::verb_command),
     },
     Verb {
         name: "TURN",

@@ -51,7 +51,7 @@ const EVERY_VERB: &[(&str, &str, &str)] = &[
     (
         "fresh",
         "VERB",
-        "250 2.0.0 Ok: verbose mode changes nothing",
+        "250 2.0.0 Ok: narration (VERB) is for local, trusted and authenticated clients only",
     ),
     ("fresh", "TURN", "502 5.5.1 Error: TURN is refused"),
     (
