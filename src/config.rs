@@ -123,6 +123,14 @@ pub struct Config {
     pub pipe_timeout: Duration,
     /// EXPN expands aliases; false refuses it (`expn`).
     pub expn: bool,
+    /// SEND, SOML and SAML write to users' terminals; false refuses them (`terminal_delivery`).
+    pub terminal_delivery: bool,
+    /// Where the login sessions are listed (`utmp_file`).
+    pub utmp_file: PathBuf,
+    /// The most lines of a message a terminal shows (`terminal_max_lines`).
+    pub terminal_max_lines: usize,
+    /// Where a `user@offset` notice goes after each mailbox append (`comsat`); None: nowhere.
+    pub comsat: Option<String>,
     /// Delivery worker threads (`delivery_workers`); 0 holds every message in the queue.
     pub delivery_workers: usize,
     /// Wait before the first retry of a temporary failure (`retry_first`); doubles up to `retry_max`.
@@ -613,6 +621,48 @@ pub const KEYS: &[Key] = &[
         expn,
         "EXPN lists an alias's members; `false` refuses it with `502 5.7.0`"
     ),
+    boolean_key!(
+        terminal_delivery,
+        "RFC 821's SEND, SOML and SAML write messages to the terminals of logged-in local users, as write(1) does; `false` refuses them with `502 5.5.1` ([doc/classroom.md](doc/classroom.md#7-terminal-delivery-with-send))"
+    ),
+    Key {
+        name: "utmp_file",
+        kind: "path",
+        default: None,
+        doc: "the utmp file that lists the login sessions, for SEND, SOML and SAML",
+        set: |c, v| {
+            c.utmp_file = path(v)?;
+            Ok(())
+        },
+        get: |c| c.utmp_file.display().to_string().into(),
+    },
+    count_key!(
+        terminal_max_lines,
+        "the most lines of a message a terminal shows; the rest is summarised in one line"
+    ),
+    Key {
+        name: "comsat",
+        kind: "host:port",
+        default: Some("`\"\"` (off)"),
+        doc: "after each mailbox append, send the datagram `user@offset` here (`\"127.0.0.1:512\"` is the comsat/biff service), as Postfix's local(8) does with `biff = yes`",
+        set: |c, v| {
+            c.comsat = match string(v)? {
+                "" => None,
+                address
+                    if address.rsplit_once(':').is_some_and(|(host, port)| {
+                        !host.is_empty() && port.parse::<u16>().is_ok()
+                    }) =>
+                {
+                    Some(address.to_string())
+                }
+                _ => {
+                    return Err("expected \"host:port\", such as \"127.0.0.1:512\", or \"\"".into());
+                }
+            };
+            Ok(())
+        },
+        get: |c| c.comsat.clone().unwrap_or_default().into(),
+    },
     Key {
         name: "delivery_workers",
         kind: "count",
@@ -851,6 +901,10 @@ impl Config {
             alias_files: false,
             pipe_timeout: Duration::from_secs(10 * 60),
             expn: true,
+            terminal_delivery: false,
+            utmp_file: PathBuf::from("/var/run/utmp"),
+            terminal_max_lines: 20,
+            comsat: None,
             delivery_workers: 4,
             retry_first: Duration::from_secs(5 * 60),
             retry_max: Duration::from_secs(60 * 60),

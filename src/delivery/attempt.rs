@@ -14,6 +14,7 @@ use nix::unistd::{Gid, Uid};
 use crate::config::Config;
 use crate::delivery::aliases::{AliasError, Aliases};
 use crate::delivery::bounce::{self, Failure};
+use crate::delivery::comsat;
 use crate::delivery::local::{Destination, Route, Router};
 use crate::delivery::mbox::{self, MboxSettings};
 use crate::delivery::pipe;
@@ -302,10 +303,15 @@ impl Deliverer {
             }),
             Destination::Mailbox { path, owner } => self
                 .append(path, *owner, message, &route.key, &trace_headers)
-                .map(|()| Delivery::Done),
+                .map(|offset| {
+                    if let (Some(offset), Some(comsat)) = (offset, &self.config.comsat) {
+                        comsat::notify(comsat, &route.key, offset);
+                    }
+                    Delivery::Done
+                }),
             Destination::File(path) => self
                 .append(path, None, message, &route.key, &trace_headers)
-                .map(|()| Delivery::Done),
+                .map(|_| Delivery::Done),
             Destination::Remote(_) | Destination::Refused { .. } => {
                 unreachable!("remote routes are relayed, refused ones answered above")
             }
@@ -326,7 +332,8 @@ impl Deliverer {
 
     /// Appends the message to the mbox at `path` for the target `key`, unless a crash interrupted an append
     /// that in fact completed. The append is announced in the journal (offset and length) before it starts,
-    /// so that recovery can tell. Err is the delivery's failure.
+    /// so that recovery can tell. Returns where in the mailbox the message starts (None when it was found
+    /// whole, appended before a crash); Err is the delivery's failure.
     fn append(
         &self,
         path: &Path,
@@ -334,7 +341,7 @@ impl Deliverer {
         message: &Queued,
         key: &str,
         trace_headers: &str,
-    ) -> Result<(), Delivery> {
+    ) -> Result<Option<u64>, Delivery> {
         let settings = MboxSettings {
             lock_timeout: self.config.mailbox_lock_timeout,
             stale_lock_age: self.config.stale_lock_age,
@@ -342,7 +349,7 @@ impl Deliverer {
             max_mailbox_size: self.config.mailbox_size_limit,
         };
         if self.appended_before_a_crash(path, &settings, message, key)? {
-            return Ok(());
+            return Ok(None);
         }
         let envelope = &message.envelope;
         let (sender, trace) = (envelope.sender.as_str(), trace_headers.as_bytes());
@@ -353,7 +360,9 @@ impl Deliverer {
             trace,
             &mut self.body(message)?,
         )?;
+        let mut appended_at = 0;
         let mut announce = |offset| {
+            appended_at = offset;
             self.spool
                 .record_appending(&envelope.id, key, offset, len)
                 .map_err(|e| {
@@ -379,7 +388,7 @@ impl Deliverer {
             path.display(),
             if settings.flock { "flock" } else { "fcntl" }
         );
-        Ok(())
+        Ok(Some(appended_at))
     }
 
     /// Whether an append of this message for `key`, announced before a crash, is in the mailbox whole: then it

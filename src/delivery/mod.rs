@@ -4,6 +4,7 @@
 pub mod aliases;
 pub mod attempt;
 pub mod bounce;
+pub mod comsat;
 pub mod control;
 pub mod job;
 pub mod local;
@@ -14,6 +15,7 @@ pub mod relay;
 pub mod retry;
 pub mod runner;
 pub mod scheduler;
+pub mod terminal;
 pub mod trace;
 pub mod transport;
 pub mod worker;

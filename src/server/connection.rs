@@ -18,7 +18,8 @@ use crate::delivery::scheduler::SchedulerHandle;
 use crate::server::pace::{Limits, Pace};
 use crate::server::policy::{EtrnLimit, ServerPolicy};
 use crate::server::reload::Reloaded;
-use crate::smtp::{Detail, Envelope, ForwardPath, Reply, Session, SessionParams, Step};
+use crate::server::send;
+use crate::smtp::{Detail, Envelope, ForwardPath, Mode, Reply, Session, SessionParams, Step};
 use crate::spool::{self, MessageWriter, Queued, Spool};
 use crate::step;
 use crate::tls::{self, TlsInfo};
@@ -181,6 +182,7 @@ pub fn run(transport: &mut dyn Transport, client: &Client, session_id: &str, sha
         start: 0,
         end: 0,
         message: None,
+        terminal_message: None,
         pace: Pace::new(
             Limits {
                 command_timeout: config.command_timeout,
@@ -192,7 +194,8 @@ pub fn run(transport: &mut dyn Transport, client: &Client, session_id: &str, sha
     };
     session.greeting();
     let outcome = driver.drive(&mut session);
-    if driver.message.take().is_some() || outcome.is_err() {
+    let receiving = driver.message.take().is_some() || driver.terminal_message.take().is_some();
+    if receiving || outcome.is_err() {
         session.input_closed();
     }
     let ended = match outcome {
@@ -237,6 +240,8 @@ struct Driver<'a> {
     end: usize,
     /// The message being received, between StartMessage and its end.
     message: Option<MessageWriter>,
+    /// The message being received for terminals (SEND, SOML, SAML), kept whole: see [`send`].
+    terminal_message: Option<Vec<u8>>,
     /// How slow the client has been.
     pace: Pace,
 }
@@ -251,6 +256,10 @@ impl Driver<'_> {
                 self.start += used;
                 match step {
                     Step::NeedInput => break,
+                    Step::StartMessage if session.envelope().mode != Mode::Mail => {
+                        self.terminal_message = Some(Vec::new());
+                        self.pace.content_begins(Instant::now());
+                    }
                     Step::StartMessage => {
                         self.message = Some(self.begin_message(session.envelope()));
                         self.pace.content_begins(Instant::now());
@@ -258,14 +267,23 @@ impl Driver<'_> {
                     Step::Data(content) => {
                         if let Some(writer) = &mut self.message {
                             writer.write(content);
+                        } else if let Some(text) = &mut self.terminal_message {
+                            text.extend_from_slice(content);
                         }
                     }
                     Step::EndMessage => {
-                        self.end_message(session);
+                        match self.terminal_message.take() {
+                            Some(text) => {
+                                let reply = self.deliver_to_terminals(session.envelope(), &text);
+                                session.message_done(reply);
+                            }
+                            None => self.end_message(session),
+                        }
                         self.content_ended();
                     }
                     Step::AbortMessage => {
                         self.message = None;
+                        self.terminal_message = None;
                         self.content_ended();
                     }
                     Step::Close => return self.flush(session),
@@ -386,6 +404,32 @@ impl Driver<'_> {
                 ));
             }
         }
+    }
+
+    /// SEND, SOML or SAML at the end of data: the terminals first, then the spool for those who get the
+    /// message in their mailbox.
+    fn deliver_to_terminals(&self, envelope: &Envelope, text: &[u8]) -> Reply {
+        let shared = self.shared;
+        let mut queue = |recipients: Vec<String>| {
+            let mut record =
+                spool_envelope(envelope, self.client, shared.config.received_auth_user);
+            record.recipients = recipients;
+            let mut writer = shared.spool.new_message(record);
+            writer.write(text);
+            let queued = shared.spool.commit(writer).map_err(|e| e.to_string())?;
+            let id = queued.envelope.id.to_string();
+            info!(
+                "{id}: from=<{}>, size={}, nrcpt={}, client={}, session={} (queued)",
+                queued.envelope.sender,
+                queued.len,
+                queued.envelope.recipients.len(),
+                self.client.label,
+                self.session_id,
+            );
+            shared.handoff.take(queued);
+            Ok(id)
+        };
+        send::deliver(self.session_id, envelope, text, &shared.config, &mut queue)
     }
 
     /// The recipients delivered here, as the spool names them.

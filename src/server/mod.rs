@@ -7,6 +7,7 @@ pub mod pace;
 pub mod policy;
 pub mod pool;
 pub mod reload;
+pub mod send;
 
 use std::fmt;
 use std::sync::Arc;

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use crate::auth::AuthUsers;
 use crate::config::{Config, LocalUsers};
 use crate::delivery::aliases::{Aliases, Target};
-use crate::delivery::local;
 use crate::delivery::scheduler::SchedulerHandle;
+use crate::delivery::{local, terminal};
 use crate::smtp::{
     Detail, ETRN_NOT_PERMITTED, ETRN_TOO_OFTEN, Echo, ForwardPath, HostNameRules, Policy,
     RcptVerdict, Reply, ReversePath, check_host_name,
@@ -210,6 +210,48 @@ impl Policy for ServerPolicy {
             }
             ReversePath::Null => false,
         }
+    }
+
+    fn terminal_delivery(&self) -> bool {
+        self.config.terminal_delivery
+    }
+
+    fn terminal_recipient(&self, to: &ForwardPath, terminal_only: bool) -> Result<(), Reply> {
+        let user = match to {
+            ForwardPath::Postmaster => "root".to_string(),
+            ForwardPath::Mailbox(m) if local::is_local(&self.config, &m.domain) => {
+                m.local.to_lowercase()
+            }
+            ForwardPath::Mailbox(_) => {
+                return Err(Reply::new(
+                    550,
+                    Detail::BadDestinationSystem,
+                    format!("<{to}>: SEND, SOML and SAML deliver to users of this host only"),
+                ));
+            }
+        };
+        if !terminal_only {
+            return Ok(());
+        }
+        let terminals = terminal::writable_sessions(&self.config.utmp_file, &user);
+        if terminals.is_empty() {
+            step!(
+                self.session.as_str(),
+                "{user} has no login session in {} on a terminal that accepts messages (mesg y)",
+                self.config.utmp_file.display()
+            );
+            return Err(Reply::new(
+                450,
+                Detail::MailboxDisabled,
+                format!("<{to}>: not logged in, or not accepting messages (mesg n)"),
+            ));
+        }
+        step!(
+            self.session.as_str(),
+            "{user} is logged in on {} terminal(s) that accept messages",
+            terminals.len()
+        );
+        Ok(())
     }
 
     /// Narration is for clients that may relay; it discloses aliases only where EXPN would.

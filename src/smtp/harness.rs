@@ -65,6 +65,14 @@ impl Policy for TestPolicy {
     fn narration(&self, authenticated: bool) -> Option<bool> {
         (self.trusted || authenticated).then_some(true)
     }
+
+    fn terminal_delivery(&self) -> bool {
+        false
+    }
+
+    fn terminal_recipient(&self, _: &ForwardPath, _: bool) -> Result<(), Reply> {
+        Ok(())
+    }
 }
 
 pub fn params() -> SessionParams {

@@ -20,7 +20,7 @@ pub use data::BareLf;
 pub use hostname::{HostNameError, HostNameRules, check_host_name};
 pub use reply::{ETRN_NOT_PERMITTED, ETRN_TOO_OFTEN, Echo, Reply};
 pub use session::{
-    EXTENSIONS, Envelope, Extension, Policy, Protocol, RcptVerdict, Session, SessionParams, State,
-    Step, VERBS, Verb, find_verb,
+    EXTENSIONS, Envelope, Extension, Mode, Policy, Protocol, RcptVerdict, Session, SessionParams,
+    State, Step, VERBS, Verb, find_verb,
 };
 pub use status::{Class, Detail, Status, Subject};

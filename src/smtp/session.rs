@@ -59,6 +59,22 @@ pub trait Policy: Send {
     /// Whether this client (`authenticated` or not) may have the server's steps narrated (VERB): None if not;
     /// else whether the narration may disclose who is behind an alias.
     fn narration(&self, authenticated: bool) -> Option<bool>;
+    /// Whether SEND, SOML and SAML are carried out (terminal delivery is on).
+    fn terminal_delivery(&self) -> bool;
+    /// Whether a recipient RCPT accepted can have a message written to a terminal: SEND, SOML and SAML are for
+    /// local users only, and SEND (`terminal_only`) for one logged in who accepts messages.
+    fn terminal_recipient(&self, to: &ForwardPath, terminal_only: bool) -> Result<(), Reply>;
+}
+
+/// Where the message goes: RFC 821's MAIL (the mailbox), SEND (the terminal), SOML (the terminal, else the
+/// mailbox) and SAML (both).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    #[default]
+    Mail,
+    Send,
+    SendOrMail,
+    SendAndMail,
 }
 
 /// The policy's answer to RCPT.
@@ -127,6 +143,7 @@ pub struct Envelope {
     pub sender: ReversePath,
     pub recipients: Vec<ForwardPath>,
     pub params: MailParams,
+    pub mode: Mode,
 }
 
 impl Envelope {
@@ -286,17 +303,18 @@ impl Session {
 
     /// After [`Step::EndMessage`]: the message was stored under `Ok(queue id)`, or not, with `Err(reason)`.
     pub fn message_queued(&mut self, result: Result<&str, &str>) {
-        match result {
-            Ok(id) => {
-                self.messages += 1;
-                self.reply(Reply::new(
-                    250,
-                    Detail::Undefined,
-                    format!("Ok: queued as {id}"),
-                ));
-            }
-            Err(why) => self.reply(Reply::new(452, Detail::MailSystemFull, why.to_string())),
+        self.message_done(match result {
+            Ok(id) => Reply::new(250, Detail::Undefined, format!("Ok: queued as {id}")),
+            Err(why) => Reply::new(452, Detail::MailSystemFull, why.to_string()),
+        });
+    }
+
+    /// After [`Step::EndMessage`]: the message has been dealt with (SEND, SOML, SAML), and `reply` says how.
+    pub fn message_done(&mut self, reply: Reply) {
+        if !reply.is_error() {
+            self.messages += 1;
         }
+        self.reply(reply);
         self.reset_transaction();
     }
 
@@ -474,6 +492,7 @@ impl Session {
         self.envelope.sender = ReversePath::Null;
         self.envelope.recipients.clear();
         self.envelope.params = MailParams::default();
+        self.envelope.mode = Mode::Mail;
     }
 
     fn set_state(&mut self, state: State) {
@@ -659,6 +678,38 @@ impl Session {
     }
 
     fn mail_command(&mut self, mail: MailArgs) -> Answer {
+        self.open_transaction(mail, Mode::Mail)
+    }
+
+    fn send_command(&mut self, mail: MailArgs) -> Answer {
+        self.terminal_transaction(mail, Mode::Send, "SEND")
+    }
+
+    fn soml_command(&mut self, mail: MailArgs) -> Answer {
+        self.terminal_transaction(mail, Mode::SendOrMail, "SOML")
+    }
+
+    fn saml_command(&mut self, mail: MailArgs) -> Answer {
+        self.terminal_transaction(mail, Mode::SendAndMail, "SAML")
+    }
+
+    /// SEND, SOML or SAML: refused while terminal delivery is off, else MAIL with another destination.
+    fn terminal_transaction(&mut self, mail: MailArgs, mode: Mode, name: &str) -> Answer {
+        if !self.policy.terminal_delivery() {
+            return Answer::Reply(Reply::new(
+                502,
+                Detail::InvalidCommand,
+                format!("Error: {name} (delivery to a user's terminal) is not offered; use MAIL"),
+            ));
+        }
+        if self.state != State::Greeted {
+            let mail_verb = verbs::find("MAIL").expect("MAIL is in the table");
+            return Answer::Reply(out_of_order(mail_verb, self.state));
+        }
+        self.open_transaction(mail, mode)
+    }
+
+    fn open_transaction(&mut self, mail: MailArgs, mode: Mode) -> Answer {
         let MailArgs { from, params, utf8 } = mail;
         if self.params.tls_required && self.envelope.tls.is_none() {
             return Answer::Reply(reply::NEED_STARTTLS);
@@ -690,6 +741,7 @@ impl Session {
         self.set_state(State::Mail);
         self.envelope.sender = from;
         self.envelope.params = params;
+        self.envelope.mode = mode;
         Answer::Reply(reply::SENDER_OK)
     }
 
@@ -708,6 +760,13 @@ impl Session {
         };
         Answer::Reply(match verdict {
             RcptVerdict::Accept => {
+                if self.envelope.mode != Mode::Mail
+                    && let Err(refusal) = self
+                        .policy
+                        .terminal_recipient(&to, self.envelope.mode == Mode::Send)
+                {
+                    return Answer::Reply(refusal);
+                }
                 if !self.envelope.recipients.contains(&to) {
                     self.envelope.recipients.push(to);
                 }

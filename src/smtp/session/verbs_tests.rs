@@ -159,7 +159,7 @@ fn help_for_every_verb_and_extension() {
     let output = overview.lines.join("\n");
     assert_eq!(
         offered_names(),
-        "HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY EXPN ETRN HELP VERB STARTTLS AUTH"
+        "HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY EXPN ETRN HELP VERB SEND SOML SAML STARTTLS AUTH"
     );
     assert!(!output.contains("TURN"));
 }
