@@ -659,15 +659,27 @@ impl Session {
     }
 
     fn helo_command(&mut self, name: &str) -> Answer {
+        let before = self.state;
         self.hello(name, Protocol::Smtp);
-        Answer::Reply(Reply::plain(250, self.params.hostname.clone()))
+        self.after_reset(before, Reply::plain(250, self.params.hostname.clone()))
     }
 
     fn ehlo_command(&mut self, name: &str) -> Answer {
+        let before = self.state;
         self.hello(name, Protocol::Esmtp);
         let mut lines = vec![Cow::Owned(self.params.hostname.clone())];
         lines.extend(verbs::ehlo_keywords(self));
-        Answer::Reply(Reply::lines(250, None, lines))
+        self.after_reset(before, Reply::lines(250, None, lines))
+    }
+
+    /// The answer to a command that reset the transaction: a message whose BDAT chunks had begun is
+    /// abandoned, so the caller throws away what it stored of it.
+    fn after_reset(&mut self, before: State, reply: Reply) -> Answer {
+        if before != State::Chunking {
+            return Answer::Reply(reply);
+        }
+        self.reply(reply);
+        Answer::Step(Some(Step::AbortMessage))
     }
 
     fn hello(&mut self, name: &str, protocol: Protocol) {
@@ -812,8 +824,9 @@ impl Session {
     }
 
     fn rset_command(&mut self) -> Answer {
+        let before = self.state;
         self.reset_transaction();
-        Answer::Reply(reply::OK)
+        self.after_reset(before, reply::OK)
     }
 
     fn noop_command(&mut self) -> Answer {

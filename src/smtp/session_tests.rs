@@ -245,6 +245,28 @@ fn message_size_is_enforced_at_mail_and_while_streaming() {
     assert_eq!(result.aborted, 1);
 }
 
+/// Found by fuzzing: RSET (or HELO, EHLO) between BDAT chunks ended the transaction but left the
+/// message open, so the next DATA started a message inside it and the connection kept the
+/// abandoned one's spool file until then.
+#[test]
+fn rset_helo_or_ehlo_between_bdat_chunks_abandons_the_message() {
+    for reset in ["RSET", "HELO c", "EHLO c"] {
+        let input = format!(
+            "EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice@localhost>\r\nBDAT 1\r\nx{reset}\r\n\
+             MAIL FROM:<>\r\nRCPT TO:<bob@localhost>\r\nDATA\r\nsecond\r\n.\r\n"
+        );
+        let result = run(input.as_bytes());
+        assert_eq!(result.aborted, 1, "{reset}");
+        assert_eq!(
+            result.codes()[4..],
+            ["250", "250", "250", "250", "354", "250"],
+            "{reset}"
+        );
+        assert_eq!(result.messages.len(), 1);
+        assert_eq!(result.messages[0].0, b"second\r\n");
+    }
+}
+
 #[test]
 fn bdat_chunks_make_one_message() {
     let input = b"EHLO c\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@localhost>\r\nBDAT 5\r\nhelloBDAT 8 LAST\r\n world\r\nQUIT\r\n";
@@ -371,4 +393,59 @@ fn a_new_transaction_after_each_message() {
     assert_eq!(result.messages.len(), 2);
     assert_eq!(result.messages[1].1, ["bob@localhost"]);
     assert_eq!(result.replies.last().unwrap(), "503 5.5.1");
+}
+
+mod one_data_one_message {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Content pieces that end a message for some server somewhere, smuggled commands among them.
+    fn piece() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            prop::sample::select(vec![
+                &b"\n.\n"[..],
+                b"\n.\r\n",
+                b"\r.\r",
+                b"\r\n.\r",
+                b"\r\n.\n",
+                b"\r\n..\r\n",
+                b".",
+                b"\r",
+                b"\n",
+                b"\r\n",
+                b"MAIL FROM:<evil@remote.test>\r\nRCPT TO:<bob@localhost>\r\nDATA\r\n",
+                b"BDAT 5 LAST\r\n",
+                b"QUIT\r\n",
+            ])
+            .prop_map(<[u8]>::to_vec),
+            prop::collection::vec(any::<u8>(), 1..20),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn one_data_never_yields_two_messages(
+            pieces in prop::collection::vec(piece(), 0..30),
+            read_size in 1usize..64,
+        ) {
+            // The content up to its first end-of-data line, wherever the pieces put one.
+            let mut content = b"Subject: one\r\n".to_vec();
+            for piece in pieces {
+                content.extend_from_slice(&piece);
+                if let Some(end) = memchr::memmem::find(&content, b"\r\n.\r\n") {
+                    content.truncate(end);
+                }
+            }
+            let mut input = b"EHLO c.test\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@localhost>\r\nDATA\r\n".to_vec();
+            input.extend_from_slice(&content);
+            // The "x" keeps a "\r\n." at the content's end from making an end of data with it.
+            input.extend_from_slice(b"x\r\n.\r\nNOOP\r\n");
+            let mut params = params();
+            params.max_message_size = 1 << 20;
+            let run = run_with(params, false, &input, read_size);
+            prop_assert_eq!(run.messages.len(), 1);
+            prop_assert_eq!(run.replies.last().map(String::as_str), Some("250 2.0.0"));
+        }
+    }
 }
