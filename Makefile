@@ -3,14 +3,17 @@
 #   make test   install missing test tools (as root), unit tests, then the integration tests in tests/
 #   make bench  Postel, the reference Postfix (make bench-reference) and smtp-sink side by side
 #   make deb    build (release) the Debian package target/debian/postel_<version>_<arch>.deb
+#   make fuzz-smoke  every fuzz target for 10 s (FUZZ_SECONDS) from its corpus (doc/fuzzing.md)
 
 PREFIX ?= /usr/local
 SBINDIR ?= $(PREFIX)/sbin
 MANDIR ?= $(PREFIX)/share/man
 CARGO ?= cargo
+FUZZ_SECONDS ?= 10
 PYTHON ?= python3
 
 .PHONY: all build release run test tools unit integration bench bench-reference bench-tools fmt lint man deb deb-test \
+	fuzz-smoke \
 	install uninstall clean
 
 all: build
@@ -44,6 +47,10 @@ unit:
 
 integration: build
 	$(PYTHON) -m pytest -q tests
+
+# Installs cargo-fuzz when missing; fails on the first crash, leaving its input in fuzz/artifacts/.
+fuzz-smoke:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash fuzz/smoke
 
 # Every case against Postel, the reference Postfix (when it runs) and smtp-sink, in one table;
 # also bench/results/bench.csv and bench.png. BENCH_ARGS=--quick for a smoke check.

@@ -8,6 +8,8 @@ pub mod config;
 pub mod copy;
 pub mod delivery;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod logging;
 pub mod net;
 pub mod privilege;

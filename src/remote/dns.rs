@@ -5,7 +5,7 @@
 
 #[cfg(test)]
 mod tests;
-mod wire;
+pub(crate) mod wire;
 
 use std::error::Error;
 use std::fmt;

@@ -1,5 +1,7 @@
 //! A session driven the way the connection driver drives it, with a small fixed policy: what the unit tests
-//! of the protocol feed their input through.
+//! of the protocol and the session fuzz target feed their input through. The driver checks what must hold
+//! for any input: messages start and end one at a time, every step makes progress, and the output is
+//! reply lines only.
 
 use crate::smtp::{
     BareLf, Detail, Domain, ForwardPath, Mailbox, Policy, RcptVerdict, Reply, ReversePath, Session,
@@ -140,8 +142,12 @@ pub fn run_with(params: SessionParams, trusted: bool, input: &[u8], piece: usize
     let (mut buffer, mut fed, mut message) = (Vec::new(), 0, None::<Vec<u8>>);
     session.greeting();
     'feed: for _ in 0..1_000_000 {
+        // Steps in a row that consumed nothing: more than a few means the session is stuck.
+        let mut idle = 0;
         loop {
             let (used, step) = session.step(&buffer);
+            idle = if used == 0 { idle + 1 } else { 0 };
+            assert!(idle < 4, "the session makes no progress on {buffer:?}");
             let event = match step {
                 Step::Data(content) => {
                     message
@@ -162,7 +168,10 @@ pub fn run_with(params: SessionParams, trusted: bool, input: &[u8], piece: usize
             match event {
                 None => {}
                 Some(Event::NeedInput) => break,
-                Some(Event::Start) => message = Some(Vec::new()),
+                Some(Event::Start) => {
+                    assert!(message.is_none(), "a message started inside another");
+                    message = Some(Vec::new());
+                }
                 Some(Event::End) => {
                     let recipients = session
                         .envelope()
@@ -184,7 +193,7 @@ pub fn run_with(params: SessionParams, trusted: bool, input: &[u8], piece: usize
                 }
                 Some(Event::AuthFailed(delay)) => result.delays.push(delay),
                 Some(Event::Abort) => {
-                    message = None;
+                    assert!(message.take().is_some(), "an abort outside a message");
                     result.aborted += 1;
                 }
                 Some(Event::Close) => {
@@ -201,6 +210,7 @@ pub fn run_with(params: SessionParams, trusted: bool, input: &[u8], piece: usize
         fed += more;
     }
     result.output = session.output().to_vec();
+    assert_printable_replies(&result.output);
     let output = String::from_utf8(result.output.clone()).unwrap();
     result.lines = output
         .split("\r\n")
@@ -213,6 +223,31 @@ pub fn run_with(params: SessionParams, trusted: bool, input: &[u8], piece: usize
         .map(|line| line.split(' ').take(2).collect::<Vec<_>>().join(" "))
         .collect();
     result
+}
+
+/// Every line of the output is a reply line of printable ASCII, ended by CRLF: no CR or LF anywhere else.
+pub fn assert_printable_replies(output: &[u8]) {
+    let text = String::from_utf8_lossy(output);
+    let body = output
+        .strip_suffix(b"\n")
+        .unwrap_or_else(|| panic!("output does not end with CRLF: {text:?}"));
+    for line in body.split(|&b| b == b'\n') {
+        let line = line
+            .strip_suffix(b"\r")
+            .unwrap_or_else(|| panic!("a bare LF in the output: {text:?}"));
+        assert!(
+            line.len() >= 4
+                && line[..3].iter().all(u8::is_ascii_digit)
+                && matches!(line[3], b' ' | b'-'),
+            "not a reply line: {:?}",
+            String::from_utf8_lossy(line)
+        );
+        assert!(
+            line.iter().all(|b| (0x20..=0x7e).contains(b)),
+            "a byte outside 0x20-0x7E (a bare CR?) in {:?}",
+            String::from_utf8_lossy(line)
+        );
+    }
 }
 
 pub const STATES: [(&str, &str); 6] = [

@@ -1,11 +1,11 @@
 //! The SMTP protocol, sans I/O: command lines, addresses, replies, message content and the session state machine.
 //! Nothing here touches a socket, a file or a clock, so every protocol rule is a unit test.
 
-mod address;
-mod command;
-mod data;
-#[cfg(test)]
-mod harness;
+pub(crate) mod address;
+pub(crate) mod command;
+pub(crate) mod data;
+#[doc(hidden)]
+pub mod harness;
 mod hostname;
 mod reply;
 #[cfg(test)]

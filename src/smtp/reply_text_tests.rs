@@ -4,36 +4,11 @@
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 
-use super::harness::{self, Run};
+use super::harness::{self, Run, assert_printable_replies};
 use super::{Detail, Echo, Reply};
 
 fn session(input: &[u8]) -> Run {
     harness::run(input)
-}
-
-/// Every line of the output is a reply line of printable ASCII, ended by CRLF: no CR or LF anywhere else.
-fn assert_printable_replies(output: &[u8]) {
-    let text = String::from_utf8_lossy(output);
-    let body = output
-        .strip_suffix(b"\n")
-        .unwrap_or_else(|| panic!("output does not end with CRLF: {text:?}"));
-    for line in body.split(|&b| b == b'\n') {
-        let line = line
-            .strip_suffix(b"\r")
-            .unwrap_or_else(|| panic!("a bare LF in the output: {text:?}"));
-        assert!(
-            line.len() >= 4
-                && line[..3].iter().all(u8::is_ascii_digit)
-                && matches!(line[3], b' ' | b'-'),
-            "not a reply line: {:?}",
-            String::from_utf8_lossy(line)
-        );
-        assert!(
-            line.iter().all(|b| (0x20..=0x7e).contains(b)),
-            "a byte outside 0x20-0x7E (a bare CR?) in {:?}",
-            String::from_utf8_lossy(line)
-        );
-    }
 }
 
 fn last_reply(input: &str) -> String {

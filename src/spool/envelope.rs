@@ -43,7 +43,7 @@ pub struct Envelope {
 impl Envelope {
     /// The envelope as it will read back from disk: every control character in a value replaced
     /// with '?', and the arrival time cut to whole microseconds.
-    pub(super) fn sanitized(mut self) -> Envelope {
+    pub(crate) fn sanitized(mut self) -> Envelope {
         self.arrival = self.arrival.trunc_subsecs(6);
         [&mut self.helo, &mut self.sender]
             .into_iter()
@@ -56,7 +56,7 @@ impl Envelope {
 
     /// The text form: the format's version line, then one `key value` line per field, in the
     /// documented order.
-    pub(super) fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut text = String::with_capacity(256);
         text.push_str(format::LINE);
         let mut line = |key: &str, value: &str| {
@@ -99,7 +99,7 @@ impl Envelope {
     }
 
     /// Parses the text form; the error says what is wrong with it.
-    pub(super) fn parse(bytes: &[u8]) -> Result<Envelope, String> {
+    pub(crate) fn parse(bytes: &[u8]) -> Result<Envelope, String> {
         let text = std::str::from_utf8(bytes).map_err(|_| "the envelope is not UTF-8")?;
         let text = text
             .strip_suffix('\n')

@@ -22,7 +22,7 @@ use super::{SpoolError, copy_io_error, sync_dir};
 const COMPACT_MIN: u64 = 16 * 1024 * 1024;
 
 /// The journal file, and the batches of entries waiting to go into it.
-pub(super) struct Journal {
+pub(crate) struct Journal {
     path: PathBuf,
     /// The spool directory, which holds the journal.
     dir: PathBuf,
@@ -50,14 +50,14 @@ struct Batch(OnceLock<Result<(), Arc<io::Error>>>);
 
 /// What the journal says of one message.
 #[derive(Default)]
-pub(super) struct Replayed {
+pub(crate) struct Replayed {
     pub state: DeliveryState,
     pub done: bool,
 }
 
 /// The journal read back.
 #[derive(Default)]
-pub(super) struct Replay {
+pub(crate) struct Replay {
     /// The format version its first line names (1 for a journal without a version line).
     pub version: u32,
     pub messages: HashMap<u128, Replayed>,
@@ -257,16 +257,22 @@ impl Journal {
     /// Reads the journal: what it says of each message, and what is wrong with it. A missing
     /// journal is an empty one.
     pub(super) fn read(path: &Path) -> io::Result<Replay> {
+        match File::open(path) {
+            Ok(file) => Journal::replay(BufReader::with_capacity(64 * 1024, file)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Replay {
+                version: 1,
+                ..Replay::default()
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads a journal's lines from `reader`.
+    pub(crate) fn replay(mut reader: impl BufRead) -> io::Result<Replay> {
         let mut replay = Replay {
             version: 1,
             ..Replay::default()
         };
-        let file = match File::open(path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(replay),
-            Err(e) => return Err(e),
-        };
-        let mut reader = BufReader::with_capacity(64 * 1024, file);
         let mut line = Vec::with_capacity(256);
         let mut offset = 0;
         // Entries that did not parse since the last sound one.

@@ -1,14 +1,14 @@
 //! The header line that frames each record in a queue file: the lengths and the checksum.
 
 /// The header's length in bytes: `POSTEL1 <8 hex> <16 hex> <8 hex>\n`.
-pub(super) const HEADER_LEN: usize = 43;
+pub(crate) const HEADER_LEN: usize = 43;
 
 /// How every record, and so every queue file, begins.
 const MAGIC: &[u8] = b"POSTEL1 ";
 
 /// A record's header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Header {
+pub(crate) struct Header {
     /// The envelope's length in bytes.
     pub envelope_len: u32,
     /// The body's length in bytes.
@@ -19,7 +19,7 @@ pub(super) struct Header {
 
 impl Header {
     /// The header line.
-    pub(super) fn encode(&self) -> [u8; HEADER_LEN] {
+    pub(crate) fn encode(&self) -> [u8; HEADER_LEN] {
         let text = format!(
             "POSTEL1 {:08x} {:016x} {:08x}\n",
             self.envelope_len, self.body_len, self.crc
@@ -30,7 +30,7 @@ impl Header {
     }
 
     /// Parses a header line; the error says what is wrong with it.
-    pub(super) fn parse(line: &[u8; HEADER_LEN]) -> Result<Header, &'static str> {
+    pub(crate) fn parse(line: &[u8; HEADER_LEN]) -> Result<Header, &'static str> {
         if !line.starts_with(MAGIC) {
             return Err("no POSTEL1 header");
         }

@@ -115,6 +115,17 @@ pub fn decode(packet: &[u8], id: u16, name: &str, qtype: u16) -> Result<Decoded,
     Ok(Decoded::Reply(Reply { rcode, answers }))
 }
 
+/// The id, name and type of the question a packet carries, if it carries one: what [`decode`]
+/// holds a reply against. For the fuzz target, which answers every packet's own question.
+pub(crate) fn question(packet: &[u8]) -> Option<(u16, String, u16)> {
+    let mut reader = Reader { packet, pos: 0 };
+    let header = reader.header().ok()?;
+    if header.qdcount == 0 {
+        return None;
+    }
+    Some((header.id, reader.name().ok()?, reader.u16().ok()?))
+}
+
 impl Reply {
     /// The data of the answers of type `qtype` for `name`, following the CNAME chain from `name`
     /// within the answer section. A CNAME loop is malformed.
