@@ -497,3 +497,58 @@ fn a_second_lock_is_busy_until_the_first_is_dropped() {
     drop(lock);
     spool.lock().unwrap();
 }
+
+mod byte_for_byte {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Bodies of any bytes, on both sides of the size where a message stops sharing a segment.
+    fn any_body() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..2000),
+            (0..2 * SMALL_LIMIT, any::<u8>()).prop_map(|(len, seed)| {
+                (0..len).map(|at| (at as u8).wrapping_mul(seed)).collect()
+            }),
+        ]
+    }
+
+    proptest! {
+        // Each case syncs files to disk: a few dozen cases are what the time allows.
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        #[test]
+        fn a_message_comes_out_of_the_spool_byte_for_byte_and_after_a_restart(
+            bodies in prop::collection::vec(any_body(), 1..4),
+            piece in 1usize..5000,
+            group_commit in any::<bool>(),
+        ) {
+            let dir = TempDir::new("bytes");
+            let mut spool = Spool::open(&dir.0).unwrap();
+            if group_commit {
+                spool.start_group_commit(std::time::Duration::from_secs(60)).unwrap();
+            }
+            let mut queued = Vec::new();
+            for body in &bodies {
+                let mut writer = spool.new_message(envelope(&["bob@localhost"]));
+                body.chunks(piece).for_each(|chunk| writer.write(chunk));
+                let message = spool.commit(writer).unwrap();
+                prop_assert_eq!(&read_body(&spool, &message), body);
+                queued.push(message);
+            }
+            drop(spool);
+            let spool = Spool::open(&dir.0).unwrap();
+            let scan = spool.scan(false).unwrap();
+            prop_assert_eq!(scan.problems, Vec::<String>::new());
+            prop_assert_eq!(scan.messages.len(), bodies.len());
+            for (message, body) in queued.iter().zip(&bodies) {
+                let found = scan
+                    .messages
+                    .iter()
+                    .find(|m| m.envelope.id == message.envelope.id)
+                    .expect("every committed message scans back");
+                prop_assert_eq!(&read_body(&spool, found), body);
+            }
+        }
+    }
+}
