@@ -10,6 +10,8 @@ import socket
 import subprocess
 import time
 
+import pytest
+
 from helpers import POSTEL_BIN, free_port, wait_until
 
 TAG = r"\[s\d+(?: [0-9A-F]{20})?\]"
@@ -29,22 +31,23 @@ def explained(output):
     return lines
 
 
+def accepting(port, proc):
+    if proc.poll() is not None:
+        pytest.fail(f"postel demo exited with {proc.returncode}")
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
 def start_demo(folder, port):
     out = open(folder / "demo.out", "wb")
     env = {k: v for k, v in os.environ.items() if k not in ("RUST_LOG", "POSTEL_CONFIG")}
     proc = subprocess.Popen([str(POSTEL_BIN), "demo", "--listen", f"127.0.0.1:{port}"], cwd=folder,
                             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
     out.close()
-
-    def accepting():
-        assert proc.poll() is None, (folder / "demo.out").read_text()
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return True
-        except OSError:
-            return False
-
-    wait_until(accepting, timeout=10)
+    wait_until(lambda: accepting(port, proc), timeout=10)
     return proc
 
 
@@ -253,3 +256,32 @@ def test_verb_replies_parse_for_swaks(make_postel):
     assert "<-  250-2.1.5 localhost is a local domain and alice is a local user" in out, out
     assert re.search(r"<-  250-2\.0\.0 alice@localhost: delivered", out), out
     assert re.search(r"<-  250 2\.0\.0 Ok: queued as", out), out
+
+
+def test_a_terminal_gets_a_colour_per_session_unless_no_color(tmp_path):
+    import pty
+    import select
+
+    for no_color, coloured in ((None, True), ("1", False)):
+        port = free_port()
+        master, slave = pty.openpty()
+        env = {k: v for k, v in os.environ.items() if k not in ("RUST_LOG", "POSTEL_CONFIG", "NO_COLOR")}
+        if no_color:
+            env["NO_COLOR"] = no_color
+        folder = tmp_path / f"colour-{coloured}"
+        folder.mkdir()
+        proc = subprocess.Popen([str(POSTEL_BIN), "demo", "--listen", f"127.0.0.1:{port}"], cwd=folder,
+                                stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.DEVNULL, env=env)
+        os.close(slave)
+        try:
+            wait_until(lambda: accepting(port, proc), timeout=10)
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+                client.noop()
+            shown, deadline = b"", time.monotonic() + 5
+            while b"S: 221" not in shown and time.monotonic() < deadline:
+                if select.select([master], [], [], 0.2)[0]:
+                    shown += os.read(master, 65536)
+        finally:
+            stop(proc)
+            os.close(master)
+        assert (b"\x1b[" in shown) == coloured, shown[-500:]

@@ -27,7 +27,6 @@ pub fn explain(out: Box<dyn Write + Send>, colour: bool) -> Registration {
             colour,
             sessions: HashMap::new(),
             messages: HashMap::new(),
-            next_colour: 0,
         }),
     }))
 }
@@ -45,18 +44,10 @@ struct Explain {
 struct View {
     out: Box<dyn Write + Send>,
     colour: bool,
-    /// What is known of each session that is open: its colour and its last command.
-    sessions: HashMap<String, Seen>,
+    /// The last command line of each open session, without its line end.
+    sessions: HashMap<String, String>,
     /// Queue id -> the session that sent the message.
     messages: HashMap<String, String>,
-    next_colour: usize,
-}
-
-#[derive(Default)]
-struct Seen {
-    colour: &'static str,
-    /// The last command line, without its line end.
-    command: String,
 }
 
 impl Listener for Explain {
@@ -72,7 +63,10 @@ impl View {
         let tag = self.tag(event);
         let mut lines: Vec<String> = Vec::new();
         match event.kind {
-            Kind::Connect => lines.push(format!("{tag} --- {text}")),
+            Kind::Connect => {
+                self.sessions.insert(event.scope.to_string(), String::new());
+                lines.push(format!("{tag} --- {text}"));
+            }
             Kind::Disconnect => {
                 lines.push(format!("{tag} --- {text}"));
                 self.sessions.remove(event.scope);
@@ -83,17 +77,14 @@ impl View {
                 if !raw.ends_with(b"\r\n") && raw.ends_with(b"\n") {
                     lines.push(format!("{tag}      ! {BARE_LF_COMMAND}"));
                 }
-                if let Some(seen) = self.sessions.get_mut(event.scope) {
-                    seen.command = text;
+                if let Some(command) = self.sessions.get_mut(event.scope) {
+                    *command = text;
                 }
             }
             Kind::Reply(code) => {
                 lines.push(format!("{tag} S: {text}"));
                 lines.push(format!("{tag}      {}", codes::explain_reply(&text)));
-                let command = self
-                    .sessions
-                    .get(event.scope)
-                    .map_or("", |seen| seen.command.as_str());
+                let command = self.sessions.get(event.scope).map_or("", String::as_str);
                 if let Some(lesson) = mistake(command, code, &text) {
                     lines.push(format!("{tag}      ! {lesson}"));
                 }
@@ -119,24 +110,20 @@ impl View {
     }
 
     /// `[s1]` for a session's events, `[s1 <queue id>]` for its message's, in the session's colour on a terminal.
-    fn tag(&mut self, event: &Event) -> String {
+    fn tag(&self, event: &Event) -> String {
         let (session, label) = match self.messages.get(event.scope) {
-            Some(session) => (session.clone(), format!("[{session} {}]", event.scope)),
-            None => (event.scope.to_string(), format!("[{}]", event.scope)),
+            Some(session) => (session.as_str(), format!("[{session} {}]", event.scope)),
+            None => (event.scope, format!("[{}]", event.scope)),
         };
-        let next = &mut self.next_colour;
-        let seen = self.sessions.entry(session).or_insert_with(|| {
-            *next += 1;
-            Seen {
-                colour: COLOURS[*next % COLOURS.len()],
-                command: String::new(),
-            }
-        });
-        if self.colour {
-            format!("\x1b[{}m{label}\x1b[0m", seen.colour)
-        } else {
-            label
+        if !self.colour {
+            return label;
         }
+        // Session ids count up ("s41", "s42"): neighbours get different colours.
+        let number: usize = session.bytes().filter(u8::is_ascii_digit).fold(0, |n, d| {
+            n.wrapping_mul(10).wrapping_add(usize::from(d - b'0'))
+        });
+        let colour = COLOURS[number % COLOURS.len()];
+        format!("\x1b[{colour}m{label}\x1b[0m")
     }
 }
 
