@@ -552,3 +552,26 @@ mod byte_for_byte {
         }
     }
 }
+
+#[test]
+fn a_repairing_scan_in_another_process_never_takes_a_message_being_written() {
+    let dir = TempDir::new("repair-race");
+    let writer = Spool::open(&dir.0).unwrap();
+    let repairer = Spool::open(&dir.0).unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                repairer.scan(true).unwrap();
+            }
+        });
+        let failures = (0..1000)
+            .filter(|&n| send(&writer, envelope(&["bob@example.org"]), &body(n, 200)).is_err())
+            .count();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            failures, 0,
+            "commits lost their file in tmp/ to the other scan"
+        );
+    });
+}

@@ -2,7 +2,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crc32fast::Hasher;
@@ -152,17 +152,7 @@ pub(super) struct TmpFile {
 impl TmpFile {
     /// Creates the file (it must not exist) and writes `parts` into it.
     pub(super) fn create(path: &Path, parts: &[&[u8]]) -> Result<TmpFile, SpoolError> {
-        let file = File::options().write(true).create_new(true).open(path);
-        let file = file.map_err(SpoolError::io(path))?;
-        let lock = file
-            .try_clone()
-            .and_then(|clone| {
-                Flock::lock(clone, FlockArg::LockExclusive).map_err(|(_, errno)| errno.into())
-            })
-            .inspect_err(|_| {
-                let _ = fs::remove_file(path);
-            })
-            .map_err(SpoolError::io(path))?;
+        let (file, lock) = create_locked(path).map_err(SpoolError::io(path))?;
         let mut tmp = TmpFile {
             path: path.to_path_buf(),
             file: BufWriter::with_capacity(64 * 1024, file),
@@ -200,6 +190,36 @@ impl TmpFile {
         self.in_tmp = false;
         Ok(())
     }
+}
+
+/// Creates `path` and takes its flock. A repairing scan in another process may open and remove the
+/// file in the instant between the two (it takes an unlocked file in tmp/ for one a crash left), so
+/// once the lock is held the file must still be the one at `path`; if it is gone, it is made again.
+fn create_locked(path: &Path) -> io::Result<(File, Flock<File>)> {
+    const TRIES: usize = 3;
+    for _ in 0..TRIES {
+        let file = File::options().write(true).create_new(true).open(path)?;
+        let lock = file
+            .try_clone()
+            .and_then(|clone| {
+                Flock::lock(clone, FlockArg::LockExclusive).map_err(|(_, errno)| errno.into())
+            })
+            .inspect_err(|_| {
+                let _ = fs::remove_file(path);
+            })?;
+        let held = file.metadata()?;
+        match fs::metadata(path) {
+            Ok(named) if named.ino() == held.ino() && named.dev() == held.dev() => {
+                return Ok((file, lock));
+            }
+            Ok(_) => return Err(io::Error::from(io::ErrorKind::AlreadyExists)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other(
+        "removed by another process's spool repair as soon as it was made",
+    ))
 }
 
 impl Drop for TmpFile {
