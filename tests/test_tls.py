@@ -326,3 +326,17 @@ def test_testssl_finds_no_old_protocol_and_no_known_vulnerability(tls_postel, ca
             print(f"  {name:8} {verdict}")
         for name, verdict in vulnerabilities:
             print(f"  {name.strip():45} {verdict.strip()}")
+
+
+def test_etrn_is_answered_for_an_authenticated_client_outside_trusted_networks(tls_postel):
+    """ETRN is for trusted or authenticated clients: refused before AUTH, run after it."""
+    with smtplib.SMTP("127.0.0.1", tls_postel.port, timeout=20) as smtp:
+        smtp.ehlo("client.test")
+        code, text = smtp.docmd("ETRN example.org")
+        assert code == 502 and b"5.7.0" in text, text
+        smtp.starttls(context=client_context(tls_postel.ca))
+        smtp.ehlo("client.test")
+        smtp.login("alice", PASSWORD)
+        code, text = smtp.docmd("ETRN example.org")
+        # This server holds its mail (no delivery workers), so past the trust check ETRN says there is no queue runner.
+        assert code == 458 and b"no queue runner" in text, text

@@ -336,7 +336,7 @@ impl Policy for ServerPolicy {
     }
 
     /// ETRN (RFC 1985): the mail waiting for a node is tried now.
-    fn etrn(&self, node: &str) -> Reply {
+    fn etrn(&self, node: &str, authenticated: bool) -> Reply {
         if node.starts_with('#') {
             return Reply::new(
                 458,
@@ -355,7 +355,7 @@ impl Policy for ServerPolicy {
                 format!("Syntax: ETRN <domain>; '{}' is not a domain", Echo(node)),
             );
         }
-        if !self.trusted {
+        if !(self.trusted || authenticated) {
             return ETRN_NOT_PERMITTED;
         }
         let Some((scheduler, limit)) = &self.etrn else {
@@ -498,13 +498,18 @@ mod tests {
 
     #[test]
     fn etrn_is_for_trusted_clients_of_a_daemon_with_a_scheduler() {
-        assert_eq!(code(policy("", false).etrn("#queue")), 458);
-        assert_eq!(code(policy("", false).etrn("not a domain")), 501);
+        assert_eq!(code(policy("", false).etrn("#queue", false)), 458);
+        assert_eq!(code(policy("", false).etrn("not a domain", false)), 501);
         assert_eq!(
-            policy("", false).etrn("example.org").to_string(),
+            policy("", false).etrn("example.org", false).to_string(),
             ETRN_NOT_PERMITTED.to_string()
         );
-        let inetd = policy("", true).etrn("@example.org").to_string();
+        let authenticated = policy("", false).etrn("example.org", true).to_string();
+        assert!(
+            authenticated.contains("no queue runner"),
+            "an authenticated client gets past the trust check: {authenticated}"
+        );
+        let inetd = policy("", true).etrn("@example.org", false).to_string();
         assert!(
             inetd.starts_with("458 4.3.0 ") && inetd.contains("no queue runner"),
             "{inetd}"

@@ -55,7 +55,7 @@ impl Policy for TestPolicy {
         sender.to_string() == format!("{user}@localhost")
     }
 
-    fn etrn(&self, domain: &str) -> Reply {
+    fn etrn(&self, domain: &str, _authenticated: bool) -> Reply {
         Reply::new(
             458,
             Detail::OtherMailSystem,

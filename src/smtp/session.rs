@@ -51,7 +51,8 @@ pub trait Policy: Send {
     fn recipient(&self, to: &ForwardPath) -> RcptVerdict;
     fn vrfy(&self, query: &str) -> Reply;
     fn expn(&self, list: &str) -> Reply;
-    fn etrn(&self, domain: &str) -> Reply;
+    /// ETRN for `domain`; `authenticated` says whether the client has logged in with AUTH.
+    fn etrn(&self, domain: &str, authenticated: bool) -> Reply;
     /// Whether `user` may log in with `password`.
     fn authenticate(&self, user: &str, password: &[u8]) -> bool;
     /// Whether the authenticated `user` may give `sender` as the envelope sender on a submission port.
@@ -848,7 +849,7 @@ impl Session {
     }
 
     fn etrn_command(&mut self, domain: &str) -> Answer {
-        Answer::Reply(self.policy.etrn(domain))
+        Answer::Reply(self.policy.etrn(domain, self.envelope.user.is_some()))
     }
 
     fn help_command(&mut self, topic: &str) -> Answer {
