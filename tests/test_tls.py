@@ -340,3 +340,21 @@ def test_etrn_is_answered_for_an_authenticated_client_outside_trusted_networks(t
         code, text = smtp.docmd("ETRN example.org")
         # This server holds its mail (no delivery workers), so past the trust check ETRN says there is no queue runner.
         assert code == 458 and b"no queue runner" in text, text
+
+
+def test_submission_adds_date_and_message_id_when_missing(tls_postel):
+    with smtplib.SMTP("127.0.0.1", tls_postel.submission, timeout=20) as smtp:
+        smtp.starttls(context=client_context(tls_postel.ca))
+        smtp.login("alice", PASSWORD)
+        smtp.sendmail("alice@postel.test", ["bob@localhost"], b"Subject: bare\r\n\r\nNo date, no id.\r\n")
+        smtp.sendmail("alice@postel.test", ["bob@localhost"],
+                      b"Date: Mon, 30 Nov 2026 09:00:00 +0000\r\nMessage-ID: <mine@client.test>\r\n"
+                      b"Subject: whole\r\n\r\nBoth there.\r\n")
+    bare, whole = tls_postel.queued_ids()
+    _, body = tls_postel.record(bare)
+    headers = body.split(b"\r\n\r\n", 1)[0].decode().replace("\r\n", "\n")
+    assert re.search(r"^Date: \w{3}, .* \+0000$", headers, re.M), headers
+    assert re.search(rf"^Message-ID: <{bare}@postel\.test>$", headers, re.M), headers
+    assert headers.endswith("Subject: bare")
+    _, body = tls_postel.record(whole)
+    assert body.startswith(b"Date: Mon, 30 Nov 2026 09:00:00 +0000\r\nMessage-ID: <mine@client.test>\r\n"), body

@@ -19,6 +19,7 @@ use crate::server::pace::{Limits, Pace};
 use crate::server::policy::{EtrnLimit, ServerPolicy};
 use crate::server::reload::Reloaded;
 use crate::server::send;
+use crate::server::submission::Fixup;
 use crate::smtp::{Detail, Envelope, ForwardPath, Mode, Reply, Session, SessionParams, Step};
 use crate::spool::{self, MessageWriter, Queued, Spool};
 use crate::step;
@@ -183,6 +184,7 @@ pub fn run(transport: &mut dyn Transport, client: &Client, session_id: &str, sha
         end: 0,
         message: None,
         terminal_message: None,
+        fixup: None,
         pace: Pace::new(
             Limits {
                 command_timeout: config.command_timeout,
@@ -242,6 +244,8 @@ struct Driver<'a> {
     message: Option<MessageWriter>,
     /// The message being received for terminals (SEND, SOML, SAML), kept whole: see [`send`].
     terminal_message: Option<Vec<u8>>,
+    /// On the submission ports: the Date and Message-ID the message may lack.
+    fixup: Option<Fixup>,
     /// How slow the client has been.
     pace: Pace,
 }
@@ -261,17 +265,30 @@ impl Driver<'_> {
                         self.pace.content_begins(Instant::now());
                     }
                     Step::StartMessage => {
-                        self.message = Some(self.begin_message(session.envelope()));
+                        let writer = self.begin_message(session.envelope());
+                        self.fixup = (self.client.port != Port::Smtp).then(|| {
+                            let id = format!("{}@{}", writer.id(), self.shared.config.hostname);
+                            Fixup::new(Utc::now().to_rfc2822(), id)
+                        });
+                        self.message = Some(writer);
                         self.pace.content_begins(Instant::now());
                     }
                     Step::Data(content) => {
                         if let Some(writer) = &mut self.message {
-                            writer.write(content);
+                            match &mut self.fixup {
+                                Some(fixup) => fixup.feed(content, &mut |b| writer.write(b)),
+                                None => writer.write(content),
+                            }
                         } else if let Some(text) = &mut self.terminal_message {
                             text.extend_from_slice(content);
                         }
                     }
                     Step::EndMessage => {
+                        if let (Some(fixup), Some(writer)) = (self.fixup.take(), &mut self.message)
+                        {
+                            let mut fixup = fixup;
+                            fixup.finish(&mut |b| writer.write(b));
+                        }
                         match self.terminal_message.take() {
                             Some(text) => {
                                 let reply = self.deliver_to_terminals(session.envelope(), &text);
@@ -284,6 +301,7 @@ impl Driver<'_> {
                     Step::AbortMessage => {
                         self.message = None;
                         self.terminal_message = None;
+                        self.fixup = None;
                         self.content_ended();
                     }
                     Step::Close => return self.flush(session),

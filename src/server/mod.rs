@@ -8,6 +8,7 @@ pub mod policy;
 pub mod pool;
 pub mod reload;
 pub mod send;
+pub mod submission;
 
 use std::fmt;
 use std::sync::Arc;
