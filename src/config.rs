@@ -935,10 +935,16 @@ impl Config {
     }
 
     /// The configuration file a local program uses: the one it was given, else $POSTEL_CONFIG, else the system
-    /// file when it exists; None means the built-in defaults.
-    pub fn find(given: Option<PathBuf>) -> Option<PathBuf> {
+    /// file when it exists; None means the built-in defaults. A caller who is not `trusted` (of a set-id binary)
+    /// chooses nothing: the system file or the defaults.
+    pub fn find(given: Option<PathBuf>, trusted: bool) -> Option<PathBuf> {
         given
-            .or_else(|| std::env::var_os("POSTEL_CONFIG").map(PathBuf::from))
+            .filter(|_| trusted)
+            .or_else(|| {
+                std::env::var_os("POSTEL_CONFIG")
+                    .filter(|_| trusted)
+                    .map(PathBuf::from)
+            })
             .or_else(|| {
                 Path::new(SYSTEM_CONFIG)
                     .exists()

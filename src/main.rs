@@ -292,10 +292,17 @@ fn parse_options(args: &[String]) -> Result<Options, CliError> {
 /// The configuration file (or the built-in defaults), then the command-line overrides. Commands other than
 /// `serve` also find the file through $POSTEL_CONFIG and the system path, as sendmail does.
 fn load_config(options: &Options, look_around: bool) -> Result<Config, CliError> {
+    // A set-id binary's caller chooses no configuration, nor the directories.
+    let trusted = !privilege::is_setid();
+    if !trusted && (options.spool.is_some() || options.mailboxes.is_some()) {
+        return Err(usage(
+            "--spool and --mailboxes are for root and the server's account",
+        ));
+    }
     let path = if look_around {
-        Config::find(options.config.clone())
+        Config::find(options.config.clone(), trusted)
     } else {
-        options.config.clone()
+        options.config.clone().filter(|_| trusted)
     };
     let mut config = match path {
         Some(path) => Config::load(&path)?,

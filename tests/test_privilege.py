@@ -266,3 +266,70 @@ def test_sighup_rereads_a_key_only_root_may_read(servers, open_folder, make_acco
     expected = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=90)).strftime("%Y-%m-%d")
     assert until.startswith(expected), (until, expected)
     assert "keeping the old TLS" not in server.log()
+
+
+@pytest.fixture
+def setgid_install(open_folder, make_account):
+    """Item 4's install mode: a copy of the binary set-group-id to the server's group, a spool shared with that
+    group (2770), and a user of the host who is in no group of the server's."""
+    account, user, other = make_account(), make_account(), make_account()
+    binary = open_folder / "bin" / "postel"
+    binary.parent.mkdir()
+    shutil.copy(POSTEL_BIN, binary)
+    shutil.chown(binary, "root", account)
+    binary.chmod(0o2755)
+    for name in ("spool", "mailboxes"):
+        (open_folder / name).mkdir()
+        shutil.chown(open_folder / name, account, account)
+    (open_folder / "spool").chmod(0o2770)
+    return open_folder, binary, account, user, other
+
+
+def run_as(user, argv, folder, input=b"", env=None):
+    """Runs `argv` as `user` (real and effective ids, no supplementary groups) in `folder`."""
+    full_env = {"PATH": os.environ["PATH"], "RUST_LOG": "info", **(env or {})}
+    return subprocess.run([str(a) for a in argv], input=input, capture_output=True, timeout=30, cwd=folder,
+                          env=full_env, user=user, group=pwd.getpwnam(user).pw_gid, extra_groups=[])
+
+
+def test_the_setgid_sendmail_install_trusts_its_caller(servers, setgid_install):
+    """Item 4: called through the set-group-id binary, configuration from the caller (-C, --config,
+    $POSTEL_CONFIG) is ignored and the message only queued for the daemon, which delivers it."""
+    folder, binary, account, user, _ = setgid_install
+    evil = folder / "evil.toml"
+    evil.write_text("this is not the configuration\n")
+    evil.chmod(0o644)
+    server = Postel(folder, user=account, spool_dir="./spool", mailbox_dir="./mailboxes", delivery_workers=2)
+    servers.append(server)
+    server.wait_log("postel ready")
+    run = run_as(user, [binary, "sendmail", "-v", "-C", evil, "alice@localhost"], folder,
+                 input=b"Subject: through the setgid binary\n\nhello\n", env={"POSTEL_CONFIG": str(evil)})
+    assert run.returncode == 0, run.stderr
+    assert b"evil.toml" not in run.stderr, run.stderr
+    mailbox = folder / "mailboxes" / "alice"
+    assert wait_until(lambda: mailbox.exists() and b"through the setgid binary" in mailbox.read_bytes(), 15), \
+        server.log()
+    run = run_as(user, [binary, "queue", "list", "--spool", "/tmp"], folder)
+    assert run.returncode == 64 and b"--spool" in run.stderr, run.stderr
+
+
+def test_the_setgid_sendmail_never_delivers_and_queue_commands_act_for_the_submitter(setgid_install):
+    folder, binary, account, user, other = setgid_install
+    run = run_as(user, [binary, "sendmail", "-v", "alice@localhost"], folder, input=b"Subject: waits\n\nx\n")
+    assert run.returncode == 0, run.stderr
+    assert b"waits" in run.stderr, run.stderr
+    queued = sorted((folder / "spool" / "queue").iterdir())
+    assert len(queued) == 1
+    assert (os.stat(queued[0]).st_uid, mode(queued[0])) == (pwd.getpwnam(user).pw_uid, 0o660)
+    queue_id = queued[0].name
+    assert not (folder / "mailboxes" / "alice").exists(), "the caller delivered in-process"
+    run = run_as(user, [binary, "queue", "deliver", queue_id], folder)
+    assert run.returncode == 77 and b"only root and the server's account deliver" in run.stderr, run.stderr
+    assert not (folder / "mailboxes" / "alice").exists()
+    assert run_as(user, [binary, "queue", "show", queue_id], folder).returncode == 0
+    for command in ("show", "remove"):
+        run = run_as(other, [binary, "queue", command, queue_id], folder)
+        assert run.returncode == 77 and b"not your message" in run.stderr, (command, run.stderr)
+    assert queued[0].exists()
+    run = subprocess.run([binary, "queue", "show", queue_id], cwd=folder, capture_output=True, timeout=30)
+    assert run.returncode == 0 and b"Subject: waits" in run.stdout, run.stderr

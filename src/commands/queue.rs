@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::delivery::attempt::Deliverer;
 use crate::delivery::control::{self, Request};
 use crate::delivery::runner::{self, HandedTo};
+use crate::privilege;
 use crate::spool::{Outcome, QueueId, Queued, Spool};
 
 /// `postel queue list`: one block per message: id, size, arrival, sender, then each recipient and its state.
@@ -79,6 +80,7 @@ pub fn show(config: &Config, id: &str, out: &mut dyn Write) -> Result<(), CliErr
         .iter()
         .find(|m| m.envelope.id == id)
         .ok_or_else(|| not_queued(&id))?;
+    check_submitter(message)?;
     let mut body = Vec::new();
     spool.read_body(message).and_then(|r| {
         r.take(1024 * 1024)
@@ -130,6 +132,7 @@ pub fn run(config: Config, node: Option<&str>, out: &mut dyn Write) -> Result<()
                 "another program is running the queue; try again shortly",
             ));
         }
+        HandedTo::NotPermitted => return Err(not_permitted()),
     };
     Ok(writeln!(out, "{said}")?)
 }
@@ -147,6 +150,7 @@ pub fn deliver(config: Config, ids: &[&str], out: &mut dyn Write) -> Result<(), 
         HandedTo::Daemon(_) | HandedTo::Nobody => {
             "another program holds the spool; it delivers them before it lets go"
         }
+        HandedTo::NotPermitted => return Err(not_permitted()),
     };
     Ok(writeln!(out, "{said}")?)
 }
@@ -154,9 +158,12 @@ pub fn deliver(config: Config, ids: &[&str], out: &mut dyn Write) -> Result<(), 
 /// `postel queue remove ID`: drops a message, through the daemon if one runs.
 pub fn remove(config: Config, id: &str, out: &mut dyn Write) -> Result<(), CliError> {
     let id = parse_id(id)?;
-    if !scan(&config)?.iter().any(|m| m.envelope.id == id) {
-        return Err(not_queued(&id));
-    }
+    let queued = scan(&config)?;
+    let message = queued
+        .iter()
+        .find(|m| m.envelope.id == id)
+        .ok_or_else(|| not_queued(&id))?;
+    check_submitter(message)?;
     let spool = Spool::open(&config.spool_dir)?;
     if let Some(pid) = spool.owner() {
         control::send(&config.spool_dir, &Request::Remove(id.clone())).map_err(|e| {
@@ -174,6 +181,28 @@ pub fn remove(config: Config, id: &str, out: &mut dyn Write) -> Result<(), CliEr
     let _lock = spool.lock()?;
     spool.finish(&id)?;
     Ok(writeln!(out, "{id}: removed")?)
+}
+
+/// No daemon runs, and only root and the server's account deliver by themselves.
+fn not_permitted() -> CliError {
+    CliError::new(
+        Exit::NoPerm,
+        "no daemon runs, and only root and the server's account deliver here; the mail waits in the queue",
+    )
+}
+
+/// Refuses a message that is neither the caller's (its queue file is theirs) nor root's business.
+fn check_submitter(message: &Queued) -> Result<(), CliError> {
+    if privilege::may_touch_message(&message.file) {
+        return Ok(());
+    }
+    Err(CliError::new(
+        Exit::NoPerm,
+        format!(
+            "{}: not your message (only root and its submitter may see or remove it)",
+            message.envelope.id
+        ),
+    ))
 }
 
 fn scan(config: &Config) -> Result<Vec<Queued>, CliError> {

@@ -2,7 +2,6 @@
 //! use to submit mail, with the options they pass.
 
 use std::io::{self, BufRead};
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -11,7 +10,7 @@ use chrono::{DateTime, Utc};
 use log::info;
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
-use nix::unistd::{Pid, getuid};
+use nix::unistd::Pid;
 
 use crate::commands::{CliError, Exit, queue};
 use crate::config::Config;
@@ -116,14 +115,13 @@ fn usage(what: &str) -> CliError {
 }
 
 /// The configuration file sendmail runs with: --config, then -C, then $POSTEL_CONFIG, then the system file; None:
-/// the built-in defaults.
+/// the built-in defaults. A set-id sendmail takes the system file (or the defaults) whatever its caller says.
 fn config_path(invocation: &Invocation) -> Option<PathBuf> {
-    Config::find(
-        invocation
-            .config
-            .clone()
-            .or_else(|| invocation.dash_c.clone()),
-    )
+    let given = invocation
+        .config
+        .clone()
+        .or_else(|| invocation.dash_c.clone());
+    Config::find(given, !privilege::is_setid())
 }
 
 fn config(invocation: &Invocation) -> Result<Config, CliError> {
@@ -384,7 +382,7 @@ fn hand_off(deliverer: &Deliverer, config: Option<&Path>, id: &QueueId) {
                 "{id}: queued; the daemon (pid {pid}) picks it up within seconds (cannot signal it: {e})"
             ),
         }
-    } else if may_deliver(&deliverer.config) {
+    } else if privilege::may_deliver_in_process(&deliverer.config) {
         match start_delivery(config, id) {
             Ok(pid) => info!("{id}: queued; delivering in the background (pid {pid})"),
             Err(e) => log::warn!(
@@ -397,14 +395,6 @@ fn hand_off(deliverer: &Deliverer, config: Option<&Path>, id: &QueueId) {
              spool's owner deliver from sendmail)"
         );
     }
-}
-
-/// Whether this caller may deliver from sendmail when no daemon runs: root, or the account that owns the spool
-/// (the server's own). Anyone else only queues: delivery reads the aliases and writes every user's mailbox.
-fn may_deliver(config: &Config) -> bool {
-    let uid = getuid();
-    uid.is_root()
-        || std::fs::metadata(&config.spool_dir).is_ok_and(|spool| spool.uid() == uid.as_raw())
 }
 
 /// Starts `postel queue deliver ID` detached from the caller: its own process group, no terminal, standard

@@ -11,6 +11,7 @@ use log::{info, warn};
 use crate::delivery::attempt::Deliverer;
 use crate::delivery::control::{self, Request};
 use crate::delivery::scheduler::at_node;
+use crate::privilege;
 use crate::spool::{QueueId, Queued, SpoolError};
 
 /// Who delivers the messages just queued.
@@ -21,6 +22,9 @@ pub enum HandedTo {
     Here,
     /// Another program holds the spool; the messages wait for it or for the daemon.
     Nobody,
+    /// No daemon runs, and this caller may not deliver (see [`privilege::may_deliver_in_process`]): the messages
+    /// wait for the daemon, a queue run by root or the server's account.
+    NotPermitted,
 }
 
 /// Makes sure `messages` get delivered: by the daemon if one runs, else here and now.
@@ -35,6 +39,9 @@ pub fn hand_off(deliverer: &Arc<Deliverer>, messages: Vec<Queued>) -> Result<Han
             );
         }
         return Ok(HandedTo::Daemon(pid));
+    }
+    if !privilege::may_deliver_in_process(&deliverer.config) {
+        return Ok(HandedTo::NotPermitted);
     }
     {
         let _lock = match deliverer.spool.lock() {
@@ -78,6 +85,9 @@ fn deliver_queued(
     wanted: impl Fn(&Queued) -> bool,
 ) -> Result<HandedTo, SpoolError> {
     let spool = &deliverer.spool;
+    if !privilege::may_deliver_in_process(&deliverer.config) {
+        return Ok(HandedTo::NotPermitted);
+    }
     {
         let _lock = match spool.lock() {
             Ok(lock) => lock,

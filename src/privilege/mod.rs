@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use log::warn;
 use nix::errno::Errno;
 use nix::unistd::{
-    AccessFlags, Gid, Uid, User, access, chown, geteuid, getuid, initgroups, setresgid, setresuid,
+    AccessFlags, Gid, Uid, User, access, chown, getegid, geteuid, getgid, getuid, initgroups,
+    setresgid, setresuid,
 };
 
 use crate::config::Config;
@@ -151,12 +152,15 @@ pub fn settle(
         close_spool(&config.spool_dir, account.as_ref())?;
     }
     create_missing_dir(&config.mailbox_dir, 0o755, owner)?;
-    if let Some(account) = account.as_ref().filter(|a| !a.is_current()) {
-        helper::install(config).map_err(|e| PrivilegeError::Helper(e.to_string()))?;
+    // A user's set-id `sendmail -bs` stays the user: it only queues.
+    let switching = account.as_ref().filter(|a| !a.is_current() && !is_setid());
+    if let Some(account) = switching {
+        if geteuid().is_root() {
+            helper::install(config).map_err(|e| PrivilegeError::Helper(e.to_string()))?;
+        }
         account.switch()?;
     }
-    // The files of the spool are the server's alone; a mailbox is created with its own mode.
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    set_spool_umask(config);
     for dir in [&config.spool_dir, &config.mailbox_dir] {
         check_writable(dir, account.as_ref())?;
     }
@@ -243,7 +247,42 @@ pub fn become_account(config: &Config) -> Result<(), PrivilegeError> {
     {
         account.switch()?;
     }
+    set_spool_umask(config);
     Ok(())
+}
+
+/// Files in the spool are the server's alone (0600, directories 0700). Where the admin shares the spool with a
+/// submission group (a group-writable spool, for the set-group-id sendmail), the group shares them (0660, 0770):
+/// the daemon reads what users queued, users' sendmail writes into tmp/ and queue/ and finds the daemon's PID in
+/// the lock file. Others never.
+fn set_spool_umask(config: &Config) {
+    let shared = fs::metadata(&config.spool_dir).is_ok_and(|meta| meta.mode() & 0o020 != 0);
+    let umask = if shared { 0o007 } else { 0o077 };
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
+}
+
+/// Whether the real and effective ids differ: a set-user-id or set-group-id binary run by someone else, who
+/// must not choose its configuration or deliver with it.
+pub fn is_setid() -> bool {
+    getuid() != geteuid() || getgid() != getegid()
+}
+
+/// Whether this process may deliver by itself when no daemon runs: only root and the account that owns the spool
+/// (the server's own), and never a set-id program run by someone else: delivery reads the aliases and writes
+/// every user's mailbox, which is not a user's business. Anyone else only queues, and wakes the daemon.
+pub fn may_deliver_in_process(config: &Config) -> bool {
+    let uid = getuid();
+    !is_setid()
+        && (uid.is_root()
+            || fs::metadata(&config.spool_dir).is_ok_and(|spool| spool.uid() == uid.as_raw()))
+}
+
+/// Whether the caller may see or remove a queued message in `file`: root, or whoever wrote the queue file (its
+/// submitter: sendmail writes a file of its own, owned by the user who ran it); the daemon's own files hold the
+/// messages of network clients and belong to the server's account.
+pub fn may_touch_message(file: &Path) -> bool {
+    let uid = getuid();
+    uid.is_root() || fs::metadata(file).is_ok_and(|meta| meta.uid() == uid.as_raw())
 }
 
 /// Checks that the process (already the account, if one is named) may create files in `dir`.
