@@ -333,3 +333,18 @@ def test_the_setgid_sendmail_never_delivers_and_queue_commands_act_for_the_submi
     assert queued[0].exists()
     run = subprocess.run([binary, "queue", "show", queue_id], cwd=folder, capture_output=True, timeout=30)
     assert run.returncode == 0 and b"Subject: waits" in run.stdout, run.stderr
+
+
+def test_inetd_started_as_root_serves_as_the_account(open_folder, make_account):
+    account = make_account()
+    for name in ("spool", "mailboxes"):
+        (open_folder / name).mkdir()
+        shutil.chown(open_folder / name, account, account)
+    config = write_config(open_folder, user=account)
+    dialogue = (b"EHLO client.test\r\nMAIL FROM:<carol@example.org>\r\nRCPT TO:<alice@localhost>\r\nDATA\r\n"
+                b"Subject: over inetd\r\n\r\nhi\r\n.\r\nQUIT\r\n")
+    run = postel(["inetd"], config=config, input=dialogue)
+    assert run.returncode == 0 and b"250 2.0.0 Ok: queued" in run.stdout, run.stdout + run.stderr
+    uid = pwd.getpwnam(account).pw_uid
+    files = [p for p in (open_folder / "spool").rglob("*")]
+    assert files and all(os.stat(p).st_uid == uid for p in files), [(p, os.stat(p).st_uid) for p in files]

@@ -139,11 +139,12 @@ pub fn root_warning(config: &Config) -> Option<&'static str> {
 /// spool (0700, or as the admin made it for local submission, but never open to others) and the mailbox
 /// directory when it is missing. With `user` unset the process stays who it is, and says so when that is root.
 /// Run as root, this creates the directories for `account`, the one [`Account::configured`] found; run before any
-/// thread starts.
-pub fn settle(
-    config: &Config,
-    account: Option<Account>,
-) -> Result<Option<Account>, PrivilegeError> {
+/// thread starts. A user's set-id `sendmail -bs` stays the user and touches nothing but the spool: it only queues.
+pub fn settle(config: &Config, account: Option<Account>) -> Result<(), PrivilegeError> {
+    if is_setid() {
+        set_spool_umask(config);
+        return Ok(());
+    }
     if let Some(warning) = root_warning(config) {
         warn!("{warning}");
     }
@@ -152,9 +153,7 @@ pub fn settle(
         close_spool(&config.spool_dir, account.as_ref())?;
     }
     create_missing_dir(&config.mailbox_dir, 0o755, owner)?;
-    // A user's set-id `sendmail -bs` stays the user: it only queues.
-    let switching = account.as_ref().filter(|a| !a.is_current() && !is_setid());
-    if let Some(account) = switching {
+    if let Some(account) = account.as_ref().filter(|a| !a.is_current()) {
         if geteuid().is_root() {
             helper::install(config).map_err(|e| PrivilegeError::Helper(e.to_string()))?;
         }
@@ -164,7 +163,7 @@ pub fn settle(
     for dir in [&config.spool_dir, &config.mailbox_dir] {
         check_writable(dir, account.as_ref())?;
     }
-    Ok(account)
+    Ok(())
 }
 
 fn dir_problem(path: &Path, problem: String) -> PrivilegeError {

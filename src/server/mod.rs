@@ -11,6 +11,8 @@ pub mod send;
 pub mod submission;
 
 use std::fmt;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -19,6 +21,10 @@ use crossbeam_channel::RecvTimeoutError;
 use log::{info, warn};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{
+    AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, bind as bind_socket, setsockopt,
+    socket, sockopt,
+};
 
 use crate::auth::AuthUsersError;
 use crate::config::Config;
@@ -95,7 +101,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     let aliases = Aliases::configured(&config).map_err(ServeError::Aliases)?;
     let reloaded = load_reloaded(&config, Arc::new(Reloadable::new(aliases)))?;
     let signals = block_signals()?;
-    let listeners = bind(&config)?;
+    let bound = bind(&config)?;
     privilege::settle(&config, account)?;
     let (spool, _lock, scan) = open_spool(&config)?;
     let queued = scan.messages.len();
@@ -114,6 +120,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
     pool::start(config.workers, pool_rx, Arc::clone(&shared), done_tx)
         .map_err(|e| ServeError::Setup("start the session workers", e))?;
+    let listeners = listen(bound)?;
     log_ready(&config, queued);
 
     let doorbell = || {
@@ -184,9 +191,9 @@ fn start_delivery(
     Ok(Some(scheduler))
 }
 
-/// A listening socket for each configured address.
-/// Every listening socket with the kind of port it is.
-fn bind(config: &Config) -> Result<Vec<(mio::net::TcpListener, Port)>, ServeError> {
+/// A socket bound to each configured address (port 25 needs root), with the kind of port it is, not listening
+/// yet: clients are refused, not kept waiting, until the server is ready.
+fn bind(config: &Config) -> Result<Vec<(OwnedFd, Port, SocketAddr)>, ServeError> {
     let ports = [
         (&config.listen, Port::Smtp),
         (&config.submission_listen, Port::Submission),
@@ -194,11 +201,34 @@ fn bind(config: &Config) -> Result<Vec<(mio::net::TcpListener, Port)>, ServeErro
     ];
     ports
         .into_iter()
-        .flat_map(|(addresses, port)| addresses.iter().map(move |addr| (addr, port)))
+        .flat_map(|(addresses, port)| addresses.iter().map(move |addr| (*addr, port)))
         .map(|(addr, port)| {
-            mio::net::TcpListener::bind(*addr)
-                .map(|listener| (listener, port))
-                .map_err(|e| ServeError::Listen(addr.to_string(), e))
+            let failed = |e: nix::Error| ServeError::Listen(addr.to_string(), e.into());
+            let family = if addr.is_ipv4() {
+                AddressFamily::Inet
+            } else {
+                AddressFamily::Inet6
+            };
+            let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+            let socket = socket(family, SockType::Stream, flags, None).map_err(failed)?;
+            setsockopt(&socket, sockopt::ReuseAddr, &true).map_err(failed)?;
+            bind_socket(socket.as_raw_fd(), &SockaddrStorage::from(addr)).map_err(failed)?;
+            Ok((socket, port, addr))
+        })
+        .collect()
+}
+
+/// Starts listening on the bound sockets.
+fn listen(
+    bound: Vec<(OwnedFd, Port, SocketAddr)>,
+) -> Result<Vec<(mio::net::TcpListener, Port)>, ServeError> {
+    bound
+        .into_iter()
+        .map(|(socket, port, addr)| {
+            nix::sys::socket::listen(&socket, Backlog::MAXCONN)
+                .map_err(|e| ServeError::Listen(addr.to_string(), e.into()))?;
+            let listener = std::net::TcpListener::from(socket);
+            Ok((mio::net::TcpListener::from_std(listener), port))
         })
         .collect()
 }
