@@ -11,7 +11,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 use std::thread;
 
 use log::{error, info, warn};
@@ -21,6 +21,7 @@ use nix::unistd::{Pid, Uid, User, fchown};
 
 use crate::config::Config;
 use crate::delivery::aliases::Aliases;
+use crate::logging;
 use crate::privilege::helper::{self, MAX_MESSAGE};
 
 /// The account commands run as when the aliases file belongs to root or to the server's account (as Postfix's
@@ -42,14 +43,15 @@ pub fn run() -> io::Result<()> {
         "the daemon's configuration",
     )
     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    logging::route(&config);
     let aliases = Aliases::configured(&config).unwrap_or_else(|e| {
         warn!("privileged helper: no alias commands run until the aliases load: {e}");
         Aliases::empty()
     });
-    let state = Arc::new(State {
+    let state = State {
         config,
         aliases: RwLock::new(aliases),
-    });
+    };
     loop {
         let (request, mut fds) = helper::receive(&socket, 64 * 1024)?;
         if request.is_empty() {
