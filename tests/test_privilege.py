@@ -8,6 +8,7 @@ they need root, as `make test` on the test machines has.
 import datetime
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from mboxutil import DELIVER, message_ids, queue_list
 from tlsutil import openssl, self_signed
 from helpers import (POSTEL_BIN, Postel, SmtpConn, free_port, message, postel, transaction, wait_until,
                      write_config)
@@ -348,3 +350,43 @@ def test_inetd_started_as_root_serves_as_the_account(open_folder, make_account):
     uid = pwd.getpwnam(account).pw_uid
     files = [p for p in (open_folder / "spool").rglob("*")]
     assert files and all(os.stat(p).st_uid == uid for p in files), [(p, os.stat(p).st_uid) for p in files]
+
+
+def test_a_crash_after_an_append_to_a_mailbox_only_its_user_may_open_is_repaired(servers, open_folder,
+                                                                                   make_account):
+    """The check after a crash reads the mailbox the journal announced: under the account, a system user's 0600
+    mailbox is opened by the helper. strace kills the daemon after the append, before the journal says it is done;
+    the restarted daemon must find the message there, not deliver it again nor wait for ever."""
+    strace = shutil.which("strace")
+    if not strace:
+        pytest.skip("strace is not installed (tests/setup-tools.sh installs it)")
+    account, bob = make_account(), make_account()
+    for name in ("spool", "mailboxes"):
+        (open_folder / name).mkdir()
+        shutil.chown(open_folder / name, account, account)
+    config = write_config(open_folder, user=account, local_users="system", **DELIVER)
+    port = int(re.search(r"127\.0\.0\.1:(\d+)", config.read_text())[1])
+    with open(open_folder / "traced.log", "wb") as log:
+        traced = subprocess.Popen(
+            [strace, "-f", "-qq", "-o", str(open_folder / "strace.out"), "-P", str(open_folder / "spool/journal"),
+             "-e", "trace=write,pwrite64,pwritev,pwritev2", "-e", "inject=write,pwrite64,pwritev,pwritev2:signal=KILL:when=2",
+             str(POSTEL_BIN), "serve", "--config", str(config)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, RUST_LOG="info"))
+    try:
+        assert wait_until(lambda: _accepts(port), 10), (open_folder / "traced.log").read_text()
+        conn = SmtpConn.connect(port)
+        conn.greet()
+        assert transaction(conn, "carol@example.org", [f"{bob}@localhost"], message("once")).code == 250
+        conn.close()
+        traced.wait(10)
+    finally:
+        if traced.poll() is None:
+            traced.kill()
+        traced.wait()  # the helper exits by itself once the daemon's end of its socket is closed
+    box = open_folder / "mailboxes" / bob
+    assert len(message_ids(box)) == 1, "the kill did not land after the append"
+    server = Postel(open_folder, user=account, local_users="system", **DELIVER)
+    servers.append(server)
+    assert wait_until(lambda: "Mail queue is empty" in queue_list(server.config_path), 15), server.log()
+    assert len(message_ids(box)) == 1, server.log()
+

@@ -477,18 +477,20 @@ fn open_mailbox(path: &Path, owner: Option<(Uid, Gid)>) -> Result<File, NotLocke
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
     let helper = helper::installed();
-    match options.open(path) {
+    // A system user's mailbox that is missing, or that the account may not open (also when the check after a
+    // crash reads it), is opened by the helper.
+    let denied = match options.open(path) {
         Ok(file) => return Ok(file),
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
             return Err(refused(path, "is a symbolic link").into());
         }
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied && helper.is_some() => {}
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied && helper.is_some() => true,
         Err(e) if e.kind() != io::ErrorKind::NotFound => {
             return Err(MboxError::io(path, "opening", &e).into());
         }
-        Err(_) => {}
-    }
-    if let Some(helper) = helper.filter(|_| owner.is_some()) {
+        Err(_) => false,
+    };
+    if let Some(helper) = helper.filter(|_| denied || owner.is_some()) {
         let name = path
             .file_name()
             .and_then(|name| name.to_str())
