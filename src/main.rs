@@ -293,7 +293,7 @@ fn parse_options(args: &[String]) -> Result<Options, CliError> {
 /// `serve` also find the file through $POSTEL_CONFIG and the system path, as sendmail does.
 fn load_config(options: &Options, look_around: bool) -> Result<Config, CliError> {
     // A set-id binary's caller chooses no configuration, nor the directories.
-    let trusted = !privilege::is_setid();
+    let trusted = !privilege::untrusted_caller();
     if !trusted && (options.spool.is_some() || options.mailboxes.is_some()) {
         return Err(usage(
             "--spool and --mailboxes are for root and the server's account",

@@ -121,7 +121,7 @@ fn config_path(invocation: &Invocation) -> Option<PathBuf> {
         .config
         .clone()
         .or_else(|| invocation.dash_c.clone());
-    Config::find(given, !privilege::is_setid())
+    Config::find(given, !privilege::untrusted_caller())
 }
 
 fn config(invocation: &Invocation) -> Result<Config, CliError> {

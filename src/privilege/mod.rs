@@ -141,7 +141,7 @@ pub fn root_warning(config: &Config) -> Option<&'static str> {
 /// Run as root, this creates the directories for `account`, the one [`Account::configured`] found; run before any
 /// thread starts. A user's set-id `sendmail -bs` stays the user and touches nothing but the spool: it only queues.
 pub fn settle(config: &Config, account: Option<Account>) -> Result<(), PrivilegeError> {
-    if is_setid() {
+    if untrusted_caller() {
         set_spool_umask(config);
         return Ok(());
     }
@@ -260,10 +260,10 @@ fn set_spool_umask(config: &Config) {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
 }
 
-/// Whether the real and effective ids differ: a set-user-id or set-group-id binary run by someone else, who
-/// must not choose its configuration or deliver with it.
-pub fn is_setid() -> bool {
-    getuid() != geteuid() || getgid() != getegid()
+/// Whether a user (not root) runs this as a set-user-id or set-group-id binary (real and effective ids differ):
+/// such a caller must not choose the configuration or deliver with it. Root is trusted whatever the binary.
+pub fn untrusted_caller() -> bool {
+    !getuid().is_root() && (getuid() != geteuid() || getgid() != getegid())
 }
 
 /// Whether this process may deliver by itself when no daemon runs: only root and the account that owns the spool
@@ -271,7 +271,7 @@ pub fn is_setid() -> bool {
 /// every user's mailbox, which is not a user's business. Anyone else only queues, and wakes the daemon.
 pub fn may_deliver_in_process(config: &Config) -> bool {
     let uid = getuid();
-    !is_setid()
+    !untrusted_caller()
         && (uid.is_root()
             || fs::metadata(&config.spool_dir).is_ok_and(|spool| spool.uid() == uid.as_raw()))
 }
