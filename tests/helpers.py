@@ -28,6 +28,7 @@ POSTEL_BIN = Path(os.environ.get("POSTEL_BIN", REPO / "target" / "debug" / "post
 HOSTNAME = "postel.test"
 START_TIMEOUT = 10.0
 REPLY_TIMEOUT = 10.0
+BIND_ATTEMPTS = 5
 ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
 QUEUED = re.compile(r"queued as ([0-9A-F]{20})")
 
@@ -79,6 +80,48 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _socket_inodes(pid):
+    """The inodes of the sockets process `pid` and its children hold open."""
+    pids = [str(pid)]
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as children:
+                pids += children.read().split()
+    except OSError:
+        pass
+    inodes = set()
+    for p in pids:
+        try:
+            fds = os.listdir(f"/proc/{p}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{p}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:["):-1])
+    return inodes
+
+
+def listens(pid, port):
+    """Whether process `pid` (or a child of it) listens on TCP `port`: not just anyone who answers there."""
+    inodes = _socket_inodes(pid)
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port and inode in inodes:
+                return True
+    return False
 
 
 def toml_value(value):
@@ -287,8 +330,8 @@ class Postel:
         """`serve_args`: more arguments for `postel serve` (`["--explain"]`)."""
         self.dir = Path(folder)
         self.serve_args = list(serve_args)
-        self.port = free_port()
-        self.config_path = write_config(self.dir, self.port, **config)
+        self.config_keys = config
+        self._configure()
         self.spool = self.dir / "spool"
         self.mailboxes = self.dir / "mailboxes"
         self.log_path = self.dir / "postel.log"
@@ -296,38 +339,60 @@ class Postel:
         self.stopped = False
         self._start("wb")
 
+    def _configure(self):
+        """Picks a free port and writes the config that listens on it."""
+        self.port = free_port()
+        self.config_path = write_config(self.dir, self.port, **self.config_keys)
+
     def _start(self, mode):
         env = dict(os.environ)
         env["RUST_LOG"] = os.environ.get("POSTEL_TEST_RUST_LOG", "debug")
         env.pop("RUST_BACKTRACE", None)
         env.pop("POSTEL_CONFIG", None)
-        with open(self.log_path, mode) as log:
-            self.proc = subprocess.Popen(
-                [str(POSTEL_BIN), "serve", "--config", str(self.config_path), *self.serve_args],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=self.dir, env=env,
-            )
-        self._wait_ready()
+        for _ in range(BIND_ATTEMPTS):
+            started_at = self.log_path.stat().st_size if mode == "ab" and self.log_path.exists() else 0
+            with open(self.log_path, mode) as log:
+                self.proc = subprocess.Popen(
+                    [str(POSTEL_BIN), "serve", "--config", str(self.config_path), *self.serve_args],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    cwd=self.dir, env=env,
+                )
+            if self._wait_ready(started_at):
+                return
+            # free_port() only says the port was free a moment ago: another program (or an outgoing
+            # connection's ephemeral port) took it before the server could bind it. Another port, then.
+            mode = "ab"
+            self._configure()
+        raise AssertionError(f"postel found its port taken {BIND_ATTEMPTS} times:\n{self.log()}")
 
     def restart(self):
-        """Starts `postel serve` again on the same config, spool and port (after kill() or an exit); the log goes on."""
+        """Starts `postel serve` again on the same config, spool and port (after kill() or an exit); the log goes on.
+
+        Should another program have taken the port meanwhile, the server gets another one (`self.port`).
+        """
         assert self.proc.poll() is not None, "restart() of a server that still runs"
         self.stopped = False
         self._start("ab")
 
-    def _wait_ready(self):
+    def _wait_ready(self, started_at):
+        """True once this server listens on its port and has answered a probe; False when it exited because the
+        port was taken. A connection alone proves nothing: another program may listen on the port."""
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if self.proc.poll() is not None:
+                if "Address already in use" in self.log()[started_at:]:
+                    return False
                 raise AssertionError(f"postel exited with {self.proc.returncode} at start:\n{self.log()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.kill()
-                    raise AssertionError(f"postel did not accept on port {self.port} within {START_TIMEOUT}s:\n{self.log()}")
-                time.sleep(0.05)
+            if listens(self.proc.pid, self.port):
+                try:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                    return True
+                except OSError:
+                    pass
+            if time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError(f"postel did not accept on port {self.port} within {START_TIMEOUT}s:\n{self.log()}")
+            time.sleep(0.05)
 
     @property
     def pid(self):

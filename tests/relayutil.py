@@ -202,6 +202,7 @@ class Transaction:
     def __init__(self, conn_no, mail_line):
         self.conn_no = conn_no
         self.mail_line = mail_line
+        self.started = time.monotonic()  # when the MAIL command came
         m = re.match(r"(?i)MAIL FROM:\s*<([^>]*)>(.*)$", mail_line)
         self.sender = m[1] if m else None
         self.params = m[2].split() if m else []
@@ -509,13 +510,13 @@ class ListeningPostel(Postel):
     """A `postel serve` that also listens on other addresses (`extra_listen`); 127.0.0.1:<port> stays its probe."""
 
     def __init__(self, folder, extra_listen=(), **config):
-        self._probe_port = free_port()
-        config["listen"] = [f"127.0.0.1:{self._probe_port}", *extra_listen]
+        self.extra_listen = list(extra_listen)
         super().__init__(folder, **config)
 
-    def _wait_ready(self):
-        self.port = self._probe_port
-        super()._wait_ready()
+    def _configure(self):
+        self.port = free_port()
+        self.config_path = write_config(self.dir, listen=[f"127.0.0.1:{self.port}", *self.extra_listen],
+                                        **self.config_keys)
 
 
 def wait_local(server, user, count, address=None, timeout=20.0):
