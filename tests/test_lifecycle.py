@@ -47,7 +47,7 @@ def test_sigterm_lets_the_session_in_flight_finish(make_postel):
     conn.send(msg)
     time.sleep(0.2)
     postel.signal(signal.SIGTERM)
-    time.sleep(0.5)
+    postel.wait_log(r"received signal \d+: no longer accepting connections")
     # No new sessions once SIGTERM arrived: refused, or closed without a 220.
     try:
         late = socket.create_connection(("127.0.0.1", postel.port), timeout=2)
