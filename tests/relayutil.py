@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import Postel, free_port, wait_until
+from helpers import Postel, free_port, wait_until, write_config
 from mboxutil import mbox_messages, sent_lines
 
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"

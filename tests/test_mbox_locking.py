@@ -154,7 +154,8 @@ def test_parallel_sessions_and_lockers_lose_nothing(make_postel, tmp_path):
         f"{sorted(i for i in ids if ids.count(i) > 1 or i not in expected)[:10]}")
     assert reads > 3
     assert sorted(mutt_message_ids(box)) == sorted(expected)
-    # Every message was delivered once; the log agrees.
+    # Every message was delivered once; the log agrees (its line comes just after the append).
+    wait_until(lambda: len(sent_lines(server.log(), to="alice")) >= len(expected), 10)
     assert len(sent_lines(server.log(), to="alice")) == len(expected)
     assert not (server.mailboxes / "alice.lock").exists()
 

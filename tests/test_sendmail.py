@@ -86,7 +86,8 @@ def test_t_takes_to_cc_bcc_and_removes_bcc(setup):
         assert m["To"] == "alice" and m["Cc"] == "Bob <bob@localhost>"
         assert m.get_payload() == "Hello all.\n"
     if setup.daemon:
-        # The daemon delivered (its log has the deliveries), handed over by sendmail.
+        # The daemon delivered (its log has the deliveries, just after the appends), handed over by sendmail.
+        wait_until(lambda: sent_lines(setup.daemon.log(), to="carol"), 10)
         assert len(sent_lines(setup.daemon.log(), to="carol")) == 1
 
 
