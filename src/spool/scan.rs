@@ -3,7 +3,6 @@
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use crc32fast::Hasher;
 use nix::errno::Errno;
@@ -70,9 +69,6 @@ pub(super) fn scan_some(queue: &Path, wanted: impl Fn(&Path) -> bool) -> Result<
     Ok(found)
 }
 
-/// How long an empty file in tmp/ is taken for one a writer has just created and not yet locked.
-const JUST_MADE: Duration = Duration::from_secs(60);
-
 /// Removes a file left in tmp/, unless a program that is still writing it holds its flock (`postel
 /// sendmail` or `postel inetd` take in messages without the spool lock). Returns whether it was
 /// removed.
@@ -83,19 +79,7 @@ fn remove_unless_locked(path: &Path) -> io::Result<bool> {
         Err(e) => return Err(e),
     };
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(locked) => {
-            // A writer creates its file, then locks it: an empty one just made may be between the two.
-            let meta = locked.metadata()?;
-            let just_made = meta
-                .modified()
-                .ok()
-                .and_then(|at| at.elapsed().ok())
-                .is_none_or(|age| age < JUST_MADE);
-            if meta.len() == 0 && just_made {
-                return Ok(false);
-            }
-            fs::remove_file(path).map(|()| true)
-        }
+        Ok(_locked) => fs::remove_file(path).map(|()| true),
         Err((_, Errno::EWOULDBLOCK)) => Ok(false),
         Err((_, errno)) => Err(errno.into()),
     }
