@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{BufReader, Read};
+use std::io::{BufRead, Read};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -13,6 +13,7 @@ use nix::unistd::{Gid, Uid};
 
 use crate::config::Config;
 use crate::delivery::aliases::{AliasError, Aliases};
+use crate::delivery::body;
 use crate::delivery::bounce::{self, Failure};
 use crate::delivery::comsat;
 use crate::delivery::local::{Destination, Route, Router};
@@ -293,13 +294,13 @@ impl Deliverer {
         let trace_headers =
             trace::trace_headers(&message.envelope, &self.config.hostname, &route.recipient);
         let delivered = match &route.destination {
-            Destination::Command(command) => self.body(message).map(|mut body| {
-                pipe::deliver(
+            Destination::Command(command) => self.read_body(message, |body| {
+                Ok(pipe::deliver(
                     command,
                     trace_headers.as_bytes(),
-                    &mut body,
+                    body,
                     self.config.pipe_timeout,
-                )
+                ))
             }),
             Destination::Mailbox { path, owner } => self
                 .append(path, *owner, message, &route.key, &trace_headers)
@@ -319,15 +320,19 @@ impl Deliverer {
         delivered.unwrap_or_else(|failed| failed)
     }
 
-    /// The queued message, for reading once more; Err is the delivery's failure.
-    fn body(&self, message: &Queued) -> Result<BufReader<impl Read + use<>>, Delivery> {
-        match self.spool.read_body(message) {
-            Ok(body) => Ok(BufReader::with_capacity(64 * 1024, body)),
-            Err(e) => Err(Delivery::temporary(
+    /// Calls `read` with the queued message (see [`body::read`]); Err is the delivery's failure, the
+    /// message's or `read`'s.
+    fn read_body<R>(
+        &self,
+        message: &Queued,
+        read: impl FnOnce(&mut dyn BufRead) -> Result<R, Delivery>,
+    ) -> Result<R, Delivery> {
+        body::read(&self.spool, message, read).unwrap_or_else(|e| {
+            Err(Delivery::temporary(
                 Detail::OtherMailSystem,
                 format!("cannot read the queued message: {e}"),
-            )),
-        }
+            ))
+        })
     }
 
     /// Appends the message to the mbox at `path` for the target `key`, unless a crash interrupted an append
@@ -353,13 +358,15 @@ impl Deliverer {
         }
         let envelope = &message.envelope;
         let (sender, trace) = (envelope.sender.as_str(), trace_headers.as_bytes());
-        let len = mbox::len_in_mbox(
-            path,
-            sender,
-            envelope.arrival,
-            trace,
-            &mut self.body(message)?,
-        )?;
+        let len = self.read_body(message, |body| {
+            Ok(mbox::len_in_mbox(
+                path,
+                sender,
+                envelope.arrival,
+                trace,
+                body,
+            )?)
+        })?;
         let mut appended_at = 0;
         let mut announce = |offset| {
             appended_at = offset;
@@ -372,14 +379,16 @@ impl Deliverer {
                     )
                 })
         };
-        let copy = mbox::Message {
-            sender,
-            arrival: envelope.arrival,
-            trace_headers: trace,
-            body: &mut self.body(message)?,
-            len,
-        };
-        mbox::append(path, owner, &settings, copy, &mut announce)?;
+        self.read_body(message, |body| {
+            let copy = mbox::Message {
+                sender,
+                arrival: envelope.arrival,
+                trace_headers: trace,
+                body,
+                len,
+            };
+            Ok(mbox::append(path, owner, &settings, copy, &mut announce)?)
+        })?;
         // The mailbox's name may be an alias's target.
         step!(
             envelope.id.as_str(),
@@ -417,14 +426,13 @@ impl Deliverer {
     /// The message's header section, read from the spool (at most [`HEADER_LIMIT`] bytes).
     fn header_section(&self, message: &Queued) -> Result<Vec<u8>, SpoolError> {
         let mut start = Vec::with_capacity(4096);
-        self.spool
-            .read_body(message)?
-            .take(HEADER_LIMIT)
-            .read_to_end(&mut start)
-            .map_err(|source| SpoolError::Io {
-                path: message.file.clone(),
-                source,
-            })?;
+        body::read(&self.spool, message, |body| {
+            body.take(HEADER_LIMIT).read_to_end(&mut start)
+        })?
+        .map_err(|source| SpoolError::Io {
+            path: message.file.clone(),
+            source,
+        })?;
         let headers = bounce::header_section(&start).len();
         start.truncate(headers);
         Ok(start)

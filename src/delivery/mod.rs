@@ -3,6 +3,7 @@
 
 pub mod aliases;
 pub mod attempt;
+pub mod body;
 pub mod bounce;
 pub mod comsat;
 pub mod control;

@@ -3,7 +3,7 @@
 //! other server said into a delivery result per recipient.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Cursor, Read};
+use std::io::{Cursor, Read};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,6 +14,7 @@ use rustls::ClientConfig;
 use crate::auth::Credentials;
 use crate::config::{Config, RemoteTls, SmarthostTls};
 use crate::copy::{self, Format};
+use crate::delivery::body;
 use crate::delivery::trace;
 use crate::delivery::transport::{Delivery, Problem};
 use crate::remote::client::{
@@ -300,10 +301,6 @@ impl Relay {
             Ok(connection) => connection,
             Err(why) => return Sent::TryNext(why),
         };
-        let (mut content, size) = match self.content(spool, message, recipients) {
-            Ok(content) => content,
-            Err(failed) => return Sent::Done(vec![failed; recipients.len()]),
-        };
         let envelope = &message.envelope;
         crate::step!(
             envelope.id.as_str(),
@@ -311,14 +308,29 @@ impl Relay {
             if reused { "reusing an open" } else { "a new" },
             recipients.len()
         );
-        let sent = connection.send(
-            &envelope.sender,
-            recipients,
-            &mut content,
-            size,
-            envelope.body == Some(BodyType::EightBitMime),
-            envelope.smtputf8,
-        );
+        // What goes out: our Received header, then the message as queued.
+        let received = self.received(message, recipients);
+        let size = message.len + received.get_ref().len() as u64;
+        let sent = body::read(spool, message, |body| {
+            connection.send(
+                &envelope.sender,
+                recipients,
+                &mut received.chain(body),
+                size,
+                envelope.body == Some(BodyType::EightBitMime),
+                envelope.smtputf8,
+            )
+        });
+        let sent = match sent {
+            Ok(sent) => sent,
+            Err(e) => {
+                let failed = Delivery::temporary(
+                    Detail::OtherMailSystem,
+                    format!("cannot read the queued message: {e}"),
+                );
+                return Sent::Done(vec![failed; recipients.len()]);
+            }
+        };
         match sent {
             Ok(transaction) => {
                 self.taken(message, addr, connection, recipients, transaction, accepted)
@@ -355,27 +367,6 @@ impl Relay {
             }
             Err(e) => Err(e.to_string()),
         }
-    }
-
-    /// What goes out as the message: our Received header, then the message as queued; and its size.
-    fn content(
-        &self,
-        spool: &Spool,
-        message: &Queued,
-        recipients: &[String],
-    ) -> Result<(impl BufRead + use<>, u64), Delivery> {
-        let body = spool.read_body(message).map_err(|e| {
-            Delivery::temporary(
-                Detail::OtherMailSystem,
-                format!("cannot read the queued message: {e}"),
-            )
-        })?;
-        let received = self.received(message, recipients);
-        let size = message.len + received.get_ref().len() as u64;
-        Ok((
-            BufReader::with_capacity(64 * 1024, received.chain(body)),
-            size,
-        ))
     }
 
     /// The server answered the message: the recipients it took are recorded at once, and the connection is
