@@ -241,8 +241,8 @@ def test_sigkill_while_taking_the_dot_lock_does_not_block_the_mailbox(make_poste
 
 def test_sigkill_between_the_append_and_its_journal_entry_does_not_deliver_twice(make_postel, tmp_path):
     """doc/delivery.md: "a crash or a restart never delivers to the same mailbox twice". The journal gets two writes
-    for the delivery: where the append will go, then that it is done. strace kills the server at the second: after
-    the append to alice's mailbox and its fsync, before the record of it."""
+    for the delivery: where the append will go, then that it is done (with the message's `done`). strace kills
+    the server at the second: after the append to alice's mailbox and its fsync, before the record of it."""
     folder = killed_at_write(tmp_path, "spool/journal", "write,pwrite64,pwritev,pwritev2", nth=2)
     box = folder / "mailboxes" / "alice"
     assert message_ids(box) == ["<killed@test>"], "the kill did not land after the append"

@@ -152,10 +152,12 @@ impl Deliverer {
                     remote: remote_reply,
                 });
             }
-            results.push(RecipientResult {
+            let journaled = outcome == Outcome::Delivered && journaled_at_once(&route);
+            let result = RecipientResult {
                 recipient: route.key,
                 outcome,
-            });
+            };
+            results.push((result, journaled));
         }
         // The notification is queued before the failures are recorded: a crash in between sends it twice rather
         // than never.
@@ -187,8 +189,8 @@ impl Deliverer {
     }
 
     /// Delivers to `routes`: the remote ones relayed together, one transaction per domain, the others one by
-    /// one. Each delivery is recorded in the journal as it happens (a relayed one as soon as the other server
-    /// took it). Returns each route with what its transport said, in the order of `routes`.
+    /// one. A delivery to another server or a command is recorded in the journal as it happens (see
+    /// [`journaled_at_once`]). Returns each route with what its transport said, in the order of `routes`.
     pub fn deliver_routes(
         &self,
         message: &Queued,
@@ -211,10 +213,10 @@ impl Deliverer {
             .collect()
     }
 
-    /// Records a local delivery in the journal at once. When that fails, the delivery counts as deferred: the
-    /// append was announced before it began, so the next attempt finds it made and does not repeat it.
+    /// Records a delivery to a command in the journal at once (see [`journaled_at_once`]). When that fails, the
+    /// delivery counts as deferred.
     fn record_local(&self, message: &Queued, route: &Route, delivery: Delivery) -> Delivery {
-        if delivery != Delivery::Done {
+        if delivery != Delivery::Done || !journaled_at_once(route) {
             return delivery;
         }
         match self
@@ -229,34 +231,33 @@ impl Deliverer {
         }
     }
 
-    /// Records the outcomes of the attempt that are not deliveries (those are recorded already), and finishes
-    /// the message when no target waits for a retry. Returns the earliest retry time, if any.
+    /// Records the outcomes of the attempt that are not in the journal yet (each result comes with whether it
+    /// is), and finishes the message when no target waits for a retry, all in one write. Returns the earliest
+    /// retry time, if any.
     fn record_attempt(
         &self,
         message: &mut Queued,
-        results: Vec<RecipientResult>,
+        results: Vec<(RecipientResult, bool)>,
     ) -> Result<Option<DateTime<Utc>>, SpoolError> {
         let id = &message.envelope.id;
-        let unfinished: Vec<RecipientResult> = results
-            .iter()
-            .filter(|r| r.outcome != Outcome::Delivered)
-            .cloned()
-            .collect();
-        if !unfinished.is_empty() {
-            self.spool.record(id, &unfinished)?;
-        }
         let next_try = results
             .iter()
-            .filter_map(|r| match r.outcome {
+            .filter_map(|(r, _)| match r.outcome {
                 Outcome::Deferred { next_try, .. } => Some(next_try),
                 _ => None,
             })
             .min();
+        let unrecorded: Vec<&RecipientResult> = results
+            .iter()
+            .filter(|(_, journaled)| !journaled)
+            .map(|(r, _)| r)
+            .collect();
+        self.spool
+            .record_attempt(id, &unrecorded, next_try.is_none())?;
         if next_try.is_none() {
-            self.spool.finish(id)?;
             info!("{id}: removed");
         }
-        message.state.apply(results);
+        message.state.apply(results.into_iter().map(|(r, _)| r));
         Ok(next_try)
     }
 
@@ -437,6 +438,17 @@ impl Deliverer {
         start.truncate(headers);
         Ok(start)
     }
+}
+
+/// Whether a delivery to `route` is in the journal as soon as it is made: a relayed one when the other server
+/// takes it, one to a command when the command ends. An append to a mailbox is announced in the journal before it
+/// begins (so that a crash before its record is found out, see [`Deliverer::appended_before_a_crash`]), and is
+/// recorded with the rest of the attempt.
+fn journaled_at_once(route: &Route) -> bool {
+    matches!(
+        route.destination,
+        Destination::Remote(_) | Destination::Command(_)
+    )
 }
 
 /// The remote addresses among `routes`, grouped by their domain (lower-cased), in the order first met.

@@ -312,6 +312,35 @@ impl Spool {
         self.journal.append(&entries, &self.live)
     }
 
+    /// Records what one delivery attempt of `id` leaves to record, in one durable write: `results`, `attempts 1`
+    /// when one of them is not a delivery, and, when `finished`, that the message is finished (see
+    /// [`finish`](Spool::finish)). Only the holder of the lock may record.
+    pub fn record_attempt(
+        &self,
+        id: &QueueId,
+        results: &[&RecipientResult],
+        finished: bool,
+    ) -> Result<(), SpoolError> {
+        let mut entries = Vec::with_capacity(128 * (results.len() + 2));
+        for result in results {
+            state::encode_result(id, &result.recipient, &result.outcome, &mut entries);
+        }
+        if results.iter().any(|r| r.outcome != Outcome::Delivered) {
+            state::encode(id, &Entry::Attempts(1), &mut entries);
+        }
+        if finished {
+            state::encode(id, &Entry::Done, &mut entries);
+        }
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.journal.append(&entries, &self.live)?;
+        if finished {
+            self.live.finish(id);
+        }
+        Ok(())
+    }
+
     /// Records one recipient's delivery at once, durably, without counting an attempt: a crash later in the
     /// same attempt must not deliver to this recipient again. Only the holder of the lock may record.
     pub fn record_delivered(&self, id: &QueueId, recipient: &str) -> Result<(), SpoolError> {
