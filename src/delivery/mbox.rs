@@ -1,10 +1,11 @@
 //! Appending one message to an mbox file: dot-lock, fcntl and flock locking, the From_ line, the size limit,
 //! and rolling back to the old size on any failure. The message itself goes through the copier in mbox form.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufWriter, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -146,26 +147,30 @@ pub fn append(
         old_size,
         done: false,
     };
-    let out = BufWriter::with_capacity(64 * 1024, &locked.file);
-    let result = render(out, path, &from_line, message.trace_headers, message.body).and_then(
-        |(out, written)| {
-            out.into_inner()
-                .map_err(|e| MboxError::io(path, "writing", e.error()))?;
-            if written != len {
-                return Err(MboxError::temporary(
-                    Detail::OtherMailSystem,
-                    format!(
-                        "{}: the message took {written} bytes, not the {len} announced",
-                        path.display()
-                    ),
-                ));
-            }
-            locked
-                .file
-                .sync_data()
-                .map_err(|e| MboxError::io(path, "syncing", &e))
-        },
-    );
+    let result = OUT.with_borrow_mut(|buffer| {
+        buffer.clear();
+        let out = Spill {
+            file: &locked.file,
+            buffer,
+        };
+        let (mut out, written) =
+            render(out, path, &from_line, message.trace_headers, message.body)?;
+        out.flush()
+            .map_err(|e| MboxError::io(path, "writing", &e))?;
+        if written != len {
+            return Err(MboxError::temporary(
+                Detail::OtherMailSystem,
+                format!(
+                    "{}: the message took {written} bytes, not the {len} announced",
+                    path.display()
+                ),
+            ));
+        }
+        locked
+            .file
+            .sync_data()
+            .map_err(|e| MboxError::io(path, "syncing", &e))
+    });
     match result {
         Ok(()) => {
             undo.commit();
@@ -183,6 +188,37 @@ pub fn append(
             }
             Err(err)
         }
+    }
+}
+
+/// What an append writes at a time.
+const OUT_CHUNK: usize = 64 * 1024;
+
+thread_local! {
+    /// Each delivery thread's buffer for what it appends, kept from one append to the next.
+    static OUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Writes to `file` through `buffer`, [`OUT_CHUNK`] bytes or more at a time; [`Write::flush`] writes the rest.
+struct Spill<'a> {
+    file: &'a File,
+    buffer: &'a mut Vec<u8>,
+}
+
+impl Write for Spill<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buffer.extend_from_slice(data);
+        if self.buffer.len() >= OUT_CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let mut file = self.file;
+        file.write_all(self.buffer)?;
+        self.buffer.clear();
+        Ok(())
     }
 }
 

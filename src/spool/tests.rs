@@ -498,6 +498,23 @@ fn a_second_lock_is_busy_until_the_first_is_dropped() {
     spool.lock().unwrap();
 }
 
+#[test]
+fn the_body_buffer_is_sized_from_the_declared_size_up_to_the_memory_limit() {
+    let tmp = TempDir::new("declared-size");
+    let spool = Spool::open(&tmp.0).unwrap();
+    let capacity = |declared_size| {
+        let envelope = Envelope {
+            declared_size,
+            ..envelope(&["bob@localhost"])
+        };
+        spool.new_message(envelope).memory_capacity().unwrap()
+    };
+    assert_eq!(capacity(None), 0);
+    assert!(capacity(Some(5000)) >= 5000);
+    assert_eq!(capacity(Some(20 << 20)), SMALL_LIMIT);
+    assert_eq!(capacity(Some(u64::MAX)), SMALL_LIMIT);
+}
+
 mod byte_for_byte {
     use proptest::prelude::*;
 

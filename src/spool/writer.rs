@@ -63,14 +63,26 @@ impl MessageWriter {
         let mut head = Vec::with_capacity(HEADER_LEN + text.len());
         head.resize(HEADER_LEN, b' ');
         head.extend_from_slice(text.as_bytes());
+        // Sized for the whole message when the client declared its size, so that it is not copied as it grows;
+        // never past what is kept in memory, whatever a client declares.
+        let declared = envelope.declared_size.unwrap_or(0).min(SMALL_LIMIT as u64);
         MessageWriter {
             tmp_path: tmp.join(envelope.id.as_str()),
+            body: Body::Memory(Vec::with_capacity(declared as usize)),
             envelope,
             head,
-            body: Body::Memory(Vec::new()),
             len: 0,
             crc,
             error: None,
+        }
+    }
+
+    /// How many bytes the in-memory body has room for before it must grow; None once it is in a file.
+    #[cfg(test)]
+    pub(super) fn memory_capacity(&self) -> Option<usize> {
+        match &self.body {
+            Body::Memory(bytes) => Some(bytes.capacity()),
+            Body::File(_) => None,
         }
     }
 
