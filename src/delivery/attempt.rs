@@ -234,12 +234,15 @@ impl Deliverer {
     /// Records the outcomes of the attempt that are not in the journal yet (each result comes with whether it
     /// is), and finishes the message when no target waits for a retry, all in one write. Returns the earliest
     /// retry time, if any.
+    ///
+    /// The outcomes go into the message's state first: when the journal cannot be written (a full disk), the
+    /// scheduler keeps the message with that state, so the next attempt records and finishes what was done
+    /// instead of doing it again (a relayed copy cannot be taken back; the remote would get it twice).
     fn record_attempt(
         &self,
         message: &mut Queued,
         results: Vec<(RecipientResult, bool)>,
     ) -> Result<Option<DateTime<Utc>>, SpoolError> {
-        let id = &message.envelope.id;
         let next_try = results
             .iter()
             .filter_map(|(r, _)| match r.outcome {
@@ -247,17 +250,21 @@ impl Deliverer {
                 _ => None,
             })
             .min();
-        let unrecorded: Vec<&RecipientResult> = results
+        let unrecorded: Vec<RecipientResult> = results
             .iter()
             .filter(|(_, journaled)| !journaled)
-            .map(|(r, _)| r)
+            .map(|(r, _)| r.clone())
             .collect();
-        self.spool
-            .record_attempt(id, &unrecorded, next_try.is_none())?;
+        message.state.apply(results.into_iter().map(|(r, _)| r));
+        let id = &message.envelope.id;
+        self.spool.record_attempt(
+            id,
+            &unrecorded.iter().collect::<Vec<_>>(),
+            next_try.is_none(),
+        )?;
         if next_try.is_none() {
             info!("{id}: removed");
         }
-        message.state.apply(results.into_iter().map(|(r, _)| r));
         Ok(next_try)
     }
 

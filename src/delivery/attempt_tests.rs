@@ -186,3 +186,35 @@ fn after_the_queue_lifetime_a_temporary_failure_bounces_with_the_last_error() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Found by the soak test: a relayed copy the journal could not record (the spool's disk was full) was relayed
+/// again at every retry. What an attempt did stays in the message's state, so the retry only records it.
+#[test]
+fn a_delivery_the_journal_cannot_record_is_not_made_again_by_the_retry() {
+    let dir = TempDir::new("attempt");
+    let deliverer = deliverer(&dir, "");
+    let mut message = queue(&deliverer, &["dave@remote.test"]);
+    let plan = deliverer.plan(&message).unwrap();
+    // The journal cannot be opened: as on a full disk, nothing can be recorded.
+    let journal = deliverer.config.spool_dir.join("journal");
+    let _ = fs::remove_file(&journal);
+    fs::create_dir(&journal).unwrap();
+    // The other server took the message (relay_all gives Done once it has said 250).
+    let deliveries = plan
+        .routes
+        .into_iter()
+        .map(|route| (route, Delivery::Done))
+        .collect();
+    let recorded = deliverer.conclude(&mut message, deliveries, &plan.headers, arrival());
+    assert!(recorded.is_err(), "the journal is unwritable");
+    assert_eq!(outcome(&message, "dave@remote.test"), &Outcome::Delivered);
+    assert!(
+        deliverer.plan(&message).unwrap().routes.is_empty(),
+        "the retry has nothing to deliver"
+    );
+
+    fs::remove_dir(&journal).unwrap();
+    let retry = deliverer.attempt(&mut message, arrival()).unwrap();
+    assert_eq!(retry.next_try, None, "the retry finishes the message");
+    assert!(deliverer.spool.scan(false).unwrap().messages.is_empty());
+}
