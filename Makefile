@@ -3,6 +3,7 @@
 #   make test   install missing test tools (as root), unit tests, then the integration tests in tests/
 #   make bench  Postel, the reference Postfix (make bench-reference) and smtp-sink side by side
 #   make deb    build (release) the Debian package target/debian/postel_<version>_<arch>.deb
+#   make soak   30 minutes of mixed load with kills and a full disk; no message may be lost (bench/soak.py)
 #   make fuzz-smoke  every fuzz target for 10 s (FUZZ_SECONDS) from its corpus (doc/fuzzing.md)
 
 PREFIX ?= /usr/local
@@ -13,7 +14,7 @@ FUZZ_SECONDS ?= 10
 PYTHON ?= python3
 
 .PHONY: all build release run test tools unit integration bench bench-reference bench-tools fmt lint man deb deb-test \
-	fuzz-smoke \
+	fuzz-smoke soak \
 	install uninstall clean
 
 all: build
@@ -56,6 +57,11 @@ fuzz-smoke:
 # also bench/results/bench.csv and bench.png. BENCH_ARGS=--quick for a smoke check.
 bench: release bench-tools
 	$(PYTHON) bench/run.py $(BENCH_ARGS)
+
+# 30 minutes of mixed load, kills and a full spool disk, then an account of every message (bench/soak.py; as root).
+# SOAK_ARGS='--minutes 3' for a short run.
+soak: release bench-tools
+	$(PYTHON) bench/soak.py $(SOAK_ARGS)
 
 # The reference Postfix on 127.0.0.1:2525 that `make bench` compares with (as root; idempotent).
 bench-reference: bench-tools
