@@ -429,6 +429,7 @@ def main():
         start = time.monotonic()
         end = start + args.minutes * 60
         next_kill, next_fill, next_sample = start + args.kill_every, start + args.fill_every / 2, start
+        next_progress = start + 60
         samples, kills, fills, exits = [], 0, 0, 0
         filler = None
         while time.monotonic() < end:
@@ -439,6 +440,11 @@ def main():
                 if usage:
                     samples.append((now - start, *usage))
                 next_sample = now + 5
+            if now >= next_progress:
+                rss, fds = samples[-1][1:] if samples else (0, 0)
+                print(f"soak: {(now - start) / 60:4.1f} min: sent {len(ledger.sent)}, accepted {len(ledger.accepted)}, "
+                      f"RSS {rss / 1024:.1f} MiB, {fds} open fds, {kills} kills, {fills} fills", flush=True)
+                next_progress = now + 60
             if now >= next_kill:
                 main_server.kill()
                 time.sleep(random.random() * 2)
