@@ -252,8 +252,10 @@ impl Spool {
                 journal.display()
             ));
         }
-        if repair {
-            self.journal.compact(replay.messages, &self.live)?;
+        // Compacting needs room for a new journal; on a full disk the server starts with the old one
+        // (and can deliver, which frees the disk) rather than not at all.
+        if repair && let Err(e) = self.journal.compact(replay.messages, &self.live) {
+            log::warn!("{}: not compacted, kept as it is: {e}", journal.display());
         }
         Ok(scan)
     }

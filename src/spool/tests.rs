@@ -592,3 +592,20 @@ fn a_repairing_scan_in_another_process_never_takes_a_message_being_written() {
         );
     });
 }
+
+/// Found by the soak test: with the spool's disk full of queued mail, the repairing scan at start-up could
+/// not write the compacted journal, so the server refused to start and the queue could never drain.
+#[test]
+fn a_journal_that_cannot_be_compacted_does_not_stop_the_scan() {
+    let dir = TempDir::new("nocompact");
+    let spool = Spool::open(&dir.0).unwrap();
+    let queued = send(&spool, envelope(&["bob@localhost"]), b"hello\r\n").unwrap();
+    drop(spool);
+    // Where the new journal would be written, a directory: as on a full disk, it cannot be.
+    fs::create_dir(dir.0.join("journal.new")).unwrap();
+    let spool = Spool::open(&dir.0).unwrap();
+    let scan = spool.scan(true).unwrap();
+    assert_eq!(scan.messages.len(), 1);
+    assert_eq!(read_body(&spool, &scan.messages[0]), b"hello\r\n");
+    assert_eq!(scan.messages[0].envelope.id, queued.envelope.id);
+}
