@@ -79,7 +79,12 @@ fn remove_unless_locked(path: &Path) -> io::Result<bool> {
         Err(e) => return Err(e),
     };
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(_locked) => fs::remove_file(path).map(|()| true),
+        // Between the open and the lock its writer may have committed it (renamed it into queue/).
+        Ok(_locked) => match fs::remove_file(path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        },
         Err((_, Errno::EWOULDBLOCK)) => Ok(false),
         Err((_, errno)) => Err(errno.into()),
     }
