@@ -18,7 +18,9 @@ pub const MESSAGES_PER_JOB: usize = 16;
 /// Where deliveries go, as the scheduler counts them: each target has its own queue and limit.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Target {
-    /// An mbox file: a user's mailbox or a `/file` alias target. One job at a time (it is locked anyway).
+    /// An mbox file: a user's mailbox or a `/file` alias target. As many jobs at a time as there are delivery
+    /// workers: their appends take turns at the mailbox's locks, and their journal records share one
+    /// fdatasync (the group commit), which one job at a time, each message waiting for its own, cannot.
     Mailbox(PathBuf),
     /// A `|command` alias target. One job at a time.
     Command(String),
@@ -51,7 +53,8 @@ impl Target {
     /// How many jobs for this target may run at once.
     pub fn limit(&self, config: &Config) -> usize {
         match self {
-            Target::Mailbox(_) | Target::Command(_) => 1,
+            Target::Mailbox(_) => config.delivery_workers.max(1),
+            Target::Command(_) => 1,
             Target::Remote(_) => config.remote_concurrency.max(1),
             Target::Refused => usize::MAX,
         }
@@ -138,6 +141,9 @@ mod tests {
             .collect();
         assert_eq!(remote, [(Target::Remote("relay.test:2525".into()), 3)]);
         assert_eq!(Target::Remote("x".into()).limit(&config), 2);
-        assert_eq!(Target::Mailbox("/m/bob".into()).limit(&config), 1);
+        assert_eq!(
+            Target::Mailbox("/m/bob".into()).limit(&config),
+            config.delivery_workers
+        );
     }
 }
