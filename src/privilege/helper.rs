@@ -1,4 +1,4 @@
-//! The daemon's side of the privileged helper (the helper itself is [`crate::privileged`]): starting it, its
+//! The daemon's side of the privileged helper (the helper itself is `postel privileged-helper`, in src/privileged.rs): starting it, its
 //! requests and replies on the wire.
 //!
 //! The daemon starts the helper as root before any thread of its own (it is the same binary, run as `postel
