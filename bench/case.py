@@ -44,10 +44,12 @@ class Case:
 
 
 class Context:
-    """What a run has for its cases: the binary, a scratch folder, the reference (or None), how long to send."""
+    """What a run has for its cases: the binary, the TLS load client and certificate (a tls.Kit), a scratch folder,
+    the reference (or None), how long to send."""
 
-    def __init__(self, binary, base, reference, duration):
+    def __init__(self, binary, tls_kit, base, reference, duration):
         self.binary = binary
+        self.tls = tls_kit
         self.base = base
         self.reference = reference
         self.duration = duration
@@ -84,16 +86,16 @@ class Context:
             helper.stop()
 
 
-def timed(server, ctx, streams, arrived=None, per_message=1, duration=None, sample_every=0.5):
-    """Sends `streams` to `server` for the run's duration and measures. Without `arrived` the rate is of messages
-    accepted (smtp-source's 250s over its time); with it, of `arrived()` reaching messages sent × `per_message`,
+def timed(server, ctx, streams, arrived=None, per_message=1, duration=None, sample_every=0.5, send=load.send):
+    """Sends `streams` to `server` with `send` (smtp-source's rounds unless told) for the run's duration and
+    measures. Without `arrived` the rate is of messages accepted (the 250s over the client's time); with it, of `arrived()` reaching messages sent × `per_message`,
     timed from the first message sent until the last arrival. CPU is counted until the server is idle again; memory
     is sampled every `sample_every` seconds (where the kernel keeps no exact peak; reading all of Postfix's memory
     maps takes CPU the servers would otherwise have, hence not often)."""
     procstat.wait_idle(server)
     meter = procstat.Meter(server, sample_every)
     start = time.monotonic()
-    sent, seconds, error = load.send(server.addr, streams, ctx.duration if duration is None else duration)
+    sent, seconds, error = send(server.addr, streams, ctx.duration if duration is None else duration)
     notes = [error] if error else []
     count = sent * per_message
     if arrived:

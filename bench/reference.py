@@ -14,8 +14,10 @@ Sets up (or brings up to date) a Postfix instance of its own, beside Debian's de
 
 Run as root; idempotent (every run rewrites the configuration, then starts or reloads the instance).
 Options:
-  --tls CERT KEY   offer STARTTLS with this certificate and key (PEM), so that a TLS benchmark gives both servers
-                   the same key; without it the reference offers no TLS
+  tls        STARTTLS with an ECDSA P-256 certificate for bench.local made once in /etc/postfix-bench/tls, which the
+             TLS cases of make bench give Postel too, so that both servers sign with the same key
+  --tls CERT KEY   offer this certificate and key (PEM) instead (copied into /etc/postfix-bench/tls)
+  --no-tls         offer no STARTTLS (the TLS cases then measure Postel alone)
   --stop           stop the reference instance
 """
 
@@ -44,6 +46,8 @@ ALIASES = {f"{i}load": f"load{i:02d}" for i in range(2, 51)}
 RELAY_DOMAINS = [f"d{k}.test" for k in range(1, 11)]
 RELAY_SINKS = [f"127.0.0.{k + 1}" for k in range(1, 11)]
 RELAY_PORT = 2526
+TLS_CERT = CONFIG_DIR / "tls" / "cert.pem"
+TLS_KEY = CONFIG_DIR / "tls" / "key.pem"
 # Files a chrooted Postfix daemon reads from /etc (what Debian's init script copies into the queue directory).
 CHROOT_FILES = ["etc/localtime", "etc/services", "etc/resolv.conf", "etc/hosts", "etc/host.conf", "etc/nsswitch.conf"]
 
@@ -81,6 +85,25 @@ def main_cf(tls):
     if tls:
         settings["smtpd_tls_cert_file"], settings["smtpd_tls_key_file"] = tls
     return "".join(f"{key} = {value}\n" for key, value in settings.items())
+
+
+def make_certificate(cert, key):
+    """A self-signed ECDSA P-256 certificate for bench.local (and postel.test, the name bench/tls_load.rs sends)."""
+    run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-days", "3650", "-subj", f"/CN={DOMAIN}", "-addext", f"subjectAltName=DNS:{DOMAIN},DNS:postel.test",
+        "-keyout", str(key), "-out", str(cert))
+
+
+def install_tls(given):
+    """The certificate and key the reference offers: `given` (CERT, KEY) copied in, or the ones made before."""
+    TLS_CERT.parent.mkdir(parents=True, exist_ok=True)
+    if given:
+        shutil.copyfile(given[0], TLS_CERT)
+        shutil.copyfile(given[1], TLS_KEY)
+    elif not (TLS_CERT.exists() and TLS_KEY.exists()):
+        make_certificate(TLS_CERT, TLS_KEY)
+    os.chmod(TLS_KEY, 0o600)
+    return str(TLS_CERT), str(TLS_KEY)
 
 
 def run(*argv):
@@ -150,6 +173,7 @@ def start():
 def main():
     parser = argparse.ArgumentParser(description="Set up the reference Postfix for make bench.")
     parser.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"), help="offer STARTTLS with this certificate and key")
+    parser.add_argument("--no-tls", action="store_true", help="offer no STARTTLS")
     parser.add_argument("--stop", action="store_true", help="stop the reference instance")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -161,8 +185,9 @@ def main():
             postfix("stop")
         print("bench-reference: stopped")
         return
-    tls = tuple(str(Path(p).resolve(strict=True)) for p in args.tls) if args.tls else None
+    given = tuple(Path(p).resolve(strict=True) for p in args.tls) if args.tls else None
     ensure_users()
+    tls = None if args.no_tls else install_tls(given)
     write_config(tls)
     start()
     print(f"bench-reference: Postfix ready on {ADDR[0]}:{ADDR[1]} ({DOMAIN}, /var/mail/load*, config {CONFIG_DIR}"

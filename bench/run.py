@@ -29,10 +29,11 @@ import reference
 import relay
 import report
 import servers
+import tls
 from case import POSTFIX, Context
 
 REPO = Path(__file__).resolve().parent.parent
-CASES = accept.cases() + delivery.cases() + relay.cases() + memory.cases()
+CASES = accept.cases() + tls.cases() + delivery.cases() + relay.cases() + memory.cases()
 
 
 def build():
@@ -86,6 +87,7 @@ def main():
 
     binary = build()
     base = Path(tempfile.mkdtemp(prefix="postel-bench-", dir=os.environ.get("BENCH_DIR", "/var/tmp")))
+    tls_kit = tls.Kit.make(REPO, base)
     postfix, why_not = servers.Reference.find()
     print(f"postel: {binary}, scratch spools in {base} ({fs_type(base)})")
     if postfix:
@@ -96,7 +98,7 @@ def main():
     print(f"{os.cpu_count()} CPUs, {duration:g} s of smtp-source traffic per case and server, 1 KiB messages "
           "unless the case says otherwise\n")
 
-    ctx = Context(binary, base, postfix, duration)
+    ctx = Context(binary, tls_kit, base, postfix, duration)
     all_rows, keep = [], False
     started = time.monotonic()
     try:

@@ -3,12 +3,13 @@
 //! spends as much CPU per handshake as the server, so this one uses rustls, as Postel does.
 //!
 //! cargo bench --bench tls_load -- --port 2525 --server-pid PID [--sessions 10] [--messages 1000]
-//!     [--per-connection 100] [--no-resume] [--handshakes-only] [--plain]
+//!     [--per-connection 100] [--no-resume] [--handshakes-only] [--plain] [--to ADDRESS]
 //!
 //! It prints one line: messages (or connections) per second, and CPU milliseconds per message (or
 //! connection) for the server and for this client. `--handshakes-only` opens connections that say EHLO,
 //! STARTTLS, EHLO, QUIT, to measure the handshake; `--plain` leaves STARTTLS out (the baseline to subtract);
-//! `--no-resume` turns session resumption off, so that every handshake is a full one.
+//! `--no-resume` turns session resumption off, so that every handshake is a full one; `--to` names the
+//! recipient (default `sink@localhost`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -29,6 +30,7 @@ struct Options {
     resume: bool,
     handshakes_only: bool,
     tls: bool,
+    to: String,
 }
 
 fn options() -> Options {
@@ -41,6 +43,7 @@ fn options() -> Options {
         resume: true,
         handshakes_only: false,
         tls: true,
+        to: "sink@localhost".into(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -54,6 +57,7 @@ fn options() -> Options {
             "--no-resume" => o.resume = false,
             "--handshakes-only" => o.handshakes_only = true,
             "--plain" => o.tls = false,
+            "--to" => o.to = value(),
             "--bench" => {}
             other => panic!("unknown option {other}"),
         }
@@ -128,8 +132,15 @@ fn connect(o: &Options, config: &Arc<ClientConfig>) -> Session {
     session
 }
 
-const MESSAGE: &str = "From: load@load.test\r\nTo: sink@localhost\r\nSubject: load\r\n\r\n\
-    A small message, about the size of a notification.\r\n.\r\n";
+/// A message of about 1 KiB, the size the other benchmark cases send.
+fn message() -> String {
+    let mut text = String::from("From: load@load.test\r\nSubject: load\r\n\r\n");
+    while text.len() < 1024 {
+        text.push_str("A line of the body of a benchmark message, about as long as lines are.\r\n");
+    }
+    text.push_str(".\r\n");
+    text
+}
 
 fn main() {
     let o = Arc::new(options());
@@ -138,6 +149,12 @@ fn main() {
         config.resumption = rustls::client::Resumption::disabled();
     }
     let config = Arc::new(config);
+    let envelope = format!(
+        "MAIL FROM:<load@load.test>\r\nRCPT TO:<{}>\r\nDATA\r\n",
+        o.to
+    );
+    let envelope = Arc::new(envelope);
+    let message = Arc::new(message());
     let done = Arc::new(AtomicU64::new(0));
     let server_before = o.server_pid.map(|p| cpu(&p.to_string()));
     let client_before = cpu("self");
@@ -145,19 +162,27 @@ fn main() {
     let threads: Vec<_> = (0..o.sessions)
         .map(|_| {
             let (o, config, done) = (Arc::clone(&o), Arc::clone(&config), Arc::clone(&done));
+            let (envelope, message) = (Arc::clone(&envelope), Arc::clone(&message));
             std::thread::spawn(move || {
                 loop {
                     let mut session = connect(&o, &config);
-                    let batch = if o.handshakes_only { 1 } else { o.per_connection };
+                    let batch = if o.handshakes_only {
+                        1
+                    } else {
+                        o.per_connection
+                    };
                     for _ in 0..batch {
                         if done.fetch_add(1, Ordering::Relaxed) >= o.messages {
                             session.command("QUIT\r\n", 221);
                             return;
                         }
                         if !o.handshakes_only {
-                            session.say("MAIL FROM:<load@load.test>\r\nRCPT TO:<sink@localhost>\r\nDATA\r\n");
-                            assert_eq!((session.reply(), session.reply(), session.reply()), (250, 250, 354));
-                            session.command(MESSAGE, 250);
+                            session.say(&envelope);
+                            assert_eq!(
+                                (session.reply(), session.reply(), session.reply()),
+                                (250, 250, 354)
+                            );
+                            session.command(&message, 250);
                         }
                     }
                     session.command("QUIT\r\n", 221);
