@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Checks that the modules under src/ depend on each other one way only (doc/architecture.md).
 
-Reads every `crate::`, `super::` and `self::` path in src/ (use lines and paths written inline) and builds two
+Reads every `crate::`, `super::` and `self::` path in src/ (use lines, paths written inline, and paths in doc
+comments, since a doc link ties the two modules' docs together as much as a use does) and builds two
 graphs: one between the top-level modules (delivery -> spool) and one between the sub-modules of each of them
 (delivery::attempt -> delivery::mbox). A module's own mod.rs may use its children and they may use what it
 re-exports; every other edge counts. Exits 1 naming each cycle found; prints the graph with --print.
@@ -24,10 +25,18 @@ def module_path(src, file):
     return parts
 
 
+DOC_COMMENT = re.compile(r"///[^\n]*|//![^\n]*|/\*[*!].*?\*/", re.S)
+
+
 def strip_comments(text):
     text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
     text = re.sub(r'"(?:\\.|[^"\\])*"', '""', text)
     return re.sub(r"//[^\n]*", "", text)
+
+
+def doc_comments(text):
+    """The doc comments of a source file (`///`, `//!`, `/** */`, `/*! */`), whose paths are links, never use trees."""
+    return "\n".join(DOC_COMMENT.findall(text))
 
 
 def expand(tree):
@@ -50,12 +59,13 @@ def expand(tree):
     return [path for item in items if item.strip() for path in expand(prefix + item.strip())]
 
 
-def referenced(text, here):
-    """Absolute module paths (lists of names) that `text`, the source of module `here`, refers to."""
+def referenced(text, here, docs=""):
+    """Absolute module paths (lists of names) that `text`, the source of module `here` without comments, and
+    `docs`, its doc comments, refer to."""
     paths = []
     for tree in re.findall(r"\buse\s+([^;]+);", text):
         paths += expand(tree)
-    paths += re.findall(rf"(?<![:\w])((?:crate|super|self)(?:::{IDENT})+)", text)
+    paths += re.findall(rf"(?<![:\w])((?:crate|super|self)(?:::{IDENT})+)", text + "\n" + docs)
     for path in paths:
         names = [n.strip() for n in path.split("::") if n.strip()]
         if not names or names[0] not in ("crate", "super", "self"):
@@ -77,7 +87,8 @@ def graphs(src):
     for here, file in files.items():
         if not here:
             continue
-        for target in referenced(strip_comments(file.read_text()), here):
+        source = file.read_text()
+        for target in referenced(strip_comments(source), here, doc_comments(source)):
             # The longest prefix that names a module: crate::spool::Envelope is the module spool.
             while target and tuple(target) not in modules:
                 target = target[:-1]
