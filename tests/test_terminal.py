@@ -141,3 +141,11 @@ def test_send_is_refused_while_terminal_delivery_is_off(postel):
     conn = postel.session()
     reply = conn.expect("SEND FROM:<carol@example.org>", 502)
     assert "not offered" in reply.text
+    commands = conn.expect("HELP", 214).text.split()
+    assert "MAIL" in commands and not {"SEND", "SOML", "SAML"} & set(commands), commands
+
+
+def test_help_lists_send_soml_and_saml_while_terminal_delivery_is_on(make_postel, tmp_path):
+    conn = server_with(make_postel, tmp_path, []).session()
+    commands = conn.expect("HELP", 214).text.split()
+    assert {"MAIL", "SEND", "SOML", "SAML"} <= set(commands), commands

@@ -9,8 +9,11 @@ use crate::smtp::{
 };
 
 /// alice and bob live at localhost; other domains are remote, and only a trusted client may relay.
+#[derive(Default)]
 pub struct TestPolicy {
     pub trusted: bool,
+    /// SEND, SOML and SAML are carried out (`terminal_delivery`).
+    pub terminals: bool,
 }
 
 impl Policy for TestPolicy {
@@ -69,7 +72,7 @@ impl Policy for TestPolicy {
     }
 
     fn terminal_delivery(&self) -> bool {
-        false
+        self.terminals
     }
 
     fn terminal_recipient(&self, _: &ForwardPath, _: bool) -> Result<(), Reply> {
@@ -137,7 +140,13 @@ pub fn run(input: &[u8]) -> Run {
 
 /// Feeds `input` in pieces of `piece` bytes, as a reader would; a message that ends is queued as "Q1", "Q2"...
 pub fn run_with(params: SessionParams, trusted: bool, input: &[u8], piece: usize) -> Run {
-    let mut session = Session::new(params, Box::new(TestPolicy { trusted }));
+    let mut session = Session::new(
+        params,
+        Box::new(TestPolicy {
+            trusted,
+            ..TestPolicy::default()
+        }),
+    );
     let mut result = Run::default();
     let (mut buffer, mut fed, mut message) = (Vec::new(), 0, None::<Vec<u8>>);
     session.greeting();

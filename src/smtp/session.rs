@@ -853,7 +853,7 @@ impl Session {
     }
 
     fn help_command(&mut self, topic: &str) -> Answer {
-        Answer::Reply(help(topic))
+        Answer::Reply(help(self, topic))
     }
 
     fn verb_command(&mut self, mode: &str) -> Answer {
@@ -1020,11 +1020,11 @@ fn out_of_order(verb: &Verb, state: State) -> Reply {
     }
 }
 
-fn help(topic: &str) -> Reply {
+fn help(session: &Session, topic: &str) -> Reply {
     if topic.is_empty() {
         let lines = vec![
             Cow::Borrowed("Postel, an SMTP server (RFC 5321). Commands:"),
-            Cow::Owned(format!("  {}", verbs::offered_names())),
+            Cow::Owned(format!("  {}", verbs::offered_names(session))),
             Cow::Borrowed(
                 "To send a message: EHLO <your name>, MAIL FROM:<you>, RCPT TO:<them>, DATA,",
             ),

@@ -160,7 +160,7 @@ fn a_whole_transaction_pipelined_in_one_write() {
 
 #[test]
 fn the_greeting_and_ehlo_keywords() {
-    let mut session = Session::new(params(), Box::new(TestPolicy { trusted: false }));
+    let mut session = Session::new(params(), Box::new(TestPolicy::default()));
     session.greeting();
     session.step(b"EHLO client.test\r\n");
     let output = String::from_utf8(session.output().to_vec()).unwrap();
@@ -356,7 +356,7 @@ fn nul_bytes_and_garbage_are_errors() {
 
 #[test]
 fn queue_failures_shutdown_and_lost_connections() {
-    let mut session = Session::new(params(), Box::new(TestPolicy { trusted: false }));
+    let mut session = Session::new(params(), Box::new(TestPolicy::default()));
     let input = b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice@localhost>\r\nDATA\r\nhi\r\n.\r\n";
     let mut at = 0;
     loop {
@@ -379,7 +379,7 @@ fn queue_failures_shutdown_and_lost_connections() {
     assert_eq!(session.step(b"NOOP\r\n"), (0, Step::Close));
     assert_eq!(session.messages_accepted(), 0);
 
-    let mut session = Session::new(params(), Box::new(TestPolicy { trusted: false }));
+    let mut session = Session::new(params(), Box::new(TestPolicy::default()));
     session.step(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice@localhost>\r\nDATA\r\npart of a mess");
     session.input_closed();
     assert_eq!(session.step(b""), (0, Step::Close));

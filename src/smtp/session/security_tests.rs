@@ -53,7 +53,7 @@ fn tls_forgets_the_session_and_offers_auth_instead_of_starttls() {
     );
     let mut session = crate::smtp::Session::new(
         params(),
-        Box::new(crate::smtp::harness::TestPolicy { trusted: false }),
+        Box::new(crate::smtp::harness::TestPolicy::default()),
     );
     session.tls_started("TLSv1.3 with cipher TEST".into());
     session.step(b"EHLO client.test\r\n");

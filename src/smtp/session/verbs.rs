@@ -81,6 +81,9 @@ pub struct Verb {
     pub ehlo: Option<&'static str>,
     /// Whether EHLO announces the keyword in this session; None: always.
     pub(super) announce: Option<fn(&Session) -> bool>,
+    /// Whether this session carries the command out, where a setting decides (HELP lists it only then); None:
+    /// always, unless the handler is [`Handler::NotOffered`].
+    pub(super) available: Option<fn(&Session) -> bool>,
     /// What the arguments must look like, and what carries the command out.
     pub(super) handler: Handler,
 }
@@ -118,6 +121,7 @@ pub const VERBS: &[Verb] = &[
         states: ANY_STATE,
         ehlo: None,
         announce: None,
+        available: None,
         handler: Handler::Word(Session::helo_command),
     },
     Verb {
@@ -128,6 +132,7 @@ pub const VERBS: &[Verb] = &[
         states: ANY_STATE,
         ehlo: None,
         announce: None,
+        available: None,
         handler: Handler::Word(Session::ehlo_command),
     },
     Verb {
@@ -138,6 +143,7 @@ pub const VERBS: &[Verb] = &[
         states: &[State::Greeted],
         ehlo: None,
         announce: None,
+        available: None,
         handler: Handler::Mail(Session::mail_command),
     },
     Verb {
@@ -148,6 +154,7 @@ pub const VERBS: &[Verb] = &[
         states: IN_TRANSACTION,
         ehlo: None,
         announce: None,
+        available: None,
         handler: Handler::Rcpt(Session::rcpt_command),
     },
     Verb {
@@ -158,6 +165,7 @@ pub const VERBS: &[Verb] = &[
         states: &[State::Rcpt],
         ehlo: None,
         announce: None,
+        available: None,
         handler: Handler::NoArgument(Session::data_command),
     },
     Verb {
@@ -168,6 +176,7 @@ pub const VERBS: &[Verb] = &[
         states: &[State::Rcpt, State::Chunking],
         ehlo: Some("CHUNKING"),
         announce: None,
+        available: None,
         handler: Handler::Chunk(Session::bdat_command),
     },
     Verb {
@@ -178,6 +187,7 @@ pub const VERBS: &[Verb] = &[
         states: ANY_STATE,
         ehlo: None,
         announce: None,
+        available: None,
         handler: Handler::NoArgument(Session::rset_command),
     },
     Verb {
@@ -188,6 +198,7 @@ pub const VERBS: &[Verb] = &[
         states: ANY_STATE,
         ehlo: None,
         announce: None,
+        available: None,
         handler: Handler::AnyArgument(Session::noop_command),
     },
     Verb {
@@ -198,6 +209,7 @@ pub const VERBS: &[Verb] = &[
         states: ANY_STATE,
         ehlo: None,
         announce: None,
+        available: None,
         handler: Handler::NoArgument(Session::quit_command),
     },
     Verb {
@@ -208,6 +220,7 @@ pub const VERBS: &[Verb] = &[
         states: ANY_STATE,
         ehlo: None,
         announce: None,
+        available: None,
         handler: Handler::Text(Session::vrfy_command),
     },
     Verb {
@@ -218,6 +231,7 @@ pub const VERBS: &[Verb] = &[
         states: ANY_STATE,
         ehlo: None,
         announce: None,
+        available: None,
         handler: Handler::Text(Session::expn_command),
     },
     Verb {
@@ -228,6 +242,7 @@ pub const VERBS: &[Verb] = &[
         states: OUTSIDE_TRANSACTION,
         ehlo: Some("ETRN"),
         announce: None,
+        available: None,
         handler: Handler::Word(Session::etrn_command),
     },
     Verb {
@@ -238,6 +253,7 @@ pub const VERBS: &[Verb] = &[
         states: ANY_STATE,
         ehlo: Some("HELP"),
         announce: None,
+        available: None,
         handler: Handler::OptionalText(Session::help_command),
     },
     Verb {
@@ -248,6 +264,7 @@ pub const VERBS: &[Verb] = &[
         states: ANY_STATE,
         ehlo: None,
         announce: None,
+        available: None,
         handler: Handler::OptionalText(Session::verb_command),
     },
     Verb {
@@ -258,6 +275,7 @@ pub const VERBS: &[Verb] = &[
         states: ANY_STATE,
         ehlo: None,
         announce: None,
+        available: None,
         handler: Handler::NotOffered(
             "Error: TURN is refused: it would hand mail queued here to an unauthenticated client",
         ),
@@ -270,6 +288,7 @@ pub const VERBS: &[Verb] = &[
         states: ANY_STATE,
         ehlo: None,
         announce: None,
+        available: None,
         handler: Handler::NotOffered(
             "Error: ATRN needs authentication (RFC 2645), which this server does not offer",
         ),
@@ -282,6 +301,7 @@ pub const VERBS: &[Verb] = &[
         states: ANY_STATE,
         ehlo: None,
         announce: None,
+        available: Some(|session| session.policy.terminal_delivery()),
         handler: Handler::Mail(Session::send_command),
     },
     Verb {
@@ -292,6 +312,7 @@ pub const VERBS: &[Verb] = &[
         states: ANY_STATE,
         ehlo: None,
         announce: None,
+        available: Some(|session| session.policy.terminal_delivery()),
         handler: Handler::Mail(Session::soml_command),
     },
     Verb {
@@ -302,6 +323,7 @@ pub const VERBS: &[Verb] = &[
         states: ANY_STATE,
         ehlo: None,
         announce: None,
+        available: Some(|session| session.policy.terminal_delivery()),
         handler: Handler::Mail(Session::saml_command),
     },
     Verb {
@@ -312,6 +334,7 @@ pub const VERBS: &[Verb] = &[
         states: &[State::Greeted],
         ehlo: Some("STARTTLS"),
         announce: Some(|session| session.params.tls_offered && session.envelope.tls.is_none()),
+        available: None,
         handler: Handler::NoArgument(Session::starttls_command),
     },
     Verb {
@@ -327,6 +350,7 @@ pub const VERBS: &[Verb] = &[
                 && session.envelope.tls.is_some()
                 && session.envelope.user.is_none()
         }),
+        available: None,
         handler: Handler::Text(Session::auth_command),
     },
 ];
@@ -409,9 +433,10 @@ impl Verb {
         self.states.contains(&state)
     }
 
-    /// Whether the server carries the command out at all, in some state.
-    pub fn offered(&self) -> bool {
+    /// Whether `session` carries the command out at all, in some state.
+    pub(super) fn offered(&self, session: &Session) -> bool {
         !matches!(self.handler, Handler::NotOffered(_))
+            && self.available.is_none_or(|available| available(session))
     }
 }
 
@@ -434,11 +459,11 @@ pub(super) fn ehlo_keywords(session: &Session) -> impl Iterator<Item = Cow<'stat
     extensions.chain(verbs.filter_map(|verb| verb.ehlo.map(Cow::Borrowed)))
 }
 
-/// The verbs the server carries out, as HELP lists them.
-pub(super) fn offered_names() -> String {
+/// The verbs `session` carries out, as HELP lists them.
+pub(super) fn offered_names(session: &Session) -> String {
     let names: Vec<&str> = VERBS
         .iter()
-        .filter(|verb| verb.offered())
+        .filter(|verb| verb.offered(session))
         .map(|verb| verb.name)
         .collect();
     names.join(" ")
