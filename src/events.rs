@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 /// One event. `scope` names what it belongs to: a session ("s42") or a queued message (its queue id).
 pub struct Event<'a> {
+    /// The module that emits it (`module_path!()`): the debug log's target, so that
+    /// `RUST_LOG=postel::smtp=debug` picks the dialogue and `postel::delivery=debug` the deliveries.
+    pub target: &'static str,
     pub scope: &'a str,
     pub kind: Kind<'a>,
     /// The event in words, for people; for a command, the line without its line end.
@@ -49,16 +52,17 @@ pub trait Listener: Send + Sync {
 static LISTENING: AtomicUsize = AtomicUsize::new(0);
 static LISTENERS: RwLock<Vec<Arc<dyn Listener>>> = RwLock::new(Vec::new());
 
-/// Whether anybody reads the stream: a listener, or the log at debug level.
+/// Whether anybody may read the stream: a listener, or the log at debug level for some target ([`emit`]
+/// asks for the event's own).
 #[inline]
 pub fn enabled() -> bool {
-    LISTENING.load(Ordering::Relaxed) != 0 || log::log_enabled!(target: "postel", log::Level::Debug)
+    LISTENING.load(Ordering::Relaxed) != 0 || log::max_level() >= log::LevelFilter::Debug
 }
 
 /// Hands an event to the debug log and to every listener. Call it behind [`enabled`] (the macros do).
 pub fn emit(event: &Event) {
-    if log::log_enabled!(target: "postel", log::Level::Debug) {
-        log::debug!(target: "postel", "{}", Logged(event));
+    if log::log_enabled!(target: event.target, log::Level::Debug) {
+        log::debug!(target: event.target, "{}", Logged(event));
     }
     if LISTENING.load(Ordering::Relaxed) != 0 {
         let listeners = LISTENERS.read().unwrap_or_else(PoisonError::into_inner);
@@ -185,7 +189,9 @@ struct Logged<'a, 'b>(&'a Event<'b>);
 
 impl fmt::Display for Logged<'_, '_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Event { scope, kind, text } = self.0;
+        let Event {
+            scope, kind, text, ..
+        } = self.0;
         match kind {
             Kind::Command(_) => write!(f, "{scope}: C: {text}"),
             Kind::Reply(_) => write!(f, "{scope}: S: {text}"),
@@ -208,6 +214,7 @@ macro_rules! step {
     ($scope:expr, Kind::$kind:ident $({ $($field:tt)* })?, $($arg:tt)+) => {
         if $crate::events::enabled() {
             $crate::events::emit(&$crate::events::Event {
+                target: module_path!(),
                 scope: $scope,
                 kind: $crate::events::Kind::$kind $({ $($field)* })?,
                 text: format_args!($($arg)+),

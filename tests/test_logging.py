@@ -17,6 +17,7 @@ import time
 import pytest
 
 from helpers import POSTEL_BIN, SmtpConn, free_port, message, transaction, write_config
+from mboxutil import DELIVER
 
 REPLY_LINE = re.compile(rb"^[2-5][0-9][0-9][ -][\x20-\x7e]*\r\n$")
 SYSLOG_LINE = re.compile(r"^<(\d+)>[A-Z][a-z]{2} [ 0-9]\d \d\d:\d\d:\d\d postel\[(\d+)\]: (.*)$", re.S)
@@ -275,3 +276,20 @@ def test_inetd_stderr_on_a_local_socket_of_its_own_stays_stderr(tmp_path, syslog
             logged += chunk
     assert b"disconnect from 127.0.0.1" in logged, logged
     assert syslog.received == []
+
+
+def test_rust_log_picks_the_dialogue_by_module_and_the_log_shows_client_bytes_escaped(make_postel, monkeypatch):
+    """Events log under the module that emits them: postel::smtp=debug is the dialogue without the delivery's
+    steps. A client's control bytes reach the log escaped, as replies show them, and its backslash doubled."""
+    monkeypatch.setenv("POSTEL_TEST_RUST_LOG", "info,postel::smtp=debug")
+    server = make_postel(**DELIVER)
+    conn = server.session()
+    conn.send(b"NOOP \x1b[2J\x07 \\x41 \xc3\xa9\r\n")
+    assert conn.reply().code == 250
+    done = transaction(conn, "carol@example.org", ["alice@localhost"], message("by module"))
+    server.wait_log(rf"{done.queue_id}: to=<alice>")
+    log = server.log_path.read_bytes()
+    assert rb": C: NOOP \x1b[2J\x07 \\x41 \xc3\xa9" + b"\n" in log, log
+    assert b"\x1b" not in log and b"\x07" not in log and b"\xc3" not in log, log
+    assert b": C: MAIL FROM:<carol@example.org>" in log and b": S: 250 2.1.0 Ok" in log, log
+    assert b": route: " not in log, "delivery steps log under postel::delivery"

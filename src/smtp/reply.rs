@@ -8,7 +8,7 @@
 //! at CR would read as the start of another reply (`VRFY x\r250 2.0.0 Ok`).
 
 use std::borrow::Cow;
-use std::fmt::{self, Write as _};
+use std::fmt;
 
 use super::status::{Class, Detail, Status};
 
@@ -171,27 +171,43 @@ fn escape(byte: u8) -> ([u8; 4], usize) {
 /// How much of a client's text a reply shows; the rest is cut off, and "..." says so.
 pub const ECHO_LIMIT: usize = 64;
 
-/// Text from the client, as a reply shows it: printable ASCII as it is, a backslash doubled, other bytes
-/// escaped (`\r`, `\x13`), and no more than [`ECHO_LIMIT`] bytes of it.
+/// Text from the client, as a reply shows it: [`Escaped`], and no more than [`ECHO_LIMIT`] bytes of it.
 pub struct Echo<'a>(pub &'a str);
 
 impl fmt::Display for Echo<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let bytes = self.0.as_bytes();
-        for &byte in &bytes[..bytes.len().min(ECHO_LIMIT)] {
-            match byte {
-                b'\\' => f.write_str("\\\\")?,
-                _ if is_printable(byte) => f.write_char(char::from(byte))?,
-                _ => {
-                    let (escaped, len) = escape(byte);
-                    f.write_str(std::str::from_utf8(&escaped[..len]).expect("escapes are ASCII"))?;
-                }
-            }
-        }
+        Escaped(&bytes[..bytes.len().min(ECHO_LIMIT)]).fmt(f)?;
         if bytes.len() > ECHO_LIMIT {
             f.write_str("...")?;
         }
         Ok(())
+    }
+}
+
+/// Bytes from the client, as a reply or a log line shows them: printable ASCII as it is, a backslash doubled
+/// (so an escape is never the client's own text), other bytes escaped (`\r`, `\x13`), so that no control
+/// character reaches a log or a terminal.
+pub struct Escaped<'a>(pub &'a [u8]);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fn ascii(run: &[u8]) -> &str {
+            std::str::from_utf8(run).expect("printable ASCII and escapes are UTF-8")
+        }
+        let mut rest = self.0;
+        while let Some(at) = rest.iter().position(|&b| b == b'\\' || !is_printable(b)) {
+            f.write_str(ascii(&rest[..at]))?;
+            match rest[at] {
+                b'\\' => f.write_str("\\\\")?,
+                byte => {
+                    let (escaped, len) = escape(byte);
+                    f.write_str(ascii(&escaped[..len]))?;
+                }
+            }
+            rest = &rest[at + 1..];
+        }
+        f.write_str(ascii(rest))
     }
 }
 

@@ -12,7 +12,7 @@ use super::ReversePath;
 use super::address::ForwardPath;
 use super::command::{self, ArgError, Chunk, MailArgs, MailParams, RcptArgs};
 use super::data::{BareLf, DataReceiver, DataStep};
-use super::reply::{self, Echo, Reply};
+use super::reply::{self, Echo, Escaped, Reply};
 use super::sasl::{self, Credentials, SaslError, SaslStep};
 use super::status::Detail;
 use crate::events::{self, Capture, Event, Kind, Registration};
@@ -387,19 +387,17 @@ impl Session {
                     if events::enabled() {
                         // Credentials never reach the event stream: an AUTH line's initial response and the
                         // responses that follow are shown as what they are, not as what they say.
+                        // The client's bytes are shown escaped, as replies show them.
                         let secret = self.secret_shown_as(line);
-                        let shown = secret.as_deref().map_or_else(
-                            || String::from_utf8_lossy(line),
-                            std::borrow::Cow::Borrowed,
-                        );
-                        let raw = match &secret {
-                            Some(secret) => secret.as_bytes(),
-                            None => &rest[..=lf],
+                        let (shown, raw) = match &secret {
+                            Some(secret) => (secret.as_bytes(), secret.as_bytes()),
+                            None => (line, &rest[..=lf]),
                         };
                         events::emit(&Event {
+                            target: module_path!(),
                             scope: &self.params.id,
                             kind: Kind::Command(raw),
-                            text: format_args!("{shown}"),
+                            text: format_args!("{}", Escaped(shown)),
                         });
                     }
                     if let Some(step) = self.command(line) {
@@ -543,6 +541,7 @@ impl Session {
     fn send(&mut self, reply: &Reply) {
         if events::enabled() {
             events::emit(&Event {
+                target: module_path!(),
                 scope: &self.params.id,
                 kind: Kind::Reply(reply.code()),
                 text: format_args!("{reply}"),
