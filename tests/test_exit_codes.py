@@ -1,6 +1,7 @@
 """Exit statuses of the command-line programs (README "Exit statuses"): sysexits.h, the same for `postel` and
 `sendmail`, and never a panic."""
 
+import shutil
 import subprocess
 
 import pytest
@@ -76,6 +77,21 @@ def test_a_spool_in_a_newer_format_is_refused_with_how_to_drain_it(tmp_path):
         stderr = status(postel(args, config, input=b"Subject: x\n\nx\n"), EX_CONFIG)
         assert "spool format version 99" in stderr and "postel queue run" in stderr, (args, stderr)
     assert journal.read_text() == "version 99\n"
+
+
+def test_a_server_whose_spool_cannot_start_never_listens(tmp_path):
+    """The sockets are bound first and listened on only once the spool is open and the workers run: a client of a
+    server that fails to start is refused, never accepted and dropped. strace records each bind and listen."""
+    strace = shutil.which("strace")
+    assert strace, "strace is not installed (tests/setup-tools.sh installs it)"
+    config = write_config(tmp_path)
+    (tmp_path / "spool" / "journal").write_text("version 99\n")
+    trace = tmp_path / "strace.out"
+    run = subprocess.run([strace, "-f", "-qq", "-o", str(trace), "-e", "trace=bind,listen",
+                          str(POSTEL_BIN), "serve", "--config", str(config)], capture_output=True, timeout=30)
+    assert "spool format version 99" in status(run, EX_CONFIG)
+    calls = trace.read_text()
+    assert "bind(" in calls and "listen(" not in calls, calls
 
 
 def test_output_that_cannot_be_written_is_an_io_error(tmp_path):
