@@ -219,10 +219,10 @@ fn run(args: Vec<String>) -> Result<(), CliError> {
     }
 }
 
-/// The daemon's privileged helper (see privilege::helper); not for a set-id binary's callers.
+/// The privileged helper (see privilege::helper); not for a user who runs a set-id binary. Root may run it from
+/// one: root's sendmail, a set-group-id copy, starts a delivery that starts the helper from the same file.
 fn run_helper() -> Result<(), CliError> {
-    use nix::unistd::{getegid, geteuid, getgid, getuid};
-    if getuid() != geteuid() || getgid() != getegid() {
+    if privilege::untrusted_caller() {
         return Err(CliError::new(
             Exit::NoPerm,
             "privileged-helper: not for set-id use",

@@ -338,6 +338,27 @@ def test_the_setgid_sendmail_never_delivers_and_queue_commands_act_for_the_submi
     assert run.returncode == 0 and b"Subject: waits" in run.stdout, run.stderr
 
 
+def test_root_running_the_queue_as_the_account_delivers_into_a_mailbox_only_its_user_may_open(setgid_install):
+    """With no daemon, `postel queue run` by root becomes the account with the privileged helper started first, as
+    the daemon does; root's set-group-id copy of the binary may start it. Root still sees a user's message."""
+    folder, binary, account, user, owner = setgid_install
+    box = folder / "mailboxes" / owner
+    box.write_bytes(b"")
+    shutil.chown(box, owner, owner)
+    box.chmod(0o600)
+    config = write_config(folder, user=account, local_users="system", **DELIVER)
+    run = run_as(user, [binary, "sendmail", f"{owner}@localhost"], folder, input=b"Subject: for the queue run\n\nx\n")
+    assert run.returncode == 0, run.stderr
+    (queued,) = (folder / "spool" / "queue").iterdir()
+    run = subprocess.run([binary, "queue", "show", queued.name, "--config", config], capture_output=True, timeout=30)
+    assert run.returncode == 0 and b"for the queue run" in run.stdout, run.stderr
+    run = subprocess.run([binary, "queue", "run", "--config", config], capture_output=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    assert b"for the queue run" in box.read_bytes(), run.stderr
+    assert (os.stat(box).st_uid, mode(box)) == (pwd.getpwnam(owner).pw_uid, 0o600)
+    assert "Mail queue is empty" in queue_list(config)
+
+
 def test_inetd_started_as_root_serves_as_the_account(open_folder, make_account):
     account = make_account()
     for name in ("spool", "mailboxes"):

@@ -11,6 +11,7 @@ use std::fs::{self, DirBuilder};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use log::warn;
 use nix::errno::Errno;
@@ -99,13 +100,22 @@ impl Account {
         getuid() == self.uid && geteuid() == self.uid
     }
 
-    /// Becomes the account for good: its groups (from /etc/group, so that an admin who adds it to group mail
-    /// lets it write Debian's /var/mail), then its gid and uid, real, effective and saved alike. Must run before
-    /// any thread starts. Nothing to do when the process already is the account.
-    pub fn switch(&self) -> Result<(), PrivilegeError> {
+    /// Becomes the account for good, having started the privileged helper first when this process is root: what
+    /// only root may do later (open a user's 0600 mailbox, run an alias command as its owner) is then asked of the
+    /// helper. Every path that drops to the account goes through here. Must run before any thread starts.
+    fn take(&self, config: &Config) -> Result<(), PrivilegeError> {
         if self.is_current() {
             return Ok(());
         }
+        if geteuid().is_root() {
+            helper::install(config).map_err(|e| PrivilegeError::Helper(e.to_string()))?;
+        }
+        self.switch()
+    }
+
+    /// Becomes the account for good: its groups (from /etc/group, so that an admin who adds it to group mail
+    /// lets it write Debian's /var/mail), then its gid and uid, real, effective and saved alike.
+    fn switch(&self) -> Result<(), PrivilegeError> {
         if !geteuid().is_root() {
             return Err(PrivilegeError::NotRoot {
                 name: self.name.clone(),
@@ -117,6 +127,7 @@ impl Account {
             source,
         };
         let name = CString::new(self.name.as_str()).map_err(|_| failed(Errno::EINVAL))?;
+        let _ = STARTED_AS.set(getuid());
         initgroups(&name, self.gid).map_err(failed)?;
         setresgid(self.gid, self.gid, self.gid).map_err(failed)?;
         setresuid(self.uid, self.uid, self.uid).map_err(failed)?;
@@ -153,11 +164,8 @@ pub fn settle(config: &Config, account: Option<Account>) -> Result<(), Privilege
         close_spool(&config.spool_dir, account.as_ref())?;
     }
     create_missing_dir(&config.mailbox_dir, 0o755, owner)?;
-    if let Some(account) = account.as_ref().filter(|a| !a.is_current()) {
-        if geteuid().is_root() {
-            helper::install(config).map_err(|e| PrivilegeError::Helper(e.to_string()))?;
-        }
-        account.switch()?;
+    if let Some(account) = &account {
+        account.take(config)?;
     }
     set_spool_umask(config);
     for dir in [&config.spool_dir, &config.mailbox_dir] {
@@ -238,13 +246,14 @@ fn close_spool(path: &Path, account: Option<&Account>) -> Result<(), PrivilegeEr
     Ok(())
 }
 
-/// For the commands that work on the spool (queue, inetd, sendmail's delivery): run by root with `user` set, they
-/// become the account, so that root never parses a message and every spool file stays the server's.
+/// For the commands that work on the spool (queue, sendmail's delivery and its other modes): run by root with
+/// `user` set, they become the account, so that root never parses a message and every spool file stays the
+/// server's, with the privileged helper started first, as the daemon does, for the users' mailboxes.
 pub fn become_account(config: &Config) -> Result<(), PrivilegeError> {
     if let Some(account) = Account::configured(config)?
         && geteuid().is_root()
     {
-        account.switch()?;
+        account.take(config)?;
     }
     set_spool_umask(config);
     Ok(())
@@ -260,6 +269,14 @@ fn set_spool_umask(config: &Config) {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
 }
 
+/// The real uid this process started with, before a switch to the account: who ran it.
+static STARTED_AS: OnceLock<Uid> = OnceLock::new();
+
+/// Who ran this program: root stays root here after the process became the account.
+fn caller() -> Uid {
+    STARTED_AS.get().copied().unwrap_or_else(getuid)
+}
+
 /// Whether a user (not root) runs this as a set-user-id or set-group-id binary (real and effective ids differ):
 /// such a caller must not choose the configuration or deliver with it. Root is trusted whatever the binary.
 pub fn untrusted_caller() -> bool {
@@ -270,7 +287,7 @@ pub fn untrusted_caller() -> bool {
 /// (the server's own), and never a set-id program run by someone else: delivery reads the aliases and writes
 /// every user's mailbox, which is not a user's business. Anyone else only queues, and wakes the daemon.
 pub fn may_deliver_in_process(config: &Config) -> bool {
-    let uid = getuid();
+    let uid = caller();
     !untrusted_caller()
         && (uid.is_root()
             || fs::metadata(&config.spool_dir).is_ok_and(|spool| spool.uid() == uid.as_raw()))
@@ -280,7 +297,7 @@ pub fn may_deliver_in_process(config: &Config) -> bool {
 /// submitter: sendmail writes a file of its own, owned by the user who ran it); the daemon's own files hold the
 /// messages of network clients and belong to the server's account.
 pub fn may_touch_message(file: &Path) -> bool {
-    let uid = getuid();
+    let uid = caller();
     uid.is_root() || fs::metadata(file).is_ok_and(|meta| meta.uid() == uid.as_raw())
 }
 
