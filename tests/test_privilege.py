@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from mboxutil import DELIVER, message_ids, queue_list
+from mboxutil import DELIVER, mbox_messages, message_ids, queue_list
 from tlsutil import openssl, self_signed
 from helpers import (POSTEL_BIN, Postel, SmtpConn, free_port, message, postel, transaction, wait_until,
                      write_config)
@@ -357,6 +357,25 @@ def test_root_running_the_queue_as_the_account_delivers_into_a_mailbox_only_its_
     assert b"for the queue run" in box.read_bytes(), run.stderr
     assert (os.stat(box).st_uid, mode(box)) == (pwd.getpwnam(owner).pw_uid, 0o600)
     assert "Mail queue is empty" in queue_list(config)
+
+
+def test_roots_sendmail_with_no_daemon_delivers_as_root_into_a_mailbox_only_its_user_may_open(setgid_install):
+    """sendmail run by root (through the set-group-id copy, as mail(1) runs it) queues as the account and starts
+    the background delivery as root, which starts its helper before it becomes the account. The sender is root."""
+    folder, binary, account, _, owner = setgid_install
+    box = folder / "mailboxes" / owner
+    box.write_bytes(b"")
+    shutil.chown(box, owner, owner)
+    box.chmod(0o600)
+    config = write_config(folder, user=account, local_users="system", **DELIVER)
+    run = subprocess.run([binary, "sendmail", "--config", config, "-v", f"{owner}@localhost"], cwd=folder,
+                         input=b"Subject: from root\n\nx\n", capture_output=True, timeout=30)
+    assert run.returncode == 0 and b"delivering in the background" in run.stderr, run.stderr
+    assert wait_until(lambda: b"from root" in box.read_bytes(), 15), queue_list(config)
+    (delivered,) = mbox_messages(box)
+    assert delivered["From"].startswith("root@") and delivered["Return-Path"].startswith("<root@"), delivered
+    assert (os.stat(box).st_uid, mode(box)) == (pwd.getpwnam(owner).pw_uid, 0o600)
+    assert wait_until(lambda: "Mail queue is empty" in queue_list(config), 15), queue_list(config)
 
 
 def test_inetd_started_as_root_serves_as_the_account(open_folder, make_account):

@@ -138,8 +138,9 @@ pub fn run(
     out: &mut dyn io::Write,
 ) -> Result<(), CliError> {
     let config = config(&invocation)?;
-    if invocation.mode != Mode::Smtp {
-        // -bs reads the TLS key first and becomes the account itself.
+    if !matches!(invocation.mode, Mode::Smtp | Mode::Deliver) {
+        // -bs reads the TLS key first and becomes the account itself; a submission queues as the account and
+        // leaves the delivery to a program of its own (see submit).
         privilege::become_account(&config)?;
     }
     match invocation.mode {
@@ -197,12 +198,15 @@ fn newaliases(config: &Config, out: &mut dyn io::Write) -> Result<(), CliError> 
     Ok(())
 }
 
-/// Reads the message on stdin, queues it, and sees that it gets delivered.
+/// Reads the message on stdin, queues it, and sees that it gets delivered. Run by root with `user` set, the message
+/// is written into the spool as the account (whose files the spool holds), and the delivery is then started as
+/// root, so that it too starts the privileged helper before it becomes the account.
 fn submit(
     config: Config,
     invocation: &Invocation,
     stdin: &mut dyn BufRead,
 ) -> Result<(), CliError> {
+    // The caller submits, whatever account the message is queued as.
     let submitter = Submitter::new(&config.hostname, invocation.sender.as_deref());
     let now = Utc::now();
     let prepared = submit::prepare(
@@ -219,10 +223,13 @@ fn submit(
             .iter()
             .chain(&prepared.header_recipients),
     )?;
-    let deliverer = Deliverer::open(config)?;
     let envelope = submitter.envelope(now, recipients);
     let ignore_dots = invocation.options.ignore_dots;
-    let queued = queue_message(&deliverer.spool, envelope, &prepared, stdin, ignore_dots)?;
+    let (deliverer, queued) = privilege::as_account(&config, || {
+        let deliverer = Deliverer::open(config.clone())?;
+        let queued = queue_message(&deliverer.spool, envelope, &prepared, stdin, ignore_dots)?;
+        Ok::<_, CliError>((deliverer, queued))
+    })?;
     hand_off(
         &deliverer,
         config_path(invocation).as_deref(),

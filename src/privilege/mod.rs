@@ -16,8 +16,8 @@ use std::sync::OnceLock;
 use log::warn;
 use nix::errno::Errno;
 use nix::unistd::{
-    AccessFlags, Gid, Uid, User, access, chown, getegid, geteuid, getgid, getuid, initgroups,
-    setresgid, setresuid,
+    AccessFlags, Gid, Uid, User, access, chown, getegid, geteuid, getgid, getgroups, getuid,
+    initgroups, setegid, seteuid, setgroups, setresgid, setresuid,
 };
 
 use crate::config::Config;
@@ -257,6 +257,37 @@ pub fn become_account(config: &Config) -> Result<(), PrivilegeError> {
     }
     set_spool_umask(config);
     Ok(())
+}
+
+/// Runs `work` as the account `user` names when root runs this — its uid, gid and group as the effective ids
+/// only — and is root again afterwards: sendmail run by root queues a message as the server (the spool's files are
+/// the account's) and then starts the delivery as root, which becomes the account for good with the helper
+/// started first. Anyone else, or root with `user` unset, runs `work` as who they are.
+pub fn as_account<T, E: From<PrivilegeError>>(
+    config: &Config,
+    work: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    set_spool_umask(config);
+    let Some(account) = Account::configured(config)?.filter(|_| geteuid().is_root()) else {
+        return work();
+    };
+    let failed = |source| PrivilegeError::Switch {
+        name: account.name.clone(),
+        source,
+    };
+    let (groups, gid) = (getgroups().map_err(failed)?, getegid());
+    setgroups(&[account.gid]).map_err(failed)?;
+    setegid(account.gid).map_err(failed)?;
+    seteuid(account.uid).map_err(failed)?;
+    let worked = work();
+    let back = |source| PrivilegeError::Switch {
+        name: "root".into(),
+        source,
+    };
+    seteuid(Uid::from_raw(0)).map_err(back)?;
+    setegid(gid).map_err(back)?;
+    setgroups(&groups).map_err(back)?;
+    worked
 }
 
 /// Files in the spool are the server's alone (0600, directories 0700). Where the admin shares the spool with a
