@@ -3,11 +3,11 @@
 //! another identity than the server's.
 
 use std::ffi::OsStr;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -21,6 +21,7 @@ use nix::unistd::{Pid, Uid, User, fchown};
 
 use crate::config::Config;
 use crate::delivery::aliases::Aliases;
+use crate::delivery::mail_file::{self, Unfit};
 use crate::logging;
 use crate::privilege::helper::{self, MAX_MESSAGE};
 
@@ -128,22 +129,13 @@ fn mailbox(config: &Config, name: &[u8]) -> Result<File, String> {
         .ok_or_else(|| format!("no such user: {name}"))?;
     let path = config.mailbox_dir.join(OsStr::from_bytes(name.as_bytes()));
     let failed = |what: &str, e: io::Error| format!("{}: {what}: {e}", path.display());
-    let mut options = OpenOptions::new();
-    options
-        .read(true)
-        .append(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
-    let file = match options.open(&path) {
+    let file = match mail_file::open(&path, false) {
         Ok(file) => file,
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(refused(&path, "is a symbolic link"));
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let file = options
-                .create_new(true)
-                .open(&path)
-                .map_err(|e| failed("creating", e))?;
+        Err(Unfit::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
+            let file = mail_file::open(&path, true).map_err(|unfit| match unfit {
+                Unfit::Refused(why) => why,
+                Unfit::Io(e) => failed("creating", e),
+            })?;
             fchown(&file, Some(user.uid), Some(user.gid))
                 .map_err(|e| failed("giving it to its user", e.into()))?;
             File::open(config.mailbox_dir.as_path())
@@ -152,26 +144,12 @@ fn mailbox(config: &Config, name: &[u8]) -> Result<File, String> {
             info!("{}: created for {name}", path.display());
             file
         }
-        Err(e) => return Err(failed("opening", e)),
+        Err(Unfit::Refused(why)) => return Err(why),
+        Err(Unfit::Io(e)) => return Err(failed("opening", e)),
     };
     let meta = file.metadata().map_err(|e| failed("fstat", e))?;
-    if !meta.file_type().is_file() {
-        return Err(refused(&path, "is not a regular file"));
-    }
-    if meta.nlink() != 1 {
-        return Err(refused(&path, &format!("has {} hard links", meta.nlink())));
-    }
-    if meta.uid() != user.uid.as_raw() {
-        return Err(refused(
-            &path,
-            &format!("belongs to uid {}, not to {name}", meta.uid()),
-        ));
-    }
+    mail_file::check(&path, &meta, Some(user.uid.as_raw()))?;
     Ok(file)
-}
-
-fn refused(path: &Path, problem: &str) -> String {
-    format!("{}: {problem}; refusing to deliver into it", path.display())
 }
 
 /// Starts an alias command as the owner of the aliases file, with the message on `fds[0]` and its stderr on

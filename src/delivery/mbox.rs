@@ -20,6 +20,7 @@ use nix::sys::signal::kill;
 use nix::unistd::{Gid, Pid, Uid, fchown, geteuid};
 
 use crate::copy::{self, CopyError, Format};
+use crate::delivery::mail_file::{self, Unfit};
 use crate::delivery::transport::Delivery;
 use crate::privilege::helper;
 use crate::smtp::{Class, Detail, Status};
@@ -505,26 +506,16 @@ fn lock_path(path: &Path) -> PathBuf {
 /// missing. Under the `user` account, a system user's mailbox the account may not open or create is opened by the
 /// privileged helper, which creates it owned by the user.
 fn open_mailbox(path: &Path, owner: Option<(Uid, Gid)>) -> Result<File, NotLocked> {
-    let mut options = OpenOptions::new();
-    // O_NONBLOCK: a FIFO planted at the path must not hang the delivery thread; regular files ignore it.
-    options
-        .read(true)
-        .append(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
     let helper = helper::installed();
     // A system user's mailbox that is missing, or that the account may not open (also when the check after a
     // crash reads it), is opened by the helper.
-    let denied = match options.open(path) {
+    let denied = match mail_file::open(path, false) {
         Ok(file) => return Ok(file),
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(refused(path, "is a symbolic link").into());
+        Err(Unfit::Io(e)) if e.kind() == io::ErrorKind::PermissionDenied && helper.is_some() => {
+            true
         }
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied && helper.is_some() => true,
-        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            return Err(MboxError::io(path, "opening", &e).into());
-        }
-        Err(_) => false,
+        Err(Unfit::Io(e)) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(unfit) => return Err(unfit_error(path, "opening", unfit).into()),
     };
     if let Some(helper) = helper.filter(|_| denied || owner.is_some()) {
         let name = path
@@ -536,17 +527,25 @@ fn open_mailbox(path: &Path, owner: Option<(Uid, Gid)>) -> Result<File, NotLocke
             .map_err(|why| MboxError::temporary(Detail::OtherMailSystem, why).into());
     }
     // Creating with O_EXCL tells us the file is new, and so ours to chown and make durable.
-    match options.create_new(true).open(path) {
+    match mail_file::open(path, true) {
         Ok(file) => {
             settle_new_mailbox(path, &file, owner).inspect_err(|_| {
                 let _ = fs::remove_file(path);
             })?;
             Ok(file)
         }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+        Err(Unfit::Io(e)) if e.kind() == io::ErrorKind::AlreadyExists => {
             Err(NotLocked::Busy("mailbox created while locking".to_string()))
         }
-        Err(e) => Err(MboxError::io(path, "creating", &e).into()),
+        Err(unfit) => Err(unfit_error(path, "creating", unfit).into()),
+    }
+}
+
+/// A file that cannot take mail, as a delivery failure: a refused one waits for the admin as a temporary failure.
+fn unfit_error(path: &Path, what: &str, unfit: Unfit) -> MboxError {
+    match unfit {
+        Unfit::Refused(why) => MboxError::temporary(Detail::OtherMailSystem, why),
+        Unfit::Io(e) => MboxError::io(path, what, &e),
     }
 }
 
@@ -583,28 +582,12 @@ fn check_mailbox(path: &Path, file: &File, owner: Option<(Uid, Gid)>) -> Result<
             "mailbox replaced while locking".to_string(),
         ));
     }
-    if !meta.file_type().is_file() {
-        return Err(refused(path, "is not a regular file").into());
-    }
-    if meta.nlink() != 1 {
-        return Err(refused(path, &format!("has {} hard links", meta.nlink())).into());
-    }
-    if let Some((uid, _)) = owner
-        && (geteuid().is_root() || helper::installed().is_some())
-        && meta.uid() != uid.as_raw()
-    {
-        let problem = format!("belongs to uid {}, not to its user (uid {uid})", meta.uid());
-        return Err(refused(path, &problem).into());
-    }
+    let owner = owner
+        .filter(|_| geteuid().is_root() || helper::installed().is_some())
+        .map(|(uid, _)| uid.as_raw());
+    mail_file::check(path, &meta, owner)
+        .map_err(|why| MboxError::temporary(Detail::OtherMailSystem, why))?;
     Ok(meta.len())
-}
-
-/// A mailbox the admin must look at: kept as a temporary failure so the mail waits in the queue meanwhile.
-fn refused(path: &Path, problem: &str) -> MboxError {
-    MboxError::temporary(
-        Detail::OtherMailSystem,
-        format!("{}: {problem}; refusing to deliver into it", path.display()),
-    )
 }
 
 /// A write lock on the whole file.

@@ -9,6 +9,7 @@ pub mod comsat;
 pub mod control;
 pub mod job;
 pub mod local;
+pub mod mail_file;
 pub mod mbox;
 pub mod pipe;
 pub mod queues;
