@@ -12,15 +12,15 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::RwLock;
-use std::thread;
 
 use log::{error, info, warn};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::{Pid, Uid, User, fchown};
+use rustix::thread;
 
 use crate::config::Config;
-use crate::delivery::aliases::Aliases;
+use crate::delivery::aliases::{Aliases, Target};
 use crate::delivery::mail_file::{self, Unfit};
 use crate::logging;
 use crate::privilege::helper::{self, MAX_MESSAGE};
@@ -29,10 +29,21 @@ use crate::privilege::helper::{self, MAX_MESSAGE};
 /// `default_privs`).
 const NOBODY: &str = "nobody";
 
-/// What the helper knows: the daemon's configuration and the aliases, which say what commands may run.
+/// What the helper knows: the daemon's configuration and the aliases, which say what commands may run and what
+/// files may be written.
 struct State {
     config: Config,
     aliases: RwLock<Aliases>,
+}
+
+impl State {
+    /// Whether some alias lists `target`.
+    fn lists(&self, target: Target) -> bool {
+        self.aliases
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .lists(&target)
+    }
 }
 
 /// Serves the daemon on the socket that is stdin until the daemon goes away.
@@ -70,7 +81,7 @@ pub fn run() -> io::Result<()> {
             }
             Ok(Answer::Later(child, command)) => {
                 let sent = helper::send(&reply, b"O", &[]);
-                thread::spawn(move || watch(child, &command, &reply));
+                std::thread::spawn(move || watch(child, &command, &reply));
                 sent
             }
             Err(why) => {
@@ -96,6 +107,10 @@ fn answer(state: &State, request: &[u8], fds: Vec<OwnedFd>) -> Result<Answer, St
     match words.as_slice() {
         [b"mailbox", name] => {
             let file = mailbox(&state.config, name)?;
+            Ok(Answer::Now(Vec::new(), Some(file.into())))
+        }
+        [b"file", path] => {
+            let file = alias_file(state, path)?;
             Ok(Answer::Now(Vec::new(), Some(file.into())))
         }
         [b"command", command] => {
@@ -152,6 +167,68 @@ fn mailbox(config: &Config, name: &[u8]) -> Result<File, String> {
     Ok(file)
 }
 
+/// Opens (creating if missing) the file an alias names, as the owner of the aliases file: only a file some alias
+/// lists, only with `alias_files = true`, and with the rule of mailboxes: never through a symbolic link, never a
+/// file with more than one link or that belongs to someone else than that owner.
+fn alias_file(state: &State, path: &[u8]) -> Result<File, String> {
+    if !state.config.alias_files {
+        return Err("delivery to files is disabled (alias_files = false)".into());
+    }
+    let path =
+        std::str::from_utf8(path).map_err(|_| "a file name that is not UTF-8".to_string())?;
+    if !path.starts_with('/') || !state.lists(Target::File(path.to_string())) {
+        return Err(format!("no alias lists the file '{}'", path.escape_debug()));
+    }
+    let user = alias_user(&state.config)?;
+    let path = Path::new(path);
+    let failed = |what: &str, e: io::Error| format!("{}: {what}: {e}", path.display());
+    let (file, created) = open_as(&user, path).map_err(|unfit| match unfit {
+        Unfit::Refused(why) => why,
+        Unfit::Io(e) => failed(&format!("opening as {}", user.name), e),
+    })?;
+    let meta = file.metadata().map_err(|e| failed("fstat", e))?;
+    mail_file::check(path, &meta, Some(user.uid.as_raw()))?;
+    if created {
+        if let Some(dir) = path.parent() {
+            File::open(dir)
+                .and_then(|dir| dir.sync_all())
+                .map_err(|e| failed("syncing its directory", e))?;
+        }
+        info!("{}: created for {}", path.display(), user.name);
+    }
+    Ok(file)
+}
+
+/// Opens, or creates, `path` as `user` would, so that the kernel checks every directory on the way with the
+/// user's rights; true when the file is new. A thread of its own takes the user's groups, gid and uid for itself
+/// alone and ends with the open: Linux keeps credentials per thread, and rustix makes the plain system calls
+/// (glibc's wrappers would change every thread of the helper), so the helper's other threads stay root.
+fn open_as(user: &User, path: &Path) -> Result<(File, bool), Unfit> {
+    let uid = rustix::process::Uid::from_raw(user.uid.as_raw());
+    let gid = rustix::process::Gid::from_raw(user.gid.as_raw());
+    let become_user = || -> io::Result<()> {
+        thread::set_thread_groups(&[gid])?;
+        thread::set_thread_res_gid(gid, gid, gid)?;
+        thread::set_thread_res_uid(uid, uid, uid)?;
+        Ok(())
+    };
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                become_user().map_err(Unfit::Io)?;
+                match mail_file::open(path, false) {
+                    Ok(file) => Ok((file, false)),
+                    Err(Unfit::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
+                        mail_file::open(path, true).map(|file| (file, true))
+                    }
+                    Err(unfit) => Err(unfit),
+                }
+            })
+            .join()
+            .unwrap_or_else(|_| Err(Unfit::Io(io::Error::other("the opening thread panicked"))))
+    })
+}
+
 /// Starts an alias command as the owner of the aliases file, with the message on `fds[0]` and its stderr on
 /// `fds[1]`: only a command some alias lists, only with `alias_commands = true`, never as root or the server's
 /// account (those become `nobody`).
@@ -160,18 +237,13 @@ fn command_child(state: &State, command: &str, fds: Vec<OwnedFd>) -> Result<Chil
     if !config.alias_commands {
         return Err("alias commands are disabled (alias_commands = false)".into());
     }
-    let listed = state
-        .aliases
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .lists_command(command);
-    if !listed {
+    if !state.lists(Target::Command(command.to_string())) {
         return Err(format!(
             "no alias lists the command '{}'",
             command.escape_debug()
         ));
     }
-    let user = command_user(config)?;
+    let user = alias_user(config)?;
     let [stdin, stderr]: [OwnedFd; 2] = fds
         .try_into()
         .map_err(|_| "a command request needs its stdin and stderr".to_string())?;
@@ -195,8 +267,9 @@ fn command_child(state: &State, command: &str, fds: Vec<OwnedFd>) -> Result<Chil
         .map_err(|e| format!("cannot run '{command}' as {}: {e}", user.name))
 }
 
-/// Who alias commands run as: the owner of the aliases file, unless that is root or the server's account.
-fn command_user(config: &Config) -> Result<User, String> {
+/// Who alias commands run as and alias files are written as: the owner of the aliases file, unless that is root or
+/// the server's account.
+fn alias_user(config: &Config) -> Result<User, String> {
     let path = config
         .aliases
         .as_deref()
@@ -217,7 +290,7 @@ fn command_user(config: &Config) -> Result<User, String> {
     user.filter(|user| !user.uid.is_root() && Some(user.uid) != service)
         .ok_or_else(|| {
             format!(
-                "no account to run alias commands as (owner of {}: uid {owner})",
+                "no account for alias commands and files (owner of {}: uid {owner})",
                 path.display()
             )
         })
@@ -299,6 +372,25 @@ mod tests {
         );
         let disabled = self::state("robot: \"|/usr/bin/robot --quiet\"\n", false);
         assert!(refusal(&disabled, b"command\0/usr/bin/robot --quiet").contains("disabled"));
+    }
+
+    #[test]
+    fn only_files_the_aliases_list_are_opened() {
+        let state = state("archive: /var/spool/archive\n", false);
+        assert!(refusal(&state, b"file\0/var/spool/archive").contains("disabled"));
+        let mut state = state;
+        state.config.alias_files = true;
+        for path in [
+            "/etc/shadow",
+            "/var/spool/archive/../x",
+            "var/spool/archive",
+        ] {
+            let request = [b"file\0".as_slice(), path.as_bytes()].concat();
+            assert!(
+                refusal(&state, &request).starts_with("no alias lists the file"),
+                "{path}"
+            );
+        }
     }
 
     #[test]

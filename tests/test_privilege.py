@@ -431,3 +431,58 @@ def test_a_crash_after_an_append_to_a_mailbox_only_its_user_may_open_is_repaired
     assert wait_until(lambda: "Mail queue is empty" in queue_list(server.config_path), 15), server.log()
     assert len(message_ids(box)) == 1, server.log()
 
+
+
+@pytest.mark.parametrize("aliases_owner", ["user", "root"])
+def test_a_file_alias_is_written_as_the_owner_of_the_aliases_file(servers, open_folder, make_account,
+                                                                  aliases_owner):
+    """A `/file` target is opened by the helper as the aliases file's owner (nobody for root's file), never by the
+    server's account: the file is created 0600 for that owner in a directory only the owner may write."""
+    account, owner = make_account(), make_account()
+    writer = pwd.getpwnam(owner if aliases_owner == "user" else "nobody")
+    private = open_folder / "private"
+    private.mkdir(mode=0o700)
+    os.chown(private, writer.pw_uid, writer.pw_gid)
+    archive = private / "archive"
+    aliases = open_folder / "aliases"
+    aliases.write_text(f"archive: {archive}\n")
+    if aliases_owner == "user":
+        shutil.chown(aliases, owner, owner)
+    server = serve_as(servers, open_folder, account, aliases=str(aliases), alias_files=True)
+    conn = server.session()
+    for text in ("first copy", "second copy"):
+        assert transaction(conn, "carol@example.org", ["archive@localhost"], message(text)).code == 250
+    assert wait_until(lambda: archive.exists() and b"second copy" in archive.read_bytes(), 10), server.log()
+    info = os.stat(archive)
+    assert (info.st_uid, mode(archive)) == (writer.pw_uid, 0o600)
+    assert len(message_ids(archive)) == 2, server.log()
+    assert not any(private.glob("*.lock")), "no dot-lock is left behind"
+
+
+@pytest.mark.parametrize("planted", ["symlink", "hard link", "someone else's"])
+def test_a_planted_alias_file_is_refused(servers, open_folder, make_account, planted):
+    """The helper opens an alias's file with the rule of mailboxes: no symbolic link, one link, owned by the
+    account it is written as."""
+    account, owner, mallory = make_account(), make_account(), make_account()
+    box = open_folder / "box"
+    box.mkdir(mode=0o755)
+    shutil.chown(box, owner, owner)
+    target, archive = box / "target", box / "archive"
+    target.write_bytes(b"")
+    shutil.chown(target, owner, owner)
+    aliases = open_folder / "aliases"
+    aliases.write_text(f"archive: {archive}\n")
+    shutil.chown(aliases, owner, owner)
+    if planted == "symlink":
+        archive.symlink_to(target)
+    elif planted == "hard link":
+        os.link(target, archive)
+    elif planted == "someone else's":
+        archive.write_bytes(b"")
+        archive.chmod(0o666)  # writable by the owner of the aliases, but not theirs
+        shutil.chown(archive, mallory, mallory)
+    server = serve_as(servers, open_folder, account, aliases=str(aliases), alias_files=True)
+    conn = server.session()
+    assert transaction(conn, "carol@example.org", ["archive@localhost"], message("planted")).code == 250
+    server.wait_log("refusing to deliver into it", timeout=10)
+    assert target.read_bytes() == b""

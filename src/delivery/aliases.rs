@@ -94,12 +94,13 @@ impl Aliases {
         }
     }
 
-    /// Whether some alias lists the command target `|command` (the privileged helper runs no other command).
-    pub fn lists_command(&self, command: &str) -> bool {
+    /// Whether some alias lists the final target `target`: the privileged helper runs no other command and
+    /// opens no other file.
+    pub fn lists(&self, target: &Target) -> bool {
         self.map
             .values()
             .flatten()
-            .any(|item| matches!(item, Item::Final(Target::Command(c)) if c == command))
+            .any(|item| matches!(item, Item::Final(t) if t == target))
     }
 
     /// Reads and parses the aliases file at `path`, with the `:include:` files it names.

@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use log::{error, info};
-use nix::unistd::{Gid, Uid};
 
 use crate::config::Config;
 use crate::delivery::aliases::{AliasError, Aliases};
@@ -17,7 +16,7 @@ use crate::delivery::body;
 use crate::delivery::bounce::{self, Failure};
 use crate::delivery::comsat;
 use crate::delivery::local::{Destination, Route, Router};
-use crate::delivery::mbox::{self, MboxSettings};
+use crate::delivery::mbox::{self, MboxFile, MboxSettings};
 use crate::delivery::pipe;
 use crate::delivery::relay::Relay;
 use crate::delivery::retry::Schedule;
@@ -311,7 +310,13 @@ impl Deliverer {
                 ))
             }),
             Destination::Mailbox { path, owner } => self
-                .append(path, *owner, message, &route.key, &trace_headers)
+                .append(
+                    path,
+                    MboxFile::Mailbox { owner: *owner },
+                    message,
+                    &route.key,
+                    &trace_headers,
+                )
                 .map(|offset| {
                     if let (Some(offset), Some(comsat)) = (offset, &self.config.comsat) {
                         comsat::notify(comsat, &route.key, offset);
@@ -319,7 +324,13 @@ impl Deliverer {
                     Delivery::Done
                 }),
             Destination::File(path) => self
-                .append(path, None, message, &route.key, &trace_headers)
+                .append(
+                    path,
+                    MboxFile::AliasFile,
+                    message,
+                    &route.key,
+                    &trace_headers,
+                )
                 .map(|_| Delivery::Done),
             Destination::Remote(_) | Destination::Refused { .. } => {
                 unreachable!("remote routes are relayed, refused ones answered above")
@@ -350,7 +361,7 @@ impl Deliverer {
     fn append(
         &self,
         path: &Path,
-        owner: Option<(Uid, Gid)>,
+        file: MboxFile,
         message: &Queued,
         key: &str,
         trace_headers: &str,
@@ -361,7 +372,7 @@ impl Deliverer {
             flock: self.config.mailbox_flock,
             max_mailbox_size: self.config.mailbox_size_limit,
         };
-        if self.appended_before_a_crash(path, &settings, message, key)? {
+        if self.appended_before_a_crash(path, file, &settings, message, key)? {
             return Ok(None);
         }
         let envelope = &message.envelope;
@@ -395,7 +406,7 @@ impl Deliverer {
                 body,
                 len,
             };
-            Ok(mbox::append(path, owner, &settings, copy, &mut announce)?)
+            Ok(mbox::append(path, file, &settings, copy, &mut announce)?)
         })?;
         // The mailbox's name may be an alias's target.
         step!(
@@ -413,6 +424,7 @@ impl Deliverer {
     fn appended_before_a_crash(
         &self,
         path: &Path,
+        file: MboxFile,
         settings: &MboxSettings,
         message: &Queued,
         key: &str,
@@ -421,7 +433,7 @@ impl Deliverer {
             return Ok(false);
         };
         let id = &message.envelope.id;
-        let whole = mbox::appended_whole(path, settings, offset, len, id.as_str())?;
+        let whole = mbox::appended_whole(path, file, settings, offset, len, id.as_str())?;
         if whole {
             info!(
                 "{id}: {key}: found whole in {} after a restart",

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, Flock, FlockArg, fcntl};
 use nix::sys::signal::kill;
-use nix::unistd::{Gid, Pid, Uid, fchown, geteuid};
+use nix::unistd::{AccessFlags, Gid, Pid, Uid, access, fchown, geteuid};
 
 use crate::copy::{self, CopyError, Format};
 use crate::delivery::mail_file::{self, Unfit};
@@ -111,24 +111,45 @@ pub struct Message<'a> {
     pub len: u64,
 }
 
+/// Whose mbox file an append goes into, which says how it is opened and whom it must belong to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MboxFile {
+    /// A mailbox in `mailbox_dir`. A system user's ids (`owner`) are given to a new one, and the privileged helper,
+    /// when there is one, opens what the server's account may not.
+    Mailbox { owner: Option<(Uid, Gid)> },
+    /// A file an alias names (`/path`). The privileged helper, when there is one, opens it as the aliases file's
+    /// owner, whatever the server's account may do.
+    AliasFile,
+}
+
+impl MboxFile {
+    /// The ids a new mailbox is given to.
+    fn owner(self) -> Option<(Uid, Gid)> {
+        match self {
+            MboxFile::Mailbox { owner } => owner,
+            MboxFile::AliasFile => None,
+        }
+    }
+}
+
 /// Appends `message` to the mbox file at `path`, creating it if needed.
 ///
 /// Writes `From <sender> <asctime of arrival>`, then the trace headers and the body in mbox form (see
 /// [`Format::MBOX`]: LF line ends, mboxrd quoting, a final newline added if missing), and one empty line.
 /// `announce` is told the offset it will be written at, under the locks and before the write. A new mailbox gets
-/// mode 0600 and, when `owner` is given and we run as root, that owner. Locks and limits follow `settings`. On any
+/// mode 0600 and, when `file` names an owner and we run as root, that owner. Locks and limits follow `settings`. On any
 /// failure, also when the message turns out not to be `message.len` bytes long, the mailbox is left exactly as it
 /// was.
 pub fn append(
     path: &Path,
-    owner: Option<(Uid, Gid)>,
+    file: MboxFile,
     settings: &MboxSettings,
     message: Message,
     announce: &mut dyn FnMut(u64) -> Result<(), MboxError>,
 ) -> Result<(), MboxError> {
     let from_line = from_line(message.sender, message.arrival);
     let _turn = Turn::take(path);
-    let locked = lock(path, owner, settings)?;
+    let locked = lock(path, file, settings)?;
     let old_size = locked.size;
     let len = message.len;
     let limit = settings.max_mailbox_size;
@@ -315,6 +336,7 @@ pub fn len_in_mbox(
 /// middle of the write, is cut off, so the retry appends a whole one.
 pub fn appended_whole(
     path: &Path,
+    file: MboxFile,
     settings: &MboxSettings,
     offset: u64,
     len: u64,
@@ -325,7 +347,11 @@ pub fn appended_whole(
         return Ok(false);
     }
     let _turn = Turn::take(path);
-    let locked = lock(path, None, settings)?;
+    let file = match file {
+        MboxFile::Mailbox { .. } => MboxFile::Mailbox { owner: None },
+        MboxFile::AliasFile => MboxFile::AliasFile,
+    };
+    let locked = lock(path, file, settings)?;
     let read_error = |e: io::Error| MboxError::io(path, "reading", &e);
     let reader = &locked.file;
     let size = locked.size;
@@ -405,7 +431,7 @@ fn truncate(file: &File, size: u64) -> io::Result<()> {
 struct Locked {
     _flock: Option<Flock<File>>,
     file: File,
-    _dotlock: DotLock,
+    _dotlock: Option<DotLock>,
     /// The mailbox size once locked, before anything was appended.
     size: u64,
 }
@@ -428,15 +454,13 @@ impl From<MboxError> for NotLocked {
 const RETRY_DELAY: Duration = Duration::from_millis(50);
 
 /// Opens and locks the mailbox, retrying until `settings.lock_timeout`; every attempt starts from nothing held.
-fn lock(
-    path: &Path,
-    owner: Option<(Uid, Gid)>,
-    settings: &MboxSettings,
-) -> Result<Locked, MboxError> {
+fn lock(path: &Path, file: MboxFile, settings: &MboxSettings) -> Result<Locked, MboxError> {
     let deadline = Instant::now() + settings.lock_timeout;
-    clear_leftovers_once(path, settings.stale_lock_age);
+    if !may_skip_dotlock(path, file) {
+        clear_leftovers_once(path, settings.stale_lock_age);
+    }
     loop {
-        match try_lock(path, owner, settings) {
+        match try_lock(path, file, settings) {
             Ok(locked) => return Ok(locked),
             Err(NotLocked::Failed(err)) => return Err(err),
             Err(NotLocked::Busy(holder)) => {
@@ -459,13 +483,13 @@ fn lock(
 
 /// One attempt at the locks, in the order Debian Policy 11.6 gives: dot-lock, then fcntl, then (if configured)
 /// flock. Whatever was taken is released by drop when a later step fails.
-fn try_lock(
-    path: &Path,
-    owner: Option<(Uid, Gid)>,
-    settings: &MboxSettings,
-) -> Result<Locked, NotLocked> {
-    let dotlock = DotLock::acquire(&lock_path(path), settings.stale_lock_age)?;
-    let file = open_mailbox(path, owner)?;
+fn try_lock(path: &Path, kind: MboxFile, settings: &MboxSettings) -> Result<Locked, NotLocked> {
+    let dotlock = if may_skip_dotlock(path, kind) {
+        None
+    } else {
+        Some(DotLock::acquire(&lock_path(path), settings.stale_lock_age)?)
+    };
+    let file = open_mailbox(path, kind)?;
     fcntl_lock(&file).map_err(|e| match e {
         Errno::EAGAIN | Errno::EACCES => NotLocked::Busy(match fcntl_holder(&file) {
             Some(pid) => format!("fcntl lock held by process {pid}"),
@@ -487,13 +511,26 @@ fn try_lock(
     } else {
         None
     };
-    let size = check_mailbox(path, &file, owner)?;
+    let size = check_mailbox(path, &file, kind.owner())?;
     Ok(Locked {
         _flock: flock,
         file,
         _dotlock: dotlock,
         size,
     })
+}
+
+/// Whether the dot-lock is left out: for an alias's file that the helper opens as another user, in a directory the
+/// server's account may not write (a user's own directory), as Postfix's local delivery does for files. The fcntl
+/// lock (and flock) are still taken.
+fn may_skip_dotlock(path: &Path, kind: MboxFile) -> bool {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    kind == MboxFile::AliasFile
+        && helper::installed().is_some()
+        && access(dir, AccessFlags::W_OK | AccessFlags::X_OK).is_err()
 }
 
 fn lock_path(path: &Path) -> PathBuf {
@@ -504,9 +541,15 @@ fn lock_path(path: &Path) -> PathBuf {
 
 /// Opens the mailbox for appending (and reading, for the check after a crash), creating it (mode 0600) if it is
 /// missing. Under the `user` account, a system user's mailbox the account may not open or create is opened by the
-/// privileged helper, which creates it owned by the user.
-fn open_mailbox(path: &Path, owner: Option<(Uid, Gid)>) -> Result<File, NotLocked> {
+/// privileged helper, which creates it owned by the user; so is every alias's file, as the aliases file's owner.
+fn open_mailbox(path: &Path, kind: MboxFile) -> Result<File, NotLocked> {
     let helper = helper::installed();
+    if let (MboxFile::AliasFile, Some(helper)) = (kind, helper) {
+        return helper
+            .open_alias_file(path)
+            .map_err(|why| MboxError::temporary(Detail::OtherMailSystem, why).into());
+    }
+    let owner = kind.owner();
     // A system user's mailbox that is missing, or that the account may not open (also when the check after a
     // crash reads it), is opened by the helper.
     let denied = match mail_file::open(path, false) {
@@ -574,8 +617,11 @@ fn check_mailbox(path: &Path, file: &File, owner: Option<(Uid, Gid)>) -> Result<
     let meta = file
         .metadata()
         .map_err(|e| MboxError::io(path, "fstat", &e))?;
-    let still_there =
-        fs::symlink_metadata(path).is_ok_and(|at| at.dev() == meta.dev() && at.ino() == meta.ino());
+    let still_there = match fs::symlink_metadata(path) {
+        Ok(at) => at.dev() == meta.dev() && at.ino() == meta.ino(),
+        // An alias's file in a directory only its user may search: the helper opened it there just now.
+        Err(e) => e.kind() == io::ErrorKind::PermissionDenied,
+    };
     if !still_there {
         // A mail reader removed or replaced the mailbox while we opened it: start over with the new one.
         return Err(NotLocked::Busy(
@@ -850,6 +896,9 @@ mod tests {
     use std::io::BufReader;
     use std::process::{Command, Stdio};
 
+    /// A mailbox of the server's own account.
+    const BOX: MboxFile = MboxFile::Mailbox { owner: None };
+
     fn mailbox(dir: &TempDir) -> PathBuf {
         dir.0.join("alice")
     }
@@ -887,7 +936,7 @@ mod tests {
             body,
             len,
         };
-        append(path, None, settings, message, &mut |_| Ok(()))
+        append(path, BOX, settings, message, &mut |_| Ok(()))
     }
 
     /// Appends `body` and returns the bytes it took.
@@ -1053,7 +1102,7 @@ mod tests {
             body: &mut body,
             len: appended,
         };
-        append(&mailbox(&dir), None, &settings(), message, &mut |_| Ok(())).unwrap();
+        append(&mailbox(&dir), BOX, &settings(), message, &mut |_| Ok(())).unwrap();
         assert_eq!(fs::metadata(mailbox(&dir)).unwrap().len(), appended);
     }
 
@@ -1403,7 +1452,7 @@ mod tests {
             body: &mut &body[..],
             len,
         };
-        append(&path, None, &settings(), message, &mut |offset| {
+        append(&path, BOX, &settings(), message, &mut |offset| {
             announced = Some(offset);
             Ok(())
         })
@@ -1414,13 +1463,13 @@ mod tests {
             offset + len,
             "the counted length is what append writes"
         );
-        assert!(appended_whole(&path, &settings(), offset, len, "Q1").unwrap());
+        assert!(appended_whole(&path, BOX, &settings(), offset, len, "Q1").unwrap());
         assert!(
-            !appended_whole(&path, &settings(), offset, len, "Q2").unwrap(),
+            !appended_whole(&path, BOX, &settings(), offset, len, "Q2").unwrap(),
             "another message's id"
         );
         assert!(
-            !appended_whole(&path, &settings(), offset + len, len, "Q1").unwrap(),
+            !appended_whole(&path, BOX, &settings(), offset + len, len, "Q1").unwrap(),
             "nothing there"
         );
         // A crash in the middle of the write: the torn copy is cut off.
@@ -1431,10 +1480,10 @@ mod tests {
             .unwrap()
             .set_len(whole - 10)
             .unwrap();
-        assert!(!appended_whole(&path, &settings(), offset, len, "Q1").unwrap());
+        assert!(!appended_whole(&path, BOX, &settings(), offset, len, "Q1").unwrap());
         assert_eq!(fs::metadata(&path).unwrap().len(), offset);
         let gone = dir.0.join("gone");
-        assert!(!appended_whole(&gone, &settings(), 0, len, "Q1").unwrap());
+        assert!(!appended_whole(&gone, BOX, &settings(), 0, len, "Q1").unwrap());
         assert!(
             !gone.exists(),
             "a removed mailbox is not created again here"

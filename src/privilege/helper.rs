@@ -10,6 +10,7 @@
 //! | request | arguments, descriptors | reply |
 //! |---|---|---|
 //! | `mailbox` | a system user's name | `O` with the user's mailbox in `mailbox_dir`, open for appending and reading, created 0600 and owned by the user when missing |
+//! | `file` | the path of a `/file` alias | `O` with the file open for appending and reading, opened (created 0600 when missing) as the aliases file's owner, refused unless it is a regular file with one link that belongs to that owner |
 //! | `command` | the command of a `\|command` alias; its stdin and stderr | `O`, once the command runs as the aliases file's owner; then, when it ends, `X` and its exit status or `S` (killed by a signal). Closing the reply socket kills it |
 //! | `reload` | — | `O` and the TLS certificate and key files' contents, NUL-separated (empty without TLS), read again, and the aliases file read again |
 //! | `terminal` | a user's name, a terminal (`pts/3`) | reserved for writing to a user's terminal |
@@ -20,6 +21,7 @@ use std::fs::File;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -99,6 +101,21 @@ impl Helper {
     /// The system user `name`'s mailbox, opened by the helper (see the module's table).
     pub fn open_mailbox(&self, name: &str) -> Result<File, String> {
         let accepted = self.ask(&["mailbox", name], &[], SHORT_REPLY)?;
+        accepted
+            .fds
+            .into_iter()
+            .next()
+            .map(File::from)
+            .ok_or_else(no_answer)
+    }
+
+    /// The file an alias names (`/path`), opened by the helper as the owner of the aliases file (see the module's
+    /// table).
+    pub fn open_alias_file(&self, path: &Path) -> Result<File, String> {
+        let path = path
+            .to_str()
+            .ok_or_else(|| format!("{}: not a UTF-8 path", path.display()))?;
+        let accepted = self.ask(&["file", path], &[], SHORT_REPLY)?;
         accepted
             .fds
             .into_iter()
