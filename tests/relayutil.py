@@ -1,7 +1,8 @@
 """What the relay tests (test_relay.py, doc/relay.md) share: real peers on 127.0.0.0/8 and a fixture that owns them.
 
     lab (fixture)                 a Lab: starts DNS, receiving servers and the sending Postel, kills them all at teardown
-    lab.dns(*records)             dnsmasq on 127.0.0.1:<free port> answering for *.test only (the rest is NXDOMAIN)
+    lab.dns(*records, ttl=None)   dnsmasq on 127.0.0.1:<free port> answering for *.test only (the rest is NXDOMAIN);
+                                  with `ttl`, authoritatively: answers with that TTL, negative ones with an SOA
     lab.fake(ip, ...)             FakeSmtp: a scripted Python SMTP server on ip:REMOTE that records every transaction
     lab.sink(ip, ...)             Postfix's smtp-sink on ip:REMOTE, dumping each transaction to a file
     lab.receiver(ip, ...)         a second `postel serve` listening on ip:REMOTE (and 127.0.0.1:<probe port>)
@@ -122,14 +123,20 @@ def dns_rcode(port, name, qtype=15, timeout=0.3):
 
 
 class Dns:
-    """dnsmasq on 127.0.0.1:<port>, authoritative-ish for .test only (`--local=/test/`: unknown names NXDOMAIN)."""
+    """dnsmasq on 127.0.0.1:<port>, authoritative-ish for .test only (`--local=/test/`: unknown names NXDOMAIN).
 
-    def __init__(self, folder, records):
+    Its own answers have TTL 0 unless `ttl` is given; then it is authoritative for .test, answers with that TTL
+    and puts an SOA (MINIMUM `ttl`) in negative answers, as a real zone's server does (RFC 2308)."""
+
+    def __init__(self, folder, records, ttl=None):
         self.port = free_udp_tcp_port()
         self.log_path = Path(folder) / "dnsmasq.log"
-        argv = [DNSMASQ, "--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+        argv = [DNSMASQ, "--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--log-queries",
                 "--listen-address=127.0.0.1", "--bind-interfaces", f"--port={self.port}", "--local=/test/",
                 "--cache-size=0", "--host-record=dns-ready.test,127.0.0.9", *records]
+        if ttl is not None:
+            argv += ["--auth-server=ns.test,127.0.0.1", "--auth-zone=test", f"--auth-ttl={ttl}",
+                     f"--auth-soa=1,hostmaster.test,1200,120,604800,{ttl}"]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
@@ -148,6 +155,11 @@ class Dns:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def queries(self):
+        """Every query it got but the readiness probes, as "TYPE name" strings, in order."""
+        found = re.findall(r"(?:query|auth)\[(\w+)\] (\S+) from", self.log())
+        return [f"{qtype} {name}" for qtype, name in found if name != "dns-ready.test"]
 
     def close(self):
         kill_proc(self.proc)
@@ -577,9 +589,9 @@ class Lab:
         self.receivers = []
         self.dns_server = None
 
-    def dns(self, *records):
+    def dns(self, *records, ttl=None):
         records = records or EXAMPLE_ZONE
-        d = Dns(self.folder, records)
+        d = Dns(self.folder, records, ttl)
         self.things.append(d)
         self.dns_server = d
         return d

@@ -638,6 +638,29 @@ def test_mx_pointing_to_myself_bounces_as_loop(lab):
     assert fake.connections == [], "a worse MX than this host was used"
 
 
+def test_dns_answers_are_cached_for_their_ttl(lab):
+    """A second message to a domain asks the DNS nothing while the answers hold, missing domains included (a
+    negative answer holds for its SOA's MINIMUM, RFC 2308)."""
+    dns = lab.dns(ttl=300)
+    sink = lab.sink("127.0.0.2")
+    sender = lab.sender(retry_first="1h", retry_max="1h")
+    first = submit(sender, ["one@example.test"], msg("first of two"))
+    gone = submit(sender, ["nobody@no-such-domain.test"], msg("nowhere one"))
+    wait_removed(sender, first)
+    wait_status(sender, gone, "nobody@no-such-domain.test", "bounced")
+    asked = dns.queries()
+    assert {"MX example.test", "A mx1.example.test", "MX no-such-domain.test"} <= set(asked), asked
+    second = submit(sender, ["two@example.test"], msg("second of two"))
+    gone_again = submit(sender, ["nobody@no-such-domain.test"], msg("nowhere two"))
+    wait_removed(sender, second)
+    wait_status(sender, gone_again, "nobody@no-such-domain.test", "bounced")
+    assert sorted(message_id(m["message"]) for m in sink.wait_messages(2)) == [
+        "<first.of.two@client.test>", "<second.of.two@client.test>"]
+    assert dns.queries() == asked, f"asked again: {dns.queries()[len(asked):]}"
+    statuses_seen = [f["status"] for _, _, per_rcpt in dsns(sender, "alice", 2) for f in per_rcpt]
+    assert statuses_seen == ["5.1.2", "5.1.2"], statuses_seen
+
+
 def test_dns_failure_is_temporary(lab):
     dns = lab.servfail_dns()
     sender = lab.sender(nameservers=[dns.address], retry_first="1s", retry_max="1s")

@@ -1,8 +1,10 @@
 //! A small synchronous DNS client for mail routing: MX and address lookups over UDP, TCP when truncated.
 //!
 //! Names are ASCII only: a name with other characters is refused as `NotFound` (IDNA is not
-//! supported; the caller converts U-labels to A-labels if it wants them). Answers are not cached.
+//! supported; the caller converts U-labels to A-labels if it wants them). Answers are cached for their TTL,
+//! negative ones as RFC 2308 says (see [`cache`]); failures are not.
 
+pub(crate) mod cache;
 #[cfg(test)]
 mod tests;
 pub(crate) mod wire;
@@ -14,6 +16,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -21,6 +24,7 @@ use log::{debug, warn};
 
 use crate::smtp::{HostNameError, HostNameRules, check_host_name};
 
+use cache::{Cache, Found};
 use wire::{Data, Decoded, RCODE_NOERROR, RCODE_NXDOMAIN, Reply, TYPE_A, TYPE_AAAA, TYPE_MX};
 
 /// How long to wait for one server's answer to one query, unless told otherwise.
@@ -61,12 +65,13 @@ impl fmt::Display for DnsError {
 
 impl Error for DnsError {}
 
-/// A stub resolver: asks recursive nameservers, in turn, and trusts their answers.
+/// A stub resolver: asks recursive nameservers, in turn, and trusts their answers. Clones share one cache.
 #[derive(Clone, Debug)]
 pub struct Resolver {
     servers: Vec<SocketAddr>,
     timeout: Duration,
     attempts: u32,
+    cache: Arc<Cache>,
 }
 
 impl Resolver {
@@ -76,6 +81,7 @@ impl Resolver {
             servers,
             timeout,
             attempts: DEFAULT_ATTEMPTS,
+            cache: Arc::new(Cache::new(cache::DEFAULT_CAPACITY)),
         }
     }
 
@@ -175,29 +181,40 @@ impl Resolver {
         }
     }
 
-    /// The records of type `qtype` for `name` (checked), after CNAMEs; empty when there are none.
+    /// The records of type `qtype` for `name` (checked), after CNAMEs; empty when there are none. From the
+    /// cache while the last answer holds.
     fn lookup(&self, name: &str, qtype: u16) -> Result<Vec<Data>, DnsError> {
+        if let Some(found) = self.cache.get(name, qtype, Instant::now()) {
+            debug!("dns: {name} {}: {found:?} (cached)", type_name(qtype));
+            return records(name, found);
+        }
         let mut last_failure = String::from("no nameserver configured");
         for _ in 0..self.attempts {
             for &server in &self.servers {
                 let outcome = self
                     .ask(server, name, qtype)
                     .and_then(|reply| match reply.rcode {
-                        RCODE_NOERROR => Ok(Some(
-                            reply.data_for(name, qtype)?.into_iter().cloned().collect(),
-                        )),
-                        RCODE_NXDOMAIN => Ok(None),
+                        RCODE_NOERROR => {
+                            let answer = reply.data_for(name, qtype)?;
+                            let ttl = answer.ttl.or(reply.negative_ttl);
+                            let data = answer.data.into_iter().cloned().collect();
+                            Ok((Found::Records(data), ttl))
+                        }
+                        RCODE_NXDOMAIN => Ok((Found::NoSuchName, reply.negative_ttl)),
                         rcode => Err(format!("answered {}", rcode_name(rcode))),
                     });
                 match outcome {
-                    Ok(Some(records)) => {
+                    Ok((found, ttl)) => {
                         debug!(
-                            "dns: {name} {}: {records:?} from {server}",
+                            "dns: {name} {}: {found:?} from {server}, ttl {ttl:?}",
                             type_name(qtype)
                         );
-                        return Ok(records);
+                        if let Some(ttl) = ttl {
+                            self.cache
+                                .put(name, qtype, found.clone(), ttl, Instant::now());
+                        }
+                        return records(name, found);
                     }
-                    Ok(None) => return Err(DnsError::NotFound(format!("{name}: no such domain"))),
                     Err(why) => {
                         debug!("dns: {name} {}: {server} {why}", type_name(qtype));
                         last_failure = format!("{server} {why}");
@@ -285,6 +302,14 @@ impl Resolver {
             Decoded::Truncated => Err("sent a truncated reply over TCP".into()),
             Decoded::Foreign => Err("sent a reply over TCP that does not match the query".into()),
         }
+    }
+}
+
+/// A lookup's result as the resolver returns it.
+fn records(name: &str, found: Found) -> Result<Vec<Data>, DnsError> {
+    match found {
+        Found::Records(records) => Ok(records),
+        Found::NoSuchName => Err(DnsError::NotFound(format!("{name}: no such domain"))),
     }
 }
 

@@ -3,7 +3,7 @@
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::thread::{self, JoinHandle};
 
 use super::*;
@@ -266,6 +266,93 @@ fn addresses_survive_one_failing_family() {
     );
 }
 
+/// A fake server counting the queries it gets, answering each with `handler`.
+fn counting(handler: impl Fn(&[u8]) -> Vec<u8> + Send + 'static) -> (Fake, Arc<AtomicUsize>) {
+    let queries = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&queries);
+    let fake = Fake::start(move |query, _| {
+        counted.fetch_add(1, Ordering::Relaxed);
+        vec![handler(query)]
+    });
+    (fake, queries)
+}
+
+#[test]
+fn a_second_lookup_is_answered_from_the_cache_shared_by_clones() {
+    let (fake, queries) =
+        counting(|query| respond(query, ANSWER, &[record(TYPE_MX, &mx(5, "mx.host.test"))]));
+    let resolver = resolver(&[fake.addr]);
+    let expected = Route::Mx(vec![(5, "mx.host.test".into())]);
+    assert_eq!(resolver.mx("host.test").unwrap(), expected);
+    assert_eq!(resolver.mx("HOST.test.").unwrap(), expected);
+    assert_eq!(resolver.clone().mx("host.test").unwrap(), expected);
+    assert_eq!(queries.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_zero_ttl_answer_is_asked_again() {
+    let (fake, queries) = counting(|query| {
+        let mut answer = record(TYPE_A, &[192, 0, 2, 1]);
+        answer[6..10].fill(0); // TTL 0
+        respond(query, ANSWER, &[answer])
+    });
+    let resolver = resolver(&[fake.addr]);
+    for _ in 0..2 {
+        assert_eq!(resolver.lookup("host.test", TYPE_A).unwrap().len(), 1);
+    }
+    assert_eq!(queries.load(Ordering::Relaxed), 2);
+}
+
+#[test]
+fn a_missing_domain_is_cached_only_with_an_soa() {
+    for (with_soa, expected_queries) in [(true, 1), (false, 2)] {
+        let (fake, queries) = counting(move |query| {
+            let authority: &[Vec<u8>] = if with_soa { &[soa(60)] } else { &[] };
+            respond_with_authority(query, ANSWER | 3, &[], authority)
+        });
+        let resolver = resolver(&[fake.addr]);
+        for _ in 0..2 {
+            let missing = resolver.mx("gone.test");
+            assert!(
+                matches!(&missing, Err(DnsError::NotFound(why)) if why == "gone.test: no such domain"),
+                "{missing:?}"
+            );
+        }
+        let missing = resolver.addresses("gone.test");
+        assert!(matches!(missing, Err(DnsError::NotFound(_))), "{missing:?}");
+        assert_eq!(
+            queries.load(Ordering::Relaxed),
+            expected_queries + usize::from(!with_soa),
+            "with an SOA: {with_soa}"
+        );
+    }
+}
+
+#[test]
+fn no_records_of_a_type_is_cached_with_an_soa() {
+    let (fake, queries) = counting(|query| respond_with_authority(query, ANSWER, &[], &[soa(60)]));
+    let resolver = resolver(&[fake.addr]);
+    assert_eq!(resolver.mx("bare.test").unwrap(), Route::Implicit);
+    assert_eq!(resolver.mx("bare.test").unwrap(), Route::Implicit);
+    assert_eq!(queries.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn failures_are_not_cached() {
+    let (fake, queries) = counting(|query| respond(query, ANSWER | SERVFAIL, &[]));
+    let resolver = resolver(&[fake.addr]);
+    for _ in 0..2 {
+        assert!(matches!(
+            resolver.mx("host.test"),
+            Err(DnsError::Temporary(_))
+        ));
+    }
+    assert_eq!(
+        queries.load(Ordering::Relaxed),
+        2 * DEFAULT_ATTEMPTS as usize
+    );
+}
+
 /// A scripted DNS server on loopback, UDP and TCP on one port: `handler(query, over_tcp)`
 /// returns the packets to send back. Stopped and joined when dropped.
 struct Fake {
@@ -334,13 +421,37 @@ impl Drop for Fake {
 
 /// The answer to `query` (its id and question) with `flags` and `answers`.
 fn respond(query: &[u8], flags: u16, answers: &[Vec<u8>]) -> Vec<u8> {
+    respond_with_authority(query, flags, answers, &[])
+}
+
+/// The same with an authority section.
+fn respond_with_authority(
+    query: &[u8],
+    flags: u16,
+    answers: &[Vec<u8>],
+    authority: &[Vec<u8>],
+) -> Vec<u8> {
     let mut packet = query[..2].to_vec();
-    for word in [flags, 1, answers.len() as u16, 0, 0] {
+    for word in [flags, 1, answers.len() as u16, authority.len() as u16, 0] {
         packet.extend(word.to_be_bytes());
     }
     packet.extend_from_slice(&query[12..]);
     packet.extend(answers.concat());
+    packet.extend(authority.concat());
     packet
+}
+
+/// An SOA record for the root zone with TTL 3600 and this MINIMUM: what negative answers carry.
+fn soa(minimum: u32) -> Vec<u8> {
+    let mut data = b"\x02ns\0\x0ahostmaster\0".to_vec();
+    for field in [1, 1200, 120, 604_800, minimum] {
+        data.extend(u32::to_be_bytes(field));
+    }
+    let mut record = vec![0, 0, 6, 0, 1];
+    record.extend(3600u32.to_be_bytes());
+    record.extend((data.len() as u16).to_be_bytes());
+    record.extend(data);
+    record
 }
 
 /// A record for the question's name (a pointer to offset 12), class IN.

@@ -6,6 +6,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 pub const TYPE_A: u16 = 1;
 /// Record type CNAME: an alias for another name.
 pub const TYPE_CNAME: u16 = 5;
+/// Record type SOA: a zone's start of authority; in a negative answer it says how long to believe it.
+const TYPE_SOA: u16 = 6;
 /// Record type MX: a mail exchanger.
 pub const TYPE_MX: u16 = 15;
 /// Record type AAAA: an IPv6 address.
@@ -43,6 +45,8 @@ pub enum Data {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
     pub name: String,
+    /// How many seconds the record may be kept.
+    pub ttl: u32,
     pub data: Data,
 }
 
@@ -52,6 +56,18 @@ pub struct Reply {
     pub rcode: u8,
     /// The answer section's records of known types; others are left out.
     pub answers: Vec<Record>,
+    /// For a negative answer (no such name, or no records of the type): how many seconds it may be kept,
+    /// the smaller of the authority section's SOA TTL and its MINIMUM field (RFC 2308 section 5). None without
+    /// an SOA: such an answer is not to be kept at all.
+    pub negative_ttl: Option<u32>,
+}
+
+/// The records that answer a question, and how long they may be kept.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Answer<'a> {
+    pub data: Vec<&'a Data>,
+    /// The smallest TTL of these records and of the CNAMEs that led to them; None when there are no records.
+    pub ttl: Option<u32>,
 }
 
 /// What a received packet turned out to be.
@@ -108,11 +124,21 @@ pub fn decode(packet: &[u8], id: u16, name: &str, qtype: u16) -> Result<Decoded,
     }
     let mut answers = Vec::new();
     for _ in 0..header.ancount {
-        if let Some(record) = reader.record()? {
+        if let Some(Item::Record(record)) = reader.record()? {
             answers.push(record);
         }
     }
-    Ok(Decoded::Reply(Reply { rcode, answers }))
+    let mut negative_ttl = None;
+    for _ in 0..header.nscount {
+        if let Some(Item::Soa { ttl, minimum }) = reader.record()? {
+            negative_ttl.get_or_insert(ttl.min(minimum));
+        }
+    }
+    Ok(Decoded::Reply(Reply {
+        rcode,
+        answers,
+        negative_ttl,
+    }))
 }
 
 /// The id, name and type of the question a packet carries, if it carries one: what [`decode`]
@@ -127,24 +153,29 @@ pub(crate) fn question(packet: &[u8]) -> Option<(u16, String, u16)> {
 }
 
 impl Reply {
-    /// The data of the answers of type `qtype` for `name`, following the CNAME chain from `name`
-    /// within the answer section. A CNAME loop is malformed.
-    pub fn data_for(&self, name: &str, qtype: u16) -> Result<Vec<&Data>, Malformed> {
+    /// The answers of type `qtype` for `name`, following the CNAME chain from `name` within the
+    /// answer section. A CNAME loop is malformed.
+    pub fn data_for(&self, name: &str, qtype: u16) -> Result<Answer<'_>, Malformed> {
         let mut owner = name;
+        let mut chain_ttl = u32::MAX;
         for _ in 0..=self.answers.len() {
             let alias = self.answers.iter().find_map(|record| match &record.data {
-                Data::Cname(target) if record.name == owner => Some(target.as_str()),
+                Data::Cname(target) if record.name == owner => Some((target.as_str(), record.ttl)),
                 _ => None,
             });
             match alias {
-                Some(target) => owner = target,
+                Some((target, ttl)) => (owner, chain_ttl) = (target, chain_ttl.min(ttl)),
                 None => {
-                    return Ok(self
+                    let records: Vec<&Record> = self
                         .answers
                         .iter()
                         .filter(|record| record.name == owner && data_type(&record.data) == qtype)
-                        .map(|record| &record.data)
-                        .collect());
+                        .collect();
+                    let ttl = records.iter().map(|record| record.ttl).min();
+                    return Ok(Answer {
+                        data: records.into_iter().map(|record| &record.data).collect(),
+                        ttl: ttl.map(|ttl| ttl.min(chain_ttl)),
+                    });
                 }
             }
         }
@@ -166,6 +197,13 @@ struct Header {
     flags: u16,
     qdcount: u16,
     ancount: u16,
+    nscount: u16,
+}
+
+/// A resource record as read: one the resolver uses, or the part of an SOA that negative caching needs.
+enum Item {
+    Record(Record),
+    Soa { ttl: u32, minimum: u32 },
 }
 
 /// A cursor over a whole packet (names may point anywhere before themselves).
@@ -189,14 +227,22 @@ impl Reader<'_> {
         Ok(u16::from_be_bytes([bytes[0], bytes[1]]))
     }
 
+    /// A TTL or SOA time field; RFC 2181 8: a value with the top bit set counts as zero.
+    fn seconds(&mut self) -> Result<u32, Malformed> {
+        let bytes = self.bytes(4)?;
+        let value = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        Ok(if value > i32::MAX as u32 { 0 } else { value })
+    }
+
     fn header(&mut self) -> Result<Header, Malformed> {
         let header = Header {
             id: self.u16()?,
             flags: self.u16()?,
             qdcount: self.u16()?,
             ancount: self.u16()?,
+            nscount: self.u16()?,
         };
-        self.bytes(4)?; // NSCOUNT and ARCOUNT: those sections are not read.
+        self.bytes(2)?; // ARCOUNT: the additional section is not read.
         Ok(header)
     }
 
@@ -245,27 +291,33 @@ impl Reader<'_> {
     }
 
     /// One resource record; `None` for other classes and types.
-    fn record(&mut self) -> Result<Option<Record>, Malformed> {
+    fn record(&mut self) -> Result<Option<Item>, Malformed> {
         let name = self.name()?;
-        let (rtype, class) = (self.u16()?, self.u16()?);
-        self.bytes(4)?; // TTL: every lookup asks afresh.
+        let (rtype, class, ttl) = (self.u16()?, self.u16()?, self.seconds()?);
         let len = self.u16()? as usize;
         let end = self.pos + len;
         if end > self.packet.len() {
             return Err("record data runs past the reply");
         }
-        let data = match (class, rtype) {
+        let record = |data| Some(Item::Record(Record { name, ttl, data }));
+        let item = match (class, rtype) {
             (CLASS_IN, TYPE_A) => {
                 let octets: [u8; 4] = self.bytes(len)?.try_into().map_err(|_| "bad A record")?;
-                Some(Data::A(octets.into()))
+                record(Data::A(octets.into()))
             }
             (CLASS_IN, TYPE_AAAA) => {
                 let octets: [u8; 16] =
                     self.bytes(len)?.try_into().map_err(|_| "bad AAAA record")?;
-                Some(Data::Aaaa(octets.into()))
+                record(Data::Aaaa(octets.into()))
             }
-            (CLASS_IN, TYPE_CNAME) => Some(Data::Cname(self.name()?)),
-            (CLASS_IN, TYPE_MX) => Some(Data::Mx(self.u16()?, self.name()?)),
+            (CLASS_IN, TYPE_CNAME) => record(Data::Cname(self.name()?)),
+            (CLASS_IN, TYPE_MX) => record(Data::Mx(self.u16()?, self.name()?)),
+            (CLASS_IN, TYPE_SOA) => {
+                let (_primary, _mailbox) = (self.name()?, self.name()?);
+                self.bytes(16)?; // SERIAL, REFRESH, RETRY, EXPIRE
+                let minimum = self.seconds()?;
+                Some(Item::Soa { ttl, minimum })
+            }
             _ => {
                 self.pos = end;
                 None
@@ -274,7 +326,7 @@ impl Reader<'_> {
         if self.pos != end {
             return Err("record data length does not match its content");
         }
-        Ok(data.map(|data| Record { name, data }))
+        Ok(item)
     }
 }
 
@@ -326,10 +378,14 @@ mod tests {
 
     /// A record: owner (wire form), type, class IN, TTL 300, data.
     fn rr(owner: &[u8], rtype: u16, data: &[u8]) -> Vec<u8> {
+        rr_ttl(owner, rtype, 300, data)
+    }
+
+    fn rr_ttl(owner: &[u8], rtype: u16, ttl: u32, data: &[u8]) -> Vec<u8> {
         let mut record = owner.to_vec();
         record.extend(rtype.to_be_bytes());
         record.extend(CLASS_IN.to_be_bytes());
-        record.extend(300u32.to_be_bytes());
+        record.extend(ttl.to_be_bytes());
         record.extend((data.len() as u16).to_be_bytes());
         record.extend_from_slice(data);
         record
@@ -344,6 +400,29 @@ mod tests {
     /// A pointer to the question's name at offset 12.
     const QNAME: [u8; 2] = [0xc0, 12];
     const RESPONSE: u16 = FLAG_QR | FLAG_RD | 0x0080;
+
+    /// `packet` with `authority` appended as its authority section.
+    fn with_authority(mut packet: Vec<u8>, authority: &[&[u8]]) -> Vec<u8> {
+        packet[8..10].copy_from_slice(&(authority.len() as u16).to_be_bytes());
+        for record in authority {
+            packet.extend_from_slice(record);
+        }
+        packet
+    }
+
+    /// SOA record data with this MINIMUM.
+    fn soa_data(minimum: u32) -> Vec<u8> {
+        let mut data = name("ns.test");
+        data.extend(name("hostmaster.test"));
+        for field in [2026120101, 1200, 120, 604800, minimum] {
+            data.extend(field.to_be_bytes());
+        }
+        data
+    }
+
+    fn data_of<'a>(reply: &'a Reply, name: &str, qtype: u16) -> Result<Vec<&'a Data>, Malformed> {
+        reply.data_for(name, qtype).map(|answer| answer.data)
+    }
 
     fn answers(packet: &[u8], id: u16, qname: &str, qtype: u16) -> Reply {
         match decode(packet, id, qname, qtype) {
@@ -376,7 +455,7 @@ mod tests {
         let reply = answers(&packet, 7, "example.org", TYPE_MX);
         assert_eq!(reply.rcode, RCODE_NOERROR);
         assert_eq!(
-            reply.data_for("example.org", TYPE_MX),
+            data_of(&reply, "example.org", TYPE_MX),
             Ok(vec![
                 &Data::Mx(10, "mx1.example.org".into()),
                 &Data::Mx(20, "mx2.example.org".into()),
@@ -395,7 +474,7 @@ mod tests {
         );
         let reply = answers(&packet, 1, "example.org", TYPE_MX);
         assert_eq!(
-            reply.data_for("example.org", TYPE_MX),
+            data_of(&reply, "example.org", TYPE_MX),
             Ok(vec![&Data::Mx(0, String::new())])
         );
     }
@@ -416,7 +495,7 @@ mod tests {
         );
         let reply = answers(&packet, 2, "www.example.org", TYPE_A);
         assert_eq!(
-            reply.data_for("www.example.org", TYPE_A),
+            data_of(&reply, "www.example.org", TYPE_A),
             Ok(vec![&Data::A(Ipv4Addr::new(192, 0, 2, 1))])
         );
     }
@@ -435,7 +514,7 @@ mod tests {
         );
         let reply = answers(&packet, 3, "a.test", TYPE_A);
         assert_eq!(
-            reply.data_for("a.test", TYPE_A),
+            data_of(&reply, "a.test", TYPE_A),
             Err("CNAME loop in the answer")
         );
     }
@@ -460,6 +539,7 @@ mod tests {
             reply.answers,
             vec![Record {
                 name: "host.test".into(),
+                ttl: 300,
                 data: Data::Aaaa(Ipv6Addr::LOCALHOST)
             }]
         );
@@ -532,7 +612,7 @@ mod tests {
         );
         let reply = answers(&packet, 8, "host.test", TYPE_A);
         assert_eq!(
-            reply.data_for("host.test", TYPE_A),
+            data_of(&reply, "host.test", TYPE_A),
             Ok(vec![&Data::A(Ipv4Addr::new(10, 0, 0, 1))])
         );
     }
@@ -676,8 +756,81 @@ mod tests {
         );
         let reply = answers(&packet, 14, "host.test", TYPE_MX);
         assert_eq!(
-            reply.data_for("host.test", TYPE_MX),
+            data_of(&reply, "host.test", TYPE_MX),
             Ok(vec![&Data::Mx(1, "a\\046b\\255".into())])
         );
+    }
+
+    #[test]
+    fn the_ttl_is_the_smallest_along_the_cname_chain() {
+        // www.example.org -> web.example.org (at offset 45), CNAME TTL 60; the two A records 300 and 200.
+        let packet = reply(
+            15,
+            RESPONSE,
+            "www.example.org",
+            TYPE_A,
+            &[
+                &rr_ttl(&QNAME, TYPE_CNAME, 60, b"\x03web\xc0\x10"),
+                &rr_ttl(&[0xc0, 45], TYPE_A, 300, &[192, 0, 2, 1]),
+                &rr_ttl(&[0xc0, 45], TYPE_A, 200, &[192, 0, 2, 2]),
+            ],
+        );
+        let reply = answers(&packet, 15, "www.example.org", TYPE_A);
+        assert_eq!(
+            reply.data_for("www.example.org", TYPE_A).unwrap().ttl,
+            Some(60)
+        );
+        assert_eq!(
+            reply.data_for("web.example.org", TYPE_A).unwrap().ttl,
+            Some(200)
+        );
+        let none = reply.data_for("www.example.org", TYPE_MX).unwrap();
+        assert_eq!((none.data.len(), none.ttl), (0, None));
+    }
+
+    #[test]
+    fn a_ttl_with_the_top_bit_set_counts_as_zero() {
+        let packet = reply(
+            16,
+            RESPONSE,
+            "host.test",
+            TYPE_A,
+            &[&rr_ttl(&QNAME, TYPE_A, 0x8000_0001, &[192, 0, 2, 1])],
+        );
+        let reply = answers(&packet, 16, "host.test", TYPE_A);
+        assert_eq!(reply.data_for("host.test", TYPE_A).unwrap().ttl, Some(0));
+    }
+
+    #[test]
+    fn a_negative_answer_is_kept_as_long_as_its_soa_says() {
+        let soa = |ttl, minimum| rr_ttl(&name("test"), TYPE_SOA, ttl, &soa_data(minimum));
+        let nxdomain = with_authority(
+            reply(17, RESPONSE | 3, "gone.test", TYPE_MX, &[]),
+            &[&soa(900, 60)],
+        );
+        assert_eq!(
+            answers(&nxdomain, 17, "gone.test", TYPE_MX).negative_ttl,
+            Some(60)
+        );
+        let nodata = with_authority(
+            reply(17, RESPONSE, "host.test", TYPE_AAAA, &[]),
+            &[&soa(30, 3600)],
+        );
+        assert_eq!(
+            answers(&nodata, 17, "host.test", TYPE_AAAA).negative_ttl,
+            Some(30)
+        );
+        let no_soa = reply(17, RESPONSE | 3, "gone.test", TYPE_MX, &[]);
+        assert_eq!(
+            answers(&no_soa, 17, "gone.test", TYPE_MX).negative_ttl,
+            None
+        );
+        let data = soa_data(60);
+        let short = rr_ttl(&name("test"), TYPE_SOA, 900, &data[..data.len() - 4]);
+        let cut = with_authority(
+            reply(17, RESPONSE | 3, "gone.test", TYPE_MX, &[]),
+            &[&short],
+        );
+        assert!(decode(&cut, 17, "gone.test", TYPE_MX).is_err());
     }
 }
