@@ -438,6 +438,7 @@ impl Relay {
                 Sent::Done(vec![outcome; recipients])
             }
             ClientError::Unsendable(why) => {
+                self.keep(addr, connection); // nothing was sent
                 Sent::Done(vec![
                     Delivery::permanent(Detail::MessageTooBig, why);
                     recipients
@@ -471,8 +472,10 @@ impl Relay {
         connection
     }
 
+    /// Keeps `connection` for the next message to `addr`: at once after a clean transaction, after an RSET
+    /// after a failed one (dropped if that fails).
     fn keep(&self, addr: SocketAddr, mut connection: Connection) {
-        if connection.reset().is_ok() {
+        if connection.ready().is_ok() {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
             idle.entry(addr)
                 .or_default()

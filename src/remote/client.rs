@@ -215,6 +215,9 @@ pub struct Connection {
     server_name: String,
     extensions: Extensions,
     timeouts: Timeouts,
+    /// No transaction is open: the last one ended with the 250 after its content, or with RSET, so the
+    /// server expects MAIL next (RFC 5321 4.1.1.4).
+    clean: bool,
 }
 
 impl Connection {
@@ -253,6 +256,7 @@ impl Connection {
             server_name: addr.to_string(),
             extensions: Extensions::default(),
             timeouts: *timeouts,
+            clean: true,
         };
         match connection
             .handshake(helo)
@@ -284,8 +288,8 @@ impl Connection {
     /// The message is read from `body` and streamed out with CRLF line ends, dot-stuffed, ending
     /// with CRLF.CRLF (a CRLF is added if the body does not end with one). With PIPELINING offered,
     /// MAIL, all RCPTs and DATA go in one write (RFC 2920). If every recipient is refused, no
-    /// message is sent and the transaction ends with RSET. After an Err, call [`Connection::reset`]
-    /// before the next message (a Connection error has closed it).
+    /// message is sent and the transaction ends with RSET. After a transaction that failed, RSET
+    /// comes first (see [`Connection::ready`]); a Connection error has closed the connection.
     pub fn send(
         &mut self,
         sender: &str,
@@ -296,6 +300,8 @@ impl Connection {
         smtputf8: bool,
     ) -> Result<Sent, ClientError> {
         self.check_sendable(sender, recipients, size, eight_bit, smtputf8)?;
+        self.ready()?;
+        self.clean = false;
         let mut mail = format!("MAIL FROM:<{sender}>");
         if self.extensions.size.is_some() {
             mail.push_str(&format!(" SIZE={size}"));
@@ -313,9 +319,14 @@ impl Connection {
         }
     }
 
-    /// RSET, so the connection can carry another message; Err if the server is gone.
-    pub fn reset(&mut self) -> Result<(), ClientError> {
+    /// Makes the connection ready for another message: nothing to do after a transaction that ended
+    /// cleanly, RSET after one that failed; Err if the server is gone or refuses RSET.
+    pub fn ready(&mut self) -> Result<(), ClientError> {
+        if self.clean {
+            return Ok(());
+        }
         expect("RSET", self.exchange("RSET", "RSET")?, 2)?;
+        self.clean = true;
         Ok(())
     }
 
@@ -533,7 +544,7 @@ impl Connection {
         recipients: Vec<Result<(), RemoteReply>>,
         final_reply: RemoteReply,
     ) -> Result<Sent, ClientError> {
-        self.reset()?;
+        self.ready()?;
         Ok(Sent {
             recipients,
             final_reply,
@@ -558,9 +569,11 @@ impl Connection {
         debug!("{} C: .", self.peer);
         self.set_write_timeout(self.timeouts.command)?;
         let reply = self.read_reply("end of data", self.timeouts.end_of_data)?;
+        let final_reply = expect("end of data", reply, 2)?;
+        self.clean = true;
         Ok(Sent {
             recipients,
-            final_reply: expect("end of data", reply, 2)?,
+            final_reply,
         })
     }
 
@@ -1268,7 +1281,7 @@ mod tests {
     }
 
     #[test]
-    fn reset_lets_the_connection_carry_a_second_message() {
+    fn after_a_clean_transaction_the_next_one_needs_no_rset() {
         let mut script = opening("250-fake.test\r\n250 PIPELINING\r\n");
         for _ in 0..2 {
             script.extend([
@@ -1276,32 +1289,71 @@ mod tests {
                 Say("250 Ok\r\n250 Ok\r\n354 Go ahead\r\n"),
                 Data,
                 Say("250 Ok\r\n"),
-                Lines(1),
-                Say("250 Ok\r\n"),
             ]);
         }
         let (addr, server) = fake_server(script);
         let mut connection = open(addr).unwrap();
         for body in ["first\r\n", "second\r\n"] {
             send(&mut connection, &["bob@fake.test"], body).unwrap();
-            connection.reset().unwrap();
+            connection.ready().unwrap();
         }
         connection.quit();
-        let transaction = |body| {
-            lines(&[
-                "MAIL FROM:<alice@client.test>",
-                "RCPT TO:<bob@fake.test>",
-                "DATA",
-                body,
-                ".",
-                "RSET",
-            ])
-        };
         let expected = lines(&["EHLO client.test"])
             + &transaction("first")
             + &transaction("second")
             + "QUIT\r\n";
         assert_eq!(server.join().unwrap(), expected);
+    }
+
+    #[test]
+    fn after_a_failed_transaction_rset_comes_first() {
+        let mut script = opening("250 fake.test\r\n");
+        script.extend(answer(&["250 Ok\r\n", "250 Ok\r\n", "354 Go ahead\r\n"]));
+        script.extend([Data, Say("451 4.3.0 Try again later\r\n")]);
+        script.extend(answer(&[
+            "250 2.0.0 Reset\r\n",
+            "452 4.3.1 Full\r\n",
+            "250 2.0.0 Reset\r\n",
+            "250 Ok\r\n",
+            "250 Ok\r\n",
+            "354 Go ahead\r\n",
+        ]));
+        script.extend([Data, Say("250 Ok\r\n")]);
+        let (addr, server) = fake_server(script);
+        let mut connection = open(addr).unwrap();
+        let failed = send(&mut connection, &["bob@fake.test"], "first\r\n");
+        assert!(matches!(
+            failed,
+            Err(ClientError::Rejected {
+                step: "end of data",
+                ..
+            })
+        ));
+        connection.ready().unwrap();
+        let failed = send(&mut connection, &["bob@fake.test"], "second\r\n");
+        assert!(matches!(
+            failed,
+            Err(ClientError::Rejected { step: "MAIL", .. })
+        ));
+        send(&mut connection, &["bob@fake.test"], "third\r\n").unwrap();
+        connection.quit();
+        let expected = lines(&["EHLO client.test"])
+            + &transaction("first")
+            + &lines(&["RSET", "MAIL FROM:<alice@client.test>", "RSET"])
+            + &transaction("third")
+            + "QUIT\r\n";
+        assert_eq!(server.join().unwrap(), expected);
+    }
+
+    /// What the client sends for one message to bob@fake.test.
+    fn transaction(body: &str) -> String {
+        lines(&[
+            "MAIL FROM:<alice@client.test>",
+            "RCPT TO:<bob@fake.test>",
+            "DATA",
+            body,
+            ".",
+        ])
     }
 
     #[test]
@@ -1318,7 +1370,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            connection.reset(),
+            connection.ready(),
             Err(ClientError::Connection(_))
         ));
         drop(connection);
@@ -1454,7 +1506,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            connection.reset(),
+            connection.ready(),
             Err(ClientError::Connection(_))
         ));
         drop(connection);
@@ -1510,7 +1562,6 @@ mod tests {
             .unwrap();
             assert_eq!(sent.recipients, vec![Ok(()), Ok(())]);
             assert_eq!(sent.final_reply.code, 250);
-            connection.reset().unwrap();
         }
         connection.quit();
         let dumped = std::fs::read_to_string(&dump).unwrap_or_default();
