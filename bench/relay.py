@@ -18,8 +18,13 @@ from net import free_port
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
 
 
+# How long the relay domains' answers may be cached, as a real zone says (dnsmasq's own records otherwise have TTL 0).
+DNS_TTL = 300
+
+
 class Dns:
-    """dnsmasq on a free port of 127.0.0.1, answering for the relay domains only."""
+    """dnsmasq on a free port of 127.0.0.1, answering for the relay domains only, authoritatively: with TTL DNS_TTL,
+    and an SOA in negative answers (the AAAA that the MX hosts lack), as a zone's own server does."""
 
     def __init__(self, ctx):
         self.port = free_port()
@@ -31,7 +36,10 @@ class Dns:
         with open(log, "wb") as out:
             self.proc = subprocess.Popen([DNSMASQ, "--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
                                           "--listen-address=127.0.0.1", "--bind-interfaces", f"--port={self.port}",
-                                          "--local=/test/", *records],
+                                          "--local=/test/", "--auth-server=ns.bench.test,127.0.0.1",
+                                          "--auth-zone=test", f"--auth-ttl={DNS_TTL}",
+                                          f"--auth-soa=1,hostmaster.bench.test,1200,120,604800,{DNS_TTL}",
+                                          *records],
                                          stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while not self.answers():
