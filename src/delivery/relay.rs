@@ -132,11 +132,14 @@ impl Relay {
             Ok(hosts) => hosts,
             Err(outcome) => return all(outcome),
         };
-        let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
         crate::step!(
             message.envelope.id.as_str(),
             "{domain}: servers to try, best first: {} ({})",
-            names.join(", "),
+            hosts
+                .iter()
+                .map(|h| h.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
             if self.smarthost.is_some() {
                 "the smarthost"
             } else {
@@ -454,15 +457,16 @@ impl Relay {
         Cursor::new(copy::convert(Format::CRLF, header.as_bytes()))
     }
 
+    /// The connection to `addr` kept last, if one is still fresh; those idle too long are closed.
     fn cached(&self, addr: SocketAddr) -> Option<Connection> {
+        let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let mut expired = Vec::new();
         for connections in idle.values_mut() {
-            let (old, fresh): (Vec<_>, Vec<_>) = connections
-                .drain(..)
-                .partition(|(_, since)| since.elapsed() > IDLE_LIMIT);
-            expired.extend(old.into_iter().map(|(c, _)| c));
-            *connections = fresh;
+            // Kept in the order they were kept in: the stale ones come first.
+            let stale = connections
+                .partition_point(|(_, since)| now.saturating_duration_since(*since) > IDLE_LIMIT);
+            expired.extend(connections.drain(..stale).map(|(c, _)| c));
         }
         let connection = idle.get_mut(&addr).and_then(|c| c.pop()).map(|(c, _)| c);
         drop(idle);
