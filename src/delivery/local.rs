@@ -135,6 +135,9 @@ impl Router<'_> {
         for problem in &expansion.problems {
             warn!("aliases: {problem}");
         }
+        if expansion.targets.is_empty() {
+            return vec![expands_to_nothing(recipient, &name, &expansion.problems)];
+        }
         expansion
             .targets
             .into_iter()
@@ -235,6 +238,25 @@ pub fn is_local(config: &Config, domain: &Domain) -> bool {
         Domain::Ipv4(ip) => own_address((*ip).into()),
         Domain::Ipv6(ip) => own_address((*ip).into()),
     }
+}
+
+/// The route of an alias that leads to no target at all: it bounces, as Postfix does, rather than vanish. Every
+/// path looped back (or went too deep: `problems`, which the log has in full), or its lists are empty.
+fn expands_to_nothing(recipient: &str, alias: &str, problems: &[String]) -> Route {
+    let (detail, reason) = if problems.is_empty() {
+        (
+            Detail::ListExpansionProblem,
+            format!("the alias {alias} expands to no recipient"),
+        )
+    } else {
+        (
+            Detail::RoutingLoop,
+            format!(
+                "mail forwarding loop: the alias {alias} leads only back to itself (or nests too deep)"
+            ),
+        )
+    };
+    refused(recipient, alias, detail, reason)
 }
 
 fn refused(recipient: &str, key: &str, detail: Detail, reason: String) -> Route {
@@ -383,6 +405,25 @@ mod tests {
         assert_eq!(
             keys(&router.routes(&["ping@localhost".into()])),
             ["mbox:alice"]
+        );
+        // An alias that leads back only to itself bounces: nothing vanishes.
+        let looping = Aliases::parse(
+            "a: b@localhost\nb: a\nempty: :include:/dev/null\n",
+            "aliases",
+        )
+        .unwrap();
+        let router = Router {
+            config: &config,
+            aliases: &looping,
+        };
+        let routes = router.routes(&["a@localhost".into(), "empty@localhost".into()]);
+        assert_eq!(keys(&routes), ["refused:5.4.6:a", "refused:5.2.4:empty"]);
+        let Destination::Refused { reason, .. } = &routes[0].destination else {
+            unreachable!()
+        };
+        assert_eq!(
+            reason,
+            "mail forwarding loop: the alias a leads only back to itself (or nests too deep)"
         );
         let expansion = aliases.expand_local("ping", &|address: &str| {
             address.strip_suffix("@localhost").map(str::to_string)
