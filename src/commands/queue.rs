@@ -227,7 +227,6 @@ fn not_queued(id: &QueueId) -> CliError {
 mod tests {
     use super::*;
     use crate::config::LocalUsers;
-    use crate::smtp::Protocol;
     use crate::spool::{Envelope, RecipientResult};
     use crate::testing::TempDir;
     use chrono::TimeZone;
@@ -245,19 +244,11 @@ mod tests {
     /// Queues a message from carol to `recipients`, as the spool keeps it.
     fn queue(config: &Config, recipients: &[&str]) -> QueueId {
         let spool = Spool::open(&config.spool_dir).unwrap();
+        let recipients = recipients.iter().map(|r| r.to_string()).collect();
+        let arrival = chrono::Utc.with_ymd_and_hms(2026, 11, 24, 6, 0, 0).unwrap();
         let mut writer = spool.new_message(Envelope {
-            id: QueueId::default(),
-            arrival: chrono::Utc.with_ymd_and_hms(2026, 11, 24, 6, 0, 0).unwrap(),
-            client: None,
             helo: "client.test".into(),
-            protocol: Protocol::Local,
-            sender: "carol@example.org".into(),
-            recipients: recipients.iter().map(|r| r.to_string()).collect(),
-            body: None,
-            smtputf8: false,
-            declared_size: None,
-            tls: None,
-            auth: None,
+            ..Envelope::new("carol@example.org".into(), recipients, arrival)
         });
         writer.write(b"Subject: queued\r\n\r\nwaiting\r\n");
         spool.commit(writer).unwrap().envelope.id

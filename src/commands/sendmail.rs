@@ -20,7 +20,7 @@ use crate::delivery::control;
 use crate::privilege;
 use crate::server::connection::{Client, Port};
 use crate::server::inetd;
-use crate::smtp::{Protocol, parse_mailbox};
+use crate::smtp::parse_mailbox;
 use crate::spool::{self, QueueId, Queued, Spool};
 use crate::submit::{self, Options, Prepared};
 
@@ -322,18 +322,8 @@ impl Submitter {
 
     fn envelope(self, now: DateTime<Utc>, recipients: Vec<String>) -> spool::Envelope {
         spool::Envelope {
-            id: QueueId::default(),
-            arrival: now,
-            client: None,
             helo: self.login,
-            protocol: Protocol::Local,
-            sender: self.sender,
-            recipients,
-            body: None,
-            smtputf8: false,
-            declared_size: None,
-            tls: None,
-            auth: None,
+            ..spool::Envelope::new(self.sender, recipients, now)
         }
     }
 }

@@ -46,19 +46,12 @@ fn arrival() -> DateTime<Utc> {
 }
 
 fn queue(deliverer: &Deliverer, recipients: &[&str]) -> Queued {
+    let recipients = recipients.iter().map(|r| r.to_string()).collect();
     let mut writer = deliverer.spool.new_message(Envelope {
-        id: QueueId::default(),
-        arrival: arrival(),
         client: Some("192.0.2.7".parse().unwrap()),
         helo: "client.test".into(),
         protocol: Protocol::Esmtp,
-        sender: "carol@example.org".into(),
-        recipients: recipients.iter().map(|r| r.to_string()).collect(),
-        body: None,
-        smtputf8: false,
-        declared_size: None,
-        tls: None,
-        auth: None,
+        ..Envelope::new("carol@example.org".into(), recipients, arrival())
     });
     writer.write(b"Subject: hi\r\nMessage-ID: <hi@client.test>\r\n\r\nFrom the body.\r\n");
     deliverer.spool.commit(writer).unwrap()

@@ -7,8 +7,7 @@ use chrono::{DateTime, Utc};
 use log::{info, warn};
 
 use crate::copy::{self, Format};
-use crate::smtp::Protocol;
-use crate::spool::{Envelope, QueueId, Queued, Spool, SpoolError};
+use crate::spool::{Envelope, Queued, Spool, SpoolError};
 
 /// One recipient that could not be delivered.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,18 +77,8 @@ pub fn queue(
         original_headers: headers,
     });
     let mut writer = spool.new_message(Envelope {
-        id: QueueId::default(),
-        arrival: now,
-        client: None,
         helo: hostname.to_string(),
-        protocol: Protocol::Local,
-        sender,
-        recipients: vec![to.clone()],
-        body: None,
-        smtputf8: false,
-        declared_size: None,
-        tls: None,
-        auth: None,
+        ..Envelope::new(sender, vec![to.clone()], now)
     });
     writer.write(&text);
     let queued = spool.commit(writer)?;

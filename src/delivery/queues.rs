@@ -100,25 +100,12 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::spool::{DeliveryState, Envelope, QueueId, Queued};
+    use crate::spool::{DeliveryState, Envelope, Queued};
 
     fn part() -> Part {
         Part {
             message: Arc::new(Queued {
-                envelope: Envelope {
-                    id: QueueId::default(),
-                    arrival: chrono::Utc::now(),
-                    client: None,
-                    helo: String::new(),
-                    protocol: crate::smtp::Protocol::Esmtp,
-                    sender: String::new(),
-                    recipients: Vec::new(),
-                    body: None,
-                    smtputf8: false,
-                    declared_size: None,
-                    tls: None,
-                    auth: None,
-                },
+                envelope: Envelope::new(String::new(), Vec::new(), chrono::Utc::now()),
                 len: 0,
                 file: "q".into(),
                 body_offset: 0,

@@ -108,24 +108,17 @@ pub fn find_loop(headers: &[u8], recipient: &str) -> Option<Loop> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::{DateTime, Utc};
+    use chrono::DateTime;
 
     fn envelope() -> Envelope {
+        let arrival = DateTime::parse_from_rfc3339("2026-11-24T10:00:00Z").unwrap();
+        let recipients = vec!["bob@localhost".to_string()];
         Envelope {
             id: "19AB5D7C5E3F1001A3F2".parse().unwrap(),
-            arrival: DateTime::parse_from_rfc3339("2026-11-24T10:00:00Z")
-                .unwrap()
-                .with_timezone(&Utc),
             client: Some("192.0.2.7".parse().unwrap()),
             helo: "client.test".to_string(),
             protocol: Protocol::Esmtp,
-            tls: None,
-            auth: None,
-            sender: "alice@remote.test".to_string(),
-            recipients: vec!["bob@localhost".to_string()],
-            body: None,
-            smtputf8: false,
-            declared_size: None,
+            ..Envelope::new("alice@remote.test".to_string(), recipients, arrival.into())
         }
     }
 

@@ -558,19 +558,18 @@ impl Driver<'_> {
 
 /// The spool's record of a transaction, from the protocol's envelope and what the server knows of the client.
 fn spool_envelope(envelope: &Envelope, client: &Client, show_user: bool) -> spool::Envelope {
+    let sender = envelope.sender.to_string();
+    let recipients = envelope.recipients.iter().map(|r| r.to_string()).collect();
     spool::Envelope {
-        id: spool::QueueId::default(),
-        arrival: Utc::now(),
         client: client.ip,
         helo: envelope.helo.clone(),
         protocol: envelope.with_keyword(),
         tls: envelope.tls.clone(),
         auth: envelope.user.clone().filter(|_| show_user),
-        sender: envelope.sender.to_string(),
-        recipients: envelope.recipients.iter().map(|r| r.to_string()).collect(),
         body: envelope.params.body,
         smtputf8: envelope.params.smtputf8,
         declared_size: envelope.params.size,
+        ..spool::Envelope::new(sender, recipients, Utc::now())
     }
 }
 

@@ -41,6 +41,28 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// A message from `sender` (empty for the null sender) to `recipients`, arrived at `arrival`, as a local
+    /// program submits it: no client, no HELO name, protocol local, no TLS, AUTH or MAIL parameters, and no
+    /// queue id until [`Spool::new_message`](super::Spool::new_message) assigns one. Mail that came another
+    /// way sets the fields it has with struct update syntax (`Envelope { helo, ..Envelope::new(...) }`), so
+    /// that a new field needs a change only where it is known.
+    pub fn new(sender: String, recipients: Vec<String>, arrival: DateTime<Utc>) -> Envelope {
+        Envelope {
+            id: QueueId::default(),
+            arrival,
+            client: None,
+            helo: String::new(),
+            protocol: Protocol::Local,
+            tls: None,
+            auth: None,
+            sender,
+            recipients,
+            body: None,
+            smtputf8: false,
+            declared_size: None,
+        }
+    }
+
     /// The envelope as it will read back from disk: every control character in a value replaced
     /// with '?', and the arrival time cut to whole microseconds.
     pub(crate) fn sanitized(mut self) -> Envelope {
@@ -218,20 +240,18 @@ mod tests {
     use chrono::TimeZone;
 
     fn example() -> Envelope {
+        let arrival = Utc.with_ymd_and_hms(2026, 11, 24, 5, 3, 1).unwrap()
+            + chrono::Duration::microseconds(123_456);
+        let recipients = vec!["bob@localhost".to_string(), "postmaster".to_string()];
         Envelope {
             id: "19AB5D7C5E3F1001A3F2".parse().unwrap(),
-            arrival: Utc.with_ymd_and_hms(2026, 11, 24, 5, 3, 1).unwrap()
-                + chrono::Duration::microseconds(123_456),
             client: Some("127.0.0.1".parse().unwrap()),
             helo: "client.example".to_string(),
             protocol: Protocol::Esmtp,
-            sender: "alice@example.org".to_string(),
-            recipients: vec!["bob@localhost".to_string(), "postmaster".to_string()],
             body: Some(BodyType::EightBitMime),
             smtputf8: true,
             declared_size: Some(1234),
-            tls: None,
-            auth: None,
+            ..Envelope::new("alice@example.org".to_string(), recipients, arrival)
         }
     }
 
@@ -270,14 +290,10 @@ mod tests {
     #[test]
     fn optional_fields_and_the_null_sender_round_trip() {
         let envelope = Envelope {
-            sender: String::new(),
-            helo: String::new(),
-            body: None,
-            smtputf8: false,
-            declared_size: None,
-            tls: None,
-            auth: None,
-            ..example()
+            id: example().id,
+            client: example().client,
+            protocol: Protocol::Esmtp,
+            ..Envelope::new(String::new(), example().recipients, example().arrival)
         };
         let text = envelope.encode();
         assert!(text.contains("sender <>\n") && !text.contains("size"));

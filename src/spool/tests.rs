@@ -14,19 +14,13 @@ use super::*;
 pub(super) use crate::testing::TempDir;
 
 pub(super) fn envelope(recipients: &[&str]) -> Envelope {
+    let recipients = recipients.iter().map(|r| r.to_string()).collect();
     Envelope {
-        id: QueueId::default(),
-        arrival: Utc::now(),
         client: Some("127.0.0.1".parse().unwrap()),
         helo: "client.example".to_string(),
         protocol: crate::smtp::Protocol::Esmtp,
-        sender: "alice@example.org".to_string(),
-        recipients: recipients.iter().map(|r| r.to_string()).collect(),
         body: Some(crate::smtp::BodyType::EightBitMime),
-        smtputf8: false,
-        declared_size: None,
-        tls: None,
-        auth: None,
+        ..Envelope::new("alice@example.org".to_string(), recipients, Utc::now())
     }
 }
 
