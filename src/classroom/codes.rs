@@ -25,91 +25,78 @@ fn second_digit(digit: u8) -> &'static str {
     }
 }
 
-/// The common reply codes: code, meaning, where it is defined.
-const CODES: &[(u16, &str, &str)] = &[
-    (211, "system status", "RFC 5321 §4.2.2"),
-    (214, "help message", "RFC 5321 §4.2.2"),
-    (220, "the service is ready", "RFC 5321 §4.2.2"),
+/// The common reply codes and what they mean, by the section that defines them.
+const CODES: &[(&str, &[(u16, &str)])] = &[
     (
-        221,
-        "the service is closing the connection",
         "RFC 5321 §4.2.2",
+        &[
+            (211, "system status"),
+            (214, "help message"),
+            (220, "the service is ready"),
+            (221, "the service is closing the connection"),
+            (250, "requested action okay, completed"),
+            (251, "user not local; will forward"),
+            (252, "cannot verify the user, but will accept the message"),
+            (354, "start mail input; end with <CRLF>.<CRLF>"),
+            (421, "service not available, closing the connection"),
+            (450, "mailbox unavailable right now"),
+            (451, "local error in processing"),
+            (452, "insufficient system storage"),
+            (455, "server unable to accommodate parameters"),
+            (
+                500,
+                "syntax error, command unrecognized (or the line is too long)",
+            ),
+            (501, "syntax error in parameters or arguments"),
+            (502, "command not implemented"),
+            (503, "bad sequence of commands"),
+            (504, "command parameter not implemented"),
+            (550, "mailbox unavailable, or refused by policy"),
+            (551, "user not local"),
+            (552, "exceeded storage allocation"),
+            (553, "mailbox name not allowed"),
+            (554, "transaction failed"),
+            (555, "MAIL or RCPT parameters not recognized"),
+        ],
     ),
-    (235, "authentication succeeded", "RFC 4954 §6"),
-    (250, "requested action okay, completed", "RFC 5321 §4.2.2"),
-    (251, "user not local; will forward", "RFC 5321 §4.2.2"),
     (
-        252,
-        "cannot verify the user, but will accept the message",
-        "RFC 5321 §4.2.2",
-    ),
-    (253, "pending messages for the node started", "RFC 1985 §5"),
-    (
-        334,
-        "authentication challenge: send the next step",
         "RFC 4954 §4",
+        &[(334, "authentication challenge: send the next step")],
     ),
     (
-        354,
-        "start mail input; end with <CRLF>.<CRLF>",
-        "RFC 5321 §4.2.2",
-    ),
-    (
-        421,
-        "service not available, closing the connection",
-        "RFC 5321 §4.2.2",
-    ),
-    (450, "mailbox unavailable right now", "RFC 5321 §4.2.2"),
-    (451, "local error in processing", "RFC 5321 §4.2.2"),
-    (452, "insufficient system storage", "RFC 5321 §4.2.2"),
-    (
-        454,
-        "temporary authentication or TLS failure",
         "RFC 4954 §6",
+        &[
+            (235, "authentication succeeded"),
+            (454, "temporary authentication or TLS failure"),
+            (530, "authentication required"),
+            (535, "authentication credentials invalid"),
+        ],
     ),
     (
-        455,
-        "server unable to accommodate parameters",
-        "RFC 5321 §4.2.2",
-    ),
-    (458, "unable to queue messages for the node", "RFC 1985 §5"),
-    (
-        500,
-        "syntax error, command unrecognized (or the line is too long)",
-        "RFC 5321 §4.2.2",
-    ),
-    (
-        501,
-        "syntax error in parameters or arguments",
-        "RFC 5321 §4.2.2",
-    ),
-    (502, "command not implemented", "RFC 5321 §4.2.2"),
-    (503, "bad sequence of commands", "RFC 5321 §4.2.2"),
-    (504, "command parameter not implemented", "RFC 5321 §4.2.2"),
-    (530, "authentication required", "RFC 4954 §6"),
-    (535, "authentication credentials invalid", "RFC 4954 §6"),
-    (
-        550,
-        "mailbox unavailable, or refused by policy",
-        "RFC 5321 §4.2.2",
-    ),
-    (551, "user not local", "RFC 5321 §4.2.2"),
-    (552, "exceeded storage allocation", "RFC 5321 §4.2.2"),
-    (553, "mailbox name not allowed", "RFC 5321 §4.2.2"),
-    (554, "transaction failed", "RFC 5321 §4.2.2"),
-    (
-        555,
-        "MAIL or RCPT parameters not recognized",
-        "RFC 5321 §4.2.2",
+        "RFC 1985 §5",
+        &[
+            (253, "pending messages for the node started"),
+            (458, "unable to queue messages for the node"),
+        ],
     ),
 ];
+
+/// What reply code `code` means, and where that is defined.
+fn meaning(code: u16) -> Option<(&'static str, &'static str)> {
+    CODES.iter().find_map(|&(reference, codes)| {
+        codes
+            .iter()
+            .find(|&&(c, _)| c == code)
+            .map(|&(_, meaning)| (meaning, reference))
+    })
+}
 
 /// A reply line (`250 2.1.5 Ok`) explained: its code by meaning and by digits, and its enhanced status code.
 pub fn explain_reply(line: &str) -> String {
     let code = line.get(..3).unwrap_or("");
     let digits = code.as_bytes();
-    let mut out = match CODES.iter().find(|(c, _, _)| c.to_string() == code) {
-        Some((_, meaning, reference)) => format!("{code}: {meaning} ({reference})"),
+    let mut out = match code.parse().ok().and_then(meaning) {
+        Some((meaning, reference)) => format!("{code}: {meaning} ({reference})"),
         None => format!("{code}:"),
     };
     if digits.len() == 3 {
@@ -158,5 +145,10 @@ mod tests {
         );
         let text = explain_reply("354 End data with <CR><LF>.<CR><LF>");
         assert!(text.contains("3yz positive intermediate"), "{text}");
+        let text = explain_reply("535 5.7.8 Error: authentication failed");
+        assert!(
+            text.starts_with("535: authentication credentials invalid (RFC 4954 §6)"),
+            "{text}"
+        );
     }
 }
