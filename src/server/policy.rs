@@ -13,8 +13,9 @@ use crate::delivery::aliases::{Aliases, Target};
 use crate::delivery::scheduler::SchedulerHandle;
 use crate::delivery::{local, terminal};
 use crate::smtp::{
-    Detail, ETRN_NOT_PERMITTED, ETRN_TOO_OFTEN, Echo, ForwardPath, HostNameRules, Policy,
-    RcptVerdict, Reply, ReversePath, check_host_name,
+    CANNOT_EXPN_REMOTE, CANNOT_VRFY_REMOTE, Detail, ETRN_NOT_PERMITTED, ETRN_TOO_OFTEN,
+    EXPN_DISABLED, Echo, ForwardPath, HostNameRules, Policy, RcptVerdict, Reply, ReversePath,
+    check_host_name,
 };
 use crate::step;
 
@@ -55,19 +56,6 @@ impl EtrnLimit {
         }
     }
 }
-
-const EXPN_DISABLED: Reply = Reply::fixed(
-    502,
-    Detail::OtherSecurity,
-    "Error: EXPN is disabled on this server",
-);
-const CANNOT_VRFY_REMOTE: Reply = Reply::fixed(
-    252,
-    Detail::DestinationValid,
-    "Cannot VRFY a remote user, but will accept the message and attempt delivery",
-);
-const CANNOT_EXPN_REMOTE: Reply =
-    Reply::fixed(252, Detail::DestinationValid, "Cannot EXPN a remote list");
 
 /// What a VRFY or EXPN argument names.
 enum Lookup {

@@ -133,11 +133,13 @@ pub fn mail(args: &str) -> Result<MailArgs, ArgError> {
                     .parse()
                     .ok()
                     .filter(|_| value.len() <= 20 && value.bytes().all(|b| b.is_ascii_digit()));
-                params.size = Some(size.ok_or(BAD_SIZE)?);
+                params.size = Some(size.ok_or(reply::BAD_SIZE)?);
             }
             (Some("BODY"), Some(value)) if params.body.is_none() => {
-                params.body =
-                    Some(BodyType::from_name(&value.to_ascii_uppercase()).ok_or(UNSUPPORTED_BODY)?);
+                params.body = Some(
+                    BodyType::from_name(&value.to_ascii_uppercase())
+                        .ok_or(reply::UNSUPPORTED_BODY)?,
+                );
             }
             (Some("SMTPUTF8"), None) if !params.smtputf8 => params.smtputf8 = true,
             // RFC 4954 section 5: the identity a trusted relay vouches for; this server trusts none, so it
@@ -187,27 +189,11 @@ pub fn chunk(args: &str) -> Result<Chunk, ArgError> {
     }
 }
 
-const BAD_SIZE: Reply = Reply::fixed(
-    501,
-    Detail::InvalidArguments,
-    "Syntax: SIZE=<number of bytes>",
-);
-const UNSUPPORTED_BODY: Reply = Reply::fixed(
-    555,
-    Detail::InvalidArguments,
-    "Unsupported BODY type: 7BIT or 8BITMIME",
-);
-const NO_SPACE_BEFORE_PARAMETERS: Reply = Reply::fixed(
-    501,
-    Detail::InvalidArguments,
-    "Syntax: a space must separate the address and its parameters",
-);
-
 /// `esmtp-param *(SP esmtp-param)`: each parameter's keyword and value, as given. All are checked before the
 /// first is returned, so a malformed one is reported wherever it stands.
 fn parameters(text: &str) -> Result<impl Iterator<Item = (&str, Option<&str>)>, Reply> {
     if !text.is_empty() && !text.starts_with(' ') {
-        return Err(NO_SPACE_BEFORE_PARAMETERS);
+        return Err(reply::NO_SPACE_BEFORE_PARAMETERS);
     }
     let params = text.split(' ').filter(|p| !p.is_empty());
     let malformed = params

@@ -18,7 +18,10 @@ pub use address::{AddressError, Domain, ForwardPath, Mailbox, ReversePath, parse
 pub use command::{BodyType, MailParams};
 pub use data::BareLf;
 pub use hostname::{HostNameError, HostNameRules, check_host_name};
-pub use reply::{ETRN_NOT_PERMITTED, ETRN_TOO_OFTEN, Echo, Reply};
+pub use reply::{
+    CANNOT_EXPN_REMOTE, CANNOT_VRFY_REMOTE, ETRN_NOT_PERMITTED, ETRN_TOO_OFTEN, EXPN_DISABLED,
+    Echo, Reply,
+};
 pub use session::{
     EXTENSIONS, Envelope, Extension, Mode, Policy, Protocol, RcptVerdict, Session, SessionParams,
     State, Step, VERBS, Verb, find_verb,

@@ -273,6 +273,21 @@ pub const MAIL_PARAMETERS_NEED_EHLO: Reply = Reply::fixed(
     Detail::InvalidArguments,
     "Error: MAIL parameters need EHLO, not HELO",
 );
+pub const BAD_SIZE: Reply = Reply::fixed(
+    501,
+    Detail::InvalidArguments,
+    "Syntax: SIZE=<number of bytes>",
+);
+pub const UNSUPPORTED_BODY: Reply = Reply::fixed(
+    555,
+    Detail::InvalidArguments,
+    "Unsupported BODY type: 7BIT or 8BITMIME",
+);
+pub const NO_SPACE_BEFORE_PARAMETERS: Reply = Reply::fixed(
+    501,
+    Detail::InvalidArguments,
+    "Syntax: a space must separate the address and its parameters",
+);
 pub const SENDER_NEEDS_SMTPUTF8: Reply = Reply::fixed(
     553,
     Detail::NonAsciiAddress,
@@ -301,6 +316,29 @@ pub const ETRN_TOO_OFTEN: Reply = Reply::fixed(
     458,
     Detail::OtherSecurity,
     "Unable to queue messages now: one ETRN per client every 10 seconds",
+);
+pub const EXPN_DISABLED: Reply = Reply::fixed(
+    502,
+    Detail::OtherSecurity,
+    "Error: EXPN is disabled on this server",
+);
+pub const CANNOT_VRFY_REMOTE: Reply = Reply::fixed(
+    252,
+    Detail::DestinationValid,
+    "Cannot VRFY a remote user, but will accept the message and attempt delivery",
+);
+pub const CANNOT_EXPN_REMOTE: Reply =
+    Reply::fixed(252, Detail::DestinationValid, "Cannot EXPN a remote list");
+pub const NARRATION_ON: Reply = Reply::fixed(
+    250,
+    Detail::Undefined,
+    "Ok: narration on; replies carry the server's steps as extra lines (VERB OFF ends it)",
+);
+pub const NARRATION_OFF: Reply = Reply::fixed(250, Detail::Undefined, "Ok: narration off");
+pub const NARRATION_REFUSED: Reply = Reply::fixed(
+    250,
+    Detail::Undefined,
+    "Ok: narration (VERB) is for local, trusted and authenticated clients only; nothing changes",
 );
 
 pub const NEED_STARTTLS: Reply = Reply::fixed(

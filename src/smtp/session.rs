@@ -870,15 +870,15 @@ impl Session {
         };
         if !on {
             self.narration = None;
-            return Answer::Reply(NARRATION_OFF);
+            return Answer::Reply(reply::NARRATION_OFF);
         }
         match self.policy.narration(self.envelope.user.is_some()) {
-            None => Answer::Reply(NARRATION_REFUSED),
+            None => Answer::Reply(reply::NARRATION_REFUSED),
             Some(disclose) => {
                 if self.narration.is_none() {
                     self.narration = Some(Capture::start(&self.params.id, disclose));
                 }
-                Answer::Reply(NARRATION_ON)
+                Answer::Reply(reply::NARRATION_ON)
             }
         }
     }
@@ -977,18 +977,6 @@ enum Answer {
     /// The handler wrote what it had to; the caller takes this step, if any.
     Step(Option<Step<'static>>),
 }
-
-const NARRATION_ON: Reply = Reply::fixed(
-    250,
-    Detail::Undefined,
-    "Ok: narration on; replies carry the server's steps as extra lines (VERB OFF ends it)",
-);
-const NARRATION_OFF: Reply = Reply::fixed(250, Detail::Undefined, "Ok: narration off");
-const NARRATION_REFUSED: Reply = Reply::fixed(
-    250,
-    Detail::Undefined,
-    "Ok: narration (VERB) is for local, trusted and authenticated clients only; nothing changes",
-);
 
 /// The 503 (or 554) for a verb given in a state its row does not allow: it names what must come first, or
 /// what stands in the way.
