@@ -15,6 +15,7 @@ import json
 import os
 import re
 import select
+import signal
 import socket
 import subprocess
 import tempfile
@@ -300,6 +301,49 @@ class SmtpConn:
     def close(self):
         if self.sock:
             self.sock.close()
+
+
+class InetdLauncher:
+    """A program that listens on a loopback port and runs `postel inetd` per connection (openbsd-inetd, socat,
+    systemd-socket-activate), in a process group of its own, logging at debug to `log_path`. It is ready once a
+    whole probe session (greeting, QUIT) went through it, so the launcher and postel are both known to work."""
+
+    def __init__(self, argv, port, log_path):
+        self.port = port
+        self.log_path = log_path
+        env = dict(os.environ, RUST_LOG="debug")
+        env.pop("POSTEL_CONFIG", None)
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         env=env, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while True:
+            assert self.proc.poll() is None, f"{argv[0]} exited: {self.log()}"
+            try:
+                conn = SmtpConn.connect(port, timeout=5)
+                try:
+                    greeting = conn.reply(timeout=5)
+                    assert greeting.code == 220, greeting
+                    conn.expect("QUIT", 221)
+                finally:
+                    conn.close()
+                return
+            except (ConnectionRefusedError, ConnectionResetError, EOFError):
+                assert time.monotonic() < deadline, f"{argv[0]} not serving on {port}: {self.log()}"
+                time.sleep(0.1)
+
+    def log(self):
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self):
+        """Ends the launcher and every process it started."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
 
 
 def transaction(conn, sender, rcpts, body, end=b".\r\n"):

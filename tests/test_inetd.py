@@ -11,7 +11,7 @@ import time
 import pytest
 
 import spool
-from helpers import POSTEL_BIN, SmtpConn, find_record, free_port, message, transaction, write_config
+from helpers import POSTEL_BIN, InetdLauncher, SmtpConn, find_record, free_port, message, transaction, write_config
 
 
 @pytest.fixture
@@ -85,46 +85,6 @@ def test_inetd_client_going_away_leaves_nothing(config):
     assert spool.tmp_files(config.parent / "spool") == []
 
 
-class Launcher:
-    """A socket launcher (socat, systemd-socket-activate) running `postel inetd` per connection."""
-
-    def __init__(self, argv, port, folder):
-        self.port = port
-        self.log_path = folder / "launcher.log"
-        env = dict(os.environ, RUST_LOG="debug")
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         env=env, start_new_session=True)
-        deadline = time.monotonic() + 10
-        while True:
-            assert self.proc.poll() is None, f"{argv[0]} exited: {self.log()}"
-            try:
-                # A whole probe session, so the launcher and postel are both known to work.
-                conn = SmtpConn.connect(port, timeout=5)
-                try:
-                    greeting = conn.reply(timeout=5)
-                    assert greeting.code == 220, greeting
-                    conn.expect("QUIT", 221)
-                finally:
-                    conn.close()
-                return
-            except (ConnectionRefusedError, ConnectionResetError, EOFError):
-                assert time.monotonic() < deadline, f"{argv[0]} not serving on {port}: {self.log()}"
-                time.sleep(0.1)
-
-    def log(self):
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self):
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-
-
 def launchers(port, config):
     inetd = f"{POSTEL_BIN} inetd --config {config}"
     return {
@@ -139,7 +99,7 @@ def test_inetd_behind_a_socket_launcher(config, name):
     if not shutil.which(name):
         pytest.skip(f"{name} is not installed (tests/setup-tools.sh installs it)")
     port = free_port()
-    launcher = Launcher(launchers(port, config)[name], port, config.parent)
+    launcher = InetdLauncher(launchers(port, config)[name], port, config.parent / "launcher.log")
     try:
         msg = message(f"via {name}")
         with smtplib.SMTP("127.0.0.1", port, local_hostname="launched.test", timeout=10) as s:

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from helpers import POSTEL_BIN, SmtpConn, free_port, message, transaction, write_config
+from helpers import POSTEL_BIN, InetdLauncher, SmtpConn, free_port, message, transaction, write_config
 from mboxutil import DELIVER
 
 REPLY_LINE = re.compile(rb"^[2-5][0-9][0-9][ -][\x20-\x7e]*\r\n$")
@@ -76,40 +76,6 @@ def syslog(tmp_path):
     listener.close()
 
 
-class Launcher:
-    """A program that listens on a loopback port and runs `postel inetd` per connection."""
-
-    def __init__(self, argv, port, log_path):
-        self.port = port
-        self.log_path = log_path
-        env = dict(os.environ, RUST_LOG="debug")
-        env.pop("POSTEL_CONFIG", None)
-        with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         env=env, start_new_session=True)
-        deadline = time.monotonic() + 10
-        while True:
-            assert self.proc.poll() is None, f"{argv[0]} exited: {self.log()}"
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return
-            except ConnectionRefusedError:
-                assert time.monotonic() < deadline, f"{argv[0]} not listening on {port}: {self.log()}"
-                time.sleep(0.05)
-
-    def log(self):
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self):
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-
-
 def openbsd_inetd(port, config, folder):
     """Debian's openbsd-inetd in the foreground (-i), keeping the environment (-E), on a private config."""
     inetd = shutil.which("inetd") or "/usr/sbin/inetd"
@@ -136,7 +102,7 @@ def launch(kind, tmp_path, **keys):
         "socat-stderr": lambda: socat(port, config, True),
         "socat": lambda: socat(port, config, False),
     }[kind]()
-    return Launcher(argv, port, tmp_path / "launcher.log")
+    return InetdLauncher(argv, port, tmp_path / "launcher.log")
 
 
 def assert_only_replies(raw):
