@@ -41,7 +41,20 @@ def stop_process(proc, wait=30):
             proc.wait(5)
 
 
-class Postel:
+class OneProcess:
+    """The measures of a server that is one process, `self.proc`: its CPU time, its memory now and at its peak."""
+
+    def cpu_ticks(self):
+        return procstat.cpu_ticks(self.proc.pid)
+
+    def memory_kib(self):
+        return procstat.status_kib(self.proc.pid, "VmRSS")
+
+    def peak_kib(self):
+        return procstat.status_kib(self.proc.pid, "VmHWM")
+
+
+class Postel(OneProcess):
     """`postel serve` on a free port of 127.0.0.1 with a spool and mailboxes of its own, removed by stop()."""
 
     name = "postel"
@@ -71,15 +84,6 @@ class Postel:
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                          env=dict(os.environ, RUST_LOG="info"))
         wait_listening("127.0.0.1", self.port, self.proc, "postel", self.log_path)
-
-    def cpu_ticks(self):
-        return procstat.cpu_ticks(self.proc.pid)
-
-    def memory_kib(self):
-        return procstat.status_kib(self.proc.pid, "VmRSS")
-
-    def peak_kib(self):
-        return procstat.status_kib(self.proc.pid, "VmHWM")
 
     def busy(self):
         listing = subprocess.run([str(self.binary), "queue", "list", "--config", str(self.config)],
@@ -156,7 +160,7 @@ class Reference:
         return []  # the reference keeps running between cases
 
 
-class Sink:
+class Sink(OneProcess):
     """Postfix's smtp-sink on `ip`:`port`: answers like a server and stores nothing. `counting` keeps its running
     counters (-c) in a file, for relay cases that wait for the messages to arrive."""
 
@@ -179,15 +183,6 @@ class Sink:
             f.seek(max(0, os.fstat(f.fileno()).st_size - 200))
             found = re.findall(rb"mesg=(\d+)", f.read())
         return int(found[-1]) if found else 0
-
-    def cpu_ticks(self):
-        return procstat.cpu_ticks(self.proc.pid)
-
-    def memory_kib(self):
-        return procstat.status_kib(self.proc.pid, "VmRSS")
-
-    def peak_kib(self):
-        return procstat.status_kib(self.proc.pid, "VmHWM")
 
     def busy(self):
         return False
