@@ -207,6 +207,16 @@ def test_verb_replies_parse_for_swaks(make_postel):
         upstream = socket.create_connection(("127.0.0.1", server.port), timeout=20)
         client.settimeout(20)
         up = upstream.makefile("rb")
+
+        def pass_reply():
+            """Hands one reply, every line of it, from the server to the client."""
+            while True:
+                reply = up.readline()
+                seen.append(reply)
+                client.sendall(reply)
+                if reply[3:4] != b"-":
+                    return
+
         client.sendall(up.readline())
         injected = False
         buffered = b""
@@ -218,12 +228,7 @@ def test_verb_replies_parse_for_swaks(make_postel):
             buffered += data
             while b"\r\n" in buffered:
                 line, buffered = buffered.split(b"\r\n", 1)
-                while True:
-                    reply = up.readline()
-                    seen.append(reply)
-                    client.sendall(reply)
-                    if reply[3:4] != b"-":
-                        break
+                pass_reply()
                 if line.upper().startswith(b"EHLO") and not injected:
                     injected = True
                     upstream.sendall(b"VERB\r\n")
@@ -235,12 +240,7 @@ def test_verb_replies_parse_for_swaks(make_postel):
                 while not body.endswith(b"\r\n.\r\n"):
                     body += client.recv(65536)
                 upstream.sendall(body)
-                while True:
-                    reply = up.readline()
-                    seen.append(reply)
-                    client.sendall(reply)
-                    if reply[3:4] != b"-":
-                        break
+                pass_reply()
         client.close()
         upstream.close()
 
