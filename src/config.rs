@@ -85,6 +85,8 @@ pub struct Config {
     pub accept_queue: usize,
     /// Largest message accepted, in bytes (`max_message_size`).
     pub max_message_size: u64,
+    /// Free space on the spool's file system below which MAIL is refused (`spool_min_free`); 0: no check.
+    pub spool_min_free: u64,
     /// Recipients per message (`max_recipients`).
     pub max_recipients: usize,
     /// Longest command line, in octets including CRLF (`max_line_length`).
@@ -461,6 +463,17 @@ pub const KEYS: &[Key] = &[
         },
         get: |c| integer(c.max_message_size),
     },
+    Key {
+        name: "spool_min_free",
+        kind: "bytes",
+        default: None,
+        doc: "free space kept on the spool's file system for the journal and for bounces: MAIL gets `452 4.3.1` while less than this (plus the message's `SIZE=`) is free, so that queued mail can always be delivered and the disk empties again; `0`: no check ([doc/spool.md](doc/spool.md))",
+        set: |c, v| {
+            c.spool_min_free = bytes_or_zero(v)?;
+            Ok(())
+        },
+        get: |c| integer(c.spool_min_free),
+    },
     count_key!(
         max_recipients,
         "recipients per message; the next gets `452 4.5.3`"
@@ -692,10 +705,7 @@ pub const KEYS: &[Key] = &[
         default: None,
         doc: "largest mailbox file; a message that would pass it bounces with `5.2.2`; `0`: no limit",
         set: |c, v| {
-            c.mailbox_size_limit = match v.as_integer() {
-                Some(n) if n >= 0 => n as u64,
-                _ => return Err("expected a number of bytes (0 for no limit)".into()),
-            };
+            c.mailbox_size_limit = bytes_or_zero(v)?;
             Ok(())
         },
         get: |c| integer(c.mailbox_size_limit),
@@ -880,6 +890,7 @@ impl Config {
             workers: 100,
             accept_queue: 100,
             max_message_size: 50 * 1024 * 1024,
+            spool_min_free: 16 * 1024 * 1024,
             max_recipients: 1000,
             max_line_length: 512,
             max_errors: 20,
@@ -1080,6 +1091,14 @@ fn format_optional_path(p: &Option<PathBuf>) -> Value {
     p.as_ref()
         .map_or(String::new(), |p| p.display().to_string())
         .into()
+}
+
+/// A number of bytes where 0 turns the limit off.
+fn bytes_or_zero(v: &Value) -> Result<u64, String> {
+    match v.as_integer() {
+        Some(n) if n >= 0 => Ok(n as u64),
+        _ => Err("expected a number of bytes (0 for no limit)".into()),
+    }
 }
 
 fn positive(v: &Value) -> Result<usize, String> {

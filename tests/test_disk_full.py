@@ -1,5 +1,6 @@
-"""A disk that fills up (doc/spool.md, doc/delivery.md): the spool answers 452 and keeps nothing half-written; a full
-mailbox disk defers the delivery, leaves the mailbox as it was, and the retry delivers once there is room.
+"""A disk that fills up (doc/spool.md, doc/delivery.md): the spool answers 452 and keeps nothing half-written; below
+`spool_min_free` MAIL waits while queued mail still leaves; a full mailbox disk defers the delivery, leaves the
+mailbox as it was, and the retry delivers once there is room.
 
 Needs a small file system: a 2 MiB tmpfs (mount needs root), else a loop-mounted ext4 image; skipped otherwise.
 """
@@ -13,7 +14,7 @@ import pytest
 
 import spool
 from helpers import wait_until
-from mboxutil import DELIVER, message_ids, messages, sent_lines
+from mboxutil import DELIVER, message_ids, messages, queue_empty, sent_lines
 
 
 def _try(argv):
@@ -82,7 +83,8 @@ def send(postel, subject, size):
 def test_full_spool_answers_452_and_keeps_nothing_half_written(make_postel, small_fs):
     spool_dir = small_fs / "spool"
     spool_dir.mkdir()
-    postel = make_postel(**DELIVER, spool_dir=str(spool_dir))
+    # No reserve: the writes themselves meet the full disk.
+    postel = make_postel(**DELIVER, spool_dir=str(spool_dir), spool_min_free=0)
     r, _ = send(postel, "before", 1000)
     assert r.code == 250, r
     assert wait_until(lambda: sent_lines(postel.log(), to="alice"), 10)
@@ -140,3 +142,33 @@ def test_full_mailbox_disk_defers_and_the_retry_delivers(make_postel, small_fs):
     assert message_ids(box) == ["<first@disk.test>", "<second@disk.test>"]
     ((_, raw1), (_, raw2)) = messages(box)
     assert raw2.count(b"z" * 78 + b"\n") == 200_000 // 80 + 1
+
+
+def test_below_the_reserve_mail_waits_and_queued_mail_still_leaves(make_postel, small_fs):
+    """Clients filled the spool's disk once, and the journal had no room left to say that queued mail was delivered,
+    so nothing could leave and free it. Now MAIL gets 452 4.3.1 while less than spool_min_free is free, and the
+    reserve keeps room for delivery records, so the queue drains."""
+    spool_dir = small_fs / "spool"
+    spool_dir.mkdir()
+    postel = make_postel(**DELIVER, spool_dir=str(spool_dir), spool_min_free=512 * 1024)
+    lock = postel.mailboxes / "alice.lock"
+    lock.write_bytes(b"%d\n" % os.getpid())  # a live process holds alice's mailbox: the delivery waits
+    r, _ = send(postel, "waiting", 1000)
+    assert r.code == 250, r
+    postel.wait_log(rf"{r.queue_id}: to=<alice>.*status=deferred", timeout=10)
+    filler = fill(spool_dir, leave=256 * 1024)
+    refused, stage = send(postel, "refused", 1000)
+    assert (refused.code, refused.enhanced, stage) == (452, "4.3.1", "MAIL FROM:<carol@example.org>"), refused
+    assert "insufficient system storage" in refused.text
+    postel.wait_log(r"MAIL refused: \d+ KiB free for the spool, which keeps 512 KiB \(spool_min_free\)", timeout=5)
+    # The queued message still leaves: its delivery is recorded in the reserve.
+    lock.unlink()
+    assert wait_until(lambda: sent_lines(postel.log(), to="alice"), 15), postel.log()[-2000:]
+    assert message_ids(postel.mailboxes / "alice") == ["<waiting@disk.test>"]
+    assert wait_until(lambda: queue_empty(postel.config_path), 10)
+    filler.unlink()
+    r, _ = send(postel, "after", 1000)
+    assert r.code == 250, r
+    assert wait_until(lambda: len(sent_lines(postel.log(), to="alice")) == 2, 15), postel.log()[-2000:]
+    assert message_ids(postel.mailboxes / "alice") == ["<waiting@disk.test>", "<after@disk.test>"]
+    assert "panicked" not in postel.log()

@@ -17,7 +17,8 @@ use crate::smtp::{
     EXPN_DISABLED, Echo, ForwardPath, HostNameRules, Policy, RcptVerdict, Reply, ReversePath,
     check_host_name,
 };
-use crate::step;
+use crate::{spool, step};
+use log::warn;
 
 /// The recipient policy for one client.
 pub struct ServerPolicy {
@@ -197,6 +198,28 @@ impl Policy for ServerPolicy {
                     && local::is_local(&self.config, &mailbox.domain)
             }
             ReversePath::Null => false,
+        }
+    }
+
+    /// Below `spool_min_free` the journal, delivery records and bounces still have room, so that what is queued
+    /// can leave and free the disk.
+    fn spool_has_room(&self, size: u64) -> bool {
+        let reserve = self.config.spool_min_free;
+        if reserve == 0 {
+            return true;
+        }
+        match spool::free_space(&self.config.spool_dir) {
+            Some(free) if free < reserve.saturating_add(size) => {
+                warn!(
+                    "{}: MAIL refused: {} KiB free for the spool, which keeps {} KiB (spool_min_free) besides the \
+                     {size} bytes declared",
+                    self.session,
+                    free / 1024,
+                    reserve / 1024
+                );
+                false
+            }
+            _ => true,
         }
     }
 

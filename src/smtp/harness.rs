@@ -14,6 +14,8 @@ pub struct TestPolicy {
     pub trusted: bool,
     /// SEND, SOML and SAML are carried out (`terminal_delivery`).
     pub terminals: bool,
+    /// The spool is below its reserve: every MAIL is refused for want of room.
+    pub spool_full: bool,
 }
 
 impl Policy for TestPolicy {
@@ -69,6 +71,10 @@ impl Policy for TestPolicy {
     /// A trusted client may have its session narrated, aliases included.
     fn narration(&self, authenticated: bool) -> Option<bool> {
         (self.trusted || authenticated).then_some(true)
+    }
+
+    fn spool_has_room(&self, _size: u64) -> bool {
+        !self.spool_full
     }
 
     fn terminal_delivery(&self) -> bool {

@@ -298,6 +298,11 @@ pub const RECIPIENT_NEEDS_SMTPUTF8: Reply = Reply::fixed(
     Detail::NonAsciiAddress,
     "Error: a non-ASCII address needs SMTPUTF8 in MAIL FROM",
 );
+pub const INSUFFICIENT_STORAGE: Reply = Reply::fixed(
+    452,
+    Detail::MailSystemFull,
+    "Error: insufficient system storage",
+);
 /// The one refusal that does not count against the error limit: the client did nothing wrong.
 pub const TOO_MANY_RECIPIENTS: Reply =
     Reply::fixed(452, Detail::TooManyRecipients, "Error: too many recipients");

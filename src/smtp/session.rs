@@ -60,6 +60,9 @@ pub trait Policy: Send {
     /// Whether this client (`authenticated` or not) may have the server's steps narrated (VERB): None if not;
     /// else whether the narration may disclose who is behind an alias.
     fn narration(&self, authenticated: bool) -> Option<bool>;
+    /// Whether the spool has room for a message of `size` bytes (0 when the client declared no SIZE) and still
+    /// keeps its reserve for delivery records and bounces.
+    fn spool_has_room(&self, size: u64) -> bool;
     /// Whether SEND, SOML and SAML are carried out (terminal delivery is on).
     fn terminal_delivery(&self) -> bool;
     /// Whether a recipient RCPT accepted can have a message written to a terminal: SEND, SOML and SAML are for
@@ -749,6 +752,9 @@ impl Session {
             .is_some_and(|size| size > self.params.max_message_size)
         {
             return Answer::Reply(self.too_big_reply());
+        }
+        if !self.policy.spool_has_room(params.size.unwrap_or(0)) {
+            return Answer::Reply(reply::INSUFFICIENT_STORAGE);
         }
         self.set_state(State::Mail);
         self.envelope.sender = from;

@@ -249,6 +249,29 @@ fn message_size_is_enforced_at_mail_and_while_streaming() {
 /// message open, so the next DATA started a message inside it and the connection kept the
 /// abandoned one's spool file until then.
 #[test]
+fn mail_waits_while_the_spool_is_below_its_reserve() {
+    let policy = TestPolicy {
+        spool_full: true,
+        ..TestPolicy::default()
+    };
+    let mut session = Session::new(params(), Box::new(policy));
+    session
+        .step(b"EHLO c\r\nMAIL FROM:<> SIZE=10\r\nRCPT TO:<alice@localhost>\r\nDATA\r\nQUIT\r\n");
+    let output = String::from_utf8(session.output().to_vec()).unwrap();
+    let replies: Vec<&str> = output.lines().filter(|l| !l.starts_with("250-")).collect();
+    assert_eq!(
+        replies,
+        [
+            "250 STARTTLS",
+            "452 4.3.1 Error: insufficient system storage",
+            "503 5.5.1 Error: need MAIL command",
+            "503 5.5.1 Error: need MAIL command",
+            "221 2.0.0 Bye"
+        ]
+    );
+}
+
+#[test]
 fn rset_helo_or_ehlo_between_bdat_chunks_abandons_the_message() {
     for reset in ["RSET", "HELO c", "EHLO c"] {
         let input = format!(

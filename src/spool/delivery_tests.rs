@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use chrono::{Duration, TimeZone, Utc};
 
+use super::group::SEGMENT_LIMIT;
 use super::tests::{TempDir, body, envelope, names, send};
 use super::writer::SMALL_LIMIT;
 use super::*;
@@ -124,8 +125,10 @@ fn recorded_results_and_finished_messages_survive_a_restart() {
 fn a_segment_is_deleted_once_rotated_away_and_all_its_messages_are_finished() {
     let dir = TempDir::new("segment-delete");
     let (spool, _lock, _) = daemon(&dir);
-    // 127 messages of 128 KiB stay under the segment limit (16 MiB); the 128th fills the segment.
-    let first: Vec<Queued> = (0..127)
+    // Messages of the largest size kept in memory: all but the last that fit stay under the segment
+    // limit; the last fills the segment.
+    let under = (SEGMENT_LIMIT / SMALL_LIMIT as u64 - 1) as usize;
+    let first: Vec<Queued> = (0..under)
         .map(|n| send(&spool, envelope(&["bob@localhost"]), &body(n, SMALL_LIMIT)).unwrap())
         .collect();
     let segment = first[0].file.clone();
@@ -140,7 +143,7 @@ fn a_segment_is_deleted_once_rotated_away_and_all_its_messages_are_finished() {
     let last = send(
         &spool,
         envelope(&["bob@localhost"]),
-        &body(127, SMALL_LIMIT),
+        &body(under, SMALL_LIMIT),
     )
     .unwrap();
     assert_eq!(last.file, segment);

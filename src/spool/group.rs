@@ -18,8 +18,10 @@ use super::live::LiveFiles;
 use super::{SpoolError, copy_io_error, sync_dir};
 use crate::{events, step};
 
-/// A segment takes no more batches once it is this long.
-const SEGMENT_LIMIT: u64 = 16 * 1024 * 1024;
+/// A segment takes no more batches once it is this long. A segment stays on disk while any message
+/// in it waits, for days if one is deferred, so segments are kept small: a new one costs only a
+/// create and a directory sync.
+pub(super) const SEGMENT_LIMIT: u64 = 1024 * 1024;
 
 /// The most records in one batch (two buffers each, well under the kernel's IOV_MAX of 1024).
 const MAX_BATCH: usize = 256;

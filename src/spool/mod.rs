@@ -20,6 +20,7 @@ mod id;
 pub(crate) mod journal;
 mod live;
 pub(crate) mod record;
+mod room;
 mod scan;
 mod state;
 mod writer;
@@ -46,6 +47,7 @@ use nix::fcntl::{Flock, FlockArg};
 
 pub use envelope::Envelope;
 pub use id::{InvalidQueueId, QueueId};
+pub use room::free_space;
 pub use state::{DeliveryState, Outcome, RecipientResult};
 pub use writer::MessageWriter;
 
