@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 
+use super::group::SEGMENT_LIMIT;
 use super::record::HEADER_LEN;
 use super::writer::SMALL_LIMIT;
 use super::*;
@@ -175,7 +176,8 @@ fn segments_rotate_once_full() {
     spool
         .start_group_commit(std::time::Duration::from_secs(60))
         .unwrap();
-    let sizes = vec![SMALL_LIMIT; 130];
+    // One segment's worth of the largest messages kept in memory, and two more for the next.
+    let sizes = vec![SMALL_LIMIT; (SEGMENT_LIMIT / SMALL_LIMIT as u64) as usize + 2];
     round_trip(&spool, &sizes);
     assert_eq!(names(&spool.queue).len(), 2);
 }
