@@ -2,9 +2,11 @@
 and delivers none twice."""
 
 import collections
+import email
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -13,7 +15,7 @@ import time
 import pytest
 
 from helpers import POSTEL_BIN, SmtpConn, wait_until, write_config
-from mboxutil import DELIVER, message_ids, messages, queue_list
+from mboxutil import DELIVER, message_ids, messages, python_mbox, queue_list
 from spool import queue_files
 
 SESSIONS = 5
@@ -179,27 +181,12 @@ def killed_at_write(tmp_path, path, syscalls="write", nth=1):
     """Runs `postel serve` under strace, which kills it (SIGKILL) at its `nth` call of `syscalls` on `path` (`path` given relative
     to the server's folder); sends one message to alice first. Returns the folder, for a server to start again on it.
     """
-    strace = shutil.which("strace")
-    if not strace:
-        pytest.skip("strace is not installed (tests/setup-tools.sh installs it)")
     folder = tmp_path / "first"
     folder.mkdir()
     config = write_config(folder, **DELIVER)
     port = int(re.search(r"127\.0\.0\.1:(\d+)", config.read_text())[1])
-    log = open(folder / "traced.log", "wb")
-    traced = subprocess.Popen([strace, "-f", "-qq", "-o", str(folder / "strace.out"), "-P", str(folder / path),
-                               "-e", f"trace={syscalls}", "-e", f"inject={syscalls}:signal=KILL:when={nth}",
-                               str(POSTEL_BIN), "serve", "--config", str(config)],
-                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                              env=dict(os.environ, RUST_LOG="info"))
-    try:
-        if not wait_until(lambda: _accepts(port) or traced.poll() is not None, 10) or traced.poll() is not None:
-            traced.kill()
-            traced.wait()
-            text = (folder / "traced.log").read_text(errors="replace")
-            if "ptrace" in text.lower() or "not permitted" in text.lower():
-                pytest.skip(f"strace cannot trace here: {text.strip()[-200:]}")
-            raise AssertionError(f"the traced server did not start:\n{text[-2000:]}")
+
+    def send_one():
         conn = SmtpConn.connect(port)
         conn.greet()
         conn.expect("MAIL FROM:<carol@example.org>", 250)
@@ -211,15 +198,43 @@ def killed_at_write(tmp_path, path, syscalls="write", nth=1):
         try:
             assert conn.reply().code == 250
         except (EOFError, ConnectionResetError):
-            assert wait_until(lambda: traced.poll() is not None, 10), "the connection closed, the server still runs"
+            pass
         conn.close()
-        traced.wait(10)
+
+    killed_by_strace(folder, config, path, syscalls, nth, port, send_one)
+    return folder
+
+
+def killed_by_strace(folder, config, path, syscalls, nth, port, client):
+    """Runs `postel serve --config config` under strace, which kills it (SIGKILL) at its `nth` call of `syscalls` on
+    `path` (relative to `folder`); runs `client()` once the server listens on `port` (unless the kill came first),
+    and waits for the kill."""
+    strace = shutil.which("strace")
+    if not strace:
+        pytest.skip("strace is not installed (tests/setup-tools.sh installs it)")
+    log = open(folder / "traced.log", "wb")
+    traced = subprocess.Popen([strace, "-f", "-qq", "-o", str(folder / "strace.out"), "-P", str(folder / path),
+                               "-e", f"trace={syscalls}", "-e", f"inject={syscalls}:signal=KILL:when={nth}",
+                               str(POSTEL_BIN), "serve", "--config", str(config)],
+                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                              env=dict(os.environ, RUST_LOG="info"))
+    try:
+        started = wait_until(lambda: _accepts(port) or traced.poll() is not None, 10)
+        if not started or traced.poll() not in (None, -signal.SIGKILL):
+            traced.kill()
+            traced.wait()
+            text = (folder / "traced.log").read_text(errors="replace")
+            if "ptrace" in text.lower() or "not permitted" in text.lower():
+                pytest.skip(f"strace cannot trace here: {text.strip()[-200:]}")
+            raise AssertionError(f"the traced server did not start:\n{text[-2000:]}")
+        if traced.poll() is None:
+            client()
+        assert wait_until(lambda: traced.poll() is not None, 10), "the traced server was not killed"
     finally:
         if traced.poll() is None:
             traced.kill()
             traced.wait()
         log.close()
-    return folder
 
 
 def restarted(make_postel, folder):
@@ -262,3 +277,70 @@ def _accepts(port):
         return True
     except OSError:
         return False
+
+
+BATCH = 5
+
+
+def batch_killed_at(make_postel, tmp_path, syscalls, nth, body_lines):
+    """Queues BATCH messages for alice in a server that holds its mail, then starts a server with one delivery worker
+    on that spool (so the five are appended as one batch) under strace, which kills it at its `nth` call of `syscalls`
+    on alice's mailbox. Returns the folder and the Message-IDs sent."""
+    held = make_postel()
+    ids = [f"<batch{i}@durability.test>" for i in range(BATCH)]
+    for mid in ids:
+        conn = held.session()
+        conn.expect("MAIL FROM:<carol@example.org>", 250)
+        conn.expect("RCPT TO:<alice@localhost>", 250)
+        conn.expect("DATA", 354)
+        line = f"{mid} line\r\n"
+        conn.send(f"Subject: batch\r\nMessage-ID: {mid}\r\n\r\n{line * body_lines}.\r\n".encode())
+        assert conn.reply().code == 250
+        conn.close()
+    held.signal(signal.SIGTERM)
+    held.wait_exit()
+    folder = held.dir
+    config = write_config(folder, **{**DELIVER, "delivery_workers": 1})
+    port = int(re.search(r"127\.0\.0\.1:(\d+)", config.read_text())[1])
+    killed_by_strace(folder, config, "mailboxes/alice", syscalls, nth, port, lambda: None)
+    return folder, ids
+
+
+def delivered_once_each(make_postel, folder, ids, body_lines):
+    server = restarted(make_postel, folder)
+    assert wait_until(lambda: "Mail queue is empty" in queue_list(server.config_path), 15), (
+        queue_list(server.config_path))
+    box = folder / "mailboxes" / "alice"
+    assert sorted(message_ids(box)) == sorted(ids), (
+        "not each exactly once; the log:\n" + "\n".join(server.log().splitlines()[-8:]))
+    for _, raw in python_mbox(box):
+        message = email.message_from_bytes(raw)
+        mid = message["Message-ID"]
+        assert message.get_payload() == f"{mid} line\n" * body_lines, f"{mid} is not whole"
+    assert len(messages(box)) == BATCH
+
+
+def test_sigkill_after_a_batch_is_appended_before_its_record_delivers_each_once(make_postel, tmp_path):
+    """doc/spool.md: the messages waiting for one mailbox are appended together, announced in one journal write and
+    synced with one fdatasync. strace kills the server at that fdatasync of the mailbox: every message is in it,
+    none recorded as delivered. After the restart each is found whole where it was announced, not appended again."""
+    folder, ids = batch_killed_at(make_postel, tmp_path, "fdatasync", 1, body_lines=3)
+    box = folder / "mailboxes" / "alice"
+    assert sorted(message_ids(box)) == sorted(ids), "the kill did not land after the batch was written"
+    journal = (folder / "spool" / "journal").read_text()
+    assert journal.count(" appending alice ") == BATCH and " delivered " not in journal, journal
+    delivered_once_each(make_postel, folder, ids, 3)
+
+
+def test_sigkill_in_the_middle_of_a_batch_delivers_each_once_and_leaves_no_torn_copy(make_postel, tmp_path):
+    """doc/spool.md: a batch torn by a crash leaves its first messages whole, one torn and the rest unwritten. The
+    messages here take about 40 KiB each in the mailbox, so the batch goes out in 64 KiB writes; strace kills the
+    server at the second: the first message is whole, the second torn. After the restart the torn copy is cut off
+    and every message is in the mailbox once, whole, as mailbox readers see it."""
+    lines = 1500
+    folder, ids = batch_killed_at(make_postel, tmp_path, "write", 2, body_lines=lines)
+    box = folder / "mailboxes" / "alice"
+    written = box.read_bytes()
+    assert 0 < written.count(b"\nMessage-ID: ") < BATCH and len(written) % 1024 != 0, (
+        f"the kill did not tear the batch: {len(written)} bytes written")
+    delivered_once_each(make_postel, folder, ids, lines)

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{BufRead, Read};
-use std::path::Path;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -12,11 +11,12 @@ use log::{error, info};
 
 use crate::config::Config;
 use crate::delivery::aliases::{AliasError, Aliases};
+use crate::delivery::appending::{self, ToMailbox};
 use crate::delivery::body;
 use crate::delivery::bounce::{self, Failure};
-use crate::delivery::comsat;
+use crate::delivery::job::{JobResults, Part};
 use crate::delivery::local::{Destination, Route, Router};
-use crate::delivery::mbox::{self, MboxFile, MboxSettings};
+use crate::delivery::mbox::MboxFile;
 use crate::delivery::pipe;
 use crate::delivery::relay::Relay;
 use crate::delivery::retry::Schedule;
@@ -212,6 +212,76 @@ impl Deliverer {
             .collect()
     }
 
+    /// Before this process delivers anything from `messages` (all the spool holds): tells the appends where the
+    /// journal says an append was under way when the process that made it ended (see
+    /// [`mbox::expect_after_crash`](crate::delivery::mbox::expect_after_crash)), so that the first append to each such mailbox looks there first.
+    pub fn expect_after_crash(&self, messages: &[Queued]) {
+        let announced = |message: &Queued| {
+            let results = &message.state.results;
+            results
+                .iter()
+                .any(|r| matches!(r.outcome, Outcome::Appending { .. }))
+        };
+        for message in messages.iter().filter(|m| announced(m)) {
+            for route in self.pending_routes(message) {
+                appending::expect_after_crash(&self.config, message, &route);
+            }
+        }
+    }
+
+    /// Delivers the parts of a job whose target is one mbox file: the routes that would loop are refused, the
+    /// others appended together. Returns each part's routes with what became of them.
+    pub fn deliver_to_mailbox(&self, parts: &[Part]) -> JobResults {
+        let mut results: Vec<Vec<Option<Delivery>>> = Vec::with_capacity(parts.len());
+        let mut members = Vec::new();
+        let mut slots = Vec::new();
+        for (p, part) in parts.iter().enumerate() {
+            let mut deliveries = Vec::with_capacity(part.routes.len());
+            for (r, route) in part.routes.iter().enumerate() {
+                step_route(&part.message.envelope.id, route);
+                let refused = self.refusal(route, &part.headers);
+                if refused.is_none() {
+                    members.push(ToMailbox {
+                        message: &part.message,
+                        route,
+                    });
+                    slots.push((p, r));
+                }
+                deliveries.push(refused);
+            }
+            results.push(deliveries);
+        }
+        // A `/file` alias may name a user's mailbox: each kind of file is opened its own way.
+        let (users, files): (Vec<usize>, Vec<usize>) = (0..members.len()).partition(|&n| {
+            matches!(
+                appending::mailbox_of(members[n].route).1,
+                MboxFile::Mailbox { .. }
+            )
+        });
+        for group in [users, files] {
+            let batch: Vec<ToMailbox> = group.iter().map(|&n| members[n]).collect();
+            let appended = appending::append_all(&self.config, &self.spool, &batch);
+            for (&n, delivery) in group.iter().zip(appended) {
+                let (p, r) = slots[n];
+                results[p][r] = Some(delivery);
+            }
+        }
+        parts
+            .iter()
+            .zip(results)
+            .map(|(part, deliveries)| {
+                let routes = part.routes.iter().cloned();
+                let deliveries = deliveries
+                    .into_iter()
+                    .map(|d| d.expect("every route has a delivery"));
+                (
+                    part.message.envelope.id.clone(),
+                    routes.zip(deliveries).collect(),
+                )
+            })
+            .collect()
+    }
+
     /// Records a delivery to a command in the journal at once (see [`journaled_at_once`]). When that fails, the
     /// delivery counts as deferred.
     fn record_local(&self, message: &Queued, route: &Route, delivery: Delivery) -> Delivery {
@@ -292,51 +362,46 @@ impl Deliverer {
 
     /// Delivers to one local target: a mailbox, a file or a command.
     fn deliver(&self, message: &Queued, route: &Route, headers: &[u8]) -> Delivery {
-        if let Destination::Refused { detail, reason } = &route.destination {
-            return Delivery::permanent(*detail, reason.clone());
-        }
-        if let Some(refused) = loop_refusal(headers, &route.recipient) {
+        if let Some(refused) = self.refusal(route, headers) {
             return refused;
         }
-        let trace_headers =
-            trace::trace_headers(&message.envelope, &self.config.hostname, &route.recipient);
-        let delivered = match &route.destination {
-            Destination::Command(command) => self.read_body(message, |body| {
-                Ok(pipe::deliver(
-                    command,
-                    trace_headers.as_bytes(),
-                    body,
-                    self.config.pipe_timeout,
-                ))
-            }),
-            Destination::Mailbox { path, owner } => self
-                .append(
-                    path,
-                    MboxFile::Mailbox { owner: *owner },
-                    message,
-                    &route.key,
-                    &trace_headers,
-                )
-                .map(|offset| {
-                    if let (Some(offset), Some(comsat)) = (offset, &self.config.comsat) {
-                        comsat::notify(comsat, &route.key, offset);
-                    }
-                    Delivery::Done
-                }),
-            Destination::File(path) => self
-                .append(
-                    path,
-                    MboxFile::AliasFile,
-                    message,
-                    &route.key,
-                    &trace_headers,
-                )
-                .map(|_| Delivery::Done),
-            Destination::Remote(_) | Destination::Refused { .. } => {
-                unreachable!("remote routes are relayed, refused ones answered above")
+        match &route.destination {
+            Destination::Command(command) => {
+                let trace_headers = trace::trace_headers(
+                    &message.envelope,
+                    &self.config.hostname,
+                    &route.recipient,
+                );
+                self.read_body(message, |body| {
+                    Ok(pipe::deliver(
+                        command,
+                        trace_headers.as_bytes(),
+                        body,
+                        self.config.pipe_timeout,
+                    ))
+                })
+                .unwrap_or_else(|failed| failed)
             }
-        };
-        delivered.unwrap_or_else(|failed| failed)
+            Destination::Mailbox { .. } | Destination::File(_) => {
+                let mut appended = appending::append_all(
+                    &self.config,
+                    &self.spool,
+                    &[ToMailbox { message, route }],
+                );
+                appended.pop().expect("one delivery for one message")
+            }
+            Destination::Remote(_) | Destination::Refused { .. } => {
+                unreachable!("remote routes are relayed, refused ones answered before")
+            }
+        }
+    }
+
+    /// The failure of a delivery to `route` that is refused by routing, or that would be a mail loop.
+    fn refusal(&self, route: &Route, headers: &[u8]) -> Option<Delivery> {
+        if let Destination::Refused { detail, reason } = &route.destination {
+            return Some(Delivery::permanent(*detail, reason.clone()));
+        }
+        loop_refusal(headers, &route.recipient)
     }
 
     /// Calls `read` with the queued message (see [`body::read`]); Err is the delivery's failure, the
@@ -352,95 +417,6 @@ impl Deliverer {
                 format!("cannot read the queued message: {e}"),
             ))
         })
-    }
-
-    /// Appends the message to the mbox at `path` for the target `key`, unless a crash interrupted an append
-    /// that in fact completed. The append is announced in the journal (offset and length) before it starts,
-    /// so that recovery can tell. Returns where in the mailbox the message starts (None when it was found
-    /// whole, appended before a crash); Err is the delivery's failure.
-    fn append(
-        &self,
-        path: &Path,
-        file: MboxFile,
-        message: &Queued,
-        key: &str,
-        trace_headers: &str,
-    ) -> Result<Option<u64>, Delivery> {
-        let settings = MboxSettings {
-            lock_timeout: self.config.mailbox_lock_timeout,
-            stale_lock_age: self.config.stale_lock_age,
-            flock: self.config.mailbox_flock,
-            max_mailbox_size: self.config.mailbox_size_limit,
-        };
-        if self.appended_before_a_crash(path, file, &settings, message, key)? {
-            return Ok(None);
-        }
-        let envelope = &message.envelope;
-        let (sender, trace) = (envelope.sender.as_str(), trace_headers.as_bytes());
-        let len = self.read_body(message, |body| {
-            Ok(mbox::len_in_mbox(
-                path,
-                sender,
-                envelope.arrival,
-                trace,
-                body,
-            )?)
-        })?;
-        let mut appended_at = 0;
-        let mut announce = |offset| {
-            appended_at = offset;
-            self.spool
-                .record_appending(&envelope.id, key, offset, len)
-                .map_err(|e| {
-                    mbox::MboxError::temporary(
-                        Detail::OtherMailSystem,
-                        format!("cannot record the delivery: {e}"),
-                    )
-                })
-        };
-        self.read_body(message, |body| {
-            let copy = mbox::Message {
-                sender,
-                arrival: envelope.arrival,
-                trace_headers: trace,
-                body,
-                len,
-            };
-            Ok(mbox::append(path, file, &settings, copy, &mut announce)?)
-        })?;
-        // The mailbox's name may be an alias's target.
-        step!(
-            envelope.id.as_str(),
-            Kind::Disclosure,
-            "{key}: Received header added; {len} bytes appended to {} under a dot-lock and an {} lock, fsync, locks released",
-            path.display(),
-            if settings.flock { "flock" } else { "fcntl" }
-        );
-        Ok(Some(appended_at))
-    }
-
-    /// Whether an append of this message for `key`, announced before a crash, is in the mailbox whole: then it
-    /// must not happen twice. A torn one is cut off.
-    fn appended_before_a_crash(
-        &self,
-        path: &Path,
-        file: MboxFile,
-        settings: &MboxSettings,
-        message: &Queued,
-        key: &str,
-    ) -> Result<bool, Delivery> {
-        let Some(&Outcome::Appending { offset, len }) = message.state.outcome(key) else {
-            return Ok(false);
-        };
-        let id = &message.envelope.id;
-        let whole = mbox::appended_whole(path, file, settings, offset, len, id.as_str())?;
-        if whole {
-            info!(
-                "{id}: {key}: found whole in {} after a restart",
-                path.display()
-            );
-        }
-        Ok(whole)
     }
 
     /// The message's header section, read from the spool (at most [`HEADER_LIMIT`] bytes).

@@ -11,16 +11,16 @@ use crate::delivery::local::{Destination, Route};
 use crate::delivery::transport::Delivery;
 use crate::spool::{QueueId, Queued};
 
-/// The most messages one job carries: enough to share a mailbox lock or a connection, few enough that the
-/// first of them need not wait long for its result.
-pub const MESSAGES_PER_JOB: usize = 16;
+/// The most messages one job carries: enough to share a mailbox lock and its fdatasync or a connection, few
+/// enough that the first of them need not wait long for its result.
+pub const MESSAGES_PER_JOB: usize = 32;
 
 /// Where deliveries go, as the scheduler counts them: each target has its own queue and limit.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Target {
-    /// An mbox file: a user's mailbox or a `/file` alias target. As many jobs at a time as there are delivery
-    /// workers: their appends take turns at the mailbox's locks, and their journal records share one
-    /// fdatasync (the group commit), which one job at a time, each message waiting for its own, cannot.
+    /// An mbox file: a user's mailbox or a `/file` alias target. One job at a time: it appends all its messages
+    /// under one taking of the locks with one fdatasync, while the messages that arrive meanwhile gather for the
+    /// next one (jobs side by side would only wait for each other's locks).
     Mailbox(PathBuf),
     /// A `|command` alias target. One job at a time.
     Command(String),
@@ -53,8 +53,7 @@ impl Target {
     /// How many jobs for this target may run at once.
     pub fn limit(&self, config: &Config) -> usize {
         match self {
-            Target::Mailbox(_) => config.delivery_workers.max(1),
-            Target::Command(_) => 1,
+            Target::Mailbox(_) | Target::Command(_) => 1,
             Target::Remote(_) => config.remote_concurrency.max(1),
             Target::Refused => usize::MAX,
         }
@@ -141,9 +140,6 @@ mod tests {
             .collect();
         assert_eq!(remote, [(Target::Remote("relay.test:2525".into()), 3)]);
         assert_eq!(Target::Remote("x".into()).limit(&config), 2);
-        assert_eq!(
-            Target::Mailbox("/m/bob".into()).limit(&config),
-            config.delivery_workers
-        );
+        assert_eq!(Target::Mailbox("/m/bob".into()).limit(&config), 1);
     }
 }

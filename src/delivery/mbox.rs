@@ -2,7 +2,7 @@
 //! and rolling back to the old size on any failure. The message itself goes through the copier in mbox form.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, Read, Write};
@@ -98,17 +98,20 @@ impl From<MboxError> for Delivery {
 
 /// One message as it goes into a mailbox.
 pub struct Message<'a> {
+    /// Its queue id, which its trace headers name: how a copy appended before a crash is recognised.
+    pub queue_id: &'a str,
     /// The envelope sender, for the From_ line; empty (the null sender) becomes `MAILER-DAEMON`.
     pub sender: &'a str,
     /// When the message arrived, for the From_ line.
     pub arrival: DateTime<Utc>,
     /// What delivery puts above the message (Return-Path, Delivered-To, Received).
     pub trace_headers: &'a [u8],
-    /// The message as queued.
-    pub body: &'a mut dyn BufRead,
-    /// The bytes it takes in the mailbox, as [`len_in_mbox`] counted them: what the journal announces, what the
+    /// The bytes it takes in the mailbox, as [`len_in_mbox`] counts them: what the journal announces, what the
     /// size limit counts, and exactly what [`append`] writes.
     pub len: u64,
+    /// The offset and length of an append of it announced before a crash, if the journal holds one: it is looked
+    /// for there before it is appended again.
+    pub announced: Option<(u64, u64)>,
 }
 
 /// Whose mbox file an append goes into, which says how it is opened and whom it must belong to.
@@ -132,83 +135,197 @@ impl MboxFile {
     }
 }
 
-/// Appends `message` to the mbox file at `path`, creating it if needed.
+impl Message<'_> {
+    /// How the message begins in the mailbox: its From_ line and its trace headers (which name its queue id).
+    fn start(&self) -> Vec<u8> {
+        let mut start = from_line(self.sender, self.arrival);
+        start.extend_from_slice(&copy::convert(Format::MBOX, self.trace_headers));
+        start
+    }
+}
+
+/// What became of one message of an [`append`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Appended at this offset.
+    At(u64),
+    /// Found whole where an append announced before a crash put it: not appended again.
+    FoundWhole,
+}
+
+/// What writes one message's body into the mailbox, returning the bytes the message took.
+pub type WriteBody<'a> = dyn FnMut(&mut dyn BufRead) -> Result<u64, MboxError> + 'a;
+
+/// Where [`append`] gets the body of its `n`th message: `bodies(n, write)` calls `write` with it (the message as
+/// queued, from its start) and returns what `write` returns.
+pub type Bodies<'a> = dyn FnMut(usize, &mut WriteBody) -> Result<u64, MboxError> + 'a;
+
+/// Told where the messages of an [`append`] will be written (each one's index and offset), before anything is
+/// written; an Err stops the append.
+pub type Announce<'a> = dyn FnMut(&[(usize, u64)]) -> Result<(), MboxError> + 'a;
+
+/// What became of each message of an [`append`], in order.
+pub type Results = Vec<Result<Appended, MboxError>>;
+
+/// Appends `messages` to the mbox file at `path`, creating it if needed, under one taking of the locks and with one
+/// `fdatasync` for all of them. Returns what became of each, in order.
 ///
-/// Writes `From <sender> <asctime of arrival>`, then the trace headers and the body in mbox form (see
-/// [`Format::MBOX`]: LF line ends, mboxrd quoting, a final newline added if missing), and one empty line.
-/// `announce` is told the offset it will be written at, under the locks and before the write. A new mailbox gets
-/// mode 0600 and, when `file` names an owner and we run as root, that owner. Locks and limits follow `settings`. On any
-/// failure, also when the message turns out not to be `message.len` bytes long, the mailbox is left exactly as it
-/// was.
+/// Each is written as `From <sender> <asctime of arrival>`, then the trace headers and the body in mbox form (see
+/// [`Format::MBOX`]: LF line ends, mboxrd quoting, a final newline added if missing), and one empty line. Under the
+/// locks, first a message torn at the end of the file by a crash is cut off (see [`expect_after_crash`]), and each
+/// message with an append announced before a crash is looked for where it was announced: found whole, it is not
+/// appended again. `announce` is then told where each of the others will be written (its index in `messages` and
+/// its offset, contiguous from the end of the file), before anything is written; a message that would pass the
+/// size limit is left out with a permanent failure. A new mailbox gets mode 0600 and, when `file` names an owner and
+/// we run as root, that owner. Locks and limits follow `settings`.
+///
+/// On any failure while writing or syncing, also when a message turns out not to be `len` bytes long, the mailbox
+/// is left exactly as it was: the message that failed gets its error, the others written with it a temporary
+/// failure naming it.
 pub fn append(
     path: &Path,
     file: MboxFile,
     settings: &MboxSettings,
-    message: Message,
-    announce: &mut dyn FnMut(u64) -> Result<(), MboxError>,
-) -> Result<(), MboxError> {
-    let from_line = from_line(message.sender, message.arrival);
+    messages: &[Message],
+    announce: &mut Announce,
+    bodies: &mut Bodies,
+) -> Results {
     let _turn = Turn::take(path);
-    let locked = lock(path, file, settings)?;
-    let old_size = locked.size;
-    let len = message.len;
-    let limit = settings.max_mailbox_size;
-    if limit != 0 && old_size.saturating_add(len) > limit {
-        return Err(MboxError::permanent(
-            Detail::MailboxFull,
-            format!(
-                "{}: mailbox full: {old_size} bytes plus {len} for this message exceed the limit of {limit}",
-                path.display()
-            ),
-        ));
+    let mut locked = match lock(path, file, settings) {
+        Ok(locked) => locked,
+        Err(err) => return vec![Err(err); messages.len()],
+    };
+    if let Err(err) = cut_torn_tail(path, &mut locked) {
+        return vec![Err(err); messages.len()];
     }
-    announce(old_size)?;
+    let mut results: Vec<Option<Result<Appended, MboxError>>> = messages
+        .iter()
+        .map(|message| {
+            let (offset, len) = message.announced?;
+            match found_whole(path, &mut locked, offset, len, &message.start()) {
+                Ok(true) => Some(Ok(Appended::FoundWhole)),
+                Ok(false) => None,
+                Err(err) => Some(Err(err)),
+            }
+        })
+        .collect();
+    let old_size = locked.size;
+    let mut end = old_size;
+    let mut planned = Vec::with_capacity(messages.len());
+    for (n, message) in messages.iter().enumerate() {
+        if results[n].is_some() {
+            continue;
+        }
+        let limit = settings.max_mailbox_size;
+        if limit != 0 && end.saturating_add(message.len) > limit {
+            results[n] = Some(Err(MboxError::permanent(
+                Detail::MailboxFull,
+                format!(
+                    "{}: mailbox full: {end} bytes plus {} for this message exceed the limit of {limit}",
+                    path.display(),
+                    message.len
+                ),
+            )));
+            continue;
+        }
+        planned.push((n, end));
+        end += message.len;
+    }
+    if !planned.is_empty() {
+        let written = announce(&planned)
+            .map_err(|err| (None, err))
+            .and_then(|()| write_all(path, &locked, messages, &planned, bodies));
+        for (n, offset) in planned {
+            results[n] = Some(match &written {
+                Ok(()) => Ok(Appended::At(offset)),
+                Err((Some(failed), err)) if *failed != n => Err(MboxError::temporary(
+                    err.status.detail,
+                    format!(
+                        "{}: not appended: the append of {} with it failed ({})",
+                        path.display(),
+                        messages[*failed].queue_id,
+                        err.message
+                    ),
+                )),
+                Err((_, err)) => Err(err.clone()),
+            });
+        }
+    }
+    results
+        .into_iter()
+        .map(|result| result.expect("every message has a result"))
+        .collect()
+}
+
+/// Writes the `planned` messages (index and offset, contiguous from the end of the file) and syncs them. On a
+/// failure the file is cut back to its size before, and the error names the message that failed (None: all of
+/// them, when announcing or syncing failed).
+fn write_all(
+    path: &Path,
+    locked: &Locked,
+    messages: &[Message],
+    planned: &[(usize, u64)],
+    bodies: &mut Bodies,
+) -> Result<(), (Option<usize>, MboxError)> {
     let undo = Undo {
         file: &locked.file,
         path,
-        old_size,
+        old_size: locked.size,
         done: false,
     };
     let result = OUT.with_borrow_mut(|buffer| {
         buffer.clear();
-        let out = Spill {
+        let mut out = Spill {
             file: &locked.file,
             buffer,
         };
-        let (mut out, written) =
-            render(out, path, &from_line, message.trace_headers, message.body)?;
-        out.flush()
-            .map_err(|e| MboxError::io(path, "writing", &e))?;
-        if written != len {
-            return Err(MboxError::temporary(
-                Detail::OtherMailSystem,
-                format!(
-                    "{}: the message took {written} bytes, not the {len} announced",
-                    path.display()
-                ),
-            ));
+        for &(n, _) in planned {
+            let message = &messages[n];
+            let from_line = from_line(message.sender, message.arrival);
+            let written = bodies(n, &mut |body| {
+                render(&mut out, path, &from_line, message.trace_headers, body).map(|(_, len)| len)
+            })
+            .map_err(|e| (Some(n), e))?;
+            if written != message.len {
+                return Err((
+                    Some(n),
+                    MboxError::temporary(
+                        Detail::OtherMailSystem,
+                        format!(
+                            "{}: the message took {written} bytes, not the {} announced",
+                            path.display(),
+                            message.len
+                        ),
+                    ),
+                ));
+            }
         }
+        out.flush()
+            .map_err(|e| (None, MboxError::io(path, "writing", &e)))?;
         locked
             .file
             .sync_data()
-            .map_err(|e| MboxError::io(path, "syncing", &e))
+            .map_err(|e| (None, MboxError::io(path, "syncing", &e)))
     });
     match result {
         Ok(()) => {
             undo.commit();
             Ok(())
         }
-        Err(mut err) => {
-            // Undo while still locked (`locked` drops after this), so no reader ever sees half a message.
+        Err((failed, mut err)) => {
+            // Undo while still locked (`locked` drops later), so no reader ever sees half a message.
             if let Err(undo_err) = undo.undo() {
                 log::error!(
-                    "{}: could not truncate back to {old_size} bytes: {undo_err}",
-                    path.display()
+                    "{}: could not truncate back to {} bytes: {undo_err}",
+                    path.display(),
+                    locked.size
                 );
-                err.message +=
-                    &format!("; truncating back to {old_size} bytes also failed: {undo_err}");
+                err.message += &format!(
+                    "; truncating back to {} bytes also failed: {undo_err}",
+                    locked.size
+                );
             }
-            Err(err)
+            Err((failed, err))
         }
     }
 }
@@ -330,48 +447,91 @@ pub fn len_in_mbox(
     Ok(len)
 }
 
-/// After a crash during a delivery: whether the `len`-byte message announced at `offset` is in the mailbox whole
-/// (it starts with a From_ line naming `queue_id` in its trace headers, ends with its empty line, and the next
-/// thing is the end of the file or another message). A torn copy at the end of the file, left by a crash in the
-/// middle of the write, is cut off, so the retry appends a whole one.
-pub fn appended_whole(
-    path: &Path,
-    file: MboxFile,
-    settings: &MboxSettings,
+/// An append announced in the journal by a process that ended before it recorded the outcome.
+struct Announced {
     offset: u64,
     len: u64,
-    queue_id: &str,
-) -> Result<bool, MboxError> {
-    if fs::symlink_metadata(path).is_err_and(|e| e.kind() == io::ErrorKind::NotFound) {
-        // Removed since: nothing to find, and locking would create it without its owner.
-        return Ok(false);
-    }
-    let _turn = Turn::take(path);
-    let file = match file {
-        MboxFile::Mailbox { .. } => MboxFile::Mailbox { owner: None },
-        MboxFile::AliasFile => MboxFile::AliasFile,
+    /// How the message begins (see [`Message::start`]).
+    start: Vec<u8>,
+}
+
+/// The appends announced before a crash, by mailbox, that no append of this process has looked at yet.
+static AFTER_CRASH: LazyLock<Mutex<HashMap<PathBuf, Vec<Announced>>>> =
+    LazyLock::new(Default::default);
+
+/// Tells the appends of this process that the journal holds an append of `message` to `path` (where and how long:
+/// `message.announced`), announced by a process that ended before it recorded the outcome. Called for every such
+/// append before this process delivers anything: the first append to `path` then cuts off such a copy torn at the
+/// end of the mailbox before it writes after it, whichever message it appends (messages announced together leave
+/// at most one torn, those before it whole and those after it not written at all).
+pub fn expect_after_crash(path: &Path, message: &Message) {
+    let Some((offset, len)) = message.announced else {
+        return;
     };
-    let locked = lock(path, file, settings)?;
+    AFTER_CRASH
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(path.to_path_buf())
+        .or_default()
+        .push(Announced {
+            offset,
+            len,
+            start: message.start(),
+        });
+}
+
+/// Cuts off a message torn at the end of the locked mailbox by a crash, if one of the appends announced before it
+/// (see [`expect_after_crash`]) left one.
+fn cut_torn_tail(path: &Path, locked: &mut Locked) -> Result<(), MboxError> {
+    let announced = AFTER_CRASH
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(path)
+        .unwrap_or_default();
+    for append in &announced {
+        if let Err(err) = found_whole(path, locked, append.offset, append.len, &append.start) {
+            // Looked at again by the next append.
+            AFTER_CRASH
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(path.to_path_buf())
+                .or_default()
+                .extend(announced);
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// After a crash during a delivery: whether the `len`-byte message announced at `offset` is in the locked mailbox
+/// whole (it begins with `start`, its From_ line and trace headers, which name its queue id; it ends with its
+/// empty line; and the next thing is the end of the file or another message). A torn copy at the end of the file
+/// (as much of `start` as the file holds, and the file ends before the message does), left by a crash in the
+/// middle of the write, is cut off (and `locked.size` with it), so the retry appends a whole one.
+fn found_whole(
+    path: &Path,
+    locked: &mut Locked,
+    offset: u64,
+    len: u64,
+    start: &[u8],
+) -> Result<bool, MboxError> {
     let read_error = |e: io::Error| MboxError::io(path, "reading", &e);
-    let reader = &locked.file;
     let size = locked.size;
-    if size <= offset || len < 2 {
+    if size <= offset || len <= start.len() as u64 {
         return Ok(false);
     }
-    let mut start = vec![0; len.min(4096).min(size - offset) as usize];
-    reader
-        .read_exact_at(&mut start, offset)
+    let mut found = vec![0; start.len().min((size - offset) as usize)];
+    locked
+        .file
+        .read_exact_at(&mut found, offset)
         .map_err(read_error)?;
-    // The id must be in the header section, not in a body that quotes our headers (a bounce, say).
-    let head = &start[..memchr::memmem::find(&start, b"\n\n").unwrap_or(start.len())];
-    let ours = start.starts_with(b"From ")
-        && memchr::memmem::find(head, format!(" id {queue_id}").as_bytes()).is_some();
-    if !ours {
+    if found != start[..found.len()] {
         return Ok(false);
     }
     if size < offset + len {
         // Torn, and nothing after it: cut it off under the lock, as a failed append would have been.
         truncate(&locked.file, offset).map_err(|e| MboxError::io(path, "truncating", &e))?;
+        locked.size = offset;
         log::warn!(
             "{}: cut off a message torn by a crash at byte {offset}",
             path.display()
@@ -380,7 +540,8 @@ pub fn appended_whole(
     }
     let mut end = [0; 7];
     let tail = &mut end[..(2 + (size - offset - len).min(5)) as usize];
-    reader
+    locked
+        .file
         .read_exact_at(tail, offset + len - 2)
         .map_err(read_error)?;
     Ok(tail.starts_with(b"\n\n") && (tail.len() == 2 || tail[2..].starts_with(b"From ")))
@@ -922,6 +1083,35 @@ mod tests {
     const FROM_LINE: &str = "From bob@example.org Wed Nov  4 13:49:21 2026\n";
     const TRACE_LF: &str = "Return-Path: <bob@example.org>\nDelivered-To: alice@localhost\n";
 
+    /// A message from bob@example.org with `trace` headers, said to take `len` bytes in the mailbox.
+    fn message<'a>(queue_id: &'a str, trace: &'a [u8], len: u64) -> Message<'a> {
+        Message {
+            queue_id,
+            sender: "bob@example.org",
+            arrival: arrival(),
+            trace_headers: trace,
+            len,
+            announced: None,
+        }
+    }
+
+    /// Appends `messages`, whose bodies are `bodies`; returns what became of each and where each was announced.
+    fn append_bodies(
+        path: &Path,
+        settings: &MboxSettings,
+        messages: &[Message],
+        bodies: &mut [&mut dyn BufRead],
+    ) -> (Results, Vec<(usize, u64)>) {
+        let mut announced = Vec::new();
+        let mut announce = |planned: &[(usize, u64)]| {
+            announced.extend_from_slice(planned);
+            Ok(())
+        };
+        let mut read = |n: usize, write: &mut WriteBody| write(&mut *bodies[n]);
+        let results = append(path, BOX, settings, messages, &mut announce, &mut read);
+        (results, announced)
+    }
+
     /// Appends `body`, said to take `len` bytes in the mailbox, from bob@example.org with the TRACE headers.
     fn append_body(
         path: &Path,
@@ -929,14 +1119,9 @@ mod tests {
         body: &mut dyn BufRead,
         len: u64,
     ) -> Result<(), MboxError> {
-        let message = Message {
-            sender: "bob@example.org",
-            arrival: arrival(),
-            trace_headers: TRACE,
-            body,
-            len,
-        };
-        append(path, BOX, settings, message, &mut |_| Ok(()))
+        let (mut results, _) =
+            append_bodies(path, settings, &[message("Q0", TRACE, len)], &mut [body]);
+        results.pop().unwrap().map(drop)
     }
 
     /// Appends `body` and returns the bytes it took.
@@ -1095,14 +1280,13 @@ mod tests {
         let from = "From bob Wed Nov  4 13:49:21 2026\n".len() as u64;
         let quoted = (lines / 10) as u64;
         let appended = from + size - lines as u64 + quoted + 1;
-        let message = Message {
+        let big = Message {
             sender: "bob",
-            arrival: arrival(),
             trace_headers: b"",
-            body: &mut body,
-            len: appended,
+            ..message("Q0", b"", appended)
         };
-        append(&mailbox(&dir), BOX, &settings(), message, &mut |_| Ok(())).unwrap();
+        let (results, _) = append_bodies(&mailbox(&dir), &settings(), &[big], &mut [&mut body]);
+        assert_eq!(results, [Ok(Appended::At(0))]);
         assert_eq!(fs::metadata(mailbox(&dir)).unwrap().len(), appended);
     }
 
@@ -1429,64 +1613,248 @@ mod tests {
         );
     }
 
+    /// The length of `body` with the `trace` headers in the mailbox.
+    fn len_of(path: &Path, trace: &[u8], body: &[u8]) -> u64 {
+        len_in_mbox(path, "bob@example.org", arrival(), trace, &mut &body[..]).unwrap()
+    }
+
+    fn id_trace(id: &str) -> Vec<u8> {
+        format!("Received: from x\r\n\tby mx.test (Postel) with ESMTP id {id}; now\r\n")
+            .into_bytes()
+    }
+
+    #[test]
+    fn messages_appended_together_are_announced_in_order_then_written_with_one_sync() {
+        let dir = TempDir::new("mbox");
+        let path = mailbox(&dir);
+        deliver(&path, b"Subject: first\r\n\r\nfirst\r\n").unwrap();
+        let start = fs::metadata(&path).unwrap().len();
+        let traces: Vec<Vec<u8>> = ["Q1", "Q2", "Q3"].into_iter().map(id_trace).collect();
+        let bodies: [&[u8]; 3] = [
+            b"Subject: a\r\n\r\nFrom a\r\n",
+            b"Subject: b\r\n\r\nb",
+            b"Subject: c\r\n\r\n",
+        ];
+        let lens: Vec<u64> = (0..3)
+            .map(|n| len_of(&path, &traces[n], bodies[n]))
+            .collect();
+        let messages: Vec<Message> = ["Q1", "Q2", "Q3"]
+            .iter()
+            .enumerate()
+            .map(|(n, id)| message(id, &traces[n], lens[n]))
+            .collect();
+        let (results, announced) = append_bodies(
+            &path,
+            &settings(),
+            &messages,
+            &mut [
+                &mut &bodies[0][..],
+                &mut &bodies[1][..],
+                &mut &bodies[2][..],
+            ],
+        );
+        let offsets = [start, start + lens[0], start + lens[0] + lens[1]];
+        assert_eq!(
+            announced,
+            [(0, offsets[0]), (1, offsets[1]), (2, offsets[2])]
+        );
+        assert_eq!(results, offsets.map(|o| Ok(Appended::At(o))));
+        assert_eq!(fs::metadata(&path).unwrap().len(), offsets[2] + lens[2]);
+        let script =
+            "import mailbox, sys\nfor m in mailbox.mbox(sys.argv[1]): print(m['Subject'])\n";
+        let out = Command::new(tool("python3", "python3"))
+            .args(["-c", script])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), "first\na\nb\nc\n");
+    }
+
+    #[test]
+    fn one_message_that_fails_leaves_the_mailbox_as_it_was_and_names_itself_to_the_others() {
+        let dir = TempDir::new("mbox");
+        let path = mailbox(&dir);
+        deliver(&path, b"first\r\n").unwrap();
+        let before = fs::read(&path).unwrap();
+        let len = len_of(&path, TRACE, b"x\r\n");
+        let messages = [
+            message("Q1", TRACE, len),
+            message("Q2", TRACE, len + 1),
+            message("Q3", TRACE, len),
+        ];
+        let (results, announced) = append_bodies(
+            &path,
+            &settings(),
+            &messages,
+            &mut [&mut &b"x\r\n"[..], &mut &b"x\r\n"[..], &mut &b"x\r\n"[..]],
+        );
+        assert_eq!(announced.len(), 3);
+        assert_eq!(fs::read(&path).unwrap(), before);
+        let errors: Vec<String> = results
+            .into_iter()
+            .map(|r| r.unwrap_err().message)
+            .collect();
+        assert!(errors[1].contains("not the"), "{}", errors[1]);
+        for n in [0, 2] {
+            assert!(
+                errors[n].contains("not appended: the append of Q2 with it failed"),
+                "{}",
+                errors[n]
+            );
+        }
+        // A size limit leaves out only the message that does not fit.
+        let small = MboxSettings {
+            max_mailbox_size: before.len() as u64 + 2 * len,
+            ..settings()
+        };
+        let big = len_of(&path, TRACE, &[b'x'; 100]);
+        let messages = [
+            message("Q1", TRACE, len),
+            message("Q2", TRACE, big),
+            message("Q3", TRACE, len),
+        ];
+        let (results, _) = append_bodies(
+            &path,
+            &small,
+            &messages,
+            &mut [
+                &mut &b"x\r\n"[..],
+                &mut &[b'x'; 100][..],
+                &mut &b"x\r\n"[..],
+            ],
+        );
+        let start = before.len() as u64;
+        assert_eq!(results[0], Ok(Appended::At(start)));
+        assert!(results[1].as_ref().unwrap_err().is_permanent());
+        assert_eq!(results[2], Ok(Appended::At(start + len)));
+    }
+
     #[test]
     fn an_append_announced_before_a_crash_is_found_whole_or_cut_off() {
         let dir = TempDir::new("mbox");
         let path = mailbox(&dir);
-        let id_trace = b"Received: from x\r\n\tby mx.test (Postel) with ESMTP id Q1; now\r\n";
         deliver(&path, b"Subject: first\r\n\r\nfirst\r\n").unwrap();
         let body = b"Subject: second\r\n\r\nFrom here\r\nno final newline";
-        let len = len_in_mbox(
+        let trace = id_trace("Q1");
+        let len = len_of(&path, &trace, body);
+        let (results, announced) = append_bodies(
             &path,
-            "bob@example.org",
-            arrival(),
-            id_trace,
-            &mut &body[..],
-        )
-        .unwrap();
-        let mut announced = None;
-        let message = Message {
-            sender: "bob@example.org",
-            arrival: arrival(),
-            trace_headers: id_trace,
-            body: &mut &body[..],
-            len,
-        };
-        append(&path, BOX, &settings(), message, &mut |offset| {
-            announced = Some(offset);
-            Ok(())
-        })
-        .unwrap();
-        let offset = announced.unwrap();
+            &settings(),
+            &[message("Q1", &trace, len)],
+            &mut [&mut &body[..]],
+        );
+        let offset = announced[0].1;
+        assert_eq!(results, [Ok(Appended::At(offset))]);
         assert_eq!(
             fs::metadata(&path).unwrap().len(),
             offset + len,
             "the counted length is what append writes"
         );
-        assert!(appended_whole(&path, BOX, &settings(), offset, len, "Q1").unwrap());
-        assert!(
-            !appended_whole(&path, BOX, &settings(), offset, len, "Q2").unwrap(),
-            "another message's id"
+        let after_crash = |id, announced_at| {
+            let trace = id_trace(id);
+            let retry = Message {
+                announced: Some((announced_at, len)),
+                ..message(id, &trace, len)
+            };
+            let (mut results, _) =
+                append_bodies(&path, &settings(), &[retry], &mut [&mut &body[..]]);
+            let size = fs::metadata(&path).unwrap().len();
+            (results.pop().unwrap().unwrap(), size)
+        };
+        let whole = offset + len;
+        assert_eq!(after_crash("Q1", offset), (Appended::FoundWhole, whole));
+        // Another message's id where this one was announced: appended again.
+        assert_eq!(
+            after_crash("Q2", offset),
+            (Appended::At(whole), whole + len)
         );
-        assert!(
-            !appended_whole(&path, BOX, &settings(), offset + len, len, "Q1").unwrap(),
+        set_len(&path, whole);
+        assert_eq!(
+            after_crash("Q1", whole),
+            (Appended::At(whole), whole + len),
             "nothing there"
         );
-        // A crash in the middle of the write: the torn copy is cut off.
-        let whole = fs::metadata(&path).unwrap().len();
+        // A crash in the middle of the write: the torn copy is cut off, a whole one appended.
+        set_len(&path, whole - 10);
+        assert_eq!(after_crash("Q1", offset), (Appended::At(offset), whole));
+    }
+
+    fn set_len(path: &Path, len: u64) {
         OpenOptions::new()
             .write(true)
-            .open(&path)
+            .open(path)
             .unwrap()
-            .set_len(whole - 10)
+            .set_len(len)
             .unwrap();
-        assert!(!appended_whole(&path, BOX, &settings(), offset, len, "Q1").unwrap());
-        assert_eq!(fs::metadata(&path).unwrap().len(), offset);
-        let gone = dir.0.join("gone");
-        assert!(!appended_whole(&gone, BOX, &settings(), 0, len, "Q1").unwrap());
-        assert!(
-            !gone.exists(),
-            "a removed mailbox is not created again here"
+    }
+
+    #[test]
+    fn a_crash_that_tore_a_batch_is_repaired_before_anything_follows_it() {
+        let dir = TempDir::new("mbox");
+        let path = mailbox(&dir);
+        deliver(&path, b"Subject: first\r\n\r\nfirst\r\n").unwrap();
+        let before = fs::read(&path).unwrap();
+        let ids = ["Q1", "Q2", "Q3"];
+        let traces: Vec<Vec<u8>> = ids.into_iter().map(id_trace).collect();
+        let body = b"Subject: x\r\n\r\nx\r\n";
+        let len = len_of(&path, &traces[0], body);
+        let messages: Vec<Message> = (0..3).map(|n| message(ids[n], &traces[n], len)).collect();
+        let (_, announced) = append_bodies(
+            &path,
+            &settings(),
+            &messages,
+            &mut [&mut &body[..], &mut &body[..], &mut &body[..]],
         );
+        // The crash came in the middle of Q2: Q1 is whole, Q2 torn, Q3 never written.
+        let q2 = announced[1].1;
+        set_len(&path, q2 + len / 2);
+        for (n, &(_, offset)) in announced.iter().enumerate() {
+            let crashed = Message {
+                announced: Some((offset, len)),
+                ..message(ids[n], &traces[n], len)
+            };
+            expect_after_crash(&path, &crashed);
+        }
+        // New mail comes first: it goes after Q1, where the torn Q2 was.
+        let trace = id_trace("Q4");
+        let (results, _) = append_bodies(
+            &path,
+            &settings(),
+            &[message("Q4", &trace, len)],
+            &mut [&mut &body[..]],
+        );
+        assert_eq!(results, [Ok(Appended::At(q2))]);
+        // Q3's retry, then Q2's and Q1's: each appears once, Q1 where it was.
+        let retries: Vec<Message> = [2, 1, 0]
+            .into_iter()
+            .map(|n| Message {
+                announced: Some((announced[n].1, len)),
+                ..message(ids[n], &traces[n], len)
+            })
+            .collect();
+        let (results, _) = append_bodies(
+            &path,
+            &settings(),
+            &retries,
+            &mut [&mut &body[..], &mut &body[..], &mut &body[..]],
+        );
+        assert_eq!(
+            results,
+            [
+                Ok(Appended::At(q2 + len)),
+                Ok(Appended::At(q2 + 2 * len)),
+                Ok(Appended::FoundWhole)
+            ]
+        );
+        let content = fs::read(&path).unwrap();
+        assert_eq!(content.len(), before.len() + 4 * len as usize);
+        let text = String::from_utf8_lossy(&content);
+        for id in ["Q1", "Q2", "Q3", "Q4"] {
+            assert_eq!(
+                text.matches(&format!(" id {id};")).count(),
+                1,
+                "{id} in {text}"
+            );
+        }
     }
 }

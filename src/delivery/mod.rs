@@ -2,6 +2,7 @@
 //! (mbox files, commands, and other hosts by relay), retries on a schedule, and notifications of what failed.
 
 pub mod aliases;
+pub mod appending;
 pub mod attempt;
 pub mod body;
 pub mod bounce;

@@ -151,12 +151,17 @@ mod tests {
         let both = queues.next_job(&config).unwrap();
         assert_eq!((both.target, both.parts.len()), (mailbox.clone(), 2));
         queues.push(mailbox.clone(), part(), &config);
-        assert_eq!(
-            queues.next_job(&config).unwrap().target,
-            mailbox,
-            "jobs for one mailbox run side by side"
+        queues.push(mailbox.clone(), part(), &config);
+        assert!(
+            queues.next_job(&config).is_none(),
+            "one job at a time for a mailbox: the others gather meanwhile"
         );
         queues.job_done(&mailbox, &config);
+        let gathered = queues.next_job(&config).unwrap();
+        assert_eq!(
+            (gathered.target, gathered.parts.len()),
+            (mailbox.clone(), 2)
+        );
         queues.job_done(&mailbox, &config);
         queues.job_done(&remote("slow.test"), &config);
         assert_eq!(

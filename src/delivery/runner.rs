@@ -98,6 +98,7 @@ fn deliver_queued(
         for problem in &scan.problems {
             warn!("spool: {problem}");
         }
+        deliverer.expect_after_crash(&scan.messages);
         let messages = scan.messages.into_iter().filter(|m| wanted(m)).collect();
         deliver_all(deliverer, messages);
     }
@@ -126,8 +127,9 @@ fn deliver_newcomers(deliverer: &Deliverer) -> Result<(), SpoolError> {
             Err(SpoolError::Busy) => return Ok(()),
             Err(e) => return Err(e),
         };
-        let messages: Vec<Queued> = spool
-            .scan(true)?
+        let scan = spool.scan(true)?;
+        deliverer.expect_after_crash(&scan.messages);
+        let messages: Vec<Queued> = scan
             .messages
             .into_iter()
             .filter(|m| untried(m, &tried))

@@ -91,6 +91,7 @@ pub struct Scheduler {
 impl Scheduler {
     /// Starts the scheduler thread and `config.delivery_workers` workers with the messages already queued.
     pub fn start(deliverer: Arc<Deliverer>, queued: Vec<Queued>) -> std::io::Result<Scheduler> {
+        deliverer.expect_after_crash(&queued);
         let (events, inbox) = crossbeam_channel::unbounded();
         let (work, jobs) = crossbeam_channel::unbounded::<Work>();
         let workers = deliverer.config.delivery_workers;

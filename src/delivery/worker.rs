@@ -84,8 +84,11 @@ fn perform(deliverer: &Deliverer, work: Work) -> Finished {
     }
 }
 
-/// Delivers the job's messages one after another.
+/// Delivers the job: a mailbox's messages appended together, other targets' messages one after another.
 fn deliver(deliverer: &Deliverer, job: &Job) -> JobResults {
+    if let Target::Mailbox(_) = job.target {
+        return deliverer.deliver_to_mailbox(&job.parts);
+    }
     job.parts
         .iter()
         .map(|part| {

@@ -351,16 +351,23 @@ impl Spool {
         self.record_one(id, recipient, Outcome::Delivered)
     }
 
-    /// Records, durably and without counting an attempt, that an append to a recipient's mailbox is about to
-    /// begin, where and how long: after a crash, [`Outcome::Appending`] tells whether it happened.
+    /// Records, durably, in one write and without counting an attempt, that appends to recipients' mailboxes are
+    /// about to begin: for each, the message, the recipient, where and how long. After a crash,
+    /// [`Outcome::Appending`] tells whether each happened.
     pub fn record_appending(
         &self,
-        id: &QueueId,
-        recipient: &str,
-        offset: u64,
-        len: u64,
+        appends: &[(&QueueId, &str, u64, u64)],
     ) -> Result<(), SpoolError> {
-        self.record_one(id, recipient, Outcome::Appending { offset, len })
+        let mut entries = Vec::with_capacity(128 * appends.len());
+        for &(id, recipient, offset, len) in appends {
+            state::encode_result(
+                id,
+                recipient,
+                &Outcome::Appending { offset, len },
+                &mut entries,
+            );
+        }
+        self.journal.append(&entries, &self.live)
     }
 
     fn record_one(
