@@ -6,7 +6,9 @@
 A record is a 43-byte header line, `POSTEL1 <envlen:8 hex> <bodylen:16 hex>
 <crc32:8 hex>\\n`, then the envelope (`key value` lines, the first `version N`
 in every format after version 1) and the body, exactly
-as stored. Several records may share one segment file. Anything that does not
+as stored. Several records may share one segment file. A record erased by
+`postel queue remove` has `POSTEL1-` for `POSTEL1 `, and its envelope and body
+are zero bytes (its checksum no longer counts): it is skipped. Anything that does not
 follow the format raises SpoolError naming the file and byte offset: a test
 reads the queue only after the server acknowledged, so there is no torn tail
 to forgive.
@@ -18,7 +20,7 @@ import sys
 import zlib
 
 HEADER_LEN = 43
-HEADER = re.compile(rb"POSTEL1 ([0-9a-f]{8}) ([0-9a-f]{16}) ([0-9a-f]{8})\n")
+HEADER = re.compile(rb"POSTEL1([ -])([0-9a-f]{8}) ([0-9a-f]{16}) ([0-9a-f]{8})\n")
 # Keys in the order doc/spool.md gives them; the ones every record has.
 KEY_ORDER = ["version", "id", "arrival", "client", "helo", "protocol", "tls", "auth", "sender", "body", "smtputf8", "size", "rcpt"]
 REQUIRED = {"id", "arrival", "client", "helo", "protocol", "sender", "rcpt"}
@@ -70,11 +72,16 @@ def read_file(path):
         m = HEADER.fullmatch(data, offset, offset + HEADER_LEN)
         if not m:
             raise SpoolError(f"{where}: bad record header {data[offset:offset + HEADER_LEN]!r}")
-        envlen, bodylen, crc = int(m[1], 16), int(m[2], 16), int(m[3], 16)
+        envlen, bodylen, crc = int(m[2], 16), int(m[3], 16), int(m[4], 16)
         start = offset + HEADER_LEN
         end = start + envlen + bodylen
         if end > len(data):
             raise SpoolError(f"{where}: record runs past the end of the file ({end} > {len(data)})")
+        if m[1] == b"-":
+            if data[start:end].strip(b"\0"):
+                raise SpoolError(f"{where}: an erased record that still holds something")
+            offset = end
+            continue
         if zlib.crc32(data[start:end]) != crc:
             raise SpoolError(f"{where}: checksum mismatch")
         try:

@@ -111,6 +111,50 @@ def test_queue_remove_leaves_nothing_of_the_message_readable_in_the_spool(make_p
     assert b"queued for later" not in spool_bytes(server.spool)
 
 
+@pytest.mark.parametrize("daemon", [True, False], ids=["daemon", "no daemon"])
+def test_queue_remove_erases_the_message_from_a_segment_another_message_keeps(make_postel, daemon):
+    """The removed message's record is erased in place at once, and the journal compacted (doc/spool.md "When
+    queue files go"): the segment stays for the message still waiting in it, while nothing of the removed one is
+    left in any spool file, neither its body nor its sender nor its recipients."""
+    server = make_postel(**deliver(local_users=USERS, **SLOW))
+    conn = server.session()
+    ids = {}
+    for name in ("dropped", "kept"):
+        conn.expect(f"MAIL FROM:<{name}-sender-b7f3@localhost>", 250)
+        conn.expect(f"RCPT TO:<{name}-rcpt-b7f3@remote.test>", 250)
+        conn.expect("DATA", 354)
+        conn.send(f"Subject: {name}\r\n\r\nThe {name} sentinel b7f3.\r\n.\r\n".encode())
+        r = conn.reply()
+        assert r.code == 250, r
+        ids[name] = r.queue_id
+    conn.cmd("QUIT")
+    for qid in ids.values():
+        server.wait_log(rf"{qid}: to=<.*status=deferred", timeout=15)
+    assert len(queue_files(server.spool)) == 1, "both messages share one segment"
+    if not daemon:
+        server.kill()
+    run = postel(["queue", "remove", ids["dropped"]], server.config_path)
+    assert run.returncode == 0, run.stderr
+    if daemon:
+        server.wait_log(rf"{ids['dropped']}: removed by the administrator", timeout=10)
+    spooled = spool_bytes(server.spool)
+    assert b"dropped" not in spooled, "the removed message is still readable in the spool"
+    assert b"The kept sentinel b7f3." in spooled
+    assert [env["id"] for env, _ in server.records()] == [ids["kept"]]
+    listing = queue_list(server.config_path)
+    assert ids["kept"] in listing and ids["dropped"] not in listing, listing
+    if not daemon:
+        server.restart()
+    # The segment scans cleanly after a restart, and goes once the kept message is finished too.
+    server.kill()
+    server.restart()
+    assert "bad envelope" not in server.log() and "torn record" not in server.log(), server.log()[-3000:]
+    assert ids["kept"] in queue_list(server.config_path)
+    run = postel(["queue", "remove", ids["kept"]], server.config_path)
+    assert run.returncode == 0, run.stderr
+    assert wait_until(lambda: queue_files(server.spool) == [], 10), queue_files(server.spool)
+
+
 def test_queue_commands_without_a_daemon(make_postel, tmp_path):
     folder = tmp_path / "alone"
     folder.mkdir()

@@ -179,7 +179,9 @@ pub fn remove(config: Config, id: &str, out: &mut dyn Write) -> Result<(), CliEr
         )?);
     }
     let _lock = spool.lock()?;
-    spool.finish(&id)?;
+    // The repairing scan a daemon starts with: the removal then knows the message's file and compacts the journal.
+    spool.scan(true)?;
+    spool.remove(message)?;
     Ok(writeln!(out, "{id}: removed")?)
 }
 

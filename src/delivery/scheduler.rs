@@ -427,7 +427,7 @@ impl Manager {
 
     fn remove(&mut self, message: Queued) {
         let id = &message.envelope.id;
-        match self.deliverer.spool.finish(id) {
+        match self.deliverer.spool.remove(&message) {
             Ok(()) => info!("{id}: removed by the administrator"),
             Err(e) => error!("{id}: cannot remove: {e}"),
         }

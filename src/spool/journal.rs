@@ -323,11 +323,29 @@ impl Journal {
         messages: HashMap<u128, Replayed>,
         live: &LiveFiles,
     ) -> Result<(), SpoolError> {
+        self.compact_with(live, || Ok(messages))
+    }
+
+    /// Compacts the journal now rather than once it has grown, where a repairing scan filled the bookkeeping:
+    /// after the admin removed a message, so that its recipients and diagnostics leave the disk with it.
+    pub(super) fn compact_now(&self, live: &LiveFiles) -> Result<(), SpoolError> {
+        if !live.complete() {
+            return Ok(());
+        }
+        self.compact_with(live, || Ok(Journal::read(&self.path)?.messages))
+    }
+
+    /// Rewrites the journal with what `messages` gives, read once every other writer is kept out.
+    fn compact_with(
+        &self,
+        live: &LiveFiles,
+        messages: impl FnOnce() -> io::Result<HashMap<u128, Replayed>>,
+    ) -> Result<(), SpoolError> {
         let mut inner = self.lock();
         while inner.flushing {
             inner = self.wait(inner);
         }
-        match self.rewrite(messages, live) {
+        match messages().and_then(|messages| self.rewrite(messages, live)) {
             Ok((file, len)) => {
                 inner.compacted(file, len);
                 Ok(())

@@ -86,6 +86,17 @@ impl LiveFiles {
         self.table().records.contains_key(&id)
     }
 
+    /// Whether the message's record is known to be the only one of its file, which nothing appends to: the
+    /// file is deleted as soon as the message is finished.
+    pub(super) fn alone(&self, id: &QueueId) -> bool {
+        let table = self.table();
+        let file = table
+            .records
+            .get(&id.key())
+            .and_then(|record| table.files.get(&record.file));
+        file.is_some_and(|file| file.ids.len() == 1 && !file.appending && !file.pinned)
+    }
+
     /// Whether the group-commit thread is appending to `path`.
     pub(super) fn appending(&self, path: &Path) -> bool {
         file_key(path).is_some_and(|key| self.table().files.get(&key).is_some_and(|f| f.appending))

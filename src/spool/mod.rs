@@ -14,6 +14,7 @@
 //! finished; a repairing [`Spool::scan`] at start-up finishes that work and compacts the journal.
 
 mod envelope;
+mod erase;
 pub mod format;
 mod group;
 mod id;
@@ -391,6 +392,26 @@ impl Spool {
         state::encode(id, &Entry::Done, &mut entry);
         self.journal.append(&entry, &self.live)?;
         self.live.finish(id);
+        Ok(())
+    }
+
+    /// Drops a message the admin removed, finishing it, so that nothing of it stays readable in the spool: its
+    /// record is erased in place first (see doc/spool.md), unless it is alone in a file that goes at once, and
+    /// the journal is compacted after, which forgets its recipients. Only the holder of the lock may remove
+    /// messages, and never one being delivered; without a repairing scan behind it, the journal keeps its entries
+    /// until the next start-up.
+    pub fn remove(&self, message: &Queued) -> Result<(), SpoolError> {
+        let id = &message.envelope.id;
+        if !self.live.alone(id) {
+            erase::erase(&message.file, message.body_offset)
+                .map_err(SpoolError::io(&message.file))?;
+        }
+        self.finish(id)?;
+        // The message is removed either way; a journal that cannot be compacted now (a full disk) is at the
+        // next start-up.
+        if let Err(e) = self.journal.compact_now(&self.live) {
+            log::warn!("{id}: removed, but the journal keeps its entries for now: {e}");
+        }
         Ok(())
     }
 

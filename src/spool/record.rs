@@ -6,6 +6,14 @@ pub(crate) const HEADER_LEN: usize = 43;
 /// How every record, and so every queue file, begins.
 const MAGIC: &[u8] = b"POSTEL1 ";
 
+/// Where an erased record's header differs from a live one's: `POSTEL1-` instead of `POSTEL1 `.
+pub(super) const ERASED_MARK_AT: usize = 7;
+
+/// The byte that marks a record erased (by `postel queue remove`): its envelope and body are zeros, and its
+/// checksum no longer counts. One byte is written in one piece, so a crash leaves the header either live or
+/// erased.
+pub(super) const ERASED_MARK: u8 = b'-';
+
 /// A record's header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Header {
@@ -48,11 +56,25 @@ impl Header {
     }
 }
 
+/// The header of an erased record: the line of a live one with [`ERASED_MARK`] at [`ERASED_MARK_AT`].
+pub(crate) fn parse_erased(line: &[u8; HEADER_LEN]) -> Option<Header> {
+    let mut live = *line;
+    if live[ERASED_MARK_AT] != ERASED_MARK {
+        return None;
+    }
+    live[ERASED_MARK_AT] = MAGIC[ERASED_MARK_AT];
+    Header::parse(&live).ok()
+}
+
 /// Whether a file that begins with `start` (its first bytes, perhaps all of them) can be a queue
-/// file, perhaps one cut short.
+/// file, perhaps one cut short; its first record may be erased.
 pub(super) fn may_start_queue_file(start: &[u8]) -> bool {
     let n = start.len().min(MAGIC.len());
-    start[..n] == MAGIC[..n]
+    let mut start = start[..n].to_vec();
+    if n > ERASED_MARK_AT && start[ERASED_MARK_AT] == ERASED_MARK {
+        start[ERASED_MARK_AT] = MAGIC[ERASED_MARK_AT];
+    }
+    start == MAGIC[..n]
 }
 
 /// Lower-case hexadecimal digits (at most 16) as a number.
@@ -105,5 +127,19 @@ mod tests {
         assert!(may_start_queue_file(b"POSTEL1 0000"));
         assert!(!may_start_queue_file(b"From alice"));
         assert!(!may_start_queue_file(b"POSTEL2 "));
+        assert!(may_start_queue_file(b"POSTEL1-0000"));
+    }
+
+    #[test]
+    fn an_erased_header_is_a_live_one_with_its_mark() {
+        let live = *b"POSTEL1 000001a2 0000000300000000 deadbeef\n";
+        let mut erased = live;
+        erased[ERASED_MARK_AT] = ERASED_MARK;
+        assert!(
+            Header::parse(&erased).is_err(),
+            "an erased record is never read as live"
+        );
+        assert_eq!(parse_erased(&erased), Header::parse(&live).ok());
+        assert_eq!(parse_erased(&live), None);
     }
 }

@@ -107,6 +107,8 @@ fn entries(dir: &Path) -> Result<Vec<PathBuf>, SpoolError> {
 enum Next {
     /// A sound record.
     Record(Box<Queued>),
+    /// A record `postel queue remove` erased; it ends at `end`.
+    Erased { end: u64 },
     /// A record whose checksum matches but whose envelope does not parse; it ends at `end`.
     BadEnvelope { end: u64, what: String },
     /// A sound record in a format version this Postel does not read; it ends at `end`.
@@ -160,6 +162,7 @@ fn scan_file(path: &Path, repair: bool, found: &mut Found) -> io::Result<()> {
                 this.records.push((queued.envelope.id.clone(), false));
                 found.scan.messages.push(*queued);
             }
+            Next::Erased { end } => offset = end,
             Next::BadEnvelope { end, what } => {
                 let problem = format!(
                     "{}: bad envelope at byte {offset} ({what}); record skipped",
@@ -224,14 +227,22 @@ fn read_record(
     }
     let mut line = [0; HEADER_LEN];
     reader.read_exact(&mut line)?;
-    let header = match Header::parse(&line) {
-        Ok(header) => header,
-        Err(what) => return torn(what),
+    let (header, erased) = match Header::parse(&line) {
+        Ok(header) => (header, false),
+        Err(what) => match record::parse_erased(&line) {
+            Some(header) => (header, true),
+            None => return torn(what),
+        },
     };
     let body_offset = offset + HEADER_LEN as u64 + u64::from(header.envelope_len);
     let end = body_offset.saturating_add(header.body_len);
     if end > size {
         return torn("the record runs past the end of the file");
+    }
+    if erased {
+        let skip = end - offset - HEADER_LEN as u64;
+        reader.seek_relative(i64::try_from(skip).map_err(io::Error::other)?)?;
+        return Ok(Next::Erased { end });
     }
     let mut envelope = vec![0; header.envelope_len as usize];
     reader.read_exact(&mut envelope)?;

@@ -219,6 +219,57 @@ fn a_finished_segment_disappears_on_a_quiet_host() {
 }
 
 #[test]
+fn a_removed_message_is_erased_from_a_segment_the_others_keep() {
+    let dir = TempDir::new("erase");
+    let mut spool = Spool::open(&dir.0).unwrap();
+    spool
+        .start_group_commit(std::time::Duration::from_secs(60))
+        .unwrap();
+    let sentinel = b"Subject: a sentinel for the eraser\r\n\r\nsecret\r\n";
+    let before = send(&spool, envelope(&["bob@localhost"]), &body(1, 500)).unwrap();
+    let removed = send(&spool, envelope(&["sentinel@localhost"]), sentinel).unwrap();
+    let after = send(&spool, envelope(&["bob@localhost"]), &body(2, 500)).unwrap();
+    assert!(before.file == removed.file && removed.file == after.file);
+    let size = fs::metadata(&removed.file).unwrap().len();
+    spool.remove(&removed).unwrap();
+    let bytes = fs::read(&removed.file).unwrap();
+    assert_eq!(
+        bytes.len() as u64,
+        size,
+        "the other records stay where they are"
+    );
+    for gone in [&b"sentinel"[..], b"secret"] {
+        assert!(memchr::memmem::find(&bytes, gone).is_none());
+    }
+    assert_eq!(read_body(&spool, &after), body(2, 500));
+    // Every later scan steps over the erased record, and reports nothing.
+    for repair in [false, true] {
+        let scan = spool.scan(repair).unwrap();
+        assert!(scan.problems.is_empty(), "{:?}", scan.problems);
+        let ids: Vec<_> = scan.messages.iter().map(|m| &m.envelope.id).collect();
+        assert_eq!(ids, [&before.envelope.id, &after.envelope.id]);
+    }
+    // A segment whose live records are all finished goes, erased records and all.
+    drop(spool);
+    let spool = Spool::open(&dir.0).unwrap();
+    spool.scan(true).unwrap();
+    spool.finish(&before.envelope.id).unwrap();
+    spool.finish(&after.envelope.id).unwrap();
+    spool.scan(true).unwrap();
+    assert_eq!(names(&spool.queue), Vec::<String>::new());
+}
+
+#[test]
+fn a_removed_message_alone_in_its_file_is_deleted() {
+    let dir = TempDir::new("erase-alone");
+    let spool = Spool::open(&dir.0).unwrap();
+    let queued = send(&spool, envelope(&["bob@localhost"]), b"alone\r\n").unwrap();
+    assert!(spool.live.alone(&queued.envelope.id));
+    spool.remove(&queued).unwrap();
+    assert!(!queued.file.exists());
+}
+
+#[test]
 fn a_dropped_writer_leaves_nothing_behind() {
     let dir = TempDir::new("dropped");
     let mut spool = Spool::open(&dir.0).unwrap();
