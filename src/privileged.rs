@@ -22,6 +22,7 @@ use rustix::thread;
 use crate::config::Config;
 use crate::delivery::aliases::{Aliases, Target};
 use crate::delivery::mail_file::{self, Unfit};
+use crate::delivery::terminal;
 use crate::logging;
 use crate::privilege::helper::{self, MAX_MESSAGE};
 
@@ -119,7 +120,10 @@ fn answer(state: &State, request: &[u8], fds: Vec<OwnedFd>) -> Result<Answer, St
             Ok(Answer::Later(child, command))
         }
         [b"reload"] => Ok(Answer::Now(reload(state)?, None)),
-        [b"terminal", _, _] => Err("writing to terminals is not available".into()),
+        [b"terminal", name, line] => {
+            let tty = terminal(&state.config, name, line)?;
+            Ok(Answer::Now(Vec::new(), Some(tty.into())))
+        }
         _ => Err(format!(
             "unknown request '{}'",
             String::from_utf8_lossy(words[0]).escape_debug()
@@ -227,6 +231,32 @@ fn open_as(user: &User, path: &Path) -> Result<(File, bool), Unfit> {
             .join()
             .unwrap_or_else(|_| Err(Unfit::Io(io::Error::other("the opening thread panicked"))))
     })
+}
+
+/// Opens the terminal `line` (under /dev) for a message to the system user `name` (SEND, SOML, SAML): only a
+/// terminal the utmp file lists for a login session of that user, a character device that belongs to the user and
+/// accepts messages (`mesg y`).
+fn terminal(config: &Config, name: &[u8], line: &[u8]) -> Result<File, String> {
+    let (Ok(name), Ok(line)) = (std::str::from_utf8(name), std::str::from_utf8(line)) else {
+        return Err("a user or terminal name that is not UTF-8".into());
+    };
+    let user = User::from_name(name)
+        .ok()
+        .flatten()
+        .ok_or_else(|| format!("no such user: {}", name.escape_debug()))?;
+    let path = Path::new("/dev").join(line);
+    let utmp = &config.utmp_file;
+    let listed = terminal::sessions(utmp, name)
+        .map_err(|e| format!("{}: {e}", utmp.display()))?
+        .contains(&path);
+    if !listed {
+        return Err(format!(
+            "{} lists no login session of {name} on {}",
+            utmp.display(),
+            line.escape_debug()
+        ));
+    }
+    terminal::open(&path, Some(user.uid.as_raw())).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Starts an alias command as the owner of the aliases file, with the message on `fds[0]` and its stderr on
@@ -394,6 +424,22 @@ mod tests {
     }
 
     #[test]
+    fn only_terminals_utmp_lists_for_the_user_are_opened() {
+        let mut state = state("", false);
+        let utmp = std::env::temp_dir().join(format!("postel-helper-utmp-{}", std::process::id()));
+        fs::write(&utmp, b"").unwrap();
+        state.config.utmp_file = utmp.clone();
+        for line in ["pts/0", "../etc/passwd", "/dev/null"] {
+            let request = [b"terminal\0root\0".as_slice(), line.as_bytes()].concat();
+            assert!(
+                refusal(&state, &request).contains("lists no login session of root"),
+                "{line}"
+            );
+        }
+        fs::remove_file(utmp).unwrap();
+    }
+
+    #[test]
     fn mailbox_names_stay_inside_the_mailbox_directory() {
         let state = state("", false);
         for name in ["../etc/passwd", ".profile", "a/b", "", "x\ny"] {
@@ -407,9 +453,9 @@ mod tests {
     }
 
     #[test]
-    fn unknown_and_reserved_requests_are_refused() {
+    fn unknown_requests_and_users_are_refused() {
         let state = state("", false);
         assert!(refusal(&state, b"shell\0id").starts_with("unknown request"));
-        assert!(refusal(&state, b"terminal\0alice\0pts/3").contains("not available"));
+        assert!(refusal(&state, b"terminal\0no-such-user-here\0pts/3").starts_with("no such user"));
     }
 }

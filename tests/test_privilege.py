@@ -6,6 +6,7 @@ they need root, as `make test` on the test machines has.
 """
 
 import datetime
+import grp
 import os
 import pwd
 import re
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from mboxutil import DELIVER, mbox_messages, message_ids, queue_list
+from test_terminal import Terminal, message_to, utmp_record
 from tlsutil import openssl, self_signed
 from helpers import (POSTEL_BIN, Postel, SmtpConn, free_port, message, postel, transaction, wait_until,
                      write_config)
@@ -68,7 +70,8 @@ def servers():
 
 
 def ids(pid, field):
-    """The real, effective, saved and filesystem ids of process `pid` ("Uid" or "Gid"), from /proc."""
+    """The real, effective, saved and filesystem ids of process `pid` ("Uid" or "Gid"), or its supplementary
+    groups ("Groups"), from /proc."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return [int(n) for n in line.split()[1:]]
@@ -489,3 +492,32 @@ def test_a_planted_alias_file_is_refused(servers, open_folder, make_account, pla
     assert transaction(conn, "carol@example.org", ["archive@localhost"], message("planted")).code == 250
     server.wait_log("refusing to deliver into it", timeout=10)
     assert target.read_bytes() == b""
+
+
+@pytest.mark.parametrize("owner", ["the user", "someone else"])
+def test_send_reaches_a_terminal_through_the_helper_without_group_tty(servers, open_folder, make_account, owner):
+    """Under `user`, the server's account (not in group tty) cannot open terminals: the helper opens the one utmp
+    lists for the recipient, only when it is the recipient's, and passes it over."""
+    account, bob = make_account(), make_account()
+    terminal = Terminal()
+    try:
+        if owner == "the user":
+            os.chown(terminal.path, pwd.getpwnam(bob).pw_uid, -1)
+        utmp = open_folder / "utmp"
+        utmp.write_bytes(utmp_record(bob, terminal.line))
+        utmp.chmod(0o644)
+        server = serve_as(servers, open_folder, account, local_users="system", terminal_delivery=True,
+                          utmp_file=str(utmp))
+        assert grp.getgrnam("tty").gr_gid not in ids(server.pid, "Groups"), "the account has no group tty"
+        conn = server.session()
+        reply = message_to(conn, "SEND", [f"{bob}@localhost"], b"Subject: now\r\n\r\nLook up.\r\n")
+        if owner == "the user":
+            assert reply.code == 250 and "written to 1 terminal(s)" in reply.text, reply
+            shown = terminal.read()
+            assert b"Look up.\r\n" in shown and shown.endswith(b"EOF\r\n"), shown
+        else:
+            assert reply.code == 450, reply
+            server.wait_log("belongs to someone else", timeout=5)
+            assert terminal.read(timeout=0.3) == b""
+    finally:
+        terminal.close()

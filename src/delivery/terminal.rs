@@ -2,16 +2,18 @@
 //! sessions from utmp, the terminals that accept messages (group-writable: `mesg y`), and the message shown
 //! with a header line, its control characters made visible, at most a set number of lines, and an end line.
 //!
-//! [`write`] is the one function that opens a terminal: it needs group tty (or root), and is where the
-//! privileged helper's `terminal` request takes over when the server runs as an unprivileged account
-//! (doc/security.md).
+//! [`open`] is the one function that opens a terminal, and needs group tty (or root): [`write`] calls it, or,
+//! when the server runs as an unprivileged account, asks the privileged helper, whose `terminal` request calls it
+//! as root (doc/security.md).
 
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Local};
+
+use crate::privilege::helper;
 
 /// One record of utmp(5) on Linux (glibc, 64-bit and 32-bit alike): 384 bytes.
 const RECORD: usize = 384;
@@ -124,20 +126,37 @@ fn visible(bytes: &[u8]) -> String {
     out
 }
 
-/// Writes `text` to the terminal: opened for writing only, never as the controlling terminal, without waiting
-/// on a terminal that does not read. Only a character device that accepts messages is written to.
-pub fn write(terminal: &Path, text: &[u8]) -> io::Result<()> {
-    let mut tty = OpenOptions::new()
+/// Opens the terminal for a message: for writing only, never as the controlling terminal, without waiting on a
+/// terminal that does not read. Only a character device that accepts messages is opened, and, when `owner` is
+/// given, only one that belongs to that uid.
+pub fn open(terminal: &Path, owner: Option<u32>) -> io::Result<File> {
+    let tty = OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_NOFOLLOW)
         .open(terminal)?;
     let metadata = tty.metadata()?;
+    let refused = |why: &str| Err(io::Error::new(io::ErrorKind::PermissionDenied, why));
     if !metadata.file_type().is_char_device() || metadata.mode() & GROUP_WRITE == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            "the terminal does not accept messages",
-        ));
+        return refused("the terminal does not accept messages");
     }
+    if owner.is_some_and(|uid| metadata.uid() != uid) {
+        return refused("the terminal belongs to someone else");
+    }
+    Ok(tty)
+}
+
+/// Writes `text` to `user`'s terminal (a path under /dev from [`sessions`]). Under the `user` account the
+/// privileged helper opens it, which also checks that utmp lists it for `user` and that it is theirs.
+pub fn write(user: &str, terminal: &Path, text: &[u8]) -> io::Result<()> {
+    let mut tty = match helper::installed() {
+        Some(helper) => {
+            let line = terminal.strip_prefix("/dev").unwrap_or(terminal);
+            helper
+                .open_terminal(user, line)
+                .map_err(|why| io::Error::new(io::ErrorKind::PermissionDenied, why))?
+        }
+        None => open(terminal, None)?,
+    };
     tty.write_all(text)
 }
 

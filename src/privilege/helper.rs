@@ -13,7 +13,7 @@
 //! | `file` | the path of a `/file` alias | `O` with the file open for appending and reading, opened (created 0600 when missing) as the aliases file's owner, refused unless it is a regular file with one link that belongs to that owner |
 //! | `command` | the command of a `\|command` alias; its stdin and stderr | `O`, once the command runs as the aliases file's owner; then, when it ends, `X` and its exit status or `S` (killed by a signal). Closing the reply socket kills it |
 //! | `reload` | — | `O` and the TLS certificate and key files' contents, NUL-separated (empty without TLS), read again, and the aliases file read again |
-//! | `terminal` | a user's name, a terminal (`pts/3`) | reserved for writing to a user's terminal |
+//! | `terminal` | a system user's name, a terminal (`pts/3`) | `O` with `/dev/<terminal>` open for writing, when utmp lists it for a login session of the user, and it is a character device that belongs to the user and accepts messages (`mesg y`) |
 //!
 //! A refusal is `E` and a message saying why. The helper exits when the daemon's end of the socket closes.
 
@@ -116,6 +116,21 @@ impl Helper {
             .to_str()
             .ok_or_else(|| format!("{}: not a UTF-8 path", path.display()))?;
         let accepted = self.ask(&["file", path], &[], SHORT_REPLY)?;
+        accepted
+            .fds
+            .into_iter()
+            .next()
+            .map(File::from)
+            .ok_or_else(no_answer)
+    }
+
+    /// The terminal `line` (`pts/3`, under /dev) of `user`'s login session, opened by the helper for writing a
+    /// message (see the module's table).
+    pub fn open_terminal(&self, user: &str, line: &Path) -> Result<File, String> {
+        let line = line
+            .to_str()
+            .ok_or_else(|| format!("{}: not a UTF-8 path", line.display()))?;
+        let accepted = self.ask(&["terminal", user, line], &[], SHORT_REPLY)?;
         accepted
             .fds
             .into_iter()

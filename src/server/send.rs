@@ -88,7 +88,7 @@ fn user(to: &ForwardPath) -> String {
 fn write_to_terminals(session: &str, utmp: &Path, user: String, text: &[u8]) -> usize {
     let mut written = 0;
     for tty in terminal::writable_sessions(utmp, &user) {
-        match terminal::write(&tty, text) {
+        match terminal::write(&user, &tty, text) {
             Ok(()) => {
                 step!(session, "{user}: message written to {}", tty.display());
                 written += 1;
