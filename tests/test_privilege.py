@@ -428,6 +428,9 @@ def test_a_crash_after_an_append_to_a_mailbox_only_its_user_may_open_is_repaired
         traced.wait(10)
     finally:
         if traced.poll() is None:
+            # Killing strace alone would let the daemon it traces run on, detached.
+            for pid in _children(traced.pid):
+                os.kill(pid, signal.SIGKILL)
             traced.kill()
         traced.wait()  # the helper exits by itself once the daemon's end of its socket is closed
     box = open_folder / "mailboxes" / bob
