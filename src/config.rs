@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use toml_edit::{Array, Document, DocumentMut, Item, Value};
+use toml_edit::{Array, Document, DocumentMut, InlineTable, Item, Value};
 
 use crate::net::Network;
 use crate::smtp::{BareLf, HostNameRules, check_host_name};
@@ -65,6 +65,12 @@ pub struct Config {
     pub submission_listen: Vec<SocketAddr>,
     /// Addresses of the submission port with implicit TLS (RFC 8314, 465) (`submissions_listen`).
     pub submissions_listen: Vec<SocketAddr>,
+    /// Addresses of the On-Demand Mail Relay port (RFC 2645, 366), the only ones that answer ATRN
+    /// (`odmr_listen`).
+    pub odmr_listen: Vec<SocketAddr>,
+    /// Domains whose mail is held until their user asks for it with ATRN: (domain, user), lower-case domains
+    /// (`odmr_domains`).
+    pub odmr_domains: Vec<(String, String)>,
     /// The name this host gives in greetings and Received headers (`hostname`).
     pub hostname: String,
     /// Domains whose mail is delivered here (`local_domains`).
@@ -773,6 +779,34 @@ pub const KEYS: &[Key] = &[
         },
         get: |c| strings(c.relay_domains.iter()),
     },
+    Key {
+        name: "odmr_listen",
+        kind: "list of ip:port",
+        default: None,
+        doc: "addresses of the On-Demand Mail Relay port (RFC 2645), e.g. `[\"0.0.0.0:366\"]`: the only port that answers ATRN ([On-Demand Mail Relay](#on-demand-mail-relay-atrn))",
+        set: |c, v| {
+            c.odmr_listen = socket_addresses(v)?;
+            Ok(())
+        },
+        get: |c| strings(c.odmr_listen.iter()),
+    },
+    Key {
+        name: "odmr_domains",
+        kind: "table of domain = user",
+        default: None,
+        doc: "domains whose mail is accepted from anyone and held, not sent by MX, until the user named (an `auth_users` name) asks for it with ATRN, e.g. `{ \"example.org\" = \"alice\" }`",
+        set: |c, v| {
+            c.odmr_domains = domain_users(v)?;
+            Ok(())
+        },
+        get: |c| {
+            let mut table = InlineTable::new();
+            for (domain, user) in &c.odmr_domains {
+                table.insert(domain, Value::from(user.as_str()));
+            }
+            Value::InlineTable(table)
+        },
+    },
     count_key!(remote_concurrency, "connections to one destination at once"),
     duration_key!(
         remote_connect_timeout,
@@ -881,6 +915,8 @@ impl Config {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
             submission_listen: Vec::new(),
             submissions_listen: Vec::new(),
+            odmr_listen: Vec::new(),
+            odmr_domains: Vec::new(),
             local_domains: default_local_domains(&hostname),
             hostname,
             spool_dir: PathBuf::from("./spool"),
@@ -1041,6 +1077,14 @@ impl Config {
             .any(|d| d.eq_ignore_ascii_case(domain))
     }
 
+    /// The user who may take the mail held for `domain` (any case) with ATRN, if it is an ODMR domain.
+    pub fn odmr_user(&self, domain: &str) -> Option<&str> {
+        self.odmr_domains
+            .iter()
+            .find(|(d, _)| d.eq_ignore_ascii_case(domain))
+            .map(|(_, user)| user.as_str())
+    }
+
     /// Whether `domain` (any case) is one this host delivers locally.
     pub fn is_local_domain(&self, domain: &str) -> bool {
         self.local_domains
@@ -1115,6 +1159,23 @@ fn domain_name(v: &Value) -> Result<String, String> {
     } else {
         Err(format!("'{name}' is not a domain name"))
     }
+}
+
+/// A table of `"domain" = "user"` entries.
+fn domain_users(v: &Value) -> Result<Vec<(String, String)>, String> {
+    let Value::InlineTable(table) = v else {
+        return Err("expected a table like { \"example.org\" = \"alice\" }".into());
+    };
+    table
+        .iter()
+        .map(|(domain, user)| {
+            let domain = domain_name(&Value::from(domain))?;
+            match user.as_str() {
+                Some(user) if !user.is_empty() => Ok((domain, user.to_string())),
+                _ => Err(format!("{domain}: expected a user name")),
+            }
+        })
+        .collect()
 }
 
 fn list<T, E: fmt::Display>(
@@ -1304,6 +1365,34 @@ mod tests {
         let printed = config.to_toml();
         assert_eq!(parse(&printed).unwrap(), config, "{printed}");
         assert!(printed.contains("shutdown_grace = \"90s\""), "{printed}");
+    }
+
+    #[test]
+    fn odmr_domains_map_domains_to_users() {
+        let config = parse(
+            "odmr_listen = [\"127.0.0.1:366\"]\nodmr_domains = { \"Example.ORG\" = \"alice\", \"b.test\" = \"bob\" }\n",
+        )
+        .unwrap();
+        assert_eq!(config.odmr_user("example.org"), Some("alice"));
+        assert_eq!(config.odmr_user("B.TEST"), Some("bob"));
+        assert_eq!(config.odmr_user("other.test"), None);
+        assert_eq!(parse(&config.to_toml()).unwrap(), config);
+        let error = parse("\nodmr_domains = { \"not a domain\" = \"alice\" }\n").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains(":2: odmr_domains: 'not a domain' is not a domain name"),
+            "{error}"
+        );
+        let error = parse("odmr_domains = [\"example.org\"]\n").unwrap_err();
+        assert!(error.to_string().contains("expected a table"), "{error}");
+        let error = parse("odmr_domains = { \"example.org\" = 1 }\n").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("example.org: expected a user name"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The `postel` command: `serve`, `inetd`, `check`, `passwd`, `queue` and `sendmail` — and `sendmail`, `mailq`
+//! The `postel` command: `serve`, `inetd`, `check`, `passwd`, `queue`, `atrn` and `sendmail` — and `sendmail`, `mailq`
 //! and `newaliases` when the binary is called by those names.
 
 use std::path::{Path, PathBuf};
@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use nix::sys::signal::{SigSet, Signal};
 use postel::classroom;
-use postel::commands::{CliError, Exit, check, passwd, queue, sendmail};
+use postel::commands::{CliError, Exit, atrn, check, passwd, queue, sendmail};
 use postel::config::{Config, LocalUsers};
 use postel::logging;
 use postel::privilege;
@@ -19,6 +19,7 @@ usage: postel serve [--config FILE] [--listen ADDR]... [--spool DIR] [--mailboxe
        postel check [--config FILE]
        postel passwd NAME [--config FILE]
        postel queue list|run [--domain D]|show ID|remove ID|deliver ID... [--config FILE]
+       postel atrn --server HOST[:PORT] --domain D[,D...] [--config FILE]
        postel sendmail [--config FILE] [sendmail options] [recipient...]
 
   serve     run the SMTP server (127.0.0.1:2525, ./spool and ./mailboxes unless configured); --explain
@@ -29,6 +30,8 @@ usage: postel serve [--config FILE] [--listen ADDR]... [--spool DIR] [--mailboxe
             with every default, as TOML
   passwd    set NAME's password in the auth_users file (read from stdin; asked twice on a terminal)
   queue     list the queued messages, run the queue now, show or remove one message, deliver some now
+  atrn      ask an On-Demand Mail Relay provider (RFC 2645, port 366) for the mail it holds for our
+            domains, logging in with smarthost_credentials over verified TLS, and take it in here
   sendmail  submit a message from a local program, as /usr/sbin/sendmail does
 
 Called as 'sendmail', 'mailq' or 'newaliases' the binary acts as 'postel sendmail', 'postel queue list'
@@ -44,8 +47,10 @@ struct Options {
     mailboxes: Option<PathBuf>,
     /// Words that are not options: the queue command's action and id.
     words: Vec<String>,
-    /// `queue run --domain D`.
+    /// `queue run --domain D`, `atrn --domain D`.
     domain: Option<String>,
+    /// `atrn --server HOST:PORT`.
+    server: Option<String>,
     /// `serve --explain`.
     explain: bool,
 }
@@ -192,6 +197,12 @@ fn run(args: Vec<String>) -> Result<(), CliError> {
         }
         "serve" => Ok(server::serve(config)?),
         "inetd" => Ok(server::inetd::run(config)?),
+        "atrn" => match (&options.server, &options.domain) {
+            (Some(server), Some(domains)) => atrn::run(config, server, domains, &mut out),
+            _ => Err(usage(
+                "usage: postel atrn --server HOST[:PORT] --domain D[,D...] [--config FILE]",
+            )),
+        },
         "check" => check::run(&config, &mut out).map_err(|e| CliError::new(Exit::Config, e)),
         "passwd" => match options.words.as_slice() {
             [name] => {
@@ -281,6 +292,7 @@ fn parse_options(args: &[String]) -> Result<Options, CliError> {
             "--spool" => options.spool = Some(value()?.into()),
             "--mailboxes" => options.mailboxes = Some(value()?.into()),
             "--domain" => options.domain = Some(value()?),
+            "--server" => options.server = Some(value()?),
             "--explain" => options.explain = true,
             _ if !flag.starts_with('-') => options.words.push(arg.clone()),
             _ => return Err(usage(&format!("unknown option '{arg}'"))),

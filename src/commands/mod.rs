@@ -1,6 +1,7 @@
-//! The command-line programs beside the daemon: check, passwd, the queue commands and sendmail, and
+//! The command-line programs beside the daemon: atrn, check, passwd, the queue commands and sendmail, and
 //! how they fail.
 
+pub mod atrn;
 pub mod check;
 mod error;
 pub mod passwd;

@@ -99,6 +99,11 @@ impl Deliverer {
         }
     }
 
+    /// The relay the remote deliveries go through.
+    pub fn relay(&self) -> &Relay {
+        &self.relay
+    }
+
     /// Tries every target of `message` that is neither delivered nor failed, one after another. The results are
     /// on disk before this returns; an Err means they could not be recorded, and the message stays as it was for
     /// a later attempt. (The daemon's scheduler runs the same steps, its deliveries in jobs per destination.)

@@ -39,13 +39,16 @@ impl Target {
                 Target::Mailbox(path.clone())
             }
             Destination::Command(command) => Target::Command(command.clone()),
-            Destination::Remote(address) => Target::Remote(match &config.smarthost {
-                Some(smarthost) => smarthost.to_ascii_lowercase(),
-                None => address
-                    .rsplit_once('@')
-                    .map_or("", |(_, domain)| domain)
-                    .to_ascii_lowercase(),
-            }),
+            Destination::Remote(address) => {
+                let domain = address.rsplit_once('@').map_or("", |(_, domain)| domain);
+                // Mail held for ATRN waits for its own customer, never for the smarthost.
+                Target::Remote(match &config.smarthost {
+                    Some(smarthost) if config.odmr_user(domain).is_none() => {
+                        smarthost.to_ascii_lowercase()
+                    }
+                    _ => domain.to_ascii_lowercase(),
+                })
+            }
             Destination::Refused { .. } => Target::Refused,
         }
     }
@@ -139,6 +142,19 @@ mod tests {
             .map(|(target, routes)| (target, routes.len()))
             .collect();
         assert_eq!(remote, [(Target::Remote("relay.test:2525".into()), 3)]);
+        config.odmr_domains = vec![("other.test".into(), "carol".into())];
+        let remote: Vec<_> = by_target(routes(), &config)
+            .into_iter()
+            .filter(|(target, _)| target.is_remote())
+            .map(|(target, routes)| (target, routes.len()))
+            .collect();
+        assert_eq!(
+            remote,
+            [
+                (Target::Remote("relay.test:2525".into()), 2),
+                (Target::Remote("other.test".into()), 1)
+            ]
+        );
         assert_eq!(Target::Remote("x".into()).limit(&config), 2);
         assert_eq!(Target::Mailbox("/m/bob".into()).limit(&config), 1);
     }

@@ -12,6 +12,7 @@ pub mod job;
 pub mod local;
 pub mod mail_file;
 pub mod mbox;
+pub mod odmr;
 pub mod pipe;
 pub mod queues;
 pub mod relay;

@@ -1,6 +1,7 @@
 //! Relaying one message's recipients at one domain: find the destination (smarthost, MX, or the domain itself),
 //! send one copy per destination host for all of them, reuse connections across messages, and turn what the
-//! other server said into a delivery result per recipient.
+//! other server said into a delivery result per recipient. Mail for an ODMR domain (`odmr_domains`) goes only
+//! over a connection its customer turned with ATRN (RFC 2645), and waits while there is none.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Cursor, Read};
@@ -23,7 +24,7 @@ use crate::remote::client::{
 use crate::remote::dns::{self, DnsError, Resolver, Route as MxRoute};
 use crate::smtp::{BodyType, Class, Detail, Status};
 use crate::spool::{Queued, Spool};
-use crate::tls;
+use crate::tls::{self, Stream};
 
 /// An idle connection is kept this long for the next message to the same server.
 const IDLE_LIMIT: Duration = Duration::from_secs(10);
@@ -38,7 +39,14 @@ pub struct Relay {
     resolver: Option<Resolver>,
     idle: Mutex<HashMap<SocketAddr, Vec<(Connection, Instant)>>>,
     protection: Protection,
+    /// `odmr_domains`: (domain, user).
+    held: Vec<(String, String)>,
+    /// Connections turned with ATRN, by the domains whose mail goes there; None once taken back.
+    turned: Mutex<HashMap<String, Turned>>,
 }
+
+/// A connection turned with ATRN, shared by the domains it serves.
+type Turned = Arc<Mutex<Option<Connection>>>;
 
 /// How relayed mail is protected.
 struct Protection {
@@ -103,17 +111,42 @@ impl Relay {
             hostname: config.hostname.clone(),
             port: config.remote_port,
             smarthost,
-            timeouts: Timeouts {
-                connect: config.remote_connect_timeout,
-                greeting: config.remote_command_timeout,
-                command: config.remote_command_timeout,
-                data_block: config.remote_data_timeout,
-                end_of_data: config.remote_data_timeout,
-            },
+            timeouts: timeouts(config),
             resolver: (!servers.is_empty()).then(|| Resolver::new(servers, dns::DEFAULT_TIMEOUT)),
             idle: Mutex::new(HashMap::new()),
             protection: Protection::new(config),
+            held: config.odmr_domains.clone(),
+            turned: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The client side of a connection a customer turned with ATRN: its greeting, then our EHLO.
+    pub fn turn(&self, stream: Stream, peer: SocketAddr) -> Result<Connection, ClientError> {
+        Connection::turned(stream, peer, &self.hostname, &self.timeouts)
+    }
+
+    /// From now on, the mail for `domains` goes over `connection`, until [`Relay::take_back`].
+    pub fn lend(&self, domains: &[String], connection: Connection) {
+        let shared: Turned = Arc::new(Mutex::new(Some(connection)));
+        let mut turned = self.turned.lock().unwrap_or_else(|p| p.into_inner());
+        for domain in domains {
+            turned.insert(domain.to_ascii_lowercase(), Arc::clone(&shared));
+        }
+    }
+
+    /// Ends what [`Relay::lend`] began, once a transaction under way on the connection is over; the
+    /// connection, unless it broke meanwhile.
+    pub fn take_back(&self, domains: &[String]) -> Option<Connection> {
+        let shared: Vec<Turned> = {
+            let mut turned = self.turned.lock().unwrap_or_else(|p| p.into_inner());
+            domains
+                .iter()
+                .filter_map(|domain| turned.remove(&domain.to_ascii_lowercase()))
+                .collect()
+        };
+        shared
+            .iter()
+            .find_map(|slot| slot.lock().unwrap_or_else(|p| p.into_inner()).take())
     }
 
     /// Sends `message` to `recipients`, all at `domain`; returns a result per recipient, in order.
@@ -128,6 +161,17 @@ impl Relay {
         accepted: &dyn Fn(&[&String]),
     ) -> Vec<Delivery> {
         let all = |outcome: Delivery| vec![outcome; recipients.len()];
+        if let Some((_, user)) = self
+            .held
+            .iter()
+            .find(|(d, _)| d.eq_ignore_ascii_case(domain))
+        {
+            let turned = self.turned.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(turned) = turned.get(&domain.to_ascii_lowercase()).cloned() else {
+                return all(held_for(user));
+            };
+            return self.send_turned(spool, message, &turned, recipients, accepted, user);
+        }
         let hosts = match self.hosts(domain) {
             Ok(hosts) => hosts,
             Err(outcome) => return all(outcome),
@@ -311,7 +355,94 @@ impl Relay {
             if reused { "reusing an open" } else { "a new" },
             recipients.len()
         );
-        // What goes out: our Received header, then the message as queued.
+        let sent = match self.transact(spool, message, &mut connection, recipients) {
+            Ok(sent) => sent,
+            Err(unreadable) => return Sent::Done(vec![unreadable; recipients.len()]),
+        };
+        match sent {
+            Ok(transaction) => {
+                let results = self.taken(message, &connection, recipients, transaction, accepted);
+                self.keep(addr, connection);
+                Sent::Done(results)
+            }
+            // A cached connection the server has closed meanwhile: try once more on a new one.
+            Err(ClientError::Connection(why)) if reused => {
+                debug!(
+                    "{}: cached connection to {addr} failed ({why}); opening a new one",
+                    envelope.id
+                );
+                self.send(spool, message, addr, security, recipients, accepted)
+            }
+            Err(e) => {
+                let usable = match &e {
+                    ClientError::Rejected { reply, .. } => !reply.is_permanent(),
+                    ClientError::Unsendable(_) => true, // nothing was sent
+                    ClientError::Connection(_) | ClientError::Security(_) => false,
+                };
+                if usable {
+                    self.keep(addr, connection);
+                }
+                not_taken(e, recipients.len())
+            }
+        }
+    }
+
+    /// One transaction on a connection turned with ATRN; the mail waits again if it has broken or been
+    /// taken back.
+    fn send_turned(
+        &self,
+        spool: &Spool,
+        message: &Queued,
+        turned: &Mutex<Option<Connection>>,
+        recipients: &[String],
+        accepted: &dyn Fn(&[&String]),
+        user: &str,
+    ) -> Vec<Delivery> {
+        let all = |outcome: Delivery| vec![outcome; recipients.len()];
+        let mut slot = turned.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(connection) = slot.as_mut() else {
+            return all(held_for(user));
+        };
+        crate::step!(
+            message.envelope.id.as_str(),
+            "{}: the connection {user} turned with ATRN; one transaction for {} recipients",
+            connection.peer(),
+            recipients.len()
+        );
+        let sent = match self.transact(spool, message, connection, recipients) {
+            Ok(sent) => sent,
+            Err(unreadable) => return all(unreadable),
+        };
+        let error = match sent {
+            Ok(transaction) => {
+                return self.taken(message, connection, recipients, transaction, accepted);
+            }
+            Err(error) => error,
+        };
+        // After a refusal the next transaction starts with RSET (Connection::send); a server that is gone then
+        // fails it, and the slot is emptied.
+        match not_taken(error, recipients.len()) {
+            Sent::Done(results) => results,
+            Sent::TryNext(why) => {
+                *slot = None;
+                all(Delivery::temporary(
+                    Detail::BadConnection,
+                    format!("the connection {user} turned with ATRN failed: {why}"),
+                ))
+            }
+        }
+    }
+
+    /// One transaction on `connection`: our Received header, then the message as queued. Err: the queued
+    /// message cannot be read, the result for every recipient.
+    fn transact(
+        &self,
+        spool: &Spool,
+        message: &Queued,
+        connection: &mut Connection,
+        recipients: &[String],
+    ) -> Result<Result<Transaction, ClientError>, Delivery> {
+        let envelope = &message.envelope;
         let received = self.received(message, recipients);
         let size = message.len + received.get_ref().len() as u64;
         let sent = body::read(spool, message, |body| {
@@ -324,30 +455,12 @@ impl Relay {
                 envelope.smtputf8,
             )
         });
-        let sent = match sent {
-            Ok(sent) => sent,
-            Err(e) => {
-                let failed = Delivery::temporary(
-                    Detail::OtherMailSystem,
-                    format!("cannot read the queued message: {e}"),
-                );
-                return Sent::Done(vec![failed; recipients.len()]);
-            }
-        };
-        match sent {
-            Ok(transaction) => {
-                self.taken(message, addr, connection, recipients, transaction, accepted)
-            }
-            // A cached connection the server has closed meanwhile: try once more on a new one.
-            Err(ClientError::Connection(why)) if reused => {
-                debug!(
-                    "{}: cached connection to {addr} failed ({why}); opening a new one",
-                    envelope.id
-                );
-                self.send(spool, message, addr, security, recipients, accepted)
-            }
-            Err(e) => self.not_taken(addr, connection, e, recipients.len()),
-        }
+        sent.map_err(|e| {
+            Delivery::temporary(
+                Detail::OtherMailSystem,
+                format!("cannot read the queued message: {e}"),
+            )
+        })
     }
 
     /// A connection to `addr`: a cached one (true), else a new one; Err says why this server cannot be used.
@@ -372,17 +485,16 @@ impl Relay {
         }
     }
 
-    /// The server answered the message: the recipients it took are recorded at once, and the connection is
-    /// kept for the next message.
+    /// The server answered the message: the recipients it took are recorded at once; a result per recipient.
     fn taken(
         &self,
         message: &Queued,
-        addr: SocketAddr,
-        connection: Connection,
+        connection: &Connection,
         recipients: &[String],
         transaction: Transaction,
         accepted: &dyn Fn(&[&String]),
-    ) -> Sent {
+    ) -> Vec<Delivery> {
+        let addr = connection.peer();
         let taken: Vec<&String> = recipients
             .iter()
             .zip(&transaction.recipients)
@@ -413,41 +525,7 @@ impl Relay {
             connection.server_name(),
             transaction.final_reply
         );
-        self.keep(addr, connection);
-        Sent::Done(results)
-    }
-
-    /// The transaction failed as a whole: for every recipient alike, or for this server.
-    fn not_taken(
-        &self,
-        addr: SocketAddr,
-        connection: Connection,
-        error: ClientError,
-        recipients: usize,
-    ) -> Sent {
-        match error {
-            ClientError::Connection(why) | ClientError::Security(why) => Sent::TryNext(why),
-            ClientError::Rejected { step, reply } => {
-                if !reply.is_permanent() {
-                    self.keep(addr, connection);
-                }
-                let outcome = match from_reply(&reply) {
-                    Delivery::Permanent(mut problem) => {
-                        problem.diagnostic += &format!(" (in reply to {step})");
-                        Delivery::Permanent(problem)
-                    }
-                    other => other,
-                };
-                Sent::Done(vec![outcome; recipients])
-            }
-            ClientError::Unsendable(why) => {
-                self.keep(addr, connection); // nothing was sent
-                Sent::Done(vec![
-                    Delivery::permanent(Detail::MessageTooBig, why);
-                    recipients
-                ])
-            }
-        }
+        results
     }
 
     /// The Received header this host adds to a message it relays (RFC 5321 4.4), CRLF line ends.
@@ -517,8 +595,50 @@ fn from_reply(reply: &RemoteReply) -> Delivery {
     }
 }
 
+/// A transaction that failed as a whole: a result for every recipient alike, or why this server cannot be used.
+fn not_taken(error: ClientError, recipients: usize) -> Sent {
+    match error {
+        ClientError::Connection(why) | ClientError::Security(why) => Sent::TryNext(why),
+        ClientError::Rejected { step, reply } => {
+            let outcome = match from_reply(&reply) {
+                Delivery::Permanent(mut problem) => {
+                    problem.diagnostic += &format!(" (in reply to {step})");
+                    Delivery::Permanent(problem)
+                }
+                other => other,
+            };
+            Sent::Done(vec![outcome; recipients])
+        }
+        ClientError::Unsendable(why) => {
+            Sent::Done(vec![
+                Delivery::permanent(Detail::MessageTooBig, why);
+                recipients
+            ])
+        }
+    }
+}
+
+/// Mail for an ODMR domain while its customer has no connection turned with ATRN.
+fn held_for(user: &str) -> Delivery {
+    Delivery::temporary(
+        Detail::NoAnswer,
+        format!("held until {user} asks for it with ATRN (RFC 2645)"),
+    )
+}
+
+/// How long an SMTP client waits at each step: the remote_*_timeout keys.
+pub fn timeouts(config: &Config) -> Timeouts {
+    Timeouts {
+        connect: config.remote_connect_timeout,
+        greeting: config.remote_command_timeout,
+        command: config.remote_command_timeout,
+        data_block: config.remote_data_timeout,
+        end_of_data: config.remote_data_timeout,
+    }
+}
+
 /// "host:port" or "host" (then `default`), also "[v6]:port".
-fn split_port(text: &str, default: u16) -> (String, u16) {
+pub fn split_port(text: &str, default: u16) -> (String, u16) {
     if let Some(rest) = text.strip_prefix('[')
         && let Some((host, port)) = rest.split_once(']')
     {

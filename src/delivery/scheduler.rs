@@ -41,6 +41,10 @@ enum Event {
     Doorbell,
     /// ETRN: try the messages for a node now, and say how many.
     RunNode(String, Sender<usize>),
+    /// ATRN: hand over the waiting messages with a recipient at one of these domains.
+    Lend(Vec<String>, Sender<Vec<Queued>>),
+    /// A lent message is back, with what its attempt did.
+    GiveBack(Queued, Result<Attempted, SpoolError>),
     Stop,
 }
 
@@ -79,6 +83,30 @@ impl SchedulerHandle {
             return None;
         }
         answer.recv_timeout(Duration::from_secs(2)).ok()
+    }
+}
+
+impl SchedulerHandle {
+    /// ATRN: takes the waiting messages with a recipient at one of `domains` out of the schedule, for the
+    /// caller to attempt and give back with [`SchedulerHandle::give_back`]. Messages in an attempt now are not
+    /// among them. (The scheduler answers at once; it drops the reply channel if it fails.)
+    pub fn lend(&self, domains: &[String]) -> Vec<Queued> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        if self.0.send(Event::Lend(domains.to_vec(), reply)).is_err() {
+            error!("ATRN: the scheduler has stopped");
+            return Vec::new();
+        }
+        answer.recv().unwrap_or_default()
+    }
+
+    /// A message [`SchedulerHandle::lend`] gave out is back, with what its attempt did.
+    pub fn give_back(&self, message: Queued, attempted: Result<Attempted, SpoolError>) {
+        let id = message.envelope.id.clone();
+        if self.0.send(Event::GiveBack(message, attempted)).is_err() {
+            error!(
+                "{id}: the scheduler has stopped; the message waits in the spool for the next start"
+            );
+        }
     }
 }
 
@@ -233,6 +261,14 @@ impl Manager {
             Event::RunNode(node, reply) => {
                 let _ = reply.send(self.run_node(&node));
             }
+            Event::Lend(domains, reply) => {
+                let lent = self.take_waiting(|r| domains.iter().any(|d| at_node(r, d)));
+                for message in &lent {
+                    self.in_flight.insert(message.envelope.id.clone());
+                }
+                let _ = reply.send(lent);
+            }
+            Event::GiveBack(message, attempted) => self.done(message, attempted),
             Event::Stop => {}
         }
     }
@@ -412,17 +448,25 @@ impl Manager {
 
     /// Dispatches the waiting messages with a recipient at `node` at once; returns how many.
     fn run_node(&mut self, node: &str) -> usize {
+        let due = self.take_waiting(|r| at_node(r, node));
+        let count = due.len();
+        for message in due {
+            self.dispatch(message);
+        }
+        count
+    }
+
+    /// Takes the waiting messages with a recipient that `wanted` out of the schedule.
+    fn take_waiting(&mut self, wanted: impl Fn(&str) -> bool) -> Vec<Queued> {
         let keys: Vec<_> = self
             .waiting
             .iter()
-            .filter(|(_, message)| message.envelope.recipients.iter().any(|r| at_node(r, node)))
+            .filter(|(_, message)| message.envelope.recipients.iter().any(|r| wanted(r)))
             .map(|(key, _)| key.clone())
             .collect();
-        for key in &keys {
-            let message = self.waiting.remove(key).expect("the key was just found");
-            self.dispatch(message);
-        }
-        keys.len()
+        keys.iter()
+            .map(|key| self.waiting.remove(key).expect("the key was just found"))
+            .collect()
     }
 
     fn remove(&mut self, message: Queued) {

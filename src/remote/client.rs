@@ -247,17 +247,7 @@ impl Connection {
                 )));
             }
         }
-        let mut connection = Connection {
-            peer: addr,
-            writer: BufWriter::with_capacity(WRITE_BUFFER, stream),
-            input: vec![0; READ_BUFFER].into_boxed_slice(),
-            start: 0,
-            end: 0,
-            server_name: addr.to_string(),
-            extensions: Extensions::default(),
-            timeouts: *timeouts,
-            clean: true,
-        };
+        let mut connection = Connection::over(stream, addr, timeouts);
         match connection
             .handshake(helo)
             .and_then(|()| connection.secure(helo, security))
@@ -270,6 +260,61 @@ impl Connection {
                 Err(error)
             }
         }
+    }
+
+    /// The client side of a connection whose roles were turned (ATRN, RFC 2645): the other end, until now
+    /// our client, greets us as a server does, and we say EHLO `helo`. TLS, if any, stays as it is.
+    pub fn turned(
+        stream: Stream,
+        peer: SocketAddr,
+        helo: &str,
+        timeouts: &Timeouts,
+    ) -> Result<Connection, ClientError> {
+        let mut connection = Connection::over(stream, peer, timeouts);
+        connection.handshake(helo)?;
+        Ok(connection)
+    }
+
+    fn over(stream: Stream, peer: SocketAddr, timeouts: &Timeouts) -> Connection {
+        Connection {
+            peer,
+            writer: BufWriter::with_capacity(WRITE_BUFFER, stream),
+            input: vec![0; READ_BUFFER].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            server_name: peer.to_string(),
+            extensions: Extensions::default(),
+            timeouts: *timeouts,
+            clean: true,
+        }
+    }
+
+    /// ATRN (RFC 2645) for `domains` ("example.org,example.net"; empty: all of ours): after its 250 the roles
+    /// turn, and the stream is returned for this side to serve as an SMTP server. Err: the refusal, or why the
+    /// connection failed.
+    pub fn atrn(mut self, domains: &str) -> Result<Stream, ClientError> {
+        let line = match domains {
+            "" => "ATRN".to_string(),
+            domains => format!("ATRN {domains}"),
+        };
+        let reply = self.exchange("ATRN", &line)?;
+        if let Err(error) = expect("ATRN", reply, 2) {
+            self.quit();
+            return Err(error);
+        }
+        if self.start != self.end {
+            return Err(self.broken(
+                "the server wrote more after its 250 to ATRN, before our greeting".to_string(),
+            ));
+        }
+        self.writer
+            .into_inner()
+            .map_err(|e| ClientError::Connection(format!("after ATRN: {}", e.error())))
+    }
+
+    /// The address of the other end.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
     }
 
     /// The server's name from its greeting (its address if the greeting has none), for logs.

@@ -15,9 +15,10 @@ use rustls::ServerConfig;
 
 use crate::config::{Config, MAX_LINE_LIMIT};
 use crate::delivery::local;
+use crate::delivery::odmr::{Lease, Odmr};
 use crate::delivery::scheduler::SchedulerHandle;
 use crate::server::pace::{Limits, Pace};
-use crate::server::policy::{EtrnLimit, ServerPolicy};
+use crate::server::policy::{Daemon, EtrnLimit, ServerPolicy, TurnSlot};
 use crate::server::reload::Reloaded;
 use crate::server::send;
 use crate::server::submission::Fixup;
@@ -30,6 +31,11 @@ use crate::tls::{self, TlsInfo};
 pub trait Transport: Read + Write {
     /// Bounds how long one read may wait; a read that waits longer fails with WouldBlock or TimedOut.
     fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()>;
+
+    /// What TLS agreed on, when the stream is encrypted already (a connection turned with ATRN).
+    fn tls(&self) -> Option<TlsInfo> {
+        None
+    }
 
     /// Whether [`Transport::start_tls`] can work on this stream.
     fn can_start_tls(&self) -> bool {
@@ -49,6 +55,10 @@ pub trait Transport: Read + Write {
 impl Transport for tls::Stream {
     fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()> {
         self.tcp().set_read_timeout(Some(timeout))
+    }
+
+    fn tls(&self) -> Option<TlsInfo> {
+        tls::Stream::tls(self)
     }
 
     fn can_start_tls(&self) -> bool {
@@ -76,6 +86,8 @@ pub struct Shared {
     pub shutting_down: AtomicBool,
     /// When each client last ran ETRN.
     pub etrn_limit: Arc<EtrnLimit>,
+    /// The daemon's ODMR service, when `odmr_listen` is set.
+    pub odmr: Option<Arc<Odmr>>,
 }
 
 /// Where queued messages go next.
@@ -122,6 +134,15 @@ pub enum Port {
     Submission,
     /// `submissions_listen` (RFC 8314): the same, with TLS from the first byte.
     Submissions,
+    /// `odmr_listen` (RFC 2645): ATRN for authenticated customers.
+    Odmr,
+}
+
+impl Port {
+    /// A submission port: AUTH before MAIL, the sender checked, Date and Message-ID added.
+    pub fn is_submission(self) -> bool {
+        matches!(self, Port::Submission | Port::Submissions)
+    }
 }
 
 /// How long the reply to a narrated message (VERB) waits for the first delivery attempts.
@@ -139,8 +160,14 @@ thread_local! {
     static INPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs one session to its end. I/O errors end the session; they are logged, never returned.
-pub fn run(transport: &mut dyn Transport, client: &Client, session_id: &str, shared: &Shared) {
+/// Runs one session to its end. I/O errors end the session; they are logged, never returned. When the roles
+/// turned (ATRN), returns the mail to send: the caller then becomes the client on the same connection.
+pub fn run(
+    transport: &mut dyn Transport,
+    client: &Client,
+    session_id: &str,
+    shared: &Shared,
+) -> Option<Lease> {
     let started = Instant::now();
     let config = &shared.config;
     step!(session_id, Kind::Connect, "connect from {}", client.label);
@@ -150,7 +177,9 @@ pub fn run(transport: &mut dyn Transport, client: &Client, session_id: &str, sha
     params.tls_offered = tls.is_some() && transport.can_start_tls();
     params.auth_offered = !auth_users.is_empty();
     params.tls_required = config.tls_required && client.port == Port::Smtp;
-    params.submission = client.port != Port::Smtp;
+    params.submission = client.port.is_submission();
+    params.odmr = client.port == Port::Odmr;
+    let turn = TurnSlot::default();
     let mut session = Session::new(
         params,
         Box::new(ServerPolicy::new(
@@ -161,17 +190,26 @@ pub fn run(transport: &mut dyn Transport, client: &Client, session_id: &str, sha
             client.trusted,
             client.ip,
             match &shared.handoff {
-                Handoff::Scheduler(scheduler) => {
-                    Some((scheduler.clone(), Arc::clone(&shared.etrn_limit)))
-                }
+                Handoff::Scheduler(scheduler) => Some(Daemon {
+                    scheduler: scheduler.clone(),
+                    etrn_limit: Arc::clone(&shared.etrn_limit),
+                    odmr: shared
+                        .odmr
+                        .as_ref()
+                        .filter(|_| client.port == Port::Odmr)
+                        .map(|odmr| (Arc::clone(odmr), Arc::clone(&turn))),
+                }),
                 Handoff::Collect(_) | Handoff::Hold => None,
             },
         )),
     );
+    if let Some(info) = transport.tls() {
+        session.tls_started(info.to_string());
+    }
     if client.port == Port::Submissions {
         let Some(tls) = tls.as_ref() else {
             warn!("{session_id}: no TLS certificate for the implicit-TLS port; closing");
-            return;
+            return None;
         };
         match transport.start_tls(Arc::clone(&tls.config), config.command_timeout) {
             Ok(info) => session.tls_started(info.to_string()),
@@ -180,7 +218,7 @@ pub fn run(transport: &mut dyn Transport, client: &Client, session_id: &str, sha
                     "{session_id}: TLS handshake with {} failed: {why}",
                     client.label
                 );
-                return;
+                return None;
             }
         }
     }
@@ -213,8 +251,9 @@ pub fn run(transport: &mut dyn Transport, client: &Client, session_id: &str, sha
     if receiving || outcome.is_err() {
         session.input_closed();
     }
-    let ended = match outcome {
-        Ok(()) => String::new(),
+    let ended = match &outcome {
+        Ok(Ended::Closed) => String::new(),
+        Ok(Ended::Turned) => " (ATRN: the roles turn)".to_string(),
         Err(e) => format!(" ({e})"),
     };
     step!(session_id, Kind::Disconnect, "disconnect{ended}");
@@ -225,6 +264,15 @@ pub fn run(transport: &mut dyn Transport, client: &Client, session_id: &str, sha
         session.messages_accepted(),
         started.elapsed().as_secs_f64(),
     );
+    let turned = turn.lock().unwrap_or_else(|p| p.into_inner()).take();
+    turned.filter(|_| matches!(outcome, Ok(Ended::Turned)))
+}
+
+/// How a session that did not fail ended.
+enum Ended {
+    Closed,
+    /// ATRN: the roles turn.
+    Turned,
 }
 
 /// The session's protocol settings, from the configuration.
@@ -241,6 +289,7 @@ fn session_params(config: &Config, session_id: &str) -> SessionParams {
         auth_offered: false,
         tls_required: false,
         submission: false,
+        odmr: false,
     }
 }
 
@@ -264,8 +313,8 @@ struct Driver<'a> {
 }
 
 impl Driver<'_> {
-    /// Feeds input to the session until it closes; Err when the connection failed or timed out.
-    fn drive(&mut self, session: &mut Session) -> io::Result<()> {
+    /// Feeds input to the session until it closes or turns; Err when the connection failed or timed out.
+    fn drive(&mut self, session: &mut Session) -> io::Result<Ended> {
         self.transport.set_read_timeout(SHUTDOWN_CHECK)?;
         loop {
             loop {
@@ -279,7 +328,7 @@ impl Driver<'_> {
                     }
                     Step::StartMessage => {
                         let writer = self.begin_message(session.envelope());
-                        self.fixup = (self.client.port != Port::Smtp).then(|| {
+                        self.fixup = self.client.port.is_submission().then(|| {
                             let id = format!("{}@{}", writer.id(), self.shared.config.hostname);
                             Fixup::new(Utc::now().to_rfc2822(), id)
                         });
@@ -317,7 +366,8 @@ impl Driver<'_> {
                         self.fixup = None;
                         self.content_ended();
                     }
-                    Step::Close => return self.flush(session),
+                    Step::Close => return self.flush(session).map(|()| Ended::Closed),
+                    Step::Turn => return self.flush(session).map(|()| Ended::Turned),
                     Step::StartTls => self.start_tls(session)?,
                     Step::AuthFailed { user, delay } => {
                         warn!(

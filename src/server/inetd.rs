@@ -73,15 +73,6 @@ pub fn run(config: Config) -> Result<(), ServeError> {
 /// Runs one session on stdin/stdout for `client`, then sees the messages it queued delivered: by the daemon if
 /// one runs, else by this process.
 pub fn run_on_stdio(config: Config, client: &Client, session_id: &str) -> Result<(), ServeError> {
-    // The TLS key is read while the process may still be root; then it becomes the `user` account.
-    let account = privilege::Account::configured(&config)?;
-    let aliases = Arc::new(Reloadable::new(
-        Aliases::configured(&config).map_err(ServeError::Aliases)?,
-    ));
-    let reloaded = super::load_reloaded(&config, Arc::clone(&aliases))?;
-    privilege::settle(&config, account)?;
-    let spool = Arc::new(Spool::open(&config.spool_dir)?);
-    let deliverer = Arc::new(Deliverer::new(Arc::new(config), spool, aliases));
     let stdio_error = |e: io::Error| SpoolError::Io {
         path: "standard input".into(),
         source: e,
@@ -99,6 +90,26 @@ pub fn run_on_stdio(config: Config, client: &Client, session_id: &str) -> Result
         output: output.into(),
         timeout: Duration::from_secs(1),
     };
+    serve_one(config, &mut stdio, client, session_id)
+}
+
+/// Runs one session on `transport` for `client` in this process (inetd mode, the customer's side of ATRN), then
+/// sees the messages it queued delivered: by the daemon if one runs, else by this process.
+pub fn serve_one(
+    config: Config,
+    transport: &mut dyn Transport,
+    client: &Client,
+    session_id: &str,
+) -> Result<(), ServeError> {
+    // The TLS key is read while the process may still be root; then it becomes the `user` account.
+    let account = privilege::Account::configured(&config)?;
+    let aliases = Arc::new(Reloadable::new(
+        Aliases::configured(&config).map_err(ServeError::Aliases)?,
+    ));
+    let reloaded = super::load_reloaded(&config, Arc::clone(&aliases))?;
+    privilege::settle(&config, account)?;
+    let spool = Arc::new(Spool::open(&config.spool_dir)?);
+    let deliverer = Arc::new(Deliverer::new(Arc::new(config), spool, aliases));
     let shared = Shared {
         config: Arc::clone(&deliverer.config),
         spool: Arc::clone(&deliverer.spool),
@@ -106,8 +117,9 @@ pub fn run_on_stdio(config: Config, client: &Client, session_id: &str) -> Result
         handoff: Handoff::Collect(Mutex::new(Vec::new())),
         shutting_down: AtomicBool::new(false),
         etrn_limit: Arc::default(),
+        odmr: None,
     };
-    connection::run(&mut stdio, client, session_id, &shared);
+    connection::run(transport, client, session_id, &shared);
     let Handoff::Collect(queued) = shared.handoff else {
         unreachable!("a stdio session collects its messages");
     };

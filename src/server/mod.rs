@@ -30,6 +30,7 @@ use crate::auth::AuthUsersError;
 use crate::config::Config;
 use crate::delivery::aliases::{AliasError, Aliases};
 use crate::delivery::attempt::{Deliverer, SetupError};
+use crate::delivery::odmr::Odmr;
 use crate::delivery::scheduler::Scheduler;
 use crate::privilege::{self, Account, PrivilegeError};
 use crate::reloadable::Reloadable;
@@ -105,7 +106,13 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     privilege::settle(&config, account)?;
     let (spool, _lock, scan) = open_spool(&config)?;
     let queued = scan.messages.len();
-    let scheduler = start_delivery(&config, &spool, &reloaded.aliases, scan.messages)?;
+    let delivery = start_delivery(&config, &spool, &reloaded.aliases, scan.messages)?;
+    // The ODMR service shares the workers' deliverer: its relay is where a turned connection is lent.
+    let odmr = delivery
+        .as_ref()
+        .filter(|_| !config.odmr_listen.is_empty())
+        .map(|(scheduler, deliverer)| Odmr::new(Arc::clone(deliverer), scheduler.handle()));
+    let scheduler = delivery.map(|(scheduler, _)| scheduler);
     let shared = Arc::new(Shared {
         config: Arc::clone(&config),
         spool,
@@ -115,6 +122,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
             .map_or(Handoff::Hold, |s| Handoff::Scheduler(s.handle())),
         shutting_down: AtomicBool::new(false),
         etrn_limit: Arc::default(),
+        odmr,
     });
     let (pool_tx, pool_rx) = crossbeam_channel::bounded(config.workers + config.accept_queue);
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
@@ -169,14 +177,14 @@ fn open_spool(config: &Config) -> Result<(Arc<Spool>, SpoolLock, Scan), ServeErr
     Ok((Arc::new(spool), lock, scan))
 }
 
-/// Starts the scheduler and its delivery workers with the messages already waiting; None when
-/// `delivery_workers = 0`.
+/// Starts the scheduler and its delivery workers with the messages already waiting; returns it with the
+/// workers' deliverer, or None when `delivery_workers = 0`.
 fn start_delivery(
     config: &Arc<Config>,
     spool: &Arc<Spool>,
     aliases: &Arc<Reloadable<Aliases>>,
     waiting: Vec<Queued>,
-) -> Result<Option<Scheduler>, ServeError> {
+) -> Result<Option<(Scheduler, Arc<Deliverer>)>, ServeError> {
     if config.delivery_workers == 0 {
         warn!("delivery_workers = 0: accepted mail is held in the queue, nothing is delivered");
         return Ok(None);
@@ -186,9 +194,9 @@ fn start_delivery(
         Arc::clone(spool),
         Arc::clone(aliases),
     ));
-    let scheduler = Scheduler::start(deliverer, waiting)
+    let scheduler = Scheduler::start(Arc::clone(&deliverer), waiting)
         .map_err(|e| ServeError::Setup("start the delivery workers", e))?;
-    Ok(Some(scheduler))
+    Ok(Some((scheduler, deliverer)))
 }
 
 /// A socket bound to each configured address (port 25 needs root), with the kind of port it is, not listening
@@ -198,6 +206,7 @@ fn bind(config: &Config) -> Result<Vec<(OwnedFd, Port, SocketAddr)>, ServeError>
         (&config.listen, Port::Smtp),
         (&config.submission_listen, Port::Submission),
         (&config.submissions_listen, Port::Submissions),
+        (&config.odmr_listen, Port::Odmr),
     ];
     ports
         .into_iter()
@@ -250,6 +259,7 @@ fn log_ready(config: &Config, queued: usize) {
                 .iter()
                 .map(|a| format!("{a} (submissions)")),
         )
+        .chain(config.odmr_listen.iter().map(|a| format!("{a} (odmr)")))
         .collect();
     info!(
         "postel ready: listening on {}, hostname {}, spool {}, {queued} messages queued",

@@ -1,5 +1,5 @@
 //! The server's answers to the questions the protocol cannot answer itself: who is local, who may relay, and
-//! what VRFY, EXPN and ETRN say.
+//! what VRFY, EXPN, ETRN and ATRN say.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::auth::AuthUsers;
 use crate::config::{Config, LocalUsers};
 use crate::delivery::aliases::{Aliases, Target};
+use crate::delivery::odmr::{Lease, Odmr, Refusal};
 use crate::delivery::scheduler::SchedulerHandle;
 use crate::delivery::{local, terminal};
 use crate::smtp::{
@@ -31,9 +32,22 @@ pub struct ServerPolicy {
     trusted: bool,
     /// The client's address (None for a local program), for the ETRN limit.
     ip: Option<IpAddr>,
-    /// The daemon's scheduler and the ETRN limit all its sessions share; None in inetd mode.
-    etrn: Option<(SchedulerHandle, Arc<EtrnLimit>)>,
+    /// What the daemon's sessions share; None in inetd mode.
+    daemon: Option<Daemon>,
 }
+
+/// What a session of the daemon may ask of it.
+pub struct Daemon {
+    pub scheduler: SchedulerHandle,
+    /// The ETRN limit all its sessions share.
+    pub etrn_limit: Arc<EtrnLimit>,
+    /// On an ODMR port: the ODMR service, and where an accepted ATRN leaves its lease for the connection to
+    /// carry out.
+    pub odmr: Option<(Arc<Odmr>, TurnSlot)>,
+}
+
+/// Where the policy leaves the mail an accepted ATRN set aside, for the connection to send.
+pub type TurnSlot = Arc<Mutex<Option<Lease>>>;
 
 /// How often one client address may have the queue run with ETRN: each run costs the server a look through
 /// the queue and delivery attempts, so a client must not be able to keep it doing that.
@@ -77,7 +91,7 @@ impl ServerPolicy {
         auth_users: Arc<AuthUsers>,
         trusted: bool,
         ip: Option<IpAddr>,
-        etrn: Option<(SchedulerHandle, Arc<EtrnLimit>)>,
+        daemon: Option<Daemon>,
     ) -> ServerPolicy {
         ServerPolicy {
             session: session.to_string(),
@@ -86,7 +100,7 @@ impl ServerPolicy {
             auth_users,
             trusted,
             ip,
-            etrn,
+            daemon,
         }
     }
 
@@ -297,6 +311,12 @@ impl Policy for ServerPolicy {
                 "{domain} is not local, but in relay_domains: accepted, to be passed on"
             );
             RcptVerdict::Accept
+        } else if let Some(user) = self.config.odmr_user(&domain.to_string()) {
+            step!(
+                scope,
+                "{domain} is in odmr_domains: accepted, and held until {user} asks for it with ATRN"
+            );
+            RcptVerdict::Accept
         } else {
             step!(
                 scope,
@@ -346,6 +366,47 @@ impl Policy for ServerPolicy {
         }
     }
 
+    /// ATRN (RFC 2645): the mail waiting for the user's domains is set aside for this connection.
+    fn atrn(&self, user: &str, domains: &[String]) -> Result<(), Reply> {
+        let Some((odmr, slot)) = self.daemon.as_ref().and_then(|d| d.odmr.as_ref()) else {
+            return Err(Reply::fixed(
+                451,
+                Detail::OtherMailSystem,
+                "Unable to process ATRN request now: no queue runner in this mode",
+            ));
+        };
+        let lease = odmr.lease(user, domains).map_err(|refusal| {
+            step!(&self.session, "ATRN from {user} refused: {refusal:?}");
+            match refusal {
+                Refusal::NotAuthorized(domain) => Reply::new(
+                    530,
+                    Detail::NotAuthorized,
+                    format!("Error: {user} may not take the mail of {domain} (odmr_domains)"),
+                ),
+                Refusal::NoDomains => Reply::new(
+                    530,
+                    Detail::NotAuthorized,
+                    format!("Error: no domain's mail is held for {user} (odmr_domains)"),
+                ),
+                Refusal::Busy(domain) => Reply::new(
+                    450,
+                    Detail::OtherMailSystem,
+                    format!(
+                        "ATRN request refused: the mail of {domain} is being sent on another connection"
+                    ),
+                ),
+                Refusal::NoMail => Reply::fixed(453, Detail::Undefined, "You have no mail"),
+            }
+        })?;
+        step!(
+            &self.session,
+            "ATRN from {user}: the mail of {} is set aside; the roles turn",
+            lease.domains().join(",")
+        );
+        *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(lease);
+        Ok(())
+    }
+
     /// ETRN (RFC 1985): the mail waiting for a node is tried now.
     fn etrn(&self, node: &str, authenticated: bool) -> Reply {
         if node.starts_with('#') {
@@ -369,7 +430,12 @@ impl Policy for ServerPolicy {
         if !(self.trusted || authenticated) {
             return ETRN_NOT_PERMITTED;
         }
-        let Some((scheduler, limit)) = &self.etrn else {
+        let Some(Daemon {
+            scheduler,
+            etrn_limit: limit,
+            ..
+        }) = &self.daemon
+        else {
             return Reply::new(
                 458,
                 Detail::OtherMailSystem,

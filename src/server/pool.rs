@@ -162,7 +162,9 @@ fn serve(connection: Incoming, session_id: &str, shared: &Shared) {
         port,
     };
     let mut stream = Stream::Plain(stream);
-    connection::run(&mut stream, &client, session_id, shared);
-    stream.close();
+    match connection::run(&mut stream, &client, session_id, shared) {
+        Some(turned) => turned.provide(stream, peer, session_id),
+        None => stream.close(),
+    }
     drop((slot, occupant));
 }

@@ -68,6 +68,21 @@ impl Policy for TestPolicy {
         )
     }
 
+    /// alice holds mail for example.org and none for quiet.test; nobody else may have anything.
+    fn atrn(&self, user: &str, domains: &[String]) -> Result<(), Reply> {
+        let theirs = user == "alice"
+            && domains
+                .iter()
+                .all(|d| d == "example.org" || d == "quiet.test");
+        if !theirs {
+            return Err(Reply::new(530, Detail::NotAuthorized, "not yours"));
+        }
+        if !domains.is_empty() && domains.iter().all(|d| d == "quiet.test") {
+            return Err(Reply::new(453, Detail::Undefined, "You have no mail"));
+        }
+        Ok(())
+    }
+
     /// A trusted client may have its session narrated, aliases included.
     fn narration(&self, authenticated: bool) -> Option<bool> {
         (self.trusted || authenticated).then_some(true)
@@ -99,6 +114,7 @@ pub fn params() -> SessionParams {
         auth_offered: true,
         tls_required: false,
         submission: false,
+        odmr: false,
     }
 }
 
@@ -119,6 +135,8 @@ pub struct Run {
     pub discarded: Vec<usize>,
     /// The tarpit delay of each failed authentication.
     pub delays: Vec<std::time::Duration>,
+    /// The session ended with the roles turned (ATRN).
+    pub turned: bool,
     /// The envelope of the last message that reached EndMessage.
     pub envelope: Option<crate::smtp::Envelope>,
 }
@@ -138,6 +156,7 @@ enum Event {
     Close,
     StartTls,
     AuthFailed(std::time::Duration),
+    Turn,
 }
 
 pub fn run(input: &[u8]) -> Run {
@@ -178,6 +197,7 @@ pub fn run_with(params: SessionParams, trusted: bool, input: &[u8], piece: usize
                 Step::Close => Some(Event::Close),
                 Step::StartTls => Some(Event::StartTls),
                 Step::AuthFailed { delay, .. } => Some(Event::AuthFailed(delay)),
+                Step::Turn => Some(Event::Turn),
             };
             buffer.drain(..used);
             match event {
@@ -213,6 +233,10 @@ pub fn run_with(params: SessionParams, trusted: bool, input: &[u8], piece: usize
                 }
                 Some(Event::Close) => {
                     result.closed = true;
+                    break 'feed;
+                }
+                Some(Event::Turn) => {
+                    result.turned = true;
                     break 'feed;
                 }
             }

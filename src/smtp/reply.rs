@@ -356,6 +356,22 @@ pub const NEED_AUTH: Reply = Reply::fixed(
     Detail::OtherSecurity,
     "Error: authentication required: log in with AUTH first",
 );
+pub const ATRN_NOT_HERE: Reply = Reply::fixed(
+    502,
+    Detail::InvalidCommand,
+    "Error: ATRN is answered only on the On-Demand Mail Relay port (RFC 2645)",
+);
+pub const ATRN_NEEDS_AUTH: Reply = Reply::fixed(
+    530,
+    Detail::OtherSecurity,
+    "Error: authentication required: ATRN is for a logged-in customer (RFC 2645)",
+);
+pub const ATRN_SYNTAX: Reply = Reply::fixed(
+    501,
+    Detail::InvalidArguments,
+    "Syntax: ATRN [domain[,domain...]]",
+);
+pub const TURNING: Reply = Reply::fixed(250, Detail::Undefined, "OK now reversing the connection");
 pub const READY_FOR_TLS: Reply = Reply::fixed(220, Detail::Undefined, "Ready to start TLS");
 pub const TLS_ALREADY_ACTIVE: Reply =
     Reply::fixed(503, Detail::InvalidCommand, "Error: TLS is already active");

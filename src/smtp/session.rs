@@ -12,6 +12,7 @@ use super::ReversePath;
 use super::address::ForwardPath;
 use super::command::{self, ArgError, Chunk, MailArgs, MailParams, RcptArgs};
 use super::data::{BareLf, DataReceiver, DataStep};
+use super::hostname::{HostNameRules, check_host_name};
 use super::reply::{self, Echo, Escaped, Reply};
 use super::sasl::{self, Credentials, SaslError, SaslStep};
 use super::status::Detail;
@@ -44,6 +45,8 @@ pub struct SessionParams {
     pub tls_required: bool,
     /// A submission port (RFC 6409): MAIL needs AUTH first, and the sender must be the user's.
     pub submission: bool,
+    /// An On-Demand Mail Relay port (RFC 2645): ATRN is answered.
+    pub odmr: bool,
 }
 
 /// What the session cannot decide by itself: who is a local user, who may relay, whose password is right.
@@ -53,6 +56,9 @@ pub trait Policy: Send {
     fn expn(&self, list: &str) -> Reply;
     /// ETRN for `domain`; `authenticated` says whether the client has logged in with AUTH.
     fn etrn(&self, domain: &str, authenticated: bool) -> Reply;
+    /// ATRN from the authenticated `user` for `domains` (empty: all of theirs): Ok when the mail waiting for
+    /// them is set aside for this connection, to be sent once the roles have turned; else the refusal.
+    fn atrn(&self, user: &str, domains: &[String]) -> Result<(), Reply>;
     /// Whether `user` may log in with `password`.
     fn authenticate(&self, user: &str, password: &[u8]) -> bool;
     /// Whether the authenticated `user` may give `sender` as the envelope sender on a submission port.
@@ -184,6 +190,9 @@ pub enum Step<'a> {
     /// An authentication failed: log it with the client's address, and wait `delay` before writing the
     /// output, so that guessing passwords is slow.
     AuthFailed { user: String, delay: Duration },
+    /// ATRN was accepted (RFC 2645): write the output (the 250), then become the client on this connection
+    /// and send the mail the policy set aside. The session is over.
+    Turn,
 }
 
 enum Phase {
@@ -857,6 +866,29 @@ impl Session {
         Answer::Reply(self.policy.etrn(domain, self.envelope.user.is_some()))
     }
 
+    /// ATRN (RFC 2645): only on an ODMR port, only for an authenticated client (which has said EHLO since
+    /// TLS began), for a comma-separated list of domains or none.
+    fn atrn_command(&mut self, args: &str) -> Answer {
+        if !self.params.odmr {
+            return Answer::Reply(reply::ATRN_NOT_HERE);
+        }
+        let Some(user) = self.envelope.user.clone() else {
+            return Answer::Reply(reply::ATRN_NEEDS_AUTH);
+        };
+        let domains = match atrn_domains(args) {
+            Some(domains) => domains,
+            None => return Answer::Reply(reply::ATRN_SYNTAX),
+        };
+        match self.policy.atrn(&user, &domains) {
+            Ok(()) => {
+                self.reply(reply::TURNING);
+                self.set_phase(Phase::Closed);
+                Answer::Step(Some(Step::Turn))
+            }
+            Err(refusal) => Answer::Reply(refusal),
+        }
+    }
+
     fn help_command(&mut self, topic: &str) -> Answer {
         Answer::Reply(help(self, topic))
     }
@@ -982,6 +1014,23 @@ enum Answer {
     Reply(Reply),
     /// The handler wrote what it had to; the caller takes this step, if any.
     Step(Option<Step<'static>>),
+}
+
+/// ATRN's argument: domains separated by commas (RFC 2645), none when empty; None when one is not a
+/// domain name.
+fn atrn_domains(args: &str) -> Option<Vec<String>> {
+    let args = args.trim();
+    if args.is_empty() {
+        return Some(Vec::new());
+    }
+    args.split(',')
+        .map(|domain| {
+            let domain = domain.trim();
+            check_host_name(domain, HostNameRules::MAIL_DOMAIN)
+                .ok()
+                .map(|()| domain.to_ascii_lowercase())
+        })
+        .collect()
 }
 
 /// The 503 (or 554) for a verb given in a state its row does not allow: it names what must come first, or

@@ -91,7 +91,17 @@ fn every_command_in_every_state() {
         ),
         ("VERB", ["250 2.0.0"; 6]),
         ("TURN", ["502 5.5.1"; 6]),
-        ("ATRN remote.test", ["502 5.5.1"; 6]),
+        (
+            "ATRN remote.test",
+            [
+                "502 5.5.1",
+                "502 5.5.1",
+                "502 5.5.1",
+                "503 5.5.1",
+                "503 5.5.1",
+                "503 5.5.1",
+            ],
+        ),
         ("SEND FROM:<a@remote.test>", ["502 5.5.1"; 6]),
         ("SOML FROM:<a@remote.test>", ["502 5.5.1"; 6]),
         ("SAML FROM:<a@remote.test>", ["502 5.5.1"; 6]),

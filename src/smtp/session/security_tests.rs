@@ -228,3 +228,82 @@ fn tls_required_refuses_mail_before_starttls() {
         ]
     );
 }
+
+/// An ODMR session's dialogue up to AUTH as alice, then `lines`.
+fn odmr_dialogue(lines: &[&str]) -> crate::smtp::harness::Run {
+    let mut odmr = params();
+    odmr.odmr = true;
+    let auth = format!("AUTH PLAIN {PLAIN_ALICE}");
+    let mut all = vec![
+        "EHLO customer.test",
+        "STARTTLS",
+        "EHLO customer.test",
+        &auth,
+    ];
+    all.extend(lines);
+    dialogue(odmr, &all)
+}
+
+#[test]
+fn atrn_turns_the_roles_for_an_authenticated_customer_on_the_odmr_port() {
+    let result = odmr_dialogue(&["ATRN example.org", "MAIL FROM:<a@b.test>"]);
+    assert_eq!(
+        result.lines.last().unwrap(),
+        "250 2.0.0 OK now reversing the connection"
+    );
+    assert!(result.turned, "the session ends with the turn");
+    // The EHLO reply inside TLS announces ATRN with AUTH (RFC 2645 §5.1.1).
+    let output = String::from_utf8(result.output).unwrap();
+    assert!(output.contains("250-ATRN\r\n"), "{output}");
+    let result = odmr_dialogue(&["ATRN"]);
+    assert!(
+        result.turned,
+        "ATRN without domains asks for all of the user's"
+    );
+}
+
+#[test]
+fn atrn_refusals() {
+    let mut odmr = params();
+    odmr.odmr = true;
+    let before_auth = dialogue(odmr.clone(), &["EHLO customer.test", "ATRN example.org"]);
+    assert_eq!(before_auth.replies.last().unwrap(), "530 5.7.0");
+    let in_tls_unauthenticated = dialogue(
+        odmr,
+        &[
+            "EHLO customer.test",
+            "STARTTLS",
+            "EHLO customer.test",
+            "ATRN example.org",
+        ],
+    );
+    assert_eq!(in_tls_unauthenticated.replies.last().unwrap(), "530 5.7.0");
+    for (line, expected) in [
+        ("ATRN other.test", "530 5.7.1"),
+        ("ATRN example.org,other.test", "530 5.7.1"),
+        ("ATRN quiet.test", "453 4.0.0"),
+        ("ATRN not_a domain", "501 5.5.4"),
+        ("ATRN example.org,", "501 5.5.4"),
+    ] {
+        let result = odmr_dialogue(&[line]);
+        assert_eq!(result.replies.last().unwrap(), expected, "{line}");
+        assert!(!result.turned, "{line}");
+    }
+    // Not the ODMR port: not offered, whoever asks.
+    let result = dialogue(
+        params(),
+        &[
+            "EHLO customer.test",
+            "STARTTLS",
+            "EHLO customer.test",
+            &format!("AUTH PLAIN {PLAIN_ALICE}"),
+            "ATRN example.org",
+        ],
+    );
+    assert_eq!(result.replies.last().unwrap(), "502 5.5.1");
+    let output = String::from_utf8(result.output).unwrap();
+    assert!(
+        !output.contains("250-ATRN") && !output.contains("250 ATRN"),
+        "{output}"
+    );
+}

@@ -285,13 +285,11 @@ pub const VERBS: &[Verb] = &[
         syntax: "ATRN [domain[,domain...]]",
         help: "Like TURN, for an authenticated client: swap roles and receive the mail held for its domains.",
         reference: "RFC 2645",
-        states: ANY_STATE,
-        ehlo: None,
-        announce: None,
-        available: None,
-        handler: Handler::NotOffered(
-            "Error: ATRN needs authentication (RFC 2645), which this server does not offer",
-        ),
+        states: OUTSIDE_TRANSACTION,
+        ehlo: Some("ATRN"),
+        announce: Some(|session| session.params.odmr),
+        available: Some(|session| session.params.odmr),
+        handler: Handler::OptionalText(Session::atrn_command),
     },
     Verb {
         name: "SEND",

@@ -31,7 +31,7 @@ fresh | ETRN example.org          | 458 4.3.0 not now for example.org
 fresh | ETRN @example.org         | 458 4.3.0 not now for @example.org
 fresh | VERB                      | 250 2.0.0 Ok: narration (VERB) is for local, trusted
 fresh | TURN                      | 502 5.5.1 Error: TURN is refused
-fresh | ATRN example.org          | 502 5.5.1 Error: ATRN needs authentication
+fresh | ATRN example.org          | 502 5.5.1 Error: ATRN is answered only on the On-Demand Mail Relay port
 fresh | SEND FROM:<a@b.c>         | 502 5.5.1 Error: SEND (delivery
 fresh | SOML FROM:<a@b.c>         | 502 5.5.1 Error: SOML (delivery
 fresh | saml FROM:<a@b.c>         | 502 5.5.1 Error: SAML (delivery
@@ -142,6 +142,13 @@ fn help_for_every_verb_and_extension() {
     assert_eq!(
         names(true),
         "HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY EXPN ETRN HELP VERB SEND SOML SAML STARTTLS AUTH"
+    );
+    // ATRN only on an ODMR port.
+    let mut odmr = params();
+    odmr.odmr = true;
+    assert_eq!(
+        offered_names(&Session::new(odmr, Box::new(TestPolicy::default()))),
+        "HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY EXPN ETRN HELP VERB ATRN STARTTLS AUTH"
     );
 }
 
