@@ -1053,6 +1053,22 @@ impl Config {
                 "{origin}: submissions_listen and tls_required need tls_certificate and tls_key"
             )));
         }
+        if !config.odmr_listen.is_empty()
+            && (config.tls_certificate.is_none() || config.auth_users.is_none())
+        {
+            return Err(ConfigError(format!(
+                "{origin}: odmr_listen needs tls_certificate, tls_key and auth_users: ATRN is for users logged in over TLS"
+            )));
+        }
+        if let Some((domain, _)) = config
+            .odmr_domains
+            .iter()
+            .find(|(domain, _)| config.is_local_domain(domain))
+        {
+            return Err(ConfigError(format!(
+                "{origin}: {domain} is in local_domains and in odmr_domains: its mail is delivered here or held, not both"
+            )));
+        }
         Ok(config)
     }
 
@@ -1369,10 +1385,9 @@ mod tests {
 
     #[test]
     fn odmr_domains_map_domains_to_users() {
-        let config = parse(
-            "odmr_listen = [\"127.0.0.1:366\"]\nodmr_domains = { \"Example.ORG\" = \"alice\", \"b.test\" = \"bob\" }\n",
-        )
-        .unwrap();
+        let config =
+            parse("odmr_domains = { \"Example.ORG\" = \"alice\", \"b.test\" = \"bob\" }\n")
+                .unwrap();
         assert_eq!(config.odmr_user("example.org"), Some("alice"));
         assert_eq!(config.odmr_user("B.TEST"), Some("bob"));
         assert_eq!(config.odmr_user("other.test"), None);
@@ -1382,6 +1397,16 @@ mod tests {
             error
                 .to_string()
                 .contains(":2: odmr_domains: 'not a domain' is not a domain name"),
+            "{error}"
+        );
+        let error = parse("odmr_listen = [\"127.0.0.1:366\"]\n").unwrap_err();
+        assert!(
+            error.contains("odmr_listen needs tls_certificate"),
+            "{error}"
+        );
+        let error = parse("odmr_domains = { \"localhost\" = \"alice\" }\n").unwrap_err();
+        assert!(
+            error.contains("localhost is in local_domains and in odmr_domains"),
             "{error}"
         );
         let error = parse("odmr_domains = [\"example.org\"]\n").unwrap_err();

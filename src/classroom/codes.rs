@@ -79,6 +79,10 @@ const CODES: &[(&str, &[(u16, &str)])] = &[
             (458, "unable to queue messages for the node"),
         ],
     ),
+    (
+        "RFC 2645",
+        &[(453, "no mail is held for the domains ATRN asked for")],
+    ),
 ];
 
 /// What reply code `code` means, and where that is defined.

@@ -15,7 +15,7 @@ use crate::server::connection::{Client, Port};
 use crate::server::inetd;
 use crate::tls;
 
-/// The ODMR port (RFC 2645 §6).
+/// The ODMR port RFC 2645 names.
 pub const ODMR_PORT: u16 = 366;
 
 /// Asks `server` ("host" or "host:port") for the mail of `domains` ("example.org,example.net") and takes it.
@@ -43,7 +43,7 @@ pub fn run(
         Connection::open(addr, &config.hostname, &timeouts, &security).map_err(refused)?;
     let mut stream = match connection.atrn(&domains.join(",")) {
         Ok(stream) => stream,
-        // RFC 2645 §5.2.2: "You have no mail".
+        // RFC 2645's "453 You have no mail".
         Err(ClientError::Rejected { reply, .. }) if reply.code == 453 => {
             writeln!(out, "{server}: no mail waiting for {}", domains.join(","))?;
             return Ok(());
