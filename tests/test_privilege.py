@@ -365,15 +365,18 @@ def test_root_running_the_queue_as_the_account_delivers_into_a_mailbox_only_its_
 
 
 def test_roots_sendmail_with_no_daemon_delivers_as_root_into_a_mailbox_only_its_user_may_open(setgid_install):
-    """sendmail run by root (through the set-group-id copy, as mail(1) runs it) queues as the account and starts
-    the background delivery as root, which starts its helper before it becomes the account. The sender is root."""
+    """sendmail run by root (through the set-group-id copy called sendmail, as mail(1) runs it) queues as the
+    account and starts the background delivery as root, which starts its helper before it becomes the account.
+    The sender is root."""
     folder, binary, account, _, owner = setgid_install
+    sendmail = binary.with_name("sendmail")
+    os.link(binary, sendmail)
     box = folder / "mailboxes" / owner
     box.write_bytes(b"")
     shutil.chown(box, owner, owner)
     box.chmod(0o600)
     config = write_config(folder, user=account, local_users="system", **DELIVER)
-    run = subprocess.run([binary, "sendmail", "--config", config, "-v", f"{owner}@localhost"], cwd=folder,
+    run = subprocess.run([sendmail, "--config", config, "-v", f"{owner}@localhost"], cwd=folder,
                          input=b"Subject: from root\n\nx\n", capture_output=True, timeout=30)
     assert run.returncode == 0 and b"delivering in the background" in run.stderr, run.stderr
     assert wait_until(lambda: b"from root" in box.read_bytes(), 15), queue_list(config)

@@ -21,6 +21,7 @@ use std::fs::File;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -62,6 +63,8 @@ pub fn installed() -> Option<&'static Helper> {
 pub fn install(config: &Config) -> io::Result<()> {
     let (ours, theirs) = pair()?;
     Command::new(std::env::current_exe()?)
+        // As `postel`, whatever this binary's file is called: root's sendmail is a copy of it named sendmail.
+        .arg0("postel")
         .arg("privileged-helper")
         .stdin(Stdio::from(theirs))
         .stdout(Stdio::null())
