@@ -1,11 +1,12 @@
 """The Debian package (`make deb-test`, which builds it and sets POSTEL_DEB): lintian, then an install into a
 fresh Debian root made with mmdebstrap through the host's apt sources, and inside it, in a network namespace of
 its own (so the packaged port 25 is free): the shipped configuration checks, the daemon started as root serves
-port 25, mail(1)
-delivers through /usr/sbin/sendmail into /var/mail, mailq shows the queue empty again, newaliases checks
+port 25 as the postel account (its privileged helper stays root), mail(1) delivers through /usr/sbin/sendmail
+into /var/mail/root, owned by root and 0600, mailq shows the queue empty again, newaliases checks
 /etc/aliases and the daemon takes it up, a user's mail reaches the daemon through the set-group-id binary,
 sendmail with no daemon delivers root's mail in the background while a
-user's waits for the queue run, and a purge takes the package and its spool but leaves the mailboxes.
+user's waits for `postel queue run` by root, and a purge takes the package and its spool but leaves the
+mailboxes.
 
 Skipped, saying why, when POSTEL_DEB is not set or no Debian mirror can be reached.
 """
@@ -95,6 +96,14 @@ class Root:
         self.daemon = None
         assert code == 0, self.log.read_text()
 
+    def uids(self, pid):
+        """The real, effective, saved and filesystem uids of process `pid`, from /proc."""
+        status = Path(f"/proc/{pid}/status").read_text()
+        return [int(n) for n in re.search(r"^Uid:(.*)$", status, re.M).group(1).split()]
+
+    def children(self, pid):
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
     def mail_to_root(self):
         path = self.file("/var/mail/root")
         return list(mailbox.mbox(str(path), create=False)) if path.exists() else []
@@ -155,6 +164,13 @@ def test_the_package_sets_up_the_account_the_spool_and_the_mta_names(installed):
 def test_the_shipped_configuration_checks(installed):
     printed = installed.run("postel check").stdout
     assert 'spool_dir = "/var/spool/postel"' in printed and 'aliases = "/etc/aliases"' in printed, printed
+    assert 'user = "postel"' in printed, printed
+
+
+def root_mailbox_is_roots(installed):
+    """/var/mail/root stays root's own, 0600, whichever process wrote it."""
+    owner = installed.run("stat -c '%U %a' /var/mail/root").stdout.strip()
+    assert owner == "root 600", owner
 
 
 def test_mail_goes_through_the_daemon_into_var_mail(installed):
@@ -164,10 +180,18 @@ def test_mail_goes_through_the_daemon_into_var_mail(installed):
                                "import smtplib; s = smtplib.SMTP('127.0.0.1', 25, timeout=10); "
                                "print(s.noop()[0]); s.quit()"], capture_output=True, text=True, timeout=30)
     assert greeting.stdout.strip() == "250", greeting.stderr
+    postel = int(installed.run("id -u postel").stdout)
+    # The sessions and the deliveries are threads of the daemon: all of it runs as postel, but for the helper.
+    assert installed.uids(installed.daemon.pid) == [postel] * 4, installed.log.read_text()
+    (helper,) = installed.children(installed.daemon.pid)
+    assert b"privileged-helper" in Path(f"/proc/{helper}/cmdline").read_bytes()
+    assert installed.uids(helper) == [0] * 4
     installed.run("echo test | mail -s hi root")
     assert wait_until(lambda: len(installed.mail_to_root()) == 1, 20), installed.log.read_text()
     (message,) = installed.mail_to_root()
     assert message["Subject"] == "hi" and message.get_payload().strip() == "test"
+    assert message["From"].startswith("root@"), message["From"]
+    root_mailbox_is_roots(installed)
     assert wait_until(lambda: "Mail queue is empty" in installed.run("mailq").stdout, 20), installed.run("mailq").stdout
 
 
@@ -194,11 +218,14 @@ def test_a_users_mail_reaches_the_daemon_through_the_set_group_id_sendmail(insta
 def test_without_a_daemon_root_delivers_in_the_background_and_users_wait(installed):
     installed.run("echo 'no daemon' | mail -s detached root")
     assert wait_until(lambda: len(installed.mail_to_root()) == 4, 20), installed.run("mailq").stdout
+    root_mailbox_is_roots(installed)
     run = installed.run("echo 'from alice' | /usr/sbin/sendmail -v root", user="alice")
     assert "queue run" in run.stderr, run.stderr
     assert "Mail queue is empty" not in installed.run("mailq").stdout
     installed.run("postel queue run")
     assert wait_until(lambda: len(installed.mail_to_root()) == 5, 20), installed.run("mailq").stdout
+    assert installed.mail_to_root()[-1]["From"].startswith("alice@")
+    root_mailbox_is_roots(installed)
 
 
 def test_postinst_says_what_is_wrong_with_the_configuration(installed):
