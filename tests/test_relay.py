@@ -135,6 +135,23 @@ def test_a_slow_destination_does_not_delay_local_delivery_with_few_workers(lab):
     assert got["Message-ID"] == "<local.while.slow@client.test>"
 
 
+def test_a_destination_found_down_defers_the_rest_of_its_job_at_once(lab):
+    """A remote that takes connections and never greets: once one message of a job has waited out the greeting
+    timeout, the job's other messages are deferred with it instead of each waiting the same again — which held back
+    the results of all of them, so that a server restarted meanwhile had recorded nothing."""
+    lab.dns()
+    mute = lab.fake("127.0.0.4", greeting_delay=120)  # slow.test's MX
+    sender = lab.sender(remote_concurrency=1, remote_command_timeout="2s", retry_first="1h", retry_max="1h")
+    conn = sender.session()
+    ids = [transaction(conn, ALICE, [f"u{i}@slow.test"], msg(f"down {i}")).queue_id for i in range(5)]
+    conn.expect("QUIT", 221)
+    for qid in ids:
+        wait_status(sender, qid, f"u{ids.index(qid)}@slow.test", "deferred", timeout=20)
+    assert "timed out (at greeting)" in sender.log()
+    # The first message may go alone while the others gather: at most two jobs, one connection each.
+    assert len(mute.connections) <= 2, f"{len(mute.connections)} connections for 5 messages to a destination that is down"
+
+
 def test_slow_domains_of_one_message_are_tried_side_by_side(lab):
     """One message for two domains that never answer: each domain is its own job, so both are connected to at once
     rather than one after the other in one worker."""

@@ -32,6 +32,13 @@ impl Delivery {
         Delivery::Temporary(Problem::local(Class::TransientFailure, detail, diagnostic))
     }
 
+    /// A failure of the destination rather than of the message: no server of it answered (4.4.1), or its
+    /// servers could not be looked up (4.4.3). The other messages of a job for it would meet the same.
+    pub fn destination_down(&self) -> bool {
+        matches!(self, Delivery::Temporary(problem)
+            if !problem.remote_reply && (problem.status == "4.4.1" || problem.status == "4.4.3"))
+    }
+
     /// A permanent failure with a reason of our own: status 5.`detail`.
     pub fn permanent(detail: Detail, diagnostic: impl Into<String>) -> Delivery {
         Delivery::Permanent(Problem::local(Class::PermanentFailure, detail, diagnostic))

@@ -16,6 +16,7 @@ use crate::delivery::local::Route;
 use crate::delivery::transport::Delivery;
 use crate::smtp::Detail;
 use crate::spool::{Queued, SpoolError};
+use crate::step;
 
 /// What the scheduler gives a worker.
 pub enum Work {
@@ -85,16 +86,33 @@ fn perform(deliverer: &Deliverer, work: Work) -> Finished {
 }
 
 /// Delivers the job: a mailbox's messages appended together, other targets' messages one after another.
+/// Once a remote destination is found down, the job's other messages are deferred with the same reason
+/// rather than each waiting out the same timeouts (which would hold the results of all of them for as long).
 fn deliver(deliverer: &Deliverer, job: &Job) -> JobResults {
     if let Target::Mailbox(_) = job.target {
         return deliverer.deliver_to_mailbox(&job.parts);
     }
+    let mut down: Option<Delivery> = None;
     job.parts
         .iter()
         .map(|part| {
+            let id = part.message.envelope.id.clone();
+            if let Some(failure) = &down {
+                step!(
+                    id.as_str(),
+                    "not tried: the destination did not answer for an earlier message of this job"
+                );
+                let routes = part.routes.iter().map(|r| (r.clone(), failure.clone()));
+                return (id, routes.collect());
+            }
             let delivered =
                 deliverer.deliver_routes(&part.message, part.routes.clone(), &part.headers);
-            (part.message.envelope.id.clone(), delivered)
+            if matches!(job.target, Target::Remote(_))
+                && delivered.iter().all(|(_, d)| d.destination_down())
+            {
+                down = delivered.first().map(|(_, d)| d.clone());
+            }
+            (id, delivered)
         })
         .collect()
 }
