@@ -9,6 +9,7 @@ use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
 use super::envelope::{self, Envelope};
+use super::erase;
 use super::format;
 use super::live::{self, FoundFile};
 use super::record::{self, HEADER_LEN, Header};
@@ -162,7 +163,15 @@ fn scan_file(path: &Path, repair: bool, found: &mut Found) -> io::Result<()> {
                 this.records.push((queued.envelope.id.clone(), false));
                 found.scan.messages.push(*queued);
             }
-            Next::Erased { end } => offset = end,
+            Next::Erased { end } => {
+                if repair && erase::finish_erasing(path, offset, end)? {
+                    found.scan.problems.push(format!(
+                        "{}: record erased at byte {offset} still held its bytes after a crash; zeroed",
+                        path.display()
+                    ));
+                }
+                offset = end;
+            }
             Next::BadEnvelope { end, what } => {
                 let problem = format!(
                     "{}: bad envelope at byte {offset} ({what}); record skipped",

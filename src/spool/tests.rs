@@ -260,6 +260,38 @@ fn a_removed_message_is_erased_from_a_segment_the_others_keep() {
 }
 
 #[test]
+fn an_erasure_a_crash_cut_short_is_finished_by_the_repairing_scan() {
+    let dir = TempDir::new("erase-crash");
+    let mut spool = Spool::open(&dir.0).unwrap();
+    let (segment, third) = three_in_a_segment(&mut spool);
+    // What a crash after the mark and before the zeros leaves: the second record marked, its bytes still there.
+    let second = spool.scan(false).unwrap().messages.remove(1);
+    let start = offset_of(&second);
+    let file = fs::OpenOptions::new().write(true).open(&segment).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(
+        &file,
+        &[record::ERASED_MARK],
+        start + record::ERASED_MARK_AT as u64,
+    )
+    .unwrap();
+    let scan = spool.scan(false).unwrap();
+    assert_eq!(scan.messages.len(), 2, "a marked record is skipped at once");
+    assert!(scan.problems.is_empty(), "{:?}", scan.problems);
+    let scan = spool.scan(true).unwrap();
+    assert_eq!(
+        scan.problems,
+        [format!(
+            "{}: record erased at byte {start} still held its bytes after a crash; zeroed",
+            segment.display()
+        )]
+    );
+    let bytes = fs::read(&segment).unwrap();
+    let record = &bytes[start as usize + HEADER_LEN..third as usize];
+    assert!(record.iter().all(|&b| b == 0));
+    assert!(spool.scan(true).unwrap().problems.is_empty());
+}
+
+#[test]
 fn a_removed_message_alone_in_its_file_is_deleted() {
     let dir = TempDir::new("erase-alone");
     let spool = Spool::open(&dir.0).unwrap();
