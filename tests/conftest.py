@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import POSTEL_BIN, Postel  # noqa: E402
+from helpers import POSTEL_BIN, Postel, finish_servers  # noqa: E402
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -25,18 +25,7 @@ def pytest_runtest_makereport(item, call):
 
 def _finish(request, servers):
     failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
-    problems = []
-    for server in servers:
-        died = server.proc.poll() is not None and not server.stopped
-        server.kill()
-        log = server.log()
-        if failed or died or "panicked" in log:
-            tail = "\n".join(log.splitlines()[-80:])
-            print(f"----- postel log ({server.log_path}), last lines -----\n{tail}")
-        if "panicked" in log:
-            problems.append(f"postel panicked (see {server.log_path})")
-        if died:
-            problems.append(f"postel exited on its own with code {server.proc.returncode}")
+    problems = finish_servers(servers, failed)
     assert not problems, "; ".join(problems)
 
 

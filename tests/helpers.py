@@ -305,6 +305,25 @@ class SmtpConn:
             self.sock.close()
 
 
+def finish_servers(servers, failed, name="postel", tail_lines=80):
+    """Kills the `servers` (Postel) a test started. Prints the end of a server's log when the test `failed` or the
+    server died or panicked; returns what went wrong with them (a panic, an exit on its own), for the test to fail on.
+    """
+    problems = []
+    for server in servers:
+        died = server.proc.poll() is not None and not server.stopped
+        server.kill()
+        log = server.log()
+        if failed or died or "panicked" in log:
+            tail = "\n".join(log.splitlines()[-tail_lines:])
+            print(f"----- {name} log ({server.log_path}), last lines -----\n{tail}")
+        if "panicked" in log:
+            problems.append(f"{name} panicked (see {server.log_path})")
+        if died:
+            problems.append(f"{name} exited on its own with code {server.proc.returncode}")
+    return problems
+
+
 class InetdLauncher:
     """A program that listens on a loopback port and runs `postel inetd` per connection (openbsd-inetd, socat,
     systemd-socket-activate), in a process group of its own, logging at debug to `log_path`. It is ready once a

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import Postel, free_port, wait_until, write_config
+from helpers import Postel, finish_servers, free_port, wait_until, write_config
 from mboxutil import mbox_messages, sent_lines
 
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
@@ -639,18 +639,7 @@ class Lab:
         return self.make_postel(**self.sender_config(**config))
 
     def close(self, failed):
-        problems = []
-        for r in self.receivers:
-            died = r.proc.poll() is not None and not r.stopped
-            r.kill()
-            log = r.log()
-            if failed or died or "panicked" in log:
-                tail = "\n".join(log.splitlines()[-60:])
-                print(f"----- receiving postel log ({r.log_path}), last lines -----\n{tail}")
-            if "panicked" in log:
-                problems.append(f"receiving postel panicked (see {r.log_path})")
-            if died:
-                problems.append(f"receiving postel exited on its own with code {r.proc.returncode}")
+        problems = finish_servers(self.receivers, failed, "receiving postel", 60)
         for thing in reversed(self.things):
             thing.close()
         if failed:
