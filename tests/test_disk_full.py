@@ -172,3 +172,26 @@ def test_below_the_reserve_mail_waits_and_queued_mail_still_leaves(make_postel, 
     assert wait_until(lambda: len(sent_lines(postel.log(), to="alice")) == 2, 15), postel.log()[-2000:]
     assert message_ids(postel.mailboxes / "alice") == ["<waiting@disk.test>", "<after@disk.test>"]
     assert "panicked" not in postel.log()
+
+
+def test_soml_on_a_full_spool_says_450_and_logs_why(make_postel, small_fs, tmp_path):
+    """SOML for a user at no terminal goes to the spool; when that fails, the reply says so without the server's
+    paths, and the log has the reason, as for MAIL."""
+    spool_dir = small_fs / "spool"
+    spool_dir.mkdir()
+    utmp = tmp_path / "utmp"
+    utmp.write_bytes(b"")
+    # No reserve (spool_min_free = 0), so that SOML is taken and the full disk is met where the message is queued.
+    postel = make_postel(**DELIVER, spool_dir=str(spool_dir), spool_min_free=0, terminal_delivery=True,
+                         utmp_file=str(utmp))
+    fill(spool_dir)
+    conn = postel.session()
+    conn.expect("SOML FROM:<carol@example.org>", 250)
+    conn.expect("RCPT TO:<alice@localhost>", 250)
+    conn.expect("DATA", 354)
+    conn.send(b"Subject: soml\r\n\r\n" + b"z" * 8000 + b"\r\n.\r\n")
+    r = conn.reply(timeout=20)
+    assert r.code == 450, r
+    assert "cannot queue the message for the mailboxes: the queue cannot take it now" in r.text, r
+    assert str(spool_dir) not in r.text, r
+    postel.wait_log(r"s\d+: message not queued: ")

@@ -454,17 +454,8 @@ impl Driver<'_> {
         };
         match self.shared.spool.commit(writer) {
             Ok(queued) => {
-                let envelope = &queued.envelope;
-                info!(
-                    "{}: from=<{}>, size={}, nrcpt={}, client={}, session={} (queued)",
-                    envelope.id,
-                    envelope.sender,
-                    queued.len,
-                    envelope.recipients.len(),
-                    self.client.label,
-                    self.session_id,
-                );
-                let id = envelope.id.clone();
+                self.log_queued(&queued);
+                let id = queued.envelope.id.clone();
                 let narration = session.narration().cloned();
                 let local = narration
                     .as_ref()
@@ -487,6 +478,20 @@ impl Driver<'_> {
         }
     }
 
+    /// The one log line of an accepted message, written once it is on disk.
+    fn log_queued(&self, queued: &Queued) {
+        let envelope = &queued.envelope;
+        info!(
+            "{}: from=<{}>, size={}, nrcpt={}, client={}, session={} (queued)",
+            envelope.id,
+            envelope.sender,
+            queued.len,
+            envelope.recipients.len(),
+            self.client.label,
+            self.session_id,
+        );
+    }
+
     /// SEND, SOML or SAML at the end of data: the terminals first, then the spool for those who get the
     /// message in their mailbox.
     fn deliver_to_terminals(&self, envelope: &Envelope, text: &[u8]) -> Reply {
@@ -497,16 +502,13 @@ impl Driver<'_> {
             record.recipients = recipients;
             let mut writer = shared.spool.new_message(record);
             writer.write(text);
-            let queued = shared.spool.commit(writer).map_err(|e| e.to_string())?;
+            // The reason goes to the log, as for MAIL; the client hears only that the queue failed.
+            let queued = shared.spool.commit(writer).map_err(|e| {
+                warn!("{}: message not queued: {e}", self.session_id);
+                "the queue cannot take it now".to_string()
+            })?;
+            self.log_queued(&queued);
             let id = queued.envelope.id.to_string();
-            info!(
-                "{id}: from=<{}>, size={}, nrcpt={}, client={}, session={} (queued)",
-                queued.envelope.sender,
-                queued.len,
-                queued.envelope.recipients.len(),
-                self.client.label,
-                self.session_id,
-            );
             shared.handoff.take(queued);
             Ok(id)
         };
