@@ -83,6 +83,15 @@ def free_port():
         return s.getsockname()[1]
 
 
+def accepts(port):
+    """Whether something accepts connections on 127.0.0.1:`port` now."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
 def _socket_inodes(pid):
     """The inodes of the sockets process `pid` and its children hold open."""
     pids = [str(pid)]

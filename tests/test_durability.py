@@ -7,14 +7,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
 
 import pytest
 
-from helpers import POSTEL_BIN, SmtpConn, wait_until, write_config
+from helpers import POSTEL_BIN, SmtpConn, accepts, wait_until, write_config
 from mboxutil import DELIVER, message_ids, messages, python_mbox, queue_list
 from spool import queue_files
 
@@ -219,7 +218,7 @@ def killed_by_strace(folder, config, path, syscalls, nth, port, client):
                               stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                               env=dict(os.environ, RUST_LOG="info"))
     try:
-        started = wait_until(lambda: _accepts(port) or traced.poll() is not None, 10)
+        started = wait_until(lambda: accepts(port) or traced.poll() is not None, 10)
         if not started or traced.poll() not in (None, -signal.SIGKILL):
             traced.kill()
             traced.wait()
@@ -269,14 +268,6 @@ def test_sigkill_between_the_append_and_its_journal_entry_does_not_deliver_twice
         queue_list(server.config_path))
     assert message_ids(box) == ["<killed@test>"], (
         "delivered twice; the log:\n" + "\n".join(server.log().splitlines()[-4:]))
-
-
-def _accepts(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
 
 
 BATCH = 5

@@ -12,7 +12,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import tempfile
@@ -24,7 +23,7 @@ import pytest
 from mboxutil import DELIVER, mbox_messages, message_ids, queue_list
 from test_terminal import Terminal, message_to, utmp_record
 from tlsutil import openssl, self_signed
-from helpers import (POSTEL_BIN, Postel, SmtpConn, free_port, message, postel, transaction, wait_until,
+from helpers import (POSTEL_BIN, Postel, SmtpConn, accepts, free_port, message, postel, transaction, wait_until,
                      write_config)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the privilege model is tested as root")
@@ -165,7 +164,7 @@ def test_serve_outside_the_repository_never_delivers(open_folder):
     proc = subprocess.Popen([str(POSTEL_BIN), "serve", "--listen", f"127.0.0.1:{port}"], cwd=open_folder,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     try:
-        assert wait_until(lambda: _accepts(port), 10), "the server did not start"
+        assert wait_until(lambda: accepts(port), 10), "the server did not start"
         conn = SmtpConn.connect(port)
         conn.greet()
         assert transaction(conn, "carol@example.org", ["root@localhost"], message("from nowhere")).code == 250
@@ -179,14 +178,6 @@ def test_serve_outside_the_repository_never_delivers(open_folder):
         proc.terminate()
         proc.wait(timeout=15)
         proc.stderr.close()
-
-
-def _accepts(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
 
 
 def test_a_system_users_new_mailbox_is_created_owned_by_the_user(servers, open_folder, make_account):
@@ -423,7 +414,7 @@ def test_a_crash_after_an_append_to_a_mailbox_only_its_user_may_open_is_repaired
              str(POSTEL_BIN), "serve", "--config", str(config)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, RUST_LOG="info"))
     try:
-        assert wait_until(lambda: _accepts(port), 10), (open_folder / "traced.log").read_text()
+        assert wait_until(lambda: accepts(port), 10), (open_folder / "traced.log").read_text()
         conn = SmtpConn.connect(port)
         conn.greet()
         assert transaction(conn, "carol@example.org", [f"{bob}@localhost"], message("once")).code == 250
