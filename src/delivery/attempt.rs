@@ -295,7 +295,7 @@ impl Deliverer {
         }
         match self
             .spool
-            .record_delivered(&message.envelope.id, &route.key)
+            .record_delivered(&message.envelope.id, &[&route.key])
         {
             Ok(()) => Delivery::Done,
             Err(e) => Delivery::temporary(
@@ -348,13 +348,13 @@ impl Deliverer {
         let mut outcomes = HashMap::new();
         for (domain, addresses) in remote_by_domain(routes) {
             let record = |taken: &[&String]| {
-                for address in taken {
-                    if let Err(e) = self.spool.record_delivered(&message.envelope.id, address) {
-                        error!(
-                            "{}: cannot record the delivery to {address}: {e}",
-                            message.envelope.id
-                        );
-                    }
+                if let Err(e) = self.spool.record_delivered(&message.envelope.id, taken) {
+                    let taken: Vec<&str> = taken.iter().map(|address| address.as_str()).collect();
+                    error!(
+                        "{}: cannot record the delivery to {}: {e}",
+                        message.envelope.id,
+                        taken.join(", ")
+                    );
                 }
             };
             let results = self

@@ -122,6 +122,46 @@ fn recorded_results_and_finished_messages_survive_a_restart() {
 }
 
 #[test]
+fn deliveries_recorded_at_once_take_one_journal_line_each_and_survive_a_restart() {
+    let dir = TempDir::new("record-delivered");
+    let rcpts = ["a@example.test", "b@example.test", "c@example.test"];
+    let queued = {
+        let (spool, _lock, _) = daemon(&dir);
+        let queued = send(&spool, envelope(&rcpts), &body(0, 300)).unwrap();
+        spool
+            .record_delivered(&queued.envelope.id, &rcpts[..2])
+            .unwrap();
+        spool
+            .record_delivered(&queued.envelope.id, &[] as &[&str])
+            .unwrap();
+        queued
+    };
+    let id = queued.envelope.id.to_string();
+    assert_eq!(
+        journal_text(&dir)
+            .lines()
+            .filter(|line| line.contains(&id))
+            .count(),
+        2,
+        "{}",
+        journal_text(&dir)
+    );
+    let [back] = &rescan(&dir)[..] else {
+        panic!("not one message scanned back")
+    };
+    assert_eq!(back.envelope, queued.envelope);
+    let outcomes: Vec<_> = rcpts.iter().map(|r| back.state.outcome(r)).collect();
+    assert_eq!(
+        outcomes,
+        [Some(&Outcome::Delivered), Some(&Outcome::Delivered), None]
+    );
+    assert_eq!(
+        back.state.attempts, 0,
+        "recording deliveries at once counts no attempt"
+    );
+}
+
+#[test]
 fn a_segment_is_deleted_once_rotated_away_and_all_its_messages_are_finished() {
     let dir = TempDir::new("segment-delete");
     let (spool, _lock, _) = daemon(&dir);

@@ -346,10 +346,21 @@ impl Spool {
         Ok(())
     }
 
-    /// Records one recipient's delivery at once, durably, without counting an attempt: a crash later in the
-    /// same attempt must not deliver to this recipient again. Only the holder of the lock may record.
-    pub fn record_delivered(&self, id: &QueueId, recipient: &str) -> Result<(), SpoolError> {
-        self.record_one(id, recipient, Outcome::Delivered)
+    /// Records recipients' deliveries at once, durably, in one write, without counting an attempt: a crash later
+    /// in the same attempt must not deliver to them again. Only the holder of the lock may record.
+    pub fn record_delivered(
+        &self,
+        id: &QueueId,
+        recipients: &[impl AsRef<str>],
+    ) -> Result<(), SpoolError> {
+        if recipients.is_empty() {
+            return Ok(());
+        }
+        let mut entries = Vec::with_capacity(128 * recipients.len());
+        for recipient in recipients {
+            state::encode_result(id, recipient.as_ref(), &Outcome::Delivered, &mut entries);
+        }
+        self.journal.append(&entries, &self.live)
     }
 
     /// Records, durably, in one write and without counting an attempt, that appends to recipients' mailboxes are
@@ -369,17 +380,6 @@ impl Spool {
             );
         }
         self.journal.append(&entries, &self.live)
-    }
-
-    fn record_one(
-        &self,
-        id: &QueueId,
-        recipient: &str,
-        outcome: Outcome,
-    ) -> Result<(), SpoolError> {
-        let mut entry = Vec::with_capacity(128);
-        state::encode_result(id, recipient, &outcome, &mut entry);
-        self.journal.append(&entry, &self.live)
     }
 
     /// Marks the message finished (every recipient delivered or failed, or removed by the admin),
