@@ -9,6 +9,7 @@ pub(crate) mod cache;
 mod tests;
 pub(crate) mod wire;
 
+use std::cell::RefCell;
 use std::error::Error;
 use std::fmt;
 use std::fs;
@@ -33,6 +34,11 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_ATTEMPTS: u32 = 2;
 /// The largest UDP datagram, so an oversized reply is read whole rather than cut.
 const MAX_DATAGRAM: usize = 65_535;
+
+thread_local! {
+    /// Where this thread's UDP replies are read: one buffer per thread, not 64 KiB per query.
+    static DATAGRAM: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_DATAGRAM]);
+}
 
 /// Where to send mail for a domain, best first.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -255,24 +261,25 @@ impl Resolver {
             .send(&wire::encode_query(id, name, qtype))
             .map_err(describe)?;
         let deadline = Instant::now() + self.timeout;
-        let mut packet = vec![0; MAX_DATAGRAM];
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err("timed out".into());
+        DATAGRAM.with_borrow_mut(|packet| {
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err("timed out".into());
+                }
+                socket.set_read_timeout(Some(left)).map_err(describe)?;
+                let len = match socket.recv(packet) {
+                    Ok(len) => len,
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(error) => return Err(describe(error)),
+                };
+                match wire::decode(&packet[..len], id, name, qtype)? {
+                    Decoded::Reply(reply) => return Ok(Some(reply)),
+                    Decoded::Truncated => return Ok(None),
+                    Decoded::Foreign => debug!("dns: ignoring a stray packet from {server}"),
+                }
             }
-            socket.set_read_timeout(Some(left)).map_err(describe)?;
-            let len = match socket.recv(&mut packet) {
-                Ok(len) => len,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(error) => return Err(describe(error)),
-            };
-            match wire::decode(&packet[..len], id, name, qtype)? {
-                Decoded::Reply(reply) => return Ok(Some(reply)),
-                Decoded::Truncated => return Ok(None),
-                Decoded::Foreign => debug!("dns: ignoring a stray packet from {server}"),
-            }
-        }
+        })
     }
 
     /// The reply over TCP (RFC 1035 4.2.2: each message prefixed with its 2-octet length), all of
