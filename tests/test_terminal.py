@@ -2,6 +2,7 @@
 naming users on them, and reads what the server writes from the terminals' master side."""
 
 import os
+import re
 import select
 import struct
 import time
@@ -102,6 +103,15 @@ def test_send_to_a_user_not_logged_in_or_refusing_messages_gets_450(make_postel,
     assert "mesg n" in reply.text
     conn.expect("RCPT TO:<carol@example.org>", 550)
     assert refusing.read(timeout=0.3) == b""
+
+
+def test_an_unreadable_utmp_file_is_logged_not_only_answered_450(make_postel, tmp_path):
+    missing = tmp_path / "no-such-utmp"
+    server = make_postel(**DELIVER, terminal_delivery=True, utmp_file=str(missing))
+    conn = server.session()
+    conn.expect("SEND FROM:<carol@example.org>", 250)
+    conn.expect("RCPT TO:<alice@localhost>", 450)
+    server.wait_log(rf"WARN .*utmp_file {re.escape(str(missing))}: No such file or directory")
 
 
 def test_soml_to_a_logged_out_user_lands_in_the_mailbox(make_postel, tmp_path, terminals):

@@ -12,6 +12,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Local};
+use log::warn;
 
 use crate::privilege::helper;
 
@@ -67,8 +68,12 @@ pub fn accepts_messages(terminal: &Path) -> bool {
 
 /// The terminals of `user` that accept messages.
 pub fn writable_sessions(utmp: &Path, user: &str) -> Vec<PathBuf> {
+    // An unreadable utmp file means no one is found logged in; the log says why, or SEND would only say 450.
     sessions(utmp, user)
-        .unwrap_or_default()
+        .unwrap_or_else(|e| {
+            warn!("utmp_file {}: {e}; no login session found", utmp.display());
+            Vec::new()
+        })
         .into_iter()
         .filter(|t| accepts_messages(t))
         .collect()
