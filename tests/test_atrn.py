@@ -19,6 +19,10 @@ PASSWORD = "odmr secret"
 @pytest.fixture
 def provider(make_postel, tmp_path):
     """A provider holding example.org's mail for alice; mallory may log in but owns no domain."""
+    return start_provider(make_postel, tmp_path, {"example.org": "alice"})
+
+
+def start_provider(make_postel, tmp_path, odmr_domains):
     ca = CA(tmp_path / "pki")
     cert, key = ca.issue("127.0.0.1")
     users = tmp_path / "users"
@@ -27,7 +31,7 @@ def provider(make_postel, tmp_path):
     odmr_port = free_port()
     server = make_postel(
         tls_certificate=str(cert), tls_key=str(key), auth_users=str(users), trusted_networks=[],
-        odmr_listen=[f"127.0.0.1:{odmr_port}"], odmr_domains={"example.org": "alice"},
+        odmr_listen=[f"127.0.0.1:{odmr_port}"], odmr_domains=odmr_domains,
         delivery_workers=2, retry_first="1s", retry_max="2s",
     )
     server.odmr_port = odmr_port
@@ -42,8 +46,8 @@ def customer(tmp_path, provider, user="alice", name="customer"):
     secret = folder / "provider.secret"
     secret.write_text(f"{user}:{PASSWORD}\n")
     secret.chmod(0o600)
-    path = write_config(folder, hostname="customer.test", local_domains=["example.org", "other.test"],
-                        local_users=["bob"], delivery_workers=1, smarthost_credentials=str(secret),
+    path = write_config(folder, hostname="customer.test",
+                        local_domains=["example.org", "example.net", "other.test"], local_users=["bob", "carol"], delivery_workers=1, smarthost_credentials=str(secret),
                         tls_ca_file=str(provider.ca.cert))
     return path, folder / "mailboxes"
 
@@ -59,10 +63,10 @@ def text(run):
     return out + err
 
 
-def send_to_example_org(provider, subject):
+def send_to_example_org(provider, subject, recipients=("bob@example.org",)):
     """A message for bob@example.org from an outsider: accepted, as for relay_domains."""
     conn = provider.session()
-    assert transaction(conn, "carol@outside.test", ["bob@example.org"], message(subject)).code == 250
+    assert transaction(conn, "carol@outside.test", list(recipients), message(subject)).code == 250
     conn.close()
 
 
@@ -147,3 +151,26 @@ def test_atrn_is_answered_only_on_the_odmr_port(provider):
         smtp.ehlo("customer.test")
         code, reply = smtp.docmd("ATRN", "example.org")
         assert code == 530 and b"authentication required" in reply, reply
+
+
+def test_one_atrn_takes_the_mail_of_several_domains_over_one_connection(make_postel, tmp_path):
+    provider = start_provider(make_postel, tmp_path, {"example.org": "alice", "example.net": "alice"})
+    config, mailboxes = customer(tmp_path, provider)
+    send_to_example_org(provider, "two domains", ["bob@example.org", "carol@example.net"])
+    send_to_example_org(provider, "one domain", ["carol@example.net"])
+    held(provider, 2)
+    run = atrn(config, provider, "example.org,example.net")
+    assert run.returncode == 0, text(run)
+    assert [m["Subject"] for m in mbox_messages(mailboxes / "bob")] == ["two domains"]
+    assert sorted(m["Subject"] for m in mbox_messages(mailboxes / "carol")) == ["one domain", "two domains"]
+    provider.wait_log(r"ATRN example\.org,example\.net: 2 messages tried over the turned connection", timeout=20)
+    assert text(postel(["queue", "list"], config=provider.config_path)).strip().endswith("Mail queue is empty")
+
+
+def test_check_names_a_held_domain_whose_user_cannot_log_in(provider, tmp_path):
+    config = provider.config_path.read_text().replace('"example.org" = "alice"', '"example.org" = "nobody-here"')
+    path = tmp_path / "unknown-user.toml"
+    path.write_text(config)
+    run = postel(["check"], config=path)
+    assert run.returncode == 78, text(run)
+    assert "odmr_domains: example.org is held for nobody-here, who is not in" in text(run), text(run)

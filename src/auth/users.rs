@@ -76,6 +76,11 @@ impl AuthUsers {
         self.hashes.len()
     }
 
+    /// Whether `name` has an entry.
+    pub fn contains(&self, name: &str) -> bool {
+        self.hashes.contains_key(name)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.hashes.is_empty()
     }

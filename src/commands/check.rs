@@ -42,10 +42,20 @@ fn problems(config: &Config) -> Vec<String> {
             Err(e) => problems.push(e.to_string()),
         }
     }
-    if let Some(path) = &config.auth_users
-        && let Err(e) = AuthUsers::load(path)
-    {
-        problems.push(e.to_string());
+    if let Some(path) = &config.auth_users {
+        match AuthUsers::load(path) {
+            Ok(users) => {
+                for (domain, user) in &config.odmr_domains {
+                    if !users.contains(user) {
+                        problems.push(format!(
+                            "odmr_domains: {domain} is held for {user}, who is not in {}: nobody can take its mail with ATRN",
+                            path.display()
+                        ));
+                    }
+                }
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
     }
     if let Some(path) = &config.tls_ca_file
         && let Err(e) = tls::client::verified(Some(path))

@@ -26,7 +26,7 @@ use crate::delivery::queues::Queues;
 use crate::delivery::retry;
 use crate::delivery::transport::Delivery;
 use crate::delivery::worker::{self, Conclusion, Finished, Work, panic_text};
-use crate::spool::{QueueId, Queued, SpoolError};
+use crate::spool::{Outcome, QueueId, Queued, SpoolError};
 
 /// How often the manager looks for messages other programs left in the spool and for control requests, when
 /// nobody rings.
@@ -262,7 +262,16 @@ impl Manager {
                 let _ = reply.send(self.run_node(&node));
             }
             Event::Lend(domains, reply) => {
-                let lent = self.take_waiting(|r| domains.iter().any(|d| at_node(r, d)));
+                // Only messages with a recipient there still to deliver.
+                let lent = self.take_waiting(|message| {
+                    message.envelope.recipients.iter().any(|r| {
+                        domains.iter().any(|d| at_node(r, d))
+                            && !matches!(
+                                message.state.outcome(r),
+                                Some(Outcome::Delivered | Outcome::Failed { .. })
+                            )
+                    })
+                });
                 for message in &lent {
                     self.in_flight.insert(message.envelope.id.clone());
                 }
@@ -448,7 +457,8 @@ impl Manager {
 
     /// Dispatches the waiting messages with a recipient at `node` at once; returns how many.
     fn run_node(&mut self, node: &str) -> usize {
-        let due = self.take_waiting(|r| at_node(r, node));
+        let due = self
+            .take_waiting(|message| message.envelope.recipients.iter().any(|r| at_node(r, node)));
         let count = due.len();
         for message in due {
             self.dispatch(message);
@@ -456,12 +466,12 @@ impl Manager {
         count
     }
 
-    /// Takes the waiting messages with a recipient that `wanted` out of the schedule.
-    fn take_waiting(&mut self, wanted: impl Fn(&str) -> bool) -> Vec<Queued> {
+    /// Takes the waiting messages that are `wanted` out of the schedule.
+    fn take_waiting(&mut self, wanted: impl Fn(&Queued) -> bool) -> Vec<Queued> {
         let keys: Vec<_> = self
             .waiting
             .iter()
-            .filter(|(_, message)| message.envelope.recipients.iter().any(|r| wanted(r)))
+            .filter(|(_, message)| wanted(message))
             .map(|(key, _)| key.clone())
             .collect();
         keys.iter()
