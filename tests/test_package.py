@@ -2,11 +2,10 @@
 fresh Debian root made with mmdebstrap through the host's apt sources, and inside it, in a network namespace of
 its own (so the packaged port 25 is free): the shipped configuration checks, the daemon started as root serves
 port 25 as the postel account (its privileged helper stays root), mail(1) delivers through /usr/sbin/sendmail
-into /var/mail/root, owned by root and 0600, mailq shows the queue empty again, newaliases checks
-/etc/aliases and the daemon takes it up, a user's mail reaches the daemon through the set-group-id binary,
-sendmail with no daemon delivers root's mail in the background while a
-user's waits for `postel queue run` by root, and a purge takes the package and its spool but leaves the
-mailboxes.
+into /var/mail/root, owned by root and 0600, mailq shows the queue empty again, newaliases checks /etc/aliases
+and the daemon takes it up, a user's mail reaches the daemon through the set-group-id binary, sendmail with no
+daemon delivers root's mail in the background while a user's waits for `postel queue run` by root, `postel
+inetd` delivers root's mail too, and a purge takes the package and its spool but leaves the mailboxes.
 
 Skipped, saying why, when POSTEL_DEB is not set or no Debian mirror can be reached.
 """
@@ -225,6 +224,18 @@ def test_without_a_daemon_root_delivers_in_the_background_and_users_wait(install
     installed.run("postel queue run")
     assert wait_until(lambda: len(installed.mail_to_root()) == 5, 20), installed.run("mailq").stdout
     assert installed.mail_to_root()[-1]["From"].startswith("alice@")
+    root_mailbox_is_roots(installed)
+
+
+def test_inetd_mode_with_no_daemon_delivers_roots_mail(installed):
+    """postel@.service's command: one session on stdin, then the delivery of what it queued, as postel with the
+    helper started first."""
+    dialogue = (r"HELO client.test\r\nMAIL FROM:<carol@example.org>\r\nRCPT TO:<root@localhost>\r\nDATA\r\n"
+                r"Subject: over inetd\r\n\r\nhi\r\n.\r\nQUIT\r\n")
+    run = installed.run(f"printf '{dialogue}' | postel inetd --config /etc/postel/postel.toml")
+    assert "250 2.0.0 Ok: queued" in run.stdout, run.stdout + run.stderr
+    assert wait_until(lambda: len(installed.mail_to_root()) == 6, 20), installed.run("mailq").stdout
+    assert installed.mail_to_root()[-1]["Subject"] == "over inetd"
     root_mailbox_is_roots(installed)
 
 
