@@ -69,16 +69,15 @@ pub fn append_all(config: &Config, spool: &Spool, members: &[ToMailbox]) -> Vec<
     let mut batch = Vec::with_capacity(members.len());
     for (n, (member, trace)) in members.iter().zip(&traces).enumerate() {
         let envelope = &member.message.envelope;
-        let len = body::read(spool, member.message, |body| {
-            mbox::len_in_mbox(
-                path,
-                &envelope.sender,
-                envelope.arrival,
-                trace.as_bytes(),
-                body,
-            )
-        })
-        .unwrap_or_else(|e| Err(unreadable(e)));
+        let (sender, arrival, trace) = (&envelope.sender, envelope.arrival, trace.as_bytes());
+        let len = match envelope.mbox_size {
+            Some(size) => Ok(mbox::len_with_body_size(sender, arrival, trace, size)),
+            // Not counted at arrival (a large message, or one queued by an older Postel): counted by reading it.
+            None => body::read(spool, member.message, |body| {
+                mbox::len_in_mbox(path, sender, arrival, trace, body)
+            })
+            .unwrap_or_else(|e| Err(unreadable(e))),
+        };
         let len = match len {
             Ok(len) => len,
             Err(failure) => {
@@ -95,7 +94,7 @@ pub fn append_all(config: &Config, spool: &Spool, members: &[ToMailbox]) -> Vec<
             queue_id: envelope.id.as_str(),
             sender: &envelope.sender,
             arrival: envelope.arrival,
-            trace_headers: trace.as_bytes(),
+            trace_headers: trace,
             len,
             announced,
         });

@@ -434,6 +434,19 @@ fn render<W: Write>(
     Ok((out, from_line.len() as u64 + copied + 1))
 }
 
+/// How many bytes [`append`] adds for a message whose body takes `body_size` bytes in mbox form, as the spool counted
+/// it when the message arrived (the envelope's `mbox_size`): its From_ line, its trace headers (which end with a line
+/// end, so the body starts a line), the body and the empty line after it. No need to read the body.
+pub fn len_with_body_size(
+    sender: &str,
+    arrival: DateTime<Utc>,
+    trace_headers: &[u8],
+    body_size: u64,
+) -> u64 {
+    let start = from_line(sender, arrival).len() + copy::convert(Format::MBOX, trace_headers).len();
+    start as u64 + body_size + 1
+}
+
 /// How many bytes [`append`] adds for this message: the same rendering, counted instead of written.
 pub fn len_in_mbox(
     path: &Path,
@@ -1173,6 +1186,25 @@ mod tests {
                 expected(lf),
                 "{body:?}"
             );
+        }
+    }
+
+    #[test]
+    fn the_length_from_the_body_size_counted_at_arrival_is_the_length_written() {
+        let dir = TempDir::new("mbox");
+        for body in [
+            &b""[..],
+            b"x",
+            b"x\r\n",
+            b"a\r",
+            b"Subject: hi\r\n\r\nFrom here\r\n>From there\r\nbare\rcr\r\nno end",
+            b"From \r\n\r\n>>From\r\n.\r\n",
+        ] {
+            let mut counter = copy::Copier::new(io::sink(), Format::MBOX);
+            counter.write(body).unwrap();
+            let (_, body_size) = counter.finish().unwrap();
+            let counted = len_with_body_size("bob@example.org", arrival(), TRACE, body_size);
+            assert_eq!(counted, deliver(&mailbox(&dir), body).unwrap(), "{body:?}");
         }
     }
 

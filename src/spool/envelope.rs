@@ -38,6 +38,11 @@ pub struct Envelope {
     pub smtputf8: bool,
     /// The size the client declared with SIZE=.
     pub declared_size: Option<u64>,
+    /// The bytes the body takes in an mbox file (LF line ends, mboxrd quoting, a last line ended), counted as it
+    /// arrived, so that a delivery knows the length of its append without reading the body for it. Set by the
+    /// spool when it keeps the whole body in memory (up to 128 KiB); None for a larger one, whose envelope is
+    /// written before its body, and for records of format versions before 3.
+    pub mbox_size: Option<u64>,
 }
 
 impl Envelope {
@@ -60,6 +65,7 @@ impl Envelope {
             body: None,
             smtputf8: false,
             declared_size: None,
+            mbox_size: None,
         }
     }
 
@@ -113,6 +119,9 @@ impl Envelope {
         }
         if let Some(size) = self.declared_size {
             line("size", &size.to_string());
+        }
+        if let Some(size) = self.mbox_size {
+            line("mbox_size", &size.to_string());
         }
         for recipient in &self.recipients {
             line("rcpt", &format!("<{recipient}>"));
@@ -170,6 +179,13 @@ impl Envelope {
             declared_size: match fields.optional("size") {
                 None => None,
                 Some(size) => Some(size.parse().map_err(|_| format!("bad size {size:?}"))?),
+            },
+            mbox_size: match fields.optional("mbox_size") {
+                None => None,
+                Some(size) => Some(
+                    size.parse()
+                        .map_err(|_| format!("bad mbox_size {size:?}"))?,
+                ),
             },
             recipients: std::iter::from_fn(|| fields.optional("rcpt"))
                 .map(angle_addr)
@@ -251,6 +267,7 @@ mod tests {
             body: Some(BodyType::EightBitMime),
             smtputf8: true,
             declared_size: Some(1234),
+            mbox_size: Some(1300),
             ..Envelope::new("alice@example.org".to_string(), recipients, arrival)
         }
     }
@@ -261,9 +278,9 @@ mod tests {
         let text = envelope.encode();
         assert_eq!(
             text,
-            "version 2\nid 19AB5D7C5E3F1001A3F2\narrival 2026-11-24T05:03:01.123456Z\nclient 127.0.0.1\n\
+            "version 3\nid 19AB5D7C5E3F1001A3F2\narrival 2026-11-24T05:03:01.123456Z\nclient 127.0.0.1\n\
              helo client.example\nprotocol ESMTP\nsender <alice@example.org>\nbody 8BITMIME\n\
-             smtputf8 yes\nsize 1234\nrcpt <bob@localhost>\nrcpt <postmaster>\n"
+             smtputf8 yes\nsize 1234\nmbox_size 1300\nrcpt <bob@localhost>\nrcpt <postmaster>\n"
         );
         assert_eq!(Envelope::parse(text.as_bytes()), Ok(envelope));
     }
@@ -280,10 +297,10 @@ mod tests {
 
     #[test]
     fn an_envelope_in_a_version_this_postel_does_not_read_is_refused() {
-        let newer = example().encode().replace("version 2\n", "version 3\n");
-        assert_eq!(version(newer.as_bytes()), Some(3));
+        let newer = example().encode().replace("version 3\n", "version 4\n");
+        assert_eq!(version(newer.as_bytes()), Some(4));
         let error = Envelope::parse(newer.as_bytes()).unwrap_err();
-        assert!(error.contains("spool format version 3"), "{error}");
+        assert!(error.contains("spool format version 4"), "{error}");
         assert_eq!(version(b"version x\nid 1\n"), None);
     }
 

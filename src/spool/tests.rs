@@ -120,6 +120,8 @@ fn a_queued_message_is_named_by_its_new_id_and_keeps_its_envelope() {
         queued.envelope,
         Envelope {
             id: queued.envelope.id.clone(),
+            // "Subject: hi\n\nhello\n", counted as it arrived.
+            mbox_size: Some(19),
             ..sent.sanitized()
         }
     );
@@ -687,4 +689,23 @@ fn a_journal_that_cannot_be_compacted_does_not_stop_the_scan() {
     assert_eq!(scan.messages.len(), 1);
     assert_eq!(read_body(&spool, &scan.messages[0]), b"hello\r\n");
     assert_eq!(scan.messages[0].envelope.id, queued.envelope.id);
+}
+
+#[test]
+fn the_mbox_size_is_counted_for_a_body_kept_in_memory_only() {
+    let dir = TempDir::new("mbox-size");
+    let spool = Spool::open(&dir.0).unwrap();
+    let small = b"Subject: x\r\n\r\nFrom here\r\nno end";
+    let queued = send(&spool, envelope(&["bob@localhost"]), small).unwrap();
+    let mbox = crate::copy::convert(crate::copy::Format::MBOX, small);
+    assert_eq!(queued.envelope.mbox_size, Some(mbox.len() as u64));
+    let rescanned = spool.scan(false).unwrap().messages;
+    assert_eq!(rescanned[0].envelope.mbox_size, Some(mbox.len() as u64));
+    let large = vec![b'x'; SMALL_LIMIT + 1];
+    let queued = send(&spool, envelope(&["bob@localhost"]), &large).unwrap();
+    assert_eq!(
+        queued.envelope.mbox_size, None,
+        "its envelope went to disk before its body"
+    );
+    assert_eq!(read_body(&spool, &queued), large);
 }

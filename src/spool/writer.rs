@@ -12,6 +12,7 @@ use super::SpoolError;
 use super::envelope::Envelope;
 use super::id::QueueId;
 use super::record::{HEADER_LEN, Header};
+use crate::copy::{Copier, Format};
 
 /// The largest body kept in memory; the write that takes a body past it moves the record to tmp/.
 pub(super) const SMALL_LIMIT: usize = 128 * 1024;
@@ -20,12 +21,15 @@ pub(super) const SMALL_LIMIT: usize = 128 * 1024;
 /// queue. Dropping it without a commit removes whatever it wrote.
 pub struct MessageWriter {
     envelope: Envelope,
-    /// The record up to its body: a header line (a placeholder until sealed) and the envelope.
+    /// Once the record is in a file: its head there, a header placeholder and the envelope.
     head: Vec<u8>,
     body: Body,
     len: u64,
-    /// The checksum of the envelope and the body so far.
-    crc: Hasher,
+    /// The checksum of the body so far.
+    body_crc: Hasher,
+    /// While the body is in memory: the bytes it takes in an mbox file, counted as it arrives (the envelope's
+    /// `mbox_size`).
+    mbox: Option<Copier<io::Sink>>,
     /// The file the record moves to when it outgrows memory: `tmp/<id>`.
     tmp_path: PathBuf,
     /// The first error, returned by commit; writes after it are ignored.
@@ -57,27 +61,19 @@ impl MessageWriter {
             id: QueueId::next(),
             ..envelope.sanitized()
         };
-        let text = envelope.encode();
-        let mut crc = Hasher::new();
-        crc.update(text.as_bytes());
-        let mut head = Vec::with_capacity(HEADER_LEN + text.len());
-        head.resize(HEADER_LEN, b' ');
-        head.extend_from_slice(text.as_bytes());
-        // Sized for the whole message when the client declared its size, so that it is not copied as it grows;
-        // never past what is kept in memory, whatever a client declares.
         let declared = envelope.declared_size.unwrap_or(0).min(SMALL_LIMIT as u64);
         MessageWriter {
             tmp_path: tmp.join(envelope.id.as_str()),
             body: Body::Memory(Vec::with_capacity(declared as usize)),
             envelope,
-            head,
+            head: Vec::new(),
             len: 0,
-            crc,
+            body_crc: Hasher::new(),
+            mbox: Some(Copier::new(io::sink(), Format::MBOX)),
             error: None,
         }
     }
 
-    /// How many bytes the in-memory body has room for before it must grow; None once it is in a file.
     #[cfg(test)]
     pub(super) fn memory_capacity(&self) -> Option<usize> {
         match &self.body {
@@ -96,15 +92,26 @@ impl MessageWriter {
         if self.error.is_some() {
             return;
         }
-        self.crc.update(content);
+        self.body_crc.update(content);
         self.len += content.len() as u64;
         let written = match &mut self.body {
             Body::Memory(bytes) if bytes.len() + content.len() <= SMALL_LIMIT => {
                 bytes.extend_from_slice(content);
+                if let Some(mbox) = &mut self.mbox {
+                    // Counting into a sink cannot fail.
+                    let _ = mbox.write(content);
+                }
                 Ok(())
             }
-            Body::Memory(bytes) => TmpFile::create(&self.tmp_path, &[&self.head, bytes, content])
-                .map(|tmp| self.body = Body::File(tmp)),
+            Body::Memory(bytes) => {
+                // The envelope goes to the file now, before the rest of the body: without the count.
+                self.mbox = None;
+                let head = record_head(&self.envelope);
+                TmpFile::create(&self.tmp_path, &[&head, bytes, content]).map(|tmp| {
+                    self.head = head;
+                    self.body = Body::File(tmp);
+                })
+            }
             Body::File(tmp) => tmp.write(content),
         };
         if let Err(e) = written {
@@ -116,11 +123,12 @@ impl MessageWriter {
     /// Ends the body: fills in the header, or returns the error a write met.
     pub(super) fn seal(self) -> Result<Sealed, SpoolError> {
         let MessageWriter {
-            envelope,
+            mut envelope,
             mut head,
             body,
             len,
-            crc,
+            body_crc,
+            mbox,
             tmp_path,
             error,
         } = self;
@@ -130,6 +138,15 @@ impl MessageWriter {
         if envelope.recipients.is_empty() {
             return Err(SpoolError::NoRecipients);
         }
+        if let Body::Memory(_) = body {
+            envelope.mbox_size = mbox
+                .and_then(|mbox| mbox.finish().ok())
+                .map(|(_, size)| size);
+            head = record_head(&envelope);
+        }
+        let mut crc = Hasher::new();
+        crc.update(&head[HEADER_LEN..]);
+        crc.combine(&body_crc);
         let envelope_len = u32::try_from(head.len() - HEADER_LEN).map_err(|_| SpoolError::Io {
             path: tmp_path.clone(),
             source: io::Error::new(io::ErrorKind::InvalidInput, "envelope longer than 4 GiB"),
@@ -148,6 +165,15 @@ impl MessageWriter {
             tmp_path,
         })
     }
+}
+
+/// The start of a record: room for its header line (written when it is sealed), then the envelope.
+fn record_head(envelope: &Envelope) -> Vec<u8> {
+    let text = envelope.encode();
+    let mut head = Vec::with_capacity(HEADER_LEN + text.len());
+    head.resize(HEADER_LEN, b' ');
+    head.extend_from_slice(text.as_bytes());
+    head
 }
 
 /// A record being written in tmp/; dropped before it is persisted, it removes itself.
