@@ -5,7 +5,7 @@
 
 A record is a 43-byte header line, `POSTEL1 <envlen:8 hex> <bodylen:16 hex>
 <crc32:8 hex>\\n`, then the envelope (`key value` lines, the first `version N`
-in every format after version 1) and the body, exactly
+in every format after version 1; `mbox_size`, when there, is checked against the body) and the body, exactly
 as stored. Several records may share one segment file. A record erased by
 `postel queue remove` has `POSTEL1-` for `POSTEL1 `, and its envelope and body
 are zero bytes (its checksum no longer counts): it is skipped. Anything that does not
@@ -22,7 +22,8 @@ import zlib
 HEADER_LEN = 43
 HEADER = re.compile(rb"POSTEL1([ -])([0-9a-f]{8}) ([0-9a-f]{16}) ([0-9a-f]{8})\n")
 # Keys in the order doc/spool.md gives them; the ones every record has.
-KEY_ORDER = ["version", "id", "arrival", "client", "helo", "protocol", "tls", "auth", "sender", "body", "smtputf8", "size", "rcpt"]
+KEY_ORDER = ["version", "id", "arrival", "client", "helo", "protocol", "tls", "auth", "sender", "body", "smtputf8", "size",
+             "mbox_size", "rcpt"]
 REQUIRED = {"id", "arrival", "client", "helo", "protocol", "sender", "rcpt"}
 QUEUE_ID = re.compile(r"[0-9A-F]{20}")
 
@@ -61,6 +62,17 @@ def parse_envelope(text, where):
     return envelope
 
 
+FROM_LINE = re.compile(rb"^>*From ", re.M)
+
+
+def mbox_size(body):
+    """The bytes `body` takes in an mbox file (doc/delivery.md): LF line ends, one more ">" on every line that matches
+    ^>*From , and a line end after a last line without one."""
+    text = body.replace(b"\r\n", b"\n")
+    size = len(text) + len(FROM_LINE.findall(text))
+    return size + 1 if text and not text.endswith(b"\n") else size
+
+
 def read_file(path):
     """All records of one queue file, in file order."""
     with open(path, "rb") as f:
@@ -88,7 +100,11 @@ def read_file(path):
             text = data[start:start + envlen].decode("utf-8")
         except UnicodeDecodeError as e:
             raise SpoolError(f"{where}: envelope is not UTF-8: {e}") from None
-        records.append((parse_envelope(text, where), data[start + envlen:end]))
+        envelope, body = parse_envelope(text, where), data[start + envlen:end]
+        if "mbox_size" in envelope and int(envelope["mbox_size"]) != mbox_size(body):
+            raise SpoolError(f"{where}: mbox_size {envelope['mbox_size']}, but the body takes {mbox_size(body)} bytes "
+                             "in an mbox file")
+        records.append((envelope, body))
         offset = end
     return records
 
