@@ -3,7 +3,7 @@
 import hashlib
 import time
 
-from helpers import message, transaction
+from helpers import REPLY_TIMEOUT, message, transaction
 
 MIB = 1024 * 1024
 
@@ -24,18 +24,24 @@ def send_big_body(conn, total):
     return digest.hexdigest()
 
 
+def send_big_message(conn, total, mail="MAIL FROM:<carol@example.org>", timeout=REPLY_TIMEOUT):
+    """MAIL (`mail`), RCPT to alice, DATA and a `total`-byte message (send_big_body); returns (end-of-data reply,
+    the message's sha256)."""
+    conn.expect(mail, 250)
+    conn.expect("RCPT TO:<alice@localhost>", 250)
+    conn.expect("DATA", 354)
+    sent = send_big_body(conn, total)
+    conn.send(b".\r\n")
+    return conn.reply(timeout=timeout), sent
+
+
 def test_20_mib_message_keeps_memory_flat(postel):
     size = 20 * MIB
     conn = postel.session()
     # Warm up: one small message, so the pool and spool have started before measuring.
     assert transaction(conn, "carol@example.org", ["alice@localhost"], message("warm")).code == 250
     before = postel.status("VmHWM")
-    conn.expect("MAIL FROM:<carol@example.org> SIZE=%d" % size, 250)
-    conn.expect("RCPT TO:<alice@localhost>", 250)
-    conn.expect("DATA", 354)
-    sent = send_big_body(conn, size)
-    conn.send(b".\r\n")
-    done = conn.reply(timeout=60)
+    done, sent = send_big_message(conn, size, "MAIL FROM:<carol@example.org> SIZE=%d" % size, timeout=60)
     assert done.code == 250 and done.queue_id, done
     growth = postel.status("VmHWM") - before
     assert growth < 8 * 1024, f"peak RSS grew by {growth} KiB for a 20 MiB message"
@@ -58,12 +64,7 @@ def test_size_parameter_over_the_limit_refused_at_mail(make_postel):
 def test_message_over_the_limit_refused_at_end_of_data(make_postel):
     postel = make_postel(max_message_size=100_000)
     conn = postel.session()
-    conn.expect("MAIL FROM:<carol@example.org>", 250)
-    conn.expect("RCPT TO:<alice@localhost>", 250)
-    conn.expect("DATA", 354)
-    send_big_body(conn, 300_000)
-    conn.send(b".\r\n")
-    r = conn.reply()
+    r, _ = send_big_message(conn, 300_000)
     assert (r.code, r.enhanced) == (552, "5.3.4"), r
     # The rest of the message was drained: the session goes on.
     conn.expect("NOOP", 250)
@@ -77,12 +78,7 @@ def test_message_over_the_limit_refused_at_end_of_data(make_postel):
 def test_message_of_exactly_the_limit_is_accepted(make_postel):
     postel = make_postel(max_message_size=100_000)
     conn = postel.session()
-    conn.expect("MAIL FROM:<carol@example.org>", 250)
-    conn.expect("RCPT TO:<alice@localhost>", 250)
-    conn.expect("DATA", 354)
-    send_big_body(conn, 100_000)
-    conn.send(b".\r\n")
-    done = conn.reply()
+    done, _ = send_big_message(conn, 100_000)
     assert done.code == 250, done
     assert len(postel.record(done.queue_id)[1]) == 100_000
 
