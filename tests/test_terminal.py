@@ -68,6 +68,12 @@ def server_with(make_postel, tmp_path, sessions):
     return make_postel(**DELIVER, terminal_delivery=True, utmp_file=str(utmp))
 
 
+def reaches_mailbox(server, user, text):
+    """Whether `text` arrives in `user`'s mailbox within 10 s."""
+    box = server.mailboxes / user
+    return wait_until(lambda: box.exists() and text in box.read_bytes(), timeout=10)
+
+
 def message_to(conn, command, recipients, body):
     conn.expect(f"{command} FROM:<carol@example.org>", 250)
     for to in recipients:
@@ -119,8 +125,7 @@ def test_soml_to_a_logged_out_user_lands_in_the_mailbox(make_postel, tmp_path, t
     conn = server.session()
     reply = message_to(conn, "SOML", ["bob@localhost"], b"Subject: later\r\n\r\nRead this later.\r\n")
     assert reply.code == 250 and "<bob@localhost>: not at a terminal; queued for the mailbox" in reply.text, reply
-    box = server.mailboxes / "bob"
-    wait_until(lambda: box.exists() and b"Read this later." in box.read_bytes(), timeout=10)
+    assert reaches_mailbox(server, "bob", b"Read this later."), server.log()[-2000:]
 
 
 def test_saml_writes_to_the_terminal_and_the_mailbox(make_postel, tmp_path, terminals):
@@ -130,8 +135,7 @@ def test_saml_writes_to_the_terminal_and_the_mailbox(make_postel, tmp_path, term
     reply = message_to(conn, "SAML", ["alice@localhost"], b"Subject: both\r\n\r\nIn both places.\r\n")
     assert reply.code == 250 and "written to 1 terminal(s), and queued for the mailbox" in reply.text, reply
     assert b"In both places." in alice.read()
-    box = server.mailboxes / "alice"
-    wait_until(lambda: box.exists() and b"In both places." in box.read_bytes(), timeout=10)
+    assert reaches_mailbox(server, "alice", b"In both places."), server.log()[-2000:]
 
 
 def test_escape_sequences_arrive_made_visible_and_long_messages_are_cut(make_postel, tmp_path, terminals):
