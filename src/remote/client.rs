@@ -2,7 +2,7 @@
 //! pipelining per RFC 2920), with STARTTLS (RFC 3207) or implicit TLS (RFC 8314) and AUTH PLAIN or
 //! LOGIN (RFC 4954) when asked for.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::io::{self, BufRead, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -349,7 +349,7 @@ impl Connection {
         self.clean = false;
         let mut mail = format!("MAIL FROM:<{sender}>");
         if self.extensions.size.is_some() {
-            mail.push_str(&format!(" SIZE={size}"));
+            let _ = write!(mail, " SIZE={size}"); // writing to a String cannot fail
         }
         if eight_bit {
             mail.push_str(" BODY=8BITMIME");
@@ -482,7 +482,7 @@ impl Connection {
 
     /// EHLO, falling back to HELO when the server does not know EHLO.
     fn ehlo(&mut self, helo: &str) -> Result<(), ClientError> {
-        self.queue(&format!("EHLO {helo}"))?;
+        self.queue(format_args!("EHLO {helo}"))?;
         self.flush("EHLO")?;
         let (code, lines) = self.read_lines("EHLO", self.timeouts.command)?;
         if (200..300).contains(&code) {
@@ -555,11 +555,11 @@ impl Connection {
         recipients: &[String],
         body: &mut dyn BufRead,
     ) -> Result<Sent, ClientError> {
-        self.queue(mail)?;
+        self.queue(format_args!("{mail}"))?;
         for recipient in recipients {
-            self.queue(&format!("RCPT TO:<{recipient}>"))?;
+            self.queue(format_args!("RCPT TO:<{recipient}>"))?;
         }
-        self.queue("DATA")?;
+        self.queue(format_args!("DATA"))?;
         self.flush("MAIL, RCPT and DATA")?;
         let command = self.timeouts.command;
         let mail_reply = self.read_reply("MAIL", command)?;
@@ -571,7 +571,7 @@ impl Connection {
         let refusal = nobody_accepted(&results);
         if data_reply.code / 100 == 3 && (!mail_reply.is_positive() || refusal.is_some()) {
             // RFC 2920 section 3.1: DATA went through with nothing to send; end it at once.
-            self.queue(".")?;
+            self.queue(format_args!("."))?;
             self.flush("end of data")?;
             self.read_reply("end of data", self.timeouts.end_of_data)?;
         }
@@ -624,7 +624,7 @@ impl Connection {
 
     /// Sends one command and reads its reply.
     fn exchange(&mut self, step: &'static str, line: &str) -> Result<RemoteReply, ClientError> {
-        self.queue(line)?;
+        self.queue(format_args!("{line}"))?;
         self.flush(step)?;
         self.read_reply(step, self.timeouts.command)
     }
@@ -637,21 +637,21 @@ impl Connection {
         shown: &str,
     ) -> Result<RemoteReply, ClientError> {
         debug!("{} C: {shown}", self.peer);
-        self.write_line(line)?;
+        self.write_line(format_args!("{line}"))?;
         self.flush(step)?;
         self.read_reply(step, self.timeouts.command)
     }
 
-    /// Adds a command line to the write buffer.
-    fn queue(&mut self, line: &str) -> Result<(), ClientError> {
+    /// Adds a command line to the write buffer, formatted straight into it.
+    fn queue(&mut self, line: fmt::Arguments<'_>) -> Result<(), ClientError> {
         debug!("{} C: {line}", self.peer);
         self.write_line(line)
     }
 
-    fn write_line(&mut self, line: &str) -> Result<(), ClientError> {
+    fn write_line(&mut self, line: fmt::Arguments<'_>) -> Result<(), ClientError> {
         let written = self
             .writer
-            .write_all(line.as_bytes())
+            .write_fmt(line)
             .and_then(|()| self.writer.write_all(b"\r\n"));
         written.map_err(|e| self.io_failure("commands", e))
     }
