@@ -174,3 +174,19 @@ def test_check_names_a_held_domain_whose_user_cannot_log_in(provider, tmp_path):
     run = postel(["check"], config=path)
     assert run.returncode == 78, text(run)
     assert "odmr_domains: example.org is held for nobody-here, who is not in" in text(run), text(run)
+
+
+def test_the_customers_daemon_delivers_what_postel_atrn_took_in(provider, make_postel, tmp_path):
+    """With a daemon on the customer's spool, `postel atrn` queues what it takes and hands it to that daemon."""
+    secret = tmp_path / "daemon.secret"
+    secret.write_text(f"alice:{PASSWORD}\n")
+    secret.chmod(0o600)
+    daemon = make_postel(hostname="customer.test", local_domains=["example.org"], local_users=["bob"],
+                         delivery_workers=1, smarthost_credentials=str(secret), tls_ca_file=str(provider.ca.cert))
+    send_to_example_org(provider, "for the daemon")
+    held(provider)
+    run = atrn(daemon.config_path, provider)
+    assert run.returncode == 0, text(run)
+    assert wait_until(lambda: len(mbox_messages(daemon.mailboxes / "bob")) == 1, 20), daemon.log()[-3000:]
+    assert [m["Subject"] for m in mbox_messages(daemon.mailboxes / "bob")] == ["for the daemon"]
+    daemon.wait_log(r"[0-9A-F]{20}: removed", timeout=20)
