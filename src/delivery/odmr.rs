@@ -26,7 +26,6 @@ pub struct Odmr {
 }
 
 /// Why ATRN is refused.
-#[derive(Debug, PartialEq, Eq)]
 pub enum Refusal {
     /// The user may not take the mail of this domain (it is not theirs in `odmr_domains`).
     NotAuthorized(String),

@@ -375,28 +375,25 @@ impl Policy for ServerPolicy {
                 "Unable to process ATRN request now: no queue runner in this mode",
             ));
         };
-        let lease = odmr.lease(user, domains).map_err(|refusal| {
-            step!(&self.session, "ATRN from {user} refused: {refusal:?}");
-            match refusal {
-                Refusal::NotAuthorized(domain) => Reply::new(
-                    530,
-                    Detail::NotAuthorized,
-                    format!("Error: {user} may not take the mail of {domain} (odmr_domains)"),
+        let lease = odmr.lease(user, domains).map_err(|refusal| match refusal {
+            Refusal::NotAuthorized(domain) => Reply::new(
+                530,
+                Detail::NotAuthorized,
+                format!("Error: {user} may not take the mail of {domain} (odmr_domains)"),
+            ),
+            Refusal::NoDomains => Reply::new(
+                530,
+                Detail::NotAuthorized,
+                format!("Error: no domain's mail is held for {user} (odmr_domains)"),
+            ),
+            Refusal::Busy(domain) => Reply::new(
+                450,
+                Detail::OtherMailSystem,
+                format!(
+                    "ATRN request refused: the mail of {domain} is being sent on another connection"
                 ),
-                Refusal::NoDomains => Reply::new(
-                    530,
-                    Detail::NotAuthorized,
-                    format!("Error: no domain's mail is held for {user} (odmr_domains)"),
-                ),
-                Refusal::Busy(domain) => Reply::new(
-                    450,
-                    Detail::OtherMailSystem,
-                    format!(
-                        "ATRN request refused: the mail of {domain} is being sent on another connection"
-                    ),
-                ),
-                Refusal::NoMail => Reply::fixed(453, Detail::Undefined, "You have no mail"),
-            }
+            ),
+            Refusal::NoMail => Reply::fixed(453, Detail::Undefined, "You have no mail"),
         })?;
         step!(
             &self.session,
