@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from helpers import SmtpConn, free_port, message, postel, wait_until
+from helpers import SmtpConn, free_port, message, postel, transaction, wait_until
 from mboxutil import mbox_messages
 from relayutil import lab  # noqa: F401 (a fixture)
 from tlsutil import CA, libxcrypt_hash
@@ -217,12 +217,8 @@ def test_relay_to_an_mx_with_starttls_arrives_as_esmtps(lab, pki):
     lab.dns()
     receiver = lab.receiver("127.0.0.2", tls_certificate=str(cert), tls_key=str(key))
     sender = lab.sender(trusted_networks=["127.0.0.1/32"])
-    conn = sender.session()
-    conn.expect("MAIL FROM:<alice@postel.test>", 250)
-    conn.expect("RCPT TO:<carol@example.test>", 250)
-    conn.expect("DATA", 354)
-    conn.send(message("over tls") + b".\r\n")
-    assert conn.reply().code == 250
+    done = transaction(sender.session(), "alice@postel.test", ["carol@example.test"], message("over tls"))
+    assert done.code == 250, done
     assert wait_until(lambda: len(mbox_messages(receiver.mailboxes / "carol")) == 1, 20), sender.log()[-3000:]
     (received,) = [h for h in mbox_messages(receiver.mailboxes / "carol")[0].get_all("Received")
                    if "mx-127.0.0.2" in h]
@@ -238,12 +234,8 @@ def test_relay_to_an_mx_without_starttls(lab):
     opportunistic = lab.sender(trusted_networks=["127.0.0.1/32"])
     required = lab.sender(trusted_networks=["127.0.0.1/32"], remote_tls="required")
     for server in (opportunistic, required):
-        conn = server.session()
-        conn.expect("MAIL FROM:<alice@postel.test>", 250)
-        conn.expect("RCPT TO:<dave@implicit.test>", 250)
-        conn.expect("DATA", 354)
-        conn.send(message("plaintext mx") + b".\r\n")
-        assert conn.reply().code == 250
+        done = transaction(server.session(), "alice@postel.test", ["dave@implicit.test"], message("plaintext mx"))
+        assert done.code == 250, done
     receiver = lab.receivers[0]
     assert wait_until(lambda: len(mbox_messages(receiver.mailboxes / "dave")) == 1, 20)
     required.wait_log(r"status=deferred .*does not offer STARTTLS, and TLS is required", timeout=20)
