@@ -66,7 +66,7 @@ pub fn command_line(data: &[u8]) {
 }
 
 /// A client's byte stream through the session state machine (pipelined commands, DATA, BDAT,
-/// STARTTLS, AUTH), read in pieces of the chosen size: it never panics or stalls, messages start
+/// STARTTLS, AUTH, ATRN on an ODMR port), read in pieces of the chosen size: it never panics or stalls, messages start
 /// and end one at a time, the output is printable reply lines, and how the stream is cut into
 /// reads changes nothing (but for what STARTTLS throws away).
 pub fn session(data: &[u8]) {
@@ -78,6 +78,7 @@ pub fn session(data: &[u8]) {
     }
     params.tls_required = flags & 8 != 0;
     params.submission = flags & 16 != 0;
+    params.odmr = flags & 32 != 0;
     let trusted = flags & 1 != 0;
     let whole = harness::run_with(params.clone(), trusted, input, input.len().max(1));
     // What was read before a STARTTLS is thrown away, so there the reads do matter.
@@ -95,6 +96,7 @@ fn assert_same_run(whole: &Run, pieces: &Run) {
     assert_eq!(whole.messages, pieces.messages);
     assert_eq!(whole.aborted, pieces.aborted);
     assert_eq!(whole.closed, pieces.closed);
+    assert_eq!(whole.turned, pieces.turned);
 }
 
 /// Message content after DATA: the message ends at the first end-of-data line and nowhere else, a
