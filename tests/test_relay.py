@@ -106,6 +106,29 @@ def test_ten_messages_one_connection(lab):
     assert fake.max_active == 1
 
 
+def test_a_kept_connection_is_reset_only_after_a_failed_transaction(lab):
+    """After the 250 to the content the server expects MAIL again (RFC 5321 4.1.1.4): the next message follows at
+    once. After a refused content RSET comes first (doc/relay.md, "Sending")."""
+    lab.dns()
+
+    def refuse_once(server, txn):
+        return "451 4.3.0 Try again later" if txn.header("Subject") == "refused" else None
+
+    fake = lab.fake("127.0.0.2", on_data_end=refuse_once)
+    sender = lab.sender(remote_concurrency=1, retry_first="1h", retry_max="1h")
+    conn = sender.session()
+    for subject in ["clean one", "refused", "clean two", "clean three"]:
+        assert transaction(conn, ALICE, ["user@example.test"], msg(subject)).code == 250
+    fake.wait_delivered(3)
+    assert wait_until(lambda: len(fake.transactions) == 4 and "RSET" in fake.commands(), 10), fake.commands()
+    assert len(fake.connections) == 1, fake.connections
+    commands = fake.commands()
+    assert commands.count("RSET") == 1, commands
+    refused = next(i for i, t in enumerate(fake.transactions) if t.header("Subject") == "refused")
+    ends = [i for i, c in enumerate(commands) if c == "DATA"]
+    assert commands[ends[refused] + 1] == "RSET", commands
+
+
 def test_concurrency_limit_per_destination(lab):
     """Many messages at once never open more than remote_concurrency connections to one destination."""
     lab.dns()
