@@ -62,8 +62,12 @@ fn field(record: &[u8], (at, len): (usize, usize)) -> &[u8] {
 
 /// Whether the terminal accepts messages: a character device with the group-write bit set (`mesg y`).
 pub fn accepts_messages(terminal: &Path) -> bool {
-    fs::metadata(terminal)
-        .is_ok_and(|m| m.file_type().is_char_device() && m.mode() & GROUP_WRITE != 0)
+    fs::metadata(terminal).is_ok_and(|m| takes_messages(&m))
+}
+
+/// The rule itself, for a file already looked at: checked before a write and again on the opened file.
+fn takes_messages(metadata: &fs::Metadata) -> bool {
+    metadata.file_type().is_char_device() && metadata.mode() & GROUP_WRITE != 0
 }
 
 /// The terminals of `user` that accept messages.
@@ -141,7 +145,7 @@ pub fn open(terminal: &Path, owner: Option<u32>) -> io::Result<File> {
         .open(terminal)?;
     let metadata = tty.metadata()?;
     let refused = |why: &str| Err(io::Error::new(io::ErrorKind::PermissionDenied, why));
-    if !metadata.file_type().is_char_device() || metadata.mode() & GROUP_WRITE == 0 {
+    if !takes_messages(&metadata) {
         return refused("the terminal does not accept messages");
     }
     if owner.is_some_and(|uid| metadata.uid() != uid) {
