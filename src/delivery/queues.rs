@@ -108,6 +108,7 @@ mod tests {
                 envelope: Envelope::new(String::new(), Vec::new(), chrono::Utc::now()),
                 len: 0,
                 file: "q".into(),
+                record_offset: 0,
                 body_offset: 0,
                 state: DeliveryState::default(),
             }),

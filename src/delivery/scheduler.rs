@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::panic::{self, AssertUnwindSafe};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -26,11 +26,26 @@ use crate::delivery::queues::Queues;
 use crate::delivery::retry;
 use crate::delivery::transport::Delivery;
 use crate::delivery::worker::{self, Conclusion, Finished, Work, panic_text};
-use crate::spool::{Outcome, QueueId, Queued, SpoolError};
+use crate::spool::{DeliveryState, Outcome, QueueId, Queued, SpoolError};
 
 /// How often the manager looks for messages other programs left in the spool and for control requests, when
 /// nobody rings.
 const PICKUP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The most new messages the scheduler holds in memory at once, waiting to be planned or in an attempt. Beyond
+/// that a new message waits as its place in the spool (a few dozen bytes, [`Unread`]) and is read back when there
+/// is room, so a backlog of accepted mail costs memory by its count, not by its envelopes, header sections and
+/// routes. Enough to fill every job of a busy mailbox many times over. (Small in the unit tests, which queue a
+/// few dozen.)
+const HELD: usize = if cfg!(test) { 8 } else { 1024 };
+
+/// A new message the scheduler does not hold: where to read it back from (see [`HELD`]).
+struct Unread {
+    id: QueueId,
+    /// Shared with the entries before it in the same queue file.
+    file: Arc<Path>,
+    offset: u64,
+}
 
 enum Event {
     /// A message to deliver now.
@@ -139,6 +154,7 @@ impl Scheduler {
             idle_workers: workers,
             queues: Queues::new(workers),
             to_plan: VecDeque::new(),
+            unread: VecDeque::new(),
             to_conclude: VecDeque::new(),
             attempts: HashMap::new(),
             deliverer,
@@ -191,6 +207,8 @@ struct Manager {
     queues: Queues,
     /// Messages whose attempt is to be planned, and attempts to be concluded.
     to_plan: VecDeque<Queued>,
+    /// New messages to plan after those, not held in memory (see [`HELD`]), in the order they came.
+    unread: VecDeque<Unread>,
     to_conclude: VecDeque<Conclusion>,
     /// Attempts with deliveries out, by message.
     attempts: HashMap<QueueId, Attempt>,
@@ -288,7 +306,51 @@ impl Manager {
             return;
         }
         self.known_files.insert(message.file.clone());
+        let new = message.state == DeliveryState::default();
+        if new && (!self.unread.is_empty() || self.held() >= HELD) {
+            let file = match self.unread.back() {
+                Some(last) if *last.file == *message.file => Arc::clone(&last.file),
+                _ => Arc::from(message.file.as_path()),
+            };
+            self.unread.push_back(Unread {
+                id: message.envelope.id,
+                file,
+                offset: message.record_offset,
+            });
+            return;
+        }
         self.to_plan.push_back(message);
+    }
+
+    /// The messages held in memory for an attempt that is not concluded yet.
+    fn held(&self) -> usize {
+        self.to_plan.len() + self.attempts.len()
+    }
+
+    /// The next message to plan: one held in memory, else, while fewer than [`HELD`] are, one read back from the
+    /// spool. One that cannot be read back (an I/O error) waits in the spool for the next start.
+    fn next_to_plan(&mut self) -> Option<Queued> {
+        if let Some(message) = self.to_plan.pop_front() {
+            return Some(message);
+        }
+        while self.held() < HELD {
+            let unread = self.unread.pop_front()?;
+            match self
+                .deliverer
+                .spool
+                .read_queued(&unread.file, unread.offset)
+            {
+                Ok(message) => return Some(message),
+                Err(e) => {
+                    warn!(
+                        "{}: cannot read it back from the spool ({e}); it waits there for the next start",
+                        unread.id
+                    );
+                    self.in_flight.remove(&unread.id);
+                }
+            }
+        }
+        None
     }
 
     /// Gives work to every idle worker while there is any: conclusions first (they free the messages), then
@@ -297,7 +359,7 @@ impl Manager {
         while self.idle_workers > 0 {
             let work = if let Some(conclusion) = self.to_conclude.pop_front() {
                 Work::Conclude(conclusion)
-            } else if let Some(message) = self.to_plan.pop_front() {
+            } else if let Some(message) = self.next_to_plan() {
                 Work::Plan(message)
             } else if let Some(job) = self.queues.next_job(&self.deliverer.config) {
                 Work::Deliver(job)
@@ -540,6 +602,51 @@ mod tests {
             "the scheduler died"
         );
         scheduler.stop();
+    }
+
+    #[test]
+    fn a_backlog_beyond_what_is_held_is_read_back_and_delivered_in_order_once() {
+        let dir = TempDir::new("scheduler-backlog");
+        let mut config = Config::builtin();
+        config.spool_dir = dir.0.join("spool");
+        config.mailbox_dir = dir.0.join("mailboxes");
+        config.local_users = crate::config::LocalUsers::List(vec!["alice".into()]);
+        std::fs::create_dir_all(&config.mailbox_dir).unwrap();
+        let spool = Spool::open(&config.spool_dir).unwrap();
+        let count = 4 * HELD;
+        let queued: Vec<Queued> = (0..count)
+            .map(|n| {
+                let recipients = vec!["alice@localhost".to_string()];
+                let mut writer = spool.new_message(crate::spool::Envelope::new(
+                    "carol@example.org".into(),
+                    recipients,
+                    Utc::now(),
+                ));
+                writer.write(format!("Subject: {n}\r\n\r\nbody\r\n").as_bytes());
+                spool.commit(writer).unwrap()
+            })
+            .collect();
+        let aliases = Aliases::parse("", "aliases").unwrap();
+        let deliverer = Deliverer::new(
+            Arc::new(config.clone()),
+            Arc::new(spool),
+            Arc::new(Reloadable::new(aliases)),
+        );
+        let scheduler = Scheduler::start(Arc::new(deliverer), queued).unwrap();
+        let mailbox = config.mailbox_dir.join("alice");
+        let subjects = || -> Vec<String> {
+            let text = std::fs::read_to_string(&mailbox).unwrap_or_default();
+            text.lines()
+                .filter_map(|line| line.strip_prefix("Subject: ").map(str::to_string))
+                .collect()
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while subjects().len() < count && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        scheduler.stop();
+        let want: Vec<String> = (0..count).map(|n| n.to_string()).collect();
+        assert_eq!(subjects(), want);
     }
 
     #[test]

@@ -99,6 +99,8 @@ pub struct Queued {
     pub len: u64,
     /// The queue file that holds the message (a segment may hold others too).
     pub file: PathBuf,
+    /// Where the message's record starts in `file` (see [`Spool::read_queued`]).
+    pub record_offset: u64,
     /// Where the body starts in `file`.
     pub body_offset: u64,
     /// Its deliveries so far (nothing for a message just committed).
@@ -443,7 +445,39 @@ impl Spool {
             envelope,
             len,
             file,
+            record_offset: offset,
             body_offset: offset + body_start,
+            state: DeliveryState::default(),
+        })
+    }
+
+    /// The message whose record starts at `offset` in the queue file `file`, read back from disk: a message the
+    /// scheduler did not keep in memory while it waited (see delivery/scheduler.rs). Its delivery state is not
+    /// read: this is for messages nothing has been recorded for. The body is not read (its checksum was checked
+    /// when the message was committed or scanned).
+    pub fn read_queued(&self, file: &Path, offset: u64) -> Result<Queued, SpoolError> {
+        let corrupt = |what: &str| SpoolError::Corrupt {
+            path: file.to_path_buf(),
+            offset,
+            what: what.to_string(),
+        };
+        let opened = File::open(file).map_err(SpoolError::io(file))?;
+        let mut line = [0; HEADER_LEN];
+        opened
+            .read_exact_at(&mut line, offset)
+            .map_err(SpoolError::io(file))?;
+        let header = record::Header::parse(&line).map_err(corrupt)?;
+        let mut text = vec![0; header.envelope_len as usize];
+        opened
+            .read_exact_at(&mut text, offset + HEADER_LEN as u64)
+            .map_err(SpoolError::io(file))?;
+        let envelope = Envelope::parse(&text).map_err(|what| corrupt(&what))?;
+        Ok(Queued {
+            envelope,
+            len: header.body_len,
+            file: file.to_path_buf(),
+            record_offset: offset,
+            body_offset: offset + HEADER_LEN as u64 + u64::from(header.envelope_len),
             state: DeliveryState::default(),
         })
     }

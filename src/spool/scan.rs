@@ -281,6 +281,7 @@ fn read_record(
             envelope,
             len: header.body_len,
             file: path.to_path_buf(),
+            record_offset: offset,
             body_offset,
             state: DeliveryState::default(),
         })),
