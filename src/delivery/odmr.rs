@@ -144,3 +144,84 @@ impl Drop for Lease {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::config::Config;
+    use crate::delivery::aliases::Aliases;
+    use crate::delivery::scheduler::Scheduler;
+    use crate::reloadable::Reloadable;
+    use crate::spool::{Envelope, Spool};
+    use crate::testing::TempDir;
+
+    /// A scheduler holding one message for example.org (alice's), and the ODMR service on it.
+    fn provider(dir: &TempDir) -> (Scheduler, Arc<Odmr>) {
+        let mut config = Config::builtin();
+        config.spool_dir = dir.0.join("spool");
+        config.odmr_domains = vec![
+            ("example.org".into(), "alice".into()),
+            ("example.net".into(), "alice".into()),
+            ("bob.test".into(), "bob".into()),
+        ];
+        config.delivery_workers = 1;
+        let spool = Arc::new(Spool::open(&config.spool_dir).unwrap());
+        let recipients = vec!["carol@example.org".to_string()];
+        let mut writer = spool.new_message(Envelope::new(
+            "dave@example.com".into(),
+            recipients,
+            Utc::now(),
+        ));
+        writer.write(b"Subject: held\r\n\r\nHello.\r\n");
+        let queued = spool.commit(writer).unwrap();
+        let aliases = Arc::new(Reloadable::new(Aliases::parse("", "aliases").unwrap()));
+        let deliverer = Arc::new(Deliverer::new(Arc::new(config), spool, aliases));
+        let scheduler = Scheduler::start(Arc::clone(&deliverer), vec![queued]).unwrap();
+        let odmr = Odmr::new(deliverer, scheduler.handle());
+        (scheduler, odmr)
+    }
+
+    /// Asks until the message is back in the schedule (its first attempt, held, takes a moment).
+    fn lease_within(odmr: &Arc<Odmr>, user: &str, domains: &[String]) -> Result<Lease, Refusal> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match odmr.lease(user, domains) {
+                Err(Refusal::NoMail) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                other => return other,
+            }
+        }
+    }
+
+    #[test]
+    fn a_lease_is_for_the_domains_owner_one_connection_at_a_time() {
+        let dir = TempDir::new("odmr-lease");
+        let (scheduler, odmr) = provider(&dir);
+        let example = vec!["Example.ORG".to_string()];
+        let theirs = |result: Result<Lease, Refusal>| match result {
+            Err(Refusal::NotAuthorized(domain)) => domain,
+            _ => panic!("not refused as another user's domain"),
+        };
+        assert_eq!(theirs(odmr.lease("bob", &example)), "example.org");
+        let mixed = vec!["bob.test".to_string(), "example.net".to_string()];
+        assert_eq!(theirs(odmr.lease("bob", &mixed)), "example.net");
+        assert!(matches!(odmr.lease("carol", &[]), Err(Refusal::NoDomains)));
+        assert!(matches!(odmr.lease("bob", &[]), Err(Refusal::NoMail)));
+
+        let first = lease_within(&odmr, "alice", &example).ok().unwrap();
+        assert_eq!(first.domains(), ["example.org"]);
+        assert_eq!(first.messages.len(), 1);
+        // Asking for all of alice's domains takes example.org too: busy while the first lease lives.
+        assert!(matches!(odmr.lease("alice", &[]), Err(Refusal::Busy(d)) if d == "example.org"));
+        drop(first);
+        // The untried message went back to the schedule: the next ATRN gets it.
+        let again = lease_within(&odmr, "alice", &[]).ok().unwrap();
+        assert_eq!(again.domains(), ["example.org", "example.net"]);
+        assert_eq!(again.messages.len(), 1);
+        drop(again);
+        scheduler.stop();
+    }
+}
