@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 import spool
-from helpers import wait_until
+from helpers import transaction, wait_until
 from mboxutil import DELIVER, message_ids, messages, queue_empty, sent_lines
 
 
@@ -195,3 +195,36 @@ def test_soml_on_a_full_spool_says_450_and_logs_why(make_postel, small_fs, tmp_p
     assert "cannot queue the message for the mailboxes: the queue cannot take it now" in r.text, r
     assert str(spool_dir) not in r.text, r
     postel.wait_log(r"s\d+: message not queued: ")
+
+
+def test_a_notification_that_finds_the_disk_full_does_not_deliver_twice(make_postel, small_fs, tmp_path):
+    """An attempt delivered to alice and failed for bob (his mailbox is over its limit), and then the disk was full
+    when the notification for bob was to be queued. The retry queued the notification and delivered to alice a
+    second time: what the attempt had delivered was forgotten with the failed conclusion."""
+    spool_dir = small_fs / "spool"
+    spool_dir.mkdir()
+    aliases = tmp_path / "aliases"
+    aliases.write_text('slow: "|sleep 3"\n')
+    postel = make_postel(**{**DELIVER, "retry_first": "2s", "retry_max": "2s"}, spool_dir=str(spool_dir),
+                         spool_min_free=0, mailbox_size_limit=20000, aliases=str(aliases), alias_commands=True,
+                         local_users=["alice", "bob", "carol"])
+    (postel.mailboxes / "bob").write_bytes(b"From x Thu Jan  1 00:00:00 2026\n\n" + b"x" * 30000 + b"\n\n")
+    conn = postel.session()
+    # A header section of 16 KiB, which the notification quotes: more than a page the segment has left.
+    padding = b"".join(b"X-Padding-%03d: %s\r\n" % (n, b"p" * 60) for n in range(220))
+    r = transaction(conn, "carol@localhost", ["alice@localhost", "bob@localhost", "slow@localhost"],
+                    b"Subject: once\r\nMessage-ID: <once@disk.test>\r\n" + padding + b"\r\nhi\r\n")
+    assert r.code == 250, r
+    # alice and bob are done within the command's 3 s; the disk fills before the attempt concludes.
+    box = postel.mailboxes / "alice"
+    assert wait_until(lambda: box.exists() and message_ids(box), 10), postel.log()[-2000:]
+    filler = fill(spool_dir)
+    postel.wait_log(rf"{r.queue_id}: delivery results could not be recorded", timeout=15)
+    # The retry finds the disk still full, then room.
+    assert wait_until(lambda: postel.log().count(f"{r.queue_id}: delivery results could not be recorded") >= 2
+                      or f"{r.queue_id}: to=<alice> (via <alice@localhost>), delay" in postel.log()
+                      and "cannot record" in postel.log(), 20), postel.log()[-3000:]
+    filler.unlink()
+    postel.wait_log(rf"{r.queue_id}: sender non-delivery notification", timeout=20)
+    assert wait_until(lambda: queue_empty(postel.config_path), 20), postel.log()[-3000:]
+    assert message_ids(postel.mailboxes / "alice") == ["<once@disk.test>"], "alice got the message twice"

@@ -166,9 +166,19 @@ impl Deliverer {
         // The notification is queued before the failures are recorded: a crash in between sends it twice rather
         // than never.
         let hostname = &self.config.hostname;
-        let bounces = bounce::queue(&self.spool, hostname, message, &failures, headers, now)?
-            .into_iter()
-            .collect();
+        let bounces = match bounce::queue(&self.spool, hostname, message, &failures, headers, now) {
+            Ok(bounces) => bounces.into_iter().collect(),
+            Err(e) => {
+                // What was delivered stays delivered in the message's state, so the retry does not deliver it
+                // again (a mailbox would get a second copy, a remote a second message); the failures stay
+                // pending, so that the retry queues their notification.
+                let delivered = results.into_iter().map(|(r, _)| r);
+                message
+                    .state
+                    .apply(delivered.filter(|r| r.outcome == Outcome::Delivered));
+                return Err(e);
+            }
+        };
         let next_try = self.record_attempt(message, results)?;
         Ok(Attempted { next_try, bounces })
     }
