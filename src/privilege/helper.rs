@@ -103,43 +103,19 @@ pub enum Ended {
 impl Helper {
     /// The system user `name`'s mailbox, opened by the helper (see the module's table).
     pub fn open_mailbox(&self, name: &str) -> Result<File, String> {
-        let accepted = self.ask(&["mailbox", name], &[], SHORT_REPLY)?;
-        accepted
-            .fds
-            .into_iter()
-            .next()
-            .map(File::from)
-            .ok_or_else(no_answer)
+        self.ask_for_file(&["mailbox", name])
     }
 
     /// The file an alias names (`/path`), opened by the helper as the owner of the aliases file (see the module's
     /// table).
     pub fn open_alias_file(&self, path: &Path) -> Result<File, String> {
-        let path = path
-            .to_str()
-            .ok_or_else(|| format!("{}: not a UTF-8 path", path.display()))?;
-        let accepted = self.ask(&["file", path], &[], SHORT_REPLY)?;
-        accepted
-            .fds
-            .into_iter()
-            .next()
-            .map(File::from)
-            .ok_or_else(no_answer)
+        self.ask_for_file(&["file", utf8(path)?])
     }
 
     /// The terminal `line` (`pts/3`, under /dev) of `user`'s login session, opened by the helper for writing a
     /// message (see the module's table).
     pub fn open_terminal(&self, user: &str, line: &Path) -> Result<File, String> {
-        let line = line
-            .to_str()
-            .ok_or_else(|| format!("{}: not a UTF-8 path", line.display()))?;
-        let accepted = self.ask(&["terminal", user, line], &[], SHORT_REPLY)?;
-        accepted
-            .fds
-            .into_iter()
-            .next()
-            .map(File::from)
-            .ok_or_else(no_answer)
+        self.ask_for_file(&["terminal", user, utf8(line)?])
     }
 
     /// Runs the alias command `command` with `stdin` and `stderr` as the owner of the aliases file.
@@ -171,6 +147,17 @@ impl Helper {
     }
 
     /// Sends one request and waits for its first reply, of at most `capacity` bytes.
+    /// A request whose answer is one open file.
+    fn ask_for_file(&self, words: &[&str]) -> Result<File, String> {
+        let accepted = self.ask(words, &[], SHORT_REPLY)?;
+        accepted
+            .fds
+            .into_iter()
+            .next()
+            .map(File::from)
+            .ok_or_else(no_answer)
+    }
+
     fn ask(&self, words: &[&str], fds: &[BorrowedFd], capacity: usize) -> Result<Accepted, String> {
         let failed = |e: io::Error| format!("the privileged helper cannot be reached: {e}");
         let (reply, theirs) = pair().map_err(failed)?;
@@ -215,6 +202,12 @@ impl RunningCommand {
             _ => Err(no_answer()),
         }
     }
+}
+
+/// A path as a request word: the request protocol is text.
+fn utf8(path: &Path) -> Result<&str, String> {
+    path.to_str()
+        .ok_or_else(|| format!("{}: not a UTF-8 path", path.display()))
 }
 
 fn no_answer() -> String {
