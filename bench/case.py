@@ -72,7 +72,9 @@ class Context:
         if name == POSTEL:
             # Mail for elsewhere goes nowhere, whatever happens: a port nobody listens on.
             nowhere = f"127.0.0.1:{free_port()}"
+            # No mailbox size limit, as at the reference: the cases that fill one mailbox pass Postel's default.
             settings = {"smarthost": nowhere, "nameservers": [nowhere], "aliases": str(self.aliases()),
+                        "mailbox_size_limit": 0,
                         **case.postel_settings(self)}
             return servers.Postel(self.binary, self.base, **settings)
         if name == POSTFIX:
