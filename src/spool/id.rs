@@ -8,9 +8,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A message's queue id: 20 upper-case hexadecimal digits, 13 of microseconds since the Unix epoch,
 /// 3 of a sequence number and 4 of the process id (doc/spool.md). Ids sort by creation as strings.
-/// The default value is the empty, unassigned id.
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct QueueId(String);
+/// The default value is the empty, unassigned id. The digits are held inline: the scheduler keeps an id for every
+/// message of a backlog, and the sessions and deliveries pass them around per message, without a heap allocation.
+/// Unassigned, the digits are zero bytes: upper-case hexadecimal digits sort as their bytes do, and below them the
+/// unassigned id, as the empty string sorts below all others.
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct QueueId([u8; ID_LEN]);
+
+/// The length of an id in digits.
+const ID_LEN: usize = 20;
 
 /// How many low bits of a stamp count ids handed out within one microsecond (3 hex digits).
 const SEQUENCE_BITS: u32 = 12;
@@ -36,7 +42,8 @@ impl QueueId {
                 Ordering::Relaxed,
             ) {
                 Ok(_) => {
-                    return QueueId(format!("{stamp:016X}{:04X}", std::process::id() & 0xFFFF));
+                    let pid = u128::from(std::process::id() & 0xFFFF);
+                    return QueueId::from_key(u128::from(stamp) << 16 | pid);
                 }
                 Err(actual) => last = actual,
             }
@@ -45,24 +52,37 @@ impl QueueId {
 
     /// The id as text; empty when unassigned.
     pub fn as_str(&self) -> &str {
-        &self.0
+        let digits = &self.0;
+        let len = if digits[0] == 0 { 0 } else { ID_LEN };
+        std::str::from_utf8(&digits[..len]).expect("an id is ASCII digits")
     }
 
     /// The id as a number (its 80 bits), the compact key the spool's bookkeeping uses; 0 when
     /// unassigned.
     pub(super) fn key(&self) -> u128 {
-        u128::from_str_radix(&self.0, 16).unwrap_or(0)
+        u128::from_str_radix(self.as_str(), 16).unwrap_or(0)
     }
 
     /// The id whose key this is.
     pub(super) fn from_key(key: u128) -> QueueId {
-        QueueId(format!("{key:020X}"))
+        const HEX: &[u8; 16] = b"0123456789ABCDEF";
+        let mut digits = [0; ID_LEN];
+        for (i, digit) in digits.iter_mut().rev().enumerate() {
+            *digit = HEX[(key >> (4 * i) & 0xF) as usize];
+        }
+        QueueId(digits)
+    }
+}
+
+impl fmt::Debug for QueueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("QueueId").field(&self.as_str()).finish()
     }
 }
 
 impl fmt::Display for QueueId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -72,10 +92,9 @@ impl FromStr for QueueId {
     /// Accepts exactly 20 upper-case hexadecimal digits.
     fn from_str(s: &str) -> Result<QueueId, InvalidQueueId> {
         let hex = |b: &u8| b.is_ascii_digit() || (b'A'..=b'F').contains(b);
-        if s.len() == 20 && s.as_bytes().iter().all(hex) {
-            Ok(QueueId(s.to_string()))
-        } else {
-            Err(InvalidQueueId)
+        match <[u8; ID_LEN]>::try_from(s.as_bytes()) {
+            Ok(digits) if digits.iter().all(hex) => Ok(QueueId(digits)),
+            _ => Err(InvalidQueueId),
         }
     }
 }
