@@ -121,6 +121,19 @@ def test_line_at_the_limit_is_accepted(postel):
     assert conn.reply().code == 250
 
 
+def test_a_configured_long_line_limit_holds_past_the_input_buffer(make_postel):
+    # The input buffer is at least 16 KiB and twice max_line_length: a longer limit gets a longer buffer.
+    postel = make_postel(max_line_length=32_768)
+    conn = postel.session()
+    line = b"NOOP " + b"x" * (32_768 - len(b"NOOP \r\n"))
+    conn.send(line + b"\r\n")
+    assert conn.reply().code == 250
+    conn.send(line + b"x\r\n")
+    r = conn.reply()
+    assert (r.code, r.enhanced) == (500, "5.5.2"), r
+    conn.expect("NOOP", 250, "2.0.0")
+
+
 def test_too_many_errors_closes_with_421(make_postel):
     postel = make_postel(max_errors=5)
     conn = postel.session()

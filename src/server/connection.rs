@@ -13,7 +13,7 @@ use log::{info, warn};
 
 use rustls::ServerConfig;
 
-use crate::config::{Config, MAX_LINE_LIMIT};
+use crate::config::Config;
 use crate::delivery::local;
 use crate::delivery::odmr::{Lease, Odmr};
 use crate::delivery::scheduler::SchedulerHandle;
@@ -151,12 +151,19 @@ const FIRST_ATTEMPT_WAIT: Duration = Duration::from_secs(3);
 /// How often a waiting session looks at the shutdown flag.
 const SHUTDOWN_CHECK: Duration = Duration::from_secs(1);
 
-/// The input buffer's size: room for the longest command line the configuration allows, and as much again.
-const INPUT_BUFFER: usize = 2 * MAX_LINE_LIMIT;
+/// The smallest input buffer: big enough that a message body arrives in few reads.
+const MIN_INPUT_BUFFER: usize = 16 * 1024;
+
+/// The input buffer's size: room for the longest command line the configuration allows and as much again, and no
+/// less than [`MIN_INPUT_BUFFER`]. Every thread of the pool keeps one, so it is not sized for the largest
+/// `max_line_length` any configuration may set.
+fn input_buffer_len(config: &Config) -> usize {
+    (2 * config.max_line_length).max(MIN_INPUT_BUFFER)
+}
 
 thread_local! {
     /// The input buffer of the sessions this thread runs, one after another: allocated by the first, then
-    /// handed from each to the next instead of 64 KiB allocated and zeroed per session.
+    /// handed from each to the next instead of allocated and zeroed per session.
     static INPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -223,7 +230,7 @@ pub fn run(
         }
     }
     let mut input = INPUT.take();
-    input.resize(INPUT_BUFFER, 0);
+    input.resize(input_buffer_len(config), 0);
     let mut driver = Driver {
         transport,
         client,
