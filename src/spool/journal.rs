@@ -32,7 +32,8 @@ pub(crate) struct Journal {
 }
 
 struct Inner {
-    /// The journal open for appending and its durable length; None until the first append.
+    /// The journal open for appending and its length (durable, but for entries of
+    /// [`append_unsynced`](Journal::append_unsynced) since the last sync); None until the first append.
     file: Option<(File, u64)>,
     /// Entries waiting for the next flush: the batch `batch` stands for.
     pending: Vec<u8>,
@@ -42,6 +43,13 @@ struct Inner {
     /// Compact when the journal reaches this length, which is at least `compact_min`.
     compact_at: u64,
     compact_min: u64,
+}
+
+/// Whether a write to the journal waits for the disk.
+#[derive(Clone, Copy)]
+enum Durable {
+    Now,
+    Later,
 }
 
 /// The outcome of one flush, shared by every caller whose entries it wrote.
@@ -130,6 +138,20 @@ impl Journal {
         }
     }
 
+    /// Appends entries (whole lines) to the file at once without waiting for the disk: they survive the process
+    /// but not a power loss, until the next [`append`](Journal::append) syncs the file with them. For records
+    /// whose loss only makes something happen twice, never not at all.
+    pub(super) fn append_unsynced(&self, entries: &[u8]) -> Result<(), SpoolError> {
+        let mut inner = self.lock();
+        while inner.flushing {
+            inner = self.wait(inner);
+        }
+        let file = inner.file.take();
+        let (file, result) = self.write(file, entries, Durable::Later);
+        inner.file = file;
+        result.map_err(|e| self.error(&e))
+    }
+
     /// Writes the pending batch, then compacts the journal if it has grown enough.
     fn flush<'a>(
         &'a self,
@@ -143,7 +165,7 @@ impl Journal {
         let compact_at = inner.compact_at;
         drop(inner);
 
-        let (file, result) = self.write(file, &bytes);
+        let (file, result) = self.write(file, &bytes, Durable::Now);
         let grown = result.is_ok() && file.as_ref().is_some_and(|(_, len)| *len >= compact_at);
         let _ = batch.0.set(result.map_err(Arc::new));
         let mut inner = self.lock();
@@ -177,12 +199,13 @@ impl Journal {
         inner.compact_at = len;
     }
 
-    /// Writes `bytes` at the journal's durable end and syncs them; on failure cuts the file back.
-    /// Returns the file (opened if it was not) with its new durable length.
+    /// Writes `bytes` at the journal's end and syncs the file now or leaves that to the next synced write; on
+    /// failure cuts the file back. Returns the file (opened if it was not) with its new length.
     fn write(
         &self,
         file: Option<(File, u64)>,
         bytes: &[u8],
+        durable: Durable,
     ) -> (Option<(File, u64)>, io::Result<()>) {
         let (file, len) = match file {
             Some(open) => open,
@@ -191,10 +214,11 @@ impl Journal {
                 Err(e) => return (None, Err(e)),
             },
         };
-        match file
-            .write_all_at(bytes, len)
-            .and_then(|()| file.sync_data())
-        {
+        let written = file.write_all_at(bytes, len).and_then(|()| match durable {
+            Durable::Now => file.sync_data(),
+            Durable::Later => Ok(()),
+        });
+        match written {
             Ok(()) => (Some((file, len + bytes.len() as u64)), Ok(())),
             Err(e) => {
                 if let Err(cut) = file.set_len(len) {

@@ -348,8 +348,11 @@ impl Spool {
         Ok(())
     }
 
-    /// Records recipients' deliveries at once, durably, in one write, without counting an attempt: a crash later
-    /// in the same attempt must not deliver to them again. Only the holder of the lock may record.
+    /// Records recipients' deliveries at once, in one write, without counting an attempt: a crash of the process
+    /// later in the same attempt must not deliver to them again. The write does not wait for the disk (the next
+    /// durable record, at the latest the attempt's own, takes it there): it is for deliveries that cannot be taken
+    /// back, to another server or a command, which a power loss just before would at worst make twice, never lose
+    /// (RFC 5321, section 6.1). Only the holder of the lock may record.
     pub fn record_delivered(
         &self,
         id: &QueueId,
@@ -362,7 +365,7 @@ impl Spool {
         for recipient in recipients {
             state::encode_result(id, recipient.as_ref(), &Outcome::Delivered, &mut entries);
         }
-        self.journal.append(&entries, &self.live)
+        self.journal.append_unsynced(&entries)
     }
 
     /// Records, durably, in one write and without counting an attempt, that appends to recipients' mailboxes are
