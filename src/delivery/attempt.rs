@@ -24,7 +24,7 @@ use crate::delivery::trace::{self, Loop};
 use crate::delivery::transport::Delivery;
 use crate::reloadable::Reloadable;
 use crate::smtp::Detail;
-use crate::spool::{Outcome, QueueId, Queued, RecipientResult, Spool, SpoolError};
+use crate::spool::{AttemptRecord, Outcome, QueueId, Queued, RecipientResult, Spool, SpoolError};
 use crate::step;
 
 /// How much of a message is read to find its header section (for loop checks and bounces).
@@ -44,6 +44,35 @@ pub struct Deliverer {
 pub struct Plan {
     pub headers: Arc<[u8]>,
     pub routes: Vec<Route>,
+}
+
+/// An attempt whose deliveries are all done, to be concluded.
+pub struct Conclusion {
+    pub message: Queued,
+    pub headers: Arc<[u8]>,
+    pub deliveries: Vec<(Route, Delivery)>,
+}
+
+/// An attempt's outcomes, logged and notified, to be recorded.
+struct Settled {
+    /// When to try again; None when the message is finished.
+    next_try: Option<DateTime<Utc>>,
+    bounces: Vec<Queued>,
+    /// The results not in the journal yet.
+    unrecorded: Vec<RecipientResult>,
+}
+
+impl Settled {
+    /// What came of the attempt, once recorded.
+    fn attempted(self, id: &QueueId) -> Attempted {
+        if self.next_try.is_none() {
+            info!("{id}: removed");
+        }
+        Attempted {
+            next_try: self.next_try,
+            bounces: self.bounces,
+        }
+    }
 }
 
 /// What became of an attempt.
@@ -134,6 +163,53 @@ impl Deliverer {
         headers: &[u8],
         now: DateTime<Utc>,
     ) -> Result<Attempted, SpoolError> {
+        let settled = self.settle(message, deliveries, headers, now)?;
+        self.record(&[(&message.envelope.id, &settled)])?;
+        Ok(settled.attempted(&message.envelope.id))
+    }
+
+    /// Concludes several attempts (see [`Deliverer::conclude`]) with one journal write for all of them, so that
+    /// a worker concluding a job's messages waits for the disk once. Returns what came of each, in order; takes
+    /// the deliveries out of `conclusions`.
+    pub fn conclude_all(
+        &self,
+        conclusions: &mut [Conclusion],
+        now: DateTime<Utc>,
+    ) -> Vec<Result<Attempted, SpoolError>> {
+        let settled: Vec<_> = conclusions
+            .iter_mut()
+            .map(|c| {
+                let deliveries = std::mem::take(&mut c.deliveries);
+                self.settle(&mut c.message, deliveries, &c.headers, now)
+            })
+            .collect();
+        let shares: Vec<_> = conclusions
+            .iter()
+            .zip(&settled)
+            .filter_map(|(c, settled)| Some((&c.message.envelope.id, settled.as_ref().ok()?)))
+            .collect();
+        let recorded = self.record(&shares);
+        conclusions
+            .iter()
+            .zip(settled)
+            .map(|(c, settled)| {
+                let settled = settled?;
+                recorded.clone()?;
+                Ok(settled.attempted(&c.message.envelope.id))
+            })
+            .collect()
+    }
+
+    /// Logs each outcome of an attempt and queues the notification of its failures. The outcomes go into the
+    /// message's state; what is not in the journal yet is returned for [`Deliverer::record`]. When the
+    /// notification cannot be queued, only the deliveries go into the state.
+    fn settle(
+        &self,
+        message: &mut Queued,
+        deliveries: Vec<(Route, Delivery)>,
+        headers: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<Settled, SpoolError> {
         let schedule = Schedule::new(
             &self.config,
             message.envelope.arrival,
@@ -179,8 +255,41 @@ impl Deliverer {
                 return Err(e);
             }
         };
-        let next_try = self.record_attempt(message, results)?;
-        Ok(Attempted { next_try, bounces })
+        // The outcomes go into the state before they are recorded: when the journal cannot be written (a full
+        // disk), the scheduler keeps the message with that state, so the next attempt records and finishes what
+        // was done instead of doing it again (a relayed copy cannot be taken back; the remote would get it twice).
+        let next_try = results
+            .iter()
+            .filter_map(|(r, _)| match r.outcome {
+                Outcome::Deferred { next_try, .. } => Some(next_try),
+                _ => None,
+            })
+            .min();
+        let unrecorded = results
+            .iter()
+            .filter(|(_, journaled)| !journaled)
+            .map(|(r, _)| r.clone())
+            .collect();
+        message.state.apply(results.into_iter().map(|(r, _)| r));
+        Ok(Settled {
+            next_try,
+            bounces,
+            unrecorded,
+        })
+    }
+
+    /// Records settled attempts in one durable write: each one's results not in the journal yet, and finishes
+    /// the messages that no target waits for.
+    fn record(&self, attempts: &[(&QueueId, &Settled)]) -> Result<(), SpoolError> {
+        let shares: Vec<_> = attempts
+            .iter()
+            .map(|(id, settled)| AttemptRecord {
+                id,
+                results: &settled.unrecorded,
+                finished: settled.next_try.is_none(),
+            })
+            .collect();
+        self.spool.record_attempts(&shares)
     }
 
     /// The targets of the message's recipients that are neither delivered nor failed yet.
@@ -313,43 +422,6 @@ impl Deliverer {
                 format!("cannot record the delivery: {e}"),
             ),
         }
-    }
-
-    /// Records the outcomes of the attempt that are not in the journal yet (each result comes with whether it
-    /// is), and finishes the message when no target waits for a retry, all in one write. Returns the earliest
-    /// retry time, if any.
-    ///
-    /// The outcomes go into the message's state first: when the journal cannot be written (a full disk), the
-    /// scheduler keeps the message with that state, so the next attempt records and finishes what was done
-    /// instead of doing it again (a relayed copy cannot be taken back; the remote would get it twice).
-    fn record_attempt(
-        &self,
-        message: &mut Queued,
-        results: Vec<(RecipientResult, bool)>,
-    ) -> Result<Option<DateTime<Utc>>, SpoolError> {
-        let next_try = results
-            .iter()
-            .filter_map(|(r, _)| match r.outcome {
-                Outcome::Deferred { next_try, .. } => Some(next_try),
-                _ => None,
-            })
-            .min();
-        let unrecorded: Vec<RecipientResult> = results
-            .iter()
-            .filter(|(_, journaled)| !journaled)
-            .map(|(r, _)| r.clone())
-            .collect();
-        message.state.apply(results.into_iter().map(|(r, _)| r));
-        let id = &message.envelope.id;
-        self.spool.record_attempt(
-            id,
-            &unrecorded.iter().collect::<Vec<_>>(),
-            next_try.is_none(),
-        )?;
-        if next_try.is_none() {
-            info!("{id}: removed");
-        }
-        Ok(next_try)
     }
 
     /// Sends the message on to the remote recipients among `routes`: one transaction per domain, for all its

@@ -211,3 +211,71 @@ fn a_delivery_the_journal_cannot_record_is_not_made_again_by_the_retry() {
     assert_eq!(retry.next_try, None, "the retry finishes the message");
     assert!(deliverer.spool.scan(false).unwrap().messages.is_empty());
 }
+
+/// A worker concludes several attempts with one journal write: each gets its own result, and when that write
+/// fails, every one of them keeps what it did for the retry.
+#[test]
+fn attempts_concluded_together_get_each_its_result_or_all_the_failed_write() {
+    let dir = TempDir::new("attempt");
+    let deliverer = deliverer(&dir, "");
+    let conclusion = |recipients: &[&str], delivery: Delivery| {
+        let message = queue(&deliverer, recipients);
+        let plan = deliverer.plan(&message).unwrap();
+        let deliveries = plan
+            .routes
+            .into_iter()
+            .map(|route| (route, delivery.clone()))
+            .collect();
+        Conclusion {
+            message,
+            headers: plan.headers,
+            deliveries,
+        }
+    };
+    let deferred = Delivery::temporary(Detail::NoAnswer, "no answer");
+    let journal = deliverer.config.spool_dir.join("journal");
+    let _ = fs::remove_file(&journal);
+    fs::create_dir(&journal).unwrap();
+    let mut failing = [
+        conclusion(&["dave@remote.test"], Delivery::Done),
+        conclusion(&["erin@remote.test"], deferred.clone()),
+    ];
+    let attempted = deliverer.conclude_all(&mut failing, arrival());
+    assert!(
+        attempted.iter().all(Result::is_err),
+        "the journal is unwritable"
+    );
+    assert_eq!(
+        outcome(&failing[0].message, "dave@remote.test"),
+        &Outcome::Delivered
+    );
+    fs::remove_dir(&journal).unwrap();
+
+    let mut together = [
+        conclusion(&["dave@remote.test"], Delivery::Done),
+        conclusion(&["erin@remote.test"], deferred),
+    ];
+    let attempted = deliverer.conclude_all(&mut together, arrival());
+    let [Ok(done), Ok(waiting)] = &attempted[..] else {
+        panic!("not two results")
+    };
+    assert_eq!(done.next_try, None);
+    assert!(waiting.next_try.is_some());
+    let journal = fs::read_to_string(&journal).unwrap();
+    for c in &together {
+        assert!(
+            journal.contains(c.message.envelope.id.as_str()),
+            "{journal}"
+        );
+    }
+    let left = deliverer.spool.scan(false).unwrap().messages;
+    let ids: Vec<_> = left.iter().map(|m| m.envelope.id.clone()).collect();
+    assert!(
+        ids.contains(&together[1].message.envelope.id),
+        "erin's waits"
+    );
+    assert!(
+        !ids.contains(&together[0].message.envelope.id),
+        "dave's is finished"
+    );
+}

@@ -18,14 +18,14 @@ use chrono::{DateTime, Utc};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::{error, info, warn};
 
-use crate::delivery::attempt::{Attempted, Deliverer, Plan};
+use crate::delivery::attempt::{Attempted, Conclusion, Deliverer, Plan};
 use crate::delivery::control::{self, Request};
-use crate::delivery::job::{self, Part, Target};
+use crate::delivery::job::{self, MESSAGES_PER_JOB, Part, Target};
 use crate::delivery::local::Route;
 use crate::delivery::queues::Queues;
 use crate::delivery::retry;
 use crate::delivery::transport::Delivery;
-use crate::delivery::worker::{self, Conclusion, Finished, Work, panic_text};
+use crate::delivery::worker::{self, Finished, Work, panic_text};
 use crate::spool::{DeliveryState, Outcome, QueueId, Queued, SpoolError};
 
 /// How often the manager looks for messages other programs left in the spool and for control requests, when
@@ -270,9 +270,17 @@ impl Manager {
             Event::Finished(finished) => {
                 self.idle_workers += 1;
                 match finished {
-                    Finished::Planned(message, plan) => self.planned(message, plan),
+                    Finished::Planned(planned) => {
+                        for (message, plan) in planned {
+                            self.planned(message, plan);
+                        }
+                    }
                     Finished::Delivered(target, results) => self.delivered(&target, results),
-                    Finished::Concluded(message, attempted) => self.done(message, attempted),
+                    Finished::Concluded(concluded) => {
+                        for (message, attempted) in concluded {
+                            self.done(message, attempted);
+                        }
+                    }
                 }
             }
             Event::Doorbell => self.look_around(),
@@ -354,13 +362,23 @@ impl Manager {
     }
 
     /// Gives work to every idle worker while there is any: conclusions first (they free the messages), then
-    /// plans, then jobs from the targets with room.
+    /// plans, then jobs from the targets with room. Conclusions and plans go out in batches, shared evenly among
+    /// the idle workers.
     fn hand_out(&mut self) {
         while self.idle_workers > 0 {
-            let work = if let Some(conclusion) = self.to_conclude.pop_front() {
-                Work::Conclude(conclusion)
-            } else if let Some(message) = self.next_to_plan() {
-                Work::Plan(message)
+            let work = if !self.to_conclude.is_empty() {
+                let take = batch_size(self.to_conclude.len(), self.idle_workers);
+                Work::Conclude(self.to_conclude.drain(..take).collect())
+            } else if let Some(first) = self.next_to_plan() {
+                let waiting = 1 + self.to_plan.len() + self.unread.len();
+                let take = batch_size(waiting, self.idle_workers);
+                let mut messages = vec![first];
+                while messages.len() < take
+                    && let Some(message) = self.next_to_plan()
+                {
+                    messages.push(message);
+                }
+                Work::Plan(messages)
             } else if let Some(job) = self.queues.next_job(&self.deliverer.config) {
                 Work::Deliver(job)
             } else {
@@ -548,6 +566,12 @@ impl Manager {
             Err(e) => error!("{id}: cannot remove: {e}"),
         }
     }
+}
+
+/// How many of `waiting` plans or conclusions one of `idle` workers takes: an even share, at most
+/// [`MESSAGES_PER_JOB`].
+fn batch_size(waiting: usize, idle: usize) -> usize {
+    waiting.div_ceil(idle).min(MESSAGES_PER_JOB)
 }
 
 /// Whether `recipient` is at an ETRN node: "example.org" is that domain, "@example.org" also its subdomains.

@@ -4,42 +4,34 @@
 
 use std::any::Any;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::Arc;
 
 use chrono::Utc;
 use crossbeam_channel::Receiver;
 use log::error;
 
-use crate::delivery::attempt::{Attempted, Deliverer, Plan};
+use crate::delivery::attempt::{Attempted, Conclusion, Deliverer, Plan};
 use crate::delivery::job::{Job, JobResults, Target};
-use crate::delivery::local::Route;
 use crate::delivery::transport::Delivery;
 use crate::smtp::Detail;
 use crate::spool::{Queued, SpoolError};
 use crate::step;
 
-/// What the scheduler gives a worker.
+/// What the scheduler gives a worker. Plans and conclusions come several at a time when several wait, so that a
+/// busy scheduler wakes a worker per batch, not per message.
 pub enum Work {
-    /// Route a message and read its header section: the first step of an attempt.
-    Plan(Queued),
+    /// Route messages and read their header sections: the first step of their attempts.
+    Plan(Vec<Queued>),
     /// Deliver a job: one target, one or more messages for it.
     Deliver(Job),
-    /// Record an attempt whose deliveries are all done.
-    Conclude(Conclusion),
-}
-
-/// An attempt whose deliveries are all done.
-pub struct Conclusion {
-    pub message: Queued,
-    pub headers: Arc<[u8]>,
-    pub deliveries: Vec<(Route, Delivery)>,
+    /// Record attempts whose deliveries are all done, in one journal write.
+    Conclude(Vec<Conclusion>),
 }
 
 /// What a worker reports.
 pub enum Finished {
-    Planned(Queued, Result<Plan, SpoolError>),
+    Planned(Vec<(Queued, Result<Plan, SpoolError>)>),
     Delivered(Target, JobResults),
-    Concluded(Queued, Result<Attempted, SpoolError>),
+    Concluded(Vec<(Queued, Result<Attempted, SpoolError>)>),
 }
 
 /// Works until the scheduler closes `work` or stops listening (`report` returns false).
@@ -53,11 +45,16 @@ pub fn run(deliverer: &Deliverer, work: &Receiver<Work>, report: impl Fn(Finishe
 
 fn perform(deliverer: &Deliverer, work: Work) -> Finished {
     match work {
-        Work::Plan(message) => {
-            let planned = guarded(|| deliverer.plan(&message))
-                .unwrap_or_else(|| Err(internal_error(&message)));
-            Finished::Planned(message, planned)
-        }
+        Work::Plan(messages) => Finished::Planned(
+            messages
+                .into_iter()
+                .map(|message| {
+                    let planned = guarded(|| deliverer.plan(&message))
+                        .unwrap_or_else(|| Err(internal_error(&message)));
+                    (message, planned)
+                })
+                .collect(),
+        ),
         Work::Deliver(job) => {
             let results = guarded(|| deliver(deliverer, &job)).unwrap_or_else(|| {
                 let failed =
@@ -72,15 +69,14 @@ fn perform(deliverer: &Deliverer, work: Work) -> Finished {
             });
             Finished::Delivered(job.target, results)
         }
-        Work::Conclude(Conclusion {
-            mut message,
-            headers,
-            deliveries,
-        }) => {
-            let attempted =
-                guarded(|| deliverer.conclude(&mut message, deliveries, &headers, Utc::now()))
-                    .unwrap_or_else(|| Err(internal_error(&message)));
-            Finished::Concluded(message, attempted)
+        Work::Conclude(mut conclusions) => {
+            let attempted = guarded(|| deliverer.conclude_all(&mut conclusions, Utc::now()))
+                .unwrap_or_else(|| {
+                    let failed = conclusions.iter().map(|c| Err(internal_error(&c.message)));
+                    failed.collect()
+                });
+            let messages = conclusions.into_iter().map(|c| c.message);
+            Finished::Concluded(messages.zip(attempted).collect())
         }
     }
 }

@@ -91,6 +91,13 @@ pub enum SpoolError {
     Format { path: PathBuf, version: u32 },
 }
 
+/// One message's share of [`Spool::record_attempts`].
+pub struct AttemptRecord<'a> {
+    pub id: &'a QueueId,
+    pub results: &'a [RecipientResult],
+    pub finished: bool,
+}
+
 /// A message in the queue: its envelope and where its body is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Queued {
@@ -319,31 +326,33 @@ impl Spool {
         self.journal.append(&entries, &self.live)
     }
 
-    /// Records what one delivery attempt of `id` leaves to record, in one durable write: `results`, `attempts 1`
-    /// when one of them is not a delivery, and, when `finished`, that the message is finished (see
+    /// Records what delivery attempts leave to record, in one durable write: for each, its `results`,
+    /// `attempts 1` when one of them is not a delivery, and, when `finished`, that the message is finished (see
     /// [`finish`](Spool::finish)). Only the holder of the lock may record.
-    pub fn record_attempt(
-        &self,
-        id: &QueueId,
-        results: &[&RecipientResult],
-        finished: bool,
-    ) -> Result<(), SpoolError> {
-        let mut entries = Vec::with_capacity(128 * (results.len() + 2));
-        for result in results {
-            state::encode_result(id, &result.recipient, &result.outcome, &mut entries);
-        }
-        if results.iter().any(|r| r.outcome != Outcome::Delivered) {
-            state::encode(id, &Entry::Attempts(1), &mut entries);
-        }
-        if finished {
-            state::encode(id, &Entry::Done, &mut entries);
+    pub fn record_attempts(&self, attempts: &[AttemptRecord<'_>]) -> Result<(), SpoolError> {
+        let results: usize = attempts.iter().map(|a| a.results.len() + 2).sum();
+        let mut entries = Vec::with_capacity(128 * results);
+        for attempt in attempts {
+            for result in attempt.results {
+                state::encode_result(attempt.id, &result.recipient, &result.outcome, &mut entries);
+            }
+            if attempt
+                .results
+                .iter()
+                .any(|r| r.outcome != Outcome::Delivered)
+            {
+                state::encode(attempt.id, &Entry::Attempts(1), &mut entries);
+            }
+            if attempt.finished {
+                state::encode(attempt.id, &Entry::Done, &mut entries);
+            }
         }
         if entries.is_empty() {
             return Ok(());
         }
         self.journal.append(&entries, &self.live)?;
-        if finished {
-            self.live.finish(id);
+        for attempt in attempts.iter().filter(|a| a.finished) {
+            self.live.finish(attempt.id);
         }
         Ok(())
     }
@@ -546,6 +555,29 @@ impl SpoolError {
         move |source| SpoolError::Io {
             path: path.to_path_buf(),
             source,
+        }
+    }
+}
+
+/// A copy of an error, for each of several callers one write failed for (an I/O error is copied by its code).
+impl Clone for SpoolError {
+    fn clone(&self) -> SpoolError {
+        match self {
+            SpoolError::Busy => SpoolError::Busy,
+            SpoolError::Io { path, source } => SpoolError::Io {
+                path: path.clone(),
+                source: copy_io_error(source),
+            },
+            SpoolError::Corrupt { path, offset, what } => SpoolError::Corrupt {
+                path: path.clone(),
+                offset: *offset,
+                what: what.clone(),
+            },
+            SpoolError::NoRecipients => SpoolError::NoRecipients,
+            SpoolError::Format { path, version } => SpoolError::Format {
+                path: path.clone(),
+                version: *version,
+            },
         }
     }
 }
