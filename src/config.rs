@@ -900,7 +900,7 @@ pub const SYSTEM_CONFIG: &str = "/etc/postel/postel.toml";
 /// Where the syslog daemon listens unless `syslog_socket` says otherwise.
 pub const DEFAULT_SYSLOG_SOCKET: &str = "/dev/log";
 
-/// The largest accepted `max_line_length`; the session's input buffer is twice as large.
+/// The largest accepted `max_line_length`; the session's input buffer is twice the configured one, at least 16 KiB.
 pub const MAX_LINE_LIMIT: usize = 32 * 1024;
 
 impl Config {
