@@ -279,3 +279,38 @@ fn attempts_concluded_together_get_each_its_result_or_all_the_failed_write() {
         "dave's is finished"
     );
 }
+
+/// Found by the soak test: an attempt that delivered to one recipient and failed another, on a full disk, could
+/// not queue the notification; the retry started from the state before the attempt and appended a second copy.
+#[test]
+fn an_attempt_whose_notification_cannot_be_queued_keeps_its_deliveries() {
+    let dir = TempDir::new("attempt");
+    let deliverer = deliverer(&dir, "");
+    let mut message = queue(&deliverer, &["alice@mx.test", "nobody@mx.test"]);
+    let plan = deliverer.plan(&message).unwrap();
+    let deliveries = deliverer.deliver_routes(&message, plan.routes, &plan.headers);
+    // No queue file can be made, as on a full disk: the notification for nobody cannot be queued.
+    let tmp = deliverer.config.spool_dir.join("tmp");
+    fs::remove_dir_all(&tmp).unwrap();
+    fs::write(&tmp, "").unwrap();
+    let concluded = deliverer.conclude(&mut message, deliveries, &plan.headers, arrival());
+    assert!(concluded.is_err(), "the notification could not be queued");
+    assert_eq!(outcome(&message, "alice"), &Outcome::Delivered);
+    let left: Vec<_> = deliverer
+        .plan(&message)
+        .unwrap()
+        .routes
+        .into_iter()
+        .map(|route| route.key)
+        .collect();
+    assert_eq!(left, ["nobody"], "the retry only notifies");
+
+    fs::remove_file(&tmp).unwrap();
+    fs::create_dir(&tmp).unwrap();
+    let retry = deliverer.attempt(&mut message, arrival()).unwrap();
+    assert_eq!((retry.next_try, retry.bounces.len()), (None, 1));
+    assert_eq!(
+        mailbox(&deliverer, "alice").matches("Subject: hi").count(),
+        1
+    );
+}
