@@ -33,15 +33,15 @@ use crate::spool::{DeliveryState, Outcome, QueueId, Queued, SpoolError};
 const PICKUP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The most new messages the scheduler holds in memory at once, waiting to be planned or in an attempt. Beyond
-/// that a new message waits as its place in the spool (a few dozen bytes, [`Unread`]) and is read back when there
+/// that a new message waits as its place in the spool (16 bytes, [`Unread`]) and is read back when there
 /// is room, so a backlog of accepted mail costs memory by its count, not by its envelopes, header sections and
 /// routes. Enough to fill every job of a busy mailbox many times over. (Small in the unit tests, which queue a
 /// few dozen.)
 const HELD: usize = if cfg!(test) { 8 } else { 1024 };
 
-/// A new message the scheduler does not hold: where to read it back from (see [`HELD`]).
+/// A new message the scheduler does not hold: where to read it back from (see [`HELD`]). It is not in the
+/// in-flight set until it is read back, so a backlog costs these 16 bytes a message and nothing more.
 struct Unread {
-    id: QueueId,
     /// Shared with the entries before it in the same queue file.
     file: Arc<Path>,
     offset: u64,
@@ -154,6 +154,7 @@ impl Scheduler {
             idle_workers: workers,
             queues: Queues::new(workers),
             to_plan: VecDeque::new(),
+            planning: 0,
             unread: VecDeque::new(),
             to_conclude: VecDeque::new(),
             attempts: HashMap::new(),
@@ -207,6 +208,8 @@ struct Manager {
     queues: Queues,
     /// Messages whose attempt is to be planned, and attempts to be concluded.
     to_plan: VecDeque<Queued>,
+    /// Messages handed to workers to plan, not back yet.
+    planning: usize,
     /// New messages to plan after those, not held in memory (see [`HELD`]), in the order they came.
     unread: VecDeque<Unread>,
     to_conclude: VecDeque<Conclusion>,
@@ -308,9 +311,10 @@ impl Manager {
         }
     }
 
-    /// Starts an attempt at a message, unless one is under way.
+    /// Starts an attempt at a message, unless one is under way. (A new message comes only once, from the session
+    /// that queued it, the start-up scan or the pick-up of a file this daemon did not know.)
     fn dispatch(&mut self, message: Queued) {
-        if !self.in_flight.insert(message.envelope.id.clone()) {
+        if self.in_flight.contains(&message.envelope.id) {
             return;
         }
         self.known_files.insert(message.file.clone());
@@ -321,24 +325,26 @@ impl Manager {
                 _ => Arc::from(message.file.as_path()),
             };
             self.unread.push_back(Unread {
-                id: message.envelope.id,
                 file,
                 offset: message.record_offset,
             });
             return;
         }
+        self.in_flight.insert(message.envelope.id.clone());
         self.to_plan.push_back(message);
     }
 
     /// The messages held in memory for an attempt that is not concluded yet.
     fn held(&self) -> usize {
-        self.to_plan.len() + self.attempts.len()
+        self.to_plan.len() + self.planning + self.attempts.len()
     }
 
     /// The next message to plan: one held in memory, else, while fewer than [`HELD`] are, one read back from the
-    /// spool. One that cannot be read back (an I/O error) waits in the spool for the next start.
+    /// spool (or removed, if the admin asked for that meanwhile); it counts as being planned from now. One that
+    /// cannot be read back (an I/O error) waits in the spool for the next start.
     fn next_to_plan(&mut self) -> Option<Queued> {
         if let Some(message) = self.to_plan.pop_front() {
+            self.planning += 1;
             return Some(message);
         }
         while self.held() < HELD {
@@ -348,14 +354,19 @@ impl Manager {
                 .spool
                 .read_queued(&unread.file, unread.offset)
             {
-                Ok(message) => return Some(message),
-                Err(e) => {
-                    warn!(
-                        "{}: cannot read it back from the spool ({e}); it waits there for the next start",
-                        unread.id
-                    );
-                    self.in_flight.remove(&unread.id);
+                Ok(message) if self.remove_when_done.remove(&message.envelope.id) => {
+                    self.remove(message);
                 }
+                Ok(message) => {
+                    self.in_flight.insert(message.envelope.id.clone());
+                    self.planning += 1;
+                    return Some(message);
+                }
+                Err(e) => warn!(
+                    "{}: cannot read back the message at byte {} ({e}); it waits there for the next start",
+                    unread.file.display(),
+                    unread.offset
+                ),
             }
         }
         None
@@ -396,6 +407,7 @@ impl Manager {
 
     /// An attempt is planned: its deliveries join their targets' queues.
     fn planned(&mut self, message: Queued, plan: Result<Plan, SpoolError>) {
+        self.planning -= 1;
         let id = message.envelope.id.clone();
         let Plan { headers, routes } = match plan {
             Ok(plan) => plan,
@@ -514,6 +526,9 @@ impl Manager {
                     {
                         let message = self.waiting.remove(&key).expect("the key was just found");
                         self.remove(message);
+                    } else if !self.unread.is_empty() {
+                        // Not held in memory yet: removed when read back.
+                        self.remove_when_done.insert(id);
                     } else {
                         warn!("remove {id}: no such message in the queue");
                     }
@@ -628,16 +643,15 @@ mod tests {
         scheduler.stop();
     }
 
-    #[test]
-    fn a_backlog_beyond_what_is_held_is_read_back_and_delivered_once() {
-        let dir = TempDir::new("scheduler-backlog");
+    /// A spool with `count` messages for alice (subjects 0, 1, ...) and a deliverer with `workers` workers.
+    fn backlog(dir: &TempDir, count: usize, workers: usize) -> (Arc<Deliverer>, Vec<Queued>) {
         let mut config = Config::builtin();
         config.spool_dir = dir.0.join("spool");
         config.mailbox_dir = dir.0.join("mailboxes");
         config.local_users = crate::config::LocalUsers::List(vec!["alice".into()]);
+        config.delivery_workers = workers;
         std::fs::create_dir_all(&config.mailbox_dir).unwrap();
         let spool = Spool::open(&config.spool_dir).unwrap();
-        let count = 4 * HELD;
         let queued: Vec<Queued> = (0..count)
             .map(|n| {
                 let recipients = vec!["alice@localhost".to_string()];
@@ -652,28 +666,65 @@ mod tests {
             .collect();
         let aliases = Aliases::parse("", "aliases").unwrap();
         let deliverer = Deliverer::new(
-            Arc::new(config.clone()),
+            Arc::new(config),
             Arc::new(spool),
             Arc::new(Reloadable::new(aliases)),
         );
-        let scheduler = Scheduler::start(Arc::new(deliverer), queued).unwrap();
-        let mailbox = config.mailbox_dir.join("alice");
-        let subjects = || -> Vec<String> {
+        (Arc::new(deliverer), queued)
+    }
+
+    /// The subjects in alice's mailbox once it holds `count` messages (or after 20 s), sorted: messages are
+    /// planned by several workers at once, so two neighbours may reach the mailbox the other way round.
+    fn delivered(deliverer: &Deliverer, count: usize) -> Vec<usize> {
+        let mailbox = deliverer.config.mailbox_dir.join("alice");
+        let subjects = || -> Vec<usize> {
             let text = std::fs::read_to_string(&mailbox).unwrap_or_default();
-            text.lines()
-                .filter_map(|line| line.strip_prefix("Subject: ").map(str::to_string))
-                .collect()
+            let subjects = text
+                .lines()
+                .filter_map(|line| line.strip_prefix("Subject: "));
+            subjects.map(|s| s.parse().unwrap()).collect()
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while subjects().len() < count && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(20));
         }
-        scheduler.stop();
-        // Each message once. Not in a strict order: messages are planned by several workers at once, so two
-        // neighbours may reach the mailbox the other way round.
-        let mut got: Vec<usize> = subjects().iter().map(|s| s.parse().unwrap()).collect();
+        let mut got = subjects();
         got.sort_unstable();
-        assert_eq!(got, (0..count).collect::<Vec<_>>());
+        got
+    }
+
+    #[test]
+    fn a_backlog_beyond_what_is_held_is_read_back_and_delivered_once() {
+        let dir = TempDir::new("scheduler-backlog");
+        let count = 4 * HELD;
+        let (deliverer, queued) = backlog(&dir, count, 4);
+        let scheduler = Scheduler::start(Arc::clone(&deliverer), queued).unwrap();
+        let got = delivered(&deliverer, count);
+        scheduler.stop();
+        assert_eq!(got, (0..count).collect::<Vec<_>>(), "each message once");
+    }
+
+    #[test]
+    fn a_message_removed_while_it_waits_unread_is_removed_when_read_back() {
+        let dir = TempDir::new("scheduler-remove");
+        let count = 4 * HELD;
+        let (deliverer, queued) = backlog(&dir, count, 1);
+        // alice's mailbox is locked: the one worker waits for it with the first job, and the last messages wait
+        // unread in the spool.
+        let lock = deliverer.config.mailbox_dir.join("alice.lock");
+        std::fs::write(&lock, "").unwrap();
+        let last = queued.last().unwrap().envelope.id.clone();
+        let scheduler = Scheduler::start(Arc::clone(&deliverer), queued).unwrap();
+        let spool_dir = &deliverer.config.spool_dir;
+        control::send(spool_dir, &Request::Remove(last.clone())).unwrap();
+        scheduler.handle().ring();
+        thread::sleep(Duration::from_millis(300));
+        std::fs::remove_file(&lock).unwrap();
+        let got = delivered(&deliverer, count - 1);
+        scheduler.stop();
+        assert_eq!(got, (0..count - 1).collect::<Vec<_>>(), "all but the last");
+        let left = deliverer.spool.scan(false).unwrap().messages;
+        assert!(left.iter().all(|m| m.envelope.id != last), "it is removed");
     }
 
     #[test]
