@@ -1,6 +1,6 @@
-//! A delivery worker: takes one piece of work at a time from the scheduler — plan an attempt, deliver a job,
-//! conclude an attempt — and reports what came of it. A panic in the work is caught and reported as a failure
-//! of that work; the worker goes on.
+//! A delivery worker: takes one piece of work at a time from the scheduler — plan attempts, deliver a job,
+//! conclude attempts — and reports what came of it. A panic in the work is caught and reported as a failure
+//! of that work (of each message in it); the worker goes on.
 
 use std::any::Any;
 use std::panic::{self, AssertUnwindSafe};
