@@ -146,7 +146,6 @@ impl Helper {
         }))
     }
 
-    /// Sends one request and waits for its first reply, of at most `capacity` bytes.
     /// A request whose answer is one open file.
     fn ask_for_file(&self, words: &[&str]) -> Result<File, String> {
         let accepted = self.ask(words, &[], SHORT_REPLY)?;
@@ -158,6 +157,7 @@ impl Helper {
             .ok_or_else(no_answer)
     }
 
+    /// Sends one request and waits for its first reply, of at most `capacity` bytes.
     fn ask(&self, words: &[&str], fds: &[BorrowedFd], capacity: usize) -> Result<Accepted, String> {
         let failed = |e: io::Error| format!("the privileged helper cannot be reached: {e}");
         let (reply, theirs) = pair().map_err(failed)?;

@@ -330,8 +330,9 @@ impl Spool {
     /// `attempts 1` when one of them is not a delivery, and, when `finished`, that the message is finished (see
     /// [`finish`](Spool::finish)). Only the holder of the lock may record.
     pub fn record_attempts(&self, attempts: &[AttemptRecord<'_>]) -> Result<(), SpoolError> {
-        let results: usize = attempts.iter().map(|a| a.results.len() + 2).sum();
-        let mut entries = Vec::with_capacity(128 * results);
+        // Each result's line, and `attempts` and `done` at most.
+        let lines: usize = attempts.iter().map(|a| a.results.len() + 2).sum();
+        let mut entries = Vec::with_capacity(128 * lines);
         for attempt in attempts {
             for result in attempt.results {
                 state::encode_result(attempt.id, &result.recipient, &result.outcome, &mut entries);
