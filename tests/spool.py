@@ -5,7 +5,8 @@
 
 A record is a 43-byte header line, `POSTEL1 <envlen:8 hex> <bodylen:16 hex>
 <crc32:8 hex>\\n`, then the envelope (`key value` lines, the first `version N`
-in every format after version 1; `mbox_size`, when there, is checked against the body) and the body, exactly
+in every format after version 1; `mbox_size` and `headers`, when there, are checked against the body) and the
+body, exactly
 as stored. Several records may share one segment file. A record erased by
 `postel queue remove` has `POSTEL1-` for `POSTEL1 `, and its envelope and body
 are zero bytes (its checksum no longer counts): it is skipped. Anything that does not
@@ -23,7 +24,7 @@ HEADER_LEN = 43
 HEADER = re.compile(rb"POSTEL1([ -])([0-9a-f]{8}) ([0-9a-f]{16}) ([0-9a-f]{8})\n")
 # Keys in the order doc/spool.md gives them; the ones every record has.
 KEY_ORDER = ["version", "id", "arrival", "client", "helo", "protocol", "tls", "auth", "sender", "body", "smtputf8", "size",
-             "mbox_size", "rcpt"]
+             "mbox_size", "headers", "rcpt"]
 REQUIRED = {"id", "arrival", "client", "helo", "protocol", "sender", "rcpt"}
 QUEUE_ID = re.compile(r"[0-9A-F]{20}")
 
@@ -73,6 +74,22 @@ def mbox_size(body):
     return size + 1 if text and not text.endswith(b"\n") else size
 
 
+def header_summary(body):
+    """The `headers` value doc/spool.md gives for `body`: the header section's length (its fields, up to the empty
+    line, or the whole body when there is none), and how many Received and Delivered-To fields it holds."""
+    *complete, _ = body.split(b"\n")
+    length = 0
+    for line in complete:
+        if line in (b"", b"\r"):
+            break
+        length += len(line) + 1
+    else:
+        length = len(body)
+    names = [line.split(b":", 1)[0].lower() for line in body[:length].split(b"\n")
+             if b":" in line and line[:1] not in (b" ", b"\t")]
+    return f"{length} received {names.count(b'received')} delivered_to {names.count(b'delivered-to')}"
+
+
 def read_file(path):
     """All records of one queue file, in file order."""
     with open(path, "rb") as f:
@@ -104,6 +121,8 @@ def read_file(path):
         if "mbox_size" in envelope and int(envelope["mbox_size"]) != mbox_size(body):
             raise SpoolError(f"{where}: mbox_size {envelope['mbox_size']}, but the body takes {mbox_size(body)} bytes "
                              "in an mbox file")
+        if "headers" in envelope and envelope["headers"] != header_summary(body):
+            raise SpoolError(f"{where}: headers {envelope['headers']!r}, but the body has {header_summary(body)!r}")
         records.append((envelope, body))
         offset = end
     return records

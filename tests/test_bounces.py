@@ -165,8 +165,10 @@ def test_too_many_received_headers_bounce_5_4_6(make_postel, received, loops):
         wait_quiet(postel)
         assert not (postel.mailboxes / "alice").exists()
         ((_, raw),) = messages(postel.mailboxes / "bob")
-        _, _, per_rcpt, _ = dsn(strip_trace(raw))
+        _, _, per_rcpt, headers = dsn(strip_trace(raw))
         assert per_rcpt[0]["Status"].strip() == "5.4.6", per_rcpt[0]
+        # The loop was found from the counts noted at intake; the notification still quotes the header section.
+        assert f"Subject: hops {received}".encode() in headers, headers
     else:
         assert wait_until(lambda: sent_lines(postel.log(), to="alice"), 15), postel.log()[-2000:]
         wait_quiet(postel)

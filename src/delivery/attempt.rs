@@ -20,11 +20,13 @@ use crate::delivery::mbox::MboxFile;
 use crate::delivery::pipe;
 use crate::delivery::relay::Relay;
 use crate::delivery::retry::Schedule;
-use crate::delivery::trace::{self, Loop};
+use crate::delivery::trace::{self, HeaderSection, Loop};
 use crate::delivery::transport::Delivery;
 use crate::reloadable::Reloadable;
 use crate::smtp::Detail;
-use crate::spool::{AttemptRecord, Outcome, QueueId, Queued, RecipientResult, Spool, SpoolError};
+use crate::spool::{
+    AttemptRecord, Outcome, QueueId, Queued, RecipientResult, Spool, SpoolError, headers,
+};
 use crate::step;
 
 /// How much of a message is read to find its header section (for loop checks and bounces).
@@ -39,17 +41,17 @@ pub struct Deliverer {
     relay: Relay,
 }
 
-/// What an attempt starts from: the message's header section (for loop checks and bounces) and the targets not
-/// yet delivered or failed.
+/// What an attempt starts from: what it needs of the message's header section (for loop checks and bounces) and
+/// the targets not yet delivered or failed.
 pub struct Plan {
-    pub headers: Arc<[u8]>,
+    pub headers: HeaderSection,
     pub routes: Vec<Route>,
 }
 
 /// An attempt whose deliveries are all done, to be concluded.
 pub struct Conclusion {
     pub message: Queued,
-    pub headers: Arc<[u8]>,
+    pub headers: HeaderSection,
     pub deliveries: Vec<(Route, Delivery)>,
 }
 
@@ -146,10 +148,16 @@ impl Deliverer {
         self.conclude(message, deliveries, &plan.headers, now)
     }
 
-    /// The first step of an attempt: the message's header section and the targets still to deliver.
+    /// The first step of an attempt: what it needs of the message's header section, and the targets still to
+    /// deliver. The section is read from the spool only when the envelope's summary of it is not enough for the
+    /// loop checks.
     pub fn plan(&self, message: &Queued) -> Result<Plan, SpoolError> {
+        let headers = match message.envelope.headers {
+            Some(summary) if summary.delivered_to == 0 => HeaderSection::Summarized(summary),
+            _ => HeaderSection::Read(self.header_section(message)?.into()),
+        };
         Ok(Plan {
-            headers: self.header_section(message)?.into(),
+            headers,
             routes: self.pending_routes(message),
         })
     }
@@ -160,7 +168,7 @@ impl Deliverer {
         &self,
         message: &mut Queued,
         deliveries: Vec<(Route, Delivery)>,
-        headers: &[u8],
+        headers: &HeaderSection,
         now: DateTime<Utc>,
     ) -> Result<Attempted, SpoolError> {
         let settled = self.settle(message, deliveries, headers, now)?;
@@ -207,7 +215,7 @@ impl Deliverer {
         &self,
         message: &mut Queued,
         deliveries: Vec<(Route, Delivery)>,
-        headers: &[u8],
+        headers: &HeaderSection,
         now: DateTime<Utc>,
     ) -> Result<Settled, SpoolError> {
         let schedule = Schedule::new(
@@ -241,8 +249,7 @@ impl Deliverer {
         }
         // The notification is queued before the failures are recorded: a crash in between sends it twice rather
         // than never.
-        let hostname = &self.config.hostname;
-        let bounces = match bounce::queue(&self.spool, hostname, message, &failures, headers, now) {
+        let bounces = match self.notify(message, &failures, headers, now) {
             Ok(bounces) => bounces.into_iter().collect(),
             Err(e) => {
                 // What was delivered stays delivered in the message's state, so the retry does not deliver it
@@ -318,7 +325,7 @@ impl Deliverer {
         &self,
         message: &Queued,
         routes: Vec<Route>,
-        headers: &[u8],
+        headers: &HeaderSection,
     ) -> Vec<(Route, Delivery)> {
         let mut relayed = self.relay_all(message, &routes);
         routes
@@ -448,7 +455,7 @@ impl Deliverer {
     }
 
     /// Delivers to one local target: a mailbox, a file or a command.
-    fn deliver(&self, message: &Queued, route: &Route, headers: &[u8]) -> Delivery {
+    fn deliver(&self, message: &Queued, route: &Route, headers: &HeaderSection) -> Delivery {
         if let Some(refused) = self.refusal(route, headers) {
             return refused;
         }
@@ -484,7 +491,7 @@ impl Deliverer {
     }
 
     /// The failure of a delivery to `route` that is refused by routing, or that would be a mail loop.
-    fn refusal(&self, route: &Route, headers: &[u8]) -> Option<Delivery> {
+    fn refusal(&self, route: &Route, headers: &HeaderSection) -> Option<Delivery> {
         if let Destination::Refused { detail, reason } = &route.destination {
             return Some(Delivery::permanent(*detail, reason.clone()));
         }
@@ -516,9 +523,32 @@ impl Deliverer {
             path: message.file.clone(),
             source,
         })?;
-        let headers = bounce::header_section(&start).len();
-        start.truncate(headers);
+        start.truncate(headers::section(&start).len());
         Ok(start)
+    }
+
+    /// Queues the notification of `failures` (see [`bounce::queue`]), with the message's header section, read
+    /// now if the attempt has only its summary.
+    fn notify(
+        &self,
+        message: &Queued,
+        failures: &[Failure],
+        headers: &HeaderSection,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Queued>, SpoolError> {
+        if failures.is_empty() {
+            return Ok(None);
+        }
+        let read;
+        let section = match headers {
+            HeaderSection::Read(section) => &section[..],
+            HeaderSection::Summarized(_) => {
+                read = self.header_section(message)?;
+                &read
+            }
+        };
+        let hostname = &self.config.hostname;
+        bounce::queue(&self.spool, hostname, message, failures, section, now)
     }
 }
 
@@ -553,8 +583,8 @@ fn remote_by_domain(routes: &[Route]) -> Vec<(String, Vec<String>)> {
 }
 
 /// The failure of a delivery to `recipient` that would be a mail loop, judged by the message's header section.
-fn loop_refusal(headers: &[u8], recipient: &str) -> Option<Delivery> {
-    let why = match trace::find_loop(headers, recipient)? {
+fn loop_refusal(headers: &HeaderSection, recipient: &str) -> Option<Delivery> {
+    let why = match headers.find_loop(recipient)? {
         Loop::AlreadyDelivered => format!("mail forwarding loop: already delivered to {recipient}"),
         Loop::TooManyHops(n) => format!("mail forwarding loop: {n} Received headers"),
     };

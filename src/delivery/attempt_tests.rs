@@ -46,6 +46,14 @@ fn arrival() -> DateTime<Utc> {
 }
 
 fn queue(deliverer: &Deliverer, recipients: &[&str]) -> Queued {
+    queue_text(
+        deliverer,
+        recipients,
+        b"Subject: hi\r\nMessage-ID: <hi@client.test>\r\n\r\nFrom the body.\r\n",
+    )
+}
+
+fn queue_text(deliverer: &Deliverer, recipients: &[&str], text: &[u8]) -> Queued {
     let recipients = recipients.iter().map(|r| r.to_string()).collect();
     let mut writer = deliverer.spool.new_message(Envelope {
         client: Some("192.0.2.7".parse().unwrap()),
@@ -53,7 +61,7 @@ fn queue(deliverer: &Deliverer, recipients: &[&str]) -> Queued {
         protocol: Protocol::Esmtp,
         ..Envelope::new("carol@example.org".into(), recipients, arrival())
     });
-    writer.write(b"Subject: hi\r\nMessage-ID: <hi@client.test>\r\n\r\nFrom the body.\r\n");
+    writer.write(text);
     deliverer.spool.commit(writer).unwrap()
 }
 
@@ -108,6 +116,55 @@ fn aliases_route_to_mailboxes_and_unknown_users_are_bounced_at_once() {
             .collect::<Vec<_>>(),
         [&bounce.envelope.id],
         "the message is finished; its notification waits"
+    );
+}
+
+#[test]
+fn the_plan_reads_the_header_section_only_when_the_summary_is_not_enough() {
+    let dir = TempDir::new("attempt");
+    let deliverer = deliverer(&dir, "");
+    let section = |plan: Plan| match plan.headers {
+        HeaderSection::Read(section) => Some(String::from_utf8_lossy(&section).into_owned()),
+        HeaderSection::Summarized(_) => None,
+    };
+    let plain = queue(&deliverer, &["alice@localhost"]);
+    assert_eq!(section(deliverer.plan(&plain).unwrap()), None);
+    let hops = "Received: from a by b; Tue, 24 Nov 2026 06:00:00 +0000\r\n".repeat(101);
+    let looping = queue_text(
+        &deliverer,
+        &["alice@localhost"],
+        format!("{hops}Subject: hops\r\n\r\nbody\r\n").as_bytes(),
+    );
+    let plan = deliverer.plan(&looping).unwrap();
+    assert_eq!(
+        plan.headers.find_loop("alice"),
+        Some(Loop::TooManyHops(101))
+    );
+    assert_eq!(section(plan), None);
+    let forwarded = queue_text(
+        &deliverer,
+        &["alice@localhost"],
+        b"Delivered-To: alice\r\nSubject: again\r\n\r\nbody\r\n",
+    );
+    let plan = deliverer.plan(&forwarded).unwrap();
+    assert_eq!(
+        plan.headers.find_loop("alice"),
+        Some(Loop::AlreadyDelivered)
+    );
+    assert_eq!(
+        section(plan).as_deref(),
+        Some("Delivered-To: alice\r\nSubject: again\r\n")
+    );
+    let older = Queued {
+        envelope: Envelope {
+            headers: None,
+            ..plain.envelope.clone()
+        },
+        ..plain
+    };
+    assert_eq!(
+        section(deliverer.plan(&older).unwrap()).as_deref(),
+        Some("Subject: hi\r\nMessage-ID: <hi@client.test>\r\n")
     );
 }
 

@@ -179,15 +179,6 @@ fn one_line(text: &str) -> String {
         .collect()
 }
 
-/// The header section of a message: everything up to and including the first empty line (or all of it).
-pub fn header_section(message: &[u8]) -> &[u8] {
-    let end = message
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(message.len(), |at| at + 2);
-    &message[..end]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,14 +228,5 @@ mod tests {
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }
-    }
-
-    #[test]
-    fn the_header_section_ends_at_the_first_empty_line() {
-        assert_eq!(
-            header_section(b"A: 1\r\nB: 2\r\n\r\nbody\r\n\r\n"),
-            b"A: 1\r\nB: 2\r\n"
-        );
-        assert_eq!(header_section(b"A: 1\r\n"), b"A: 1\r\n");
     }
 }

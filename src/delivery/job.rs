@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::delivery::local::{Destination, Route};
+use crate::delivery::trace::HeaderSection;
 use crate::delivery::transport::Delivery;
 use crate::spool::{QueueId, Queued};
 
@@ -71,7 +72,7 @@ impl Target {
 pub struct Part {
     pub message: Arc<Queued>,
     /// The message's header section, for loop checks.
-    pub headers: Arc<[u8]>,
+    pub headers: HeaderSection,
     pub routes: Vec<Route>,
 }
 

@@ -100,6 +100,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::delivery::trace::HeaderSection;
     use crate::spool::{DeliveryState, Envelope, Queued};
 
     fn part() -> Part {
@@ -112,7 +113,7 @@ mod tests {
                 body_offset: 0,
                 state: DeliveryState::default(),
             }),
-            headers: Arc::from(&b""[..]),
+            headers: HeaderSection::Read(Arc::from(&b""[..])),
             routes: Vec::new(),
         }
     }

@@ -24,6 +24,7 @@ use crate::delivery::job::{self, MESSAGES_PER_JOB, Part, Target};
 use crate::delivery::local::Route;
 use crate::delivery::queues::Queues;
 use crate::delivery::retry;
+use crate::delivery::trace::HeaderSection;
 use crate::delivery::transport::Delivery;
 use crate::delivery::worker::{self, Finished, Work, panic_text};
 use crate::spool::{DeliveryState, Outcome, QueueId, Queued, SpoolError};
@@ -193,7 +194,7 @@ impl Scheduler {
 /// An attempt whose deliveries are out in jobs.
 struct Attempt {
     message: Arc<Queued>,
-    headers: Arc<[u8]>,
+    headers: HeaderSection,
     /// Its parts (one per target) whose job is not back yet.
     parts_left: usize,
     deliveries: Vec<(Route, Delivery)>,
@@ -428,7 +429,7 @@ impl Manager {
         for (target, routes) in groups {
             let part = Part {
                 message: Arc::clone(&message),
-                headers: Arc::clone(&headers),
+                headers: headers.clone(),
                 routes,
             };
             self.queues.push(target, part, config);

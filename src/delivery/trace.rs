@@ -2,9 +2,10 @@
 //! loop checks that read them back.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::smtp::Protocol;
-use crate::spool::Envelope;
+use crate::spool::{Envelope, HeaderSummary, headers};
 
 /// More Received headers than this and a message is taken to be looping (RFC 5321 6.3).
 pub const MAX_RECEIVED: usize = 100;
@@ -80,18 +81,34 @@ pub enum Loop {
     TooManyHops(usize),
 }
 
-/// Checks a message's header section (CRLF or LF line ends) for signs of a mail loop to `recipient`.
-pub fn find_loop(headers: &[u8], recipient: &str) -> Option<Loop> {
-    let mut received = 0;
-    for line in headers.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            break;
+/// What an attempt knows of a message's header section, for its loop checks and the notification of its
+/// failures: the section read from the spool, or only the envelope's summary of it. The summary is enough for the
+/// checks when it counts no Delivered-To field (no recipient can be named there); the message is then not read
+/// for them.
+#[derive(Clone, Debug)]
+pub enum HeaderSection {
+    Read(Arc<[u8]>),
+    Summarized(HeaderSummary),
+}
+
+impl HeaderSection {
+    /// Checks the section for signs of a mail loop to `recipient` (see [`find_loop`]).
+    pub fn find_loop(&self, recipient: &str) -> Option<Loop> {
+        match self {
+            HeaderSection::Read(section) => find_loop(section, recipient),
+            HeaderSection::Summarized(summary) => too_many_hops(summary.received as usize),
         }
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        let (name, value) = (&line[..colon], &line[colon + 1..]);
+    }
+}
+
+fn too_many_hops(received: usize) -> Option<Loop> {
+    (received > MAX_RECEIVED).then_some(Loop::TooManyHops(received))
+}
+
+/// Checks a message's header section (CRLF or LF line ends) for signs of a mail loop to `recipient`.
+pub fn find_loop(section: &[u8], recipient: &str) -> Option<Loop> {
+    let mut received = 0;
+    for (name, value) in headers::fields(section) {
         if name.eq_ignore_ascii_case(b"Received") {
             received += 1;
         } else if name.eq_ignore_ascii_case(b"Delivered-To")
@@ -102,7 +119,7 @@ pub fn find_loop(headers: &[u8], recipient: &str) -> Option<Loop> {
             return Some(Loop::AlreadyDelivered);
         }
     }
-    (received > MAX_RECEIVED).then_some(Loop::TooManyHops(received))
+    too_many_hops(received)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::str::Split;
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 
 use super::format;
+use super::headers::HeaderSummary;
 use super::id::QueueId;
 use crate::smtp::{BodyType, Protocol};
 
@@ -43,6 +44,10 @@ pub struct Envelope {
     /// spool when it keeps the whole body in memory (up to 128 KiB); None for a larger one, whose envelope is
     /// written before its body, and for records of format versions before 3.
     pub mbox_size: Option<u64>,
+    /// The header section's length and trace field counts, noted as it arrived, so that a delivery checks for a
+    /// loop without reading the message. Set by the spool when the header section ends within the first 128 KiB;
+    /// None for a longer one and for records of format versions before 4.
+    pub headers: Option<HeaderSummary>,
 }
 
 impl Envelope {
@@ -66,6 +71,7 @@ impl Envelope {
             smtputf8: false,
             declared_size: None,
             mbox_size: None,
+            headers: None,
         }
     }
 
@@ -122,6 +128,17 @@ impl Envelope {
         }
         if let Some(size) = self.mbox_size {
             line("mbox_size", &size.to_string());
+        }
+        if let Some(headers) = self.headers {
+            let HeaderSummary {
+                len,
+                received,
+                delivered_to,
+            } = headers;
+            line(
+                "headers",
+                &format!("{len} received {received} delivered_to {delivered_to}"),
+            );
         }
         for recipient in &self.recipients {
             line("rcpt", &format!("<{recipient}>"));
@@ -187,6 +204,12 @@ impl Envelope {
                         .map_err(|_| format!("bad mbox_size {size:?}"))?,
                 ),
             },
+            headers: match fields.optional("headers") {
+                None => None,
+                Some(value) => {
+                    Some(header_summary(value).ok_or_else(|| format!("bad headers {value:?}"))?)
+                }
+            },
             recipients: std::iter::from_fn(|| fields.optional("rcpt"))
                 .map(angle_addr)
                 .collect::<Result<_, _>>()?,
@@ -232,6 +255,23 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// A `headers` value: `LEN received N delivered_to M`.
+fn header_summary(value: &str) -> Option<HeaderSummary> {
+    let mut words = value.split(' ');
+    let len = words.next()?.parse().ok()?;
+    let mut count = |key: &str| {
+        (words.next()? == key)
+            .then(|| words.next()?.parse().ok())
+            .flatten()
+    };
+    let summary = HeaderSummary {
+        len,
+        received: count("received")?,
+        delivered_to: count("delivered_to")?,
+    };
+    words.next().is_none().then_some(summary)
+}
+
 /// The address inside `<...>`.
 fn angle_addr(value: &str) -> Result<String, String> {
     value
@@ -268,6 +308,11 @@ mod tests {
             smtputf8: true,
             declared_size: Some(1234),
             mbox_size: Some(1300),
+            headers: Some(HeaderSummary {
+                len: 412,
+                received: 2,
+                delivered_to: 0,
+            }),
             ..Envelope::new("alice@example.org".to_string(), recipients, arrival)
         }
     }
@@ -278,9 +323,9 @@ mod tests {
         let text = envelope.encode();
         assert_eq!(
             text,
-            "version 3\nid 19AB5D7C5E3F1001A3F2\narrival 2026-11-24T05:03:01.123456Z\nclient 127.0.0.1\n\
+            "version 4\nid 19AB5D7C5E3F1001A3F2\narrival 2026-11-24T05:03:01.123456Z\nclient 127.0.0.1\n\
              helo client.example\nprotocol ESMTP\nsender <alice@example.org>\nbody 8BITMIME\n\
-             smtputf8 yes\nsize 1234\nmbox_size 1300\nrcpt <bob@localhost>\nrcpt <postmaster>\n"
+             smtputf8 yes\nsize 1234\nmbox_size 1300\nheaders 412 received 2 delivered_to 0\nrcpt <bob@localhost>\nrcpt <postmaster>\n"
         );
         assert_eq!(Envelope::parse(text.as_bytes()), Ok(envelope));
     }
@@ -297,10 +342,10 @@ mod tests {
 
     #[test]
     fn an_envelope_in_a_version_this_postel_does_not_read_is_refused() {
-        let newer = example().encode().replace("version 3\n", "version 4\n");
-        assert_eq!(version(newer.as_bytes()), Some(4));
+        let newer = example().encode().replace("version 4\n", "version 5\n");
+        assert_eq!(version(newer.as_bytes()), Some(5));
         let error = Envelope::parse(newer.as_bytes()).unwrap_err();
-        assert!(error.contains("spool format version 4"), "{error}");
+        assert!(error.contains("spool format version 5"), "{error}");
         assert_eq!(version(b"version x\nid 1\n"), None);
     }
 
@@ -375,6 +420,12 @@ mod tests {
                 "bad protocol",
             ),
             (good.replace("body 8BITMIME", "body BINARYMIME"), "bad body"),
+            (good.replace("received 2", "received two"), "bad headers"),
+            (
+                good.replace("delivered_to 0", "delivered_to 0 more"),
+                "bad headers",
+            ),
+            (good.replace(" received 2", ""), "bad headers"),
         ];
         for (text, what) in cases {
             let error = Envelope::parse(text.as_bytes()).unwrap_err();

@@ -6,7 +6,7 @@
 //! src/spool/fixtures/ (the format tests read each one back).
 
 /// The version of the envelopes and journal entries this Postel writes.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 
 /// The oldest version this Postel reads.
 pub const OLDEST_READABLE: u32 = 1;
@@ -15,7 +15,7 @@ pub const OLDEST_READABLE: u32 = 1;
 pub(super) const LINE_PREFIX: &str = "version ";
 
 /// The first line of everything this Postel writes, newline included.
-pub(super) const LINE: &str = "version 3\n";
+pub(super) const LINE: &str = "version 4\n";
 
 /// Whether this Postel reads that version.
 pub(super) fn readable(version: u32) -> bool {

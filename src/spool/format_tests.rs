@@ -71,6 +71,19 @@ fn check(spool: &Spool, scan: &Scan, version: u32) {
             message.envelope.mbox_size, mbox_size,
             "version {version}: {wanted}"
         );
+        // From version 4 on, it also summarizes the header section.
+        let headers = (version >= 4).then(|| {
+            let body = read_body(spool, message);
+            HeaderSummary {
+                len: headers::section(&body).len() as u64,
+                received: 0,
+                delivered_to: 0,
+            }
+        });
+        assert_eq!(
+            message.envelope.headers, headers,
+            "version {version}: {wanted}"
+        );
         for result in &message.state.results {
             let expected = delivered.contains(&result.recipient.as_str());
             let was = matches!(result.outcome, Outcome::Delivered);

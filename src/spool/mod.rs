@@ -17,6 +17,7 @@ mod envelope;
 mod erase;
 pub mod format;
 mod group;
+pub mod headers;
 mod id;
 pub(crate) mod journal;
 mod live;
@@ -47,6 +48,7 @@ use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
 pub use envelope::Envelope;
+pub use headers::HeaderSummary;
 pub use id::{InvalidQueueId, QueueId};
 pub use room::free_space;
 pub use state::{DeliveryState, Outcome, RecipientResult};

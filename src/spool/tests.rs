@@ -122,9 +122,36 @@ fn a_queued_message_is_named_by_its_new_id_and_keeps_its_envelope() {
             id: queued.envelope.id.clone(),
             // "Subject: hi\n\nhello\n", counted as it arrived.
             mbox_size: Some(19),
+            // "Subject: hi\r\n", up to the empty line.
+            headers: Some(HeaderSummary {
+                len: 13,
+                received: 0,
+                delivered_to: 0,
+            }),
             ..sent.sanitized()
         }
     );
+}
+
+#[test]
+fn a_large_message_keeps_its_header_summary_only_if_the_section_ends_in_memory() {
+    let dir = TempDir::new("large-headers");
+    let spool = Spool::open(&dir.0).unwrap();
+    let body = "x".repeat(SMALL_LIMIT + 1);
+    let text = format!("Received: a\r\nDelivered-To: b\r\n\r\n{body}\r\n");
+    let queued = send(&spool, envelope(&["bob@localhost"]), text.as_bytes()).unwrap();
+    let summary = HeaderSummary {
+        len: 30,
+        received: 1,
+        delivered_to: 1,
+    };
+    assert_eq!(queued.envelope.headers, Some(summary));
+    assert_eq!(queued.envelope.mbox_size, None, "counted only in memory");
+    let scanned = &spool.scan(false).unwrap().messages;
+    assert_eq!(scanned[0].envelope.headers, Some(summary));
+    let long = format!("Received: a\r\nX-Long: {body}\r\n\r\nbody\r\n");
+    let queued = send(&spool, envelope(&["bob@localhost"]), long.as_bytes()).unwrap();
+    assert_eq!(queued.envelope.headers, None);
 }
 
 #[test]

@@ -10,6 +10,7 @@ use nix::fcntl::{AT_FDCWD, Flock, FlockArg, RenameFlags, renameat2};
 
 use super::SpoolError;
 use super::envelope::Envelope;
+use super::headers::HeaderSummary;
 use super::id::QueueId;
 use super::record::{HEADER_LEN, Header};
 use crate::copy::{Copier, Format};
@@ -104,8 +105,10 @@ impl MessageWriter {
                 Ok(())
             }
             Body::Memory(bytes) => {
-                // The envelope goes to the file now, before the rest of the body: without the count.
+                // The envelope goes to the file now, before the rest of the body: without the mbox count, and
+                // with the header summary only if the header section has ended.
                 self.mbox = None;
+                self.envelope.headers = HeaderSummary::of(bytes, false);
                 let head = record_head(&self.envelope);
                 TmpFile::create(&self.tmp_path, &[&head, bytes, content]).map(|tmp| {
                     self.head = head;
@@ -138,7 +141,8 @@ impl MessageWriter {
         if envelope.recipients.is_empty() {
             return Err(SpoolError::NoRecipients);
         }
-        if let Body::Memory(_) = body {
+        if let Body::Memory(bytes) = &body {
+            envelope.headers = HeaderSummary::of(bytes, true);
             envelope.mbox_size = mbox
                 .and_then(|mbox| mbox.finish().ok())
                 .map(|(_, size)| size);
