@@ -207,11 +207,11 @@ impl Router<'_> {
         };
         Route {
             recipient: recipient.to_string(),
-            key: name.clone(),
             destination: Destination::Mailbox {
                 path: self.config.mailbox_dir.join(&name),
                 owner: user.owner,
             },
+            key: name,
         }
     }
 

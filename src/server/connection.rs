@@ -617,8 +617,12 @@ impl Driver<'_> {
 
 /// The spool's record of a transaction, from the protocol's envelope and what the server knows of the client.
 fn spool_envelope(envelope: &Envelope, client: &Client, show_user: bool) -> spool::Envelope {
-    let sender = envelope.sender.to_string();
-    let recipients = envelope.recipients.iter().map(|r| r.to_string()).collect();
+    let sender = envelope.sender.to_address();
+    let recipients = envelope
+        .recipients
+        .iter()
+        .map(ForwardPath::to_address)
+        .collect();
     spool::Envelope {
         client: client.ip,
         helo: envelope.helo.clone(),

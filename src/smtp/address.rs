@@ -2,7 +2,7 @@
 //! with the length limits of section 4.5.3.1 and the UTF-8 extensions of RFC 6531.
 
 use core::net::{Ipv4Addr, Ipv6Addr};
-use std::fmt;
+use std::fmt::{self, Write};
 
 use super::hostname::{HostNameError, HostNameRules, check_host_name};
 
@@ -28,6 +28,19 @@ impl Mailbox {
     /// Whether the local part is `postmaster`, which RFC 5321 compares without regard to case.
     pub fn is_postmaster(&self) -> bool {
         self.local.eq_ignore_ascii_case("postmaster")
+    }
+
+    /// The address as [`fmt::Display`] writes it, in a String sized for it at once: the spool's copy of each
+    /// address costs one allocation, not one per growth of the string.
+    pub fn to_address(&self) -> String {
+        // An address literal is at most `[IPv6:` and 39 characters and `]`; quoting a local part adds two.
+        let domain = match &self.domain {
+            Domain::Name(name) => name.len(),
+            Domain::Ipv4(_) | Domain::Ipv6(_) => 46,
+        };
+        let mut text = String::with_capacity(self.local.len() + 3 + domain);
+        write!(text, "{self}").expect("a String takes every write");
+        text
     }
 }
 
@@ -298,6 +311,26 @@ impl fmt::Display for Mailbox {
             f.write_str("\"")?;
         }
         write!(f, "@{}", self.domain)
+    }
+}
+
+impl ReversePath {
+    /// The bare address (see [`Mailbox::to_address`]); empty for the null path.
+    pub fn to_address(&self) -> String {
+        match self {
+            ReversePath::Null => String::new(),
+            ReversePath::Mailbox(m) => m.to_address(),
+        }
+    }
+}
+
+impl ForwardPath {
+    /// The bare address (see [`Mailbox::to_address`]).
+    pub fn to_address(&self) -> String {
+        match self {
+            ForwardPath::Postmaster => "postmaster".to_string(),
+            ForwardPath::Mailbox(m) => m.to_address(),
+        }
     }
 }
 

@@ -35,6 +35,9 @@ fn valid_paths() {
     ];
     for (text, expected) in cases {
         assert_eq!(forward(text).as_deref(), Ok(expected), "{text}");
+        // The spool's copy, sized at once, is the same text.
+        let (path, _) = parse_forward_path(text, false).unwrap();
+        assert_eq!(path.to_address(), path.to_string(), "{text}");
     }
 }
 

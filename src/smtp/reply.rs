@@ -9,23 +9,34 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 use super::status::{Class, Detail, Status};
 
 /// One reply to the client. Every reply but the greeting, HELO's, EHLO's and 354 carries an enhanced status
 /// code, whose class always matches the reply code (a 550 says 5.X.X).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Reply {
     code: u16,
     status: Option<Status>,
     text: Text,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Replies are equal when they go on the wire the same, whichever way their text is held.
+impl PartialEq for Reply {
+    fn eq(&self, other: &Reply) -> bool {
+        (self.code, self.status, self.text_lines())
+            == (other.code, other.status, other.text_lines())
+    }
+}
+
+impl Eq for Reply {}
+
+#[derive(Clone, Debug)]
 enum Text {
     Line(Cow<'static, str>),
-    /// Never empty.
-    Lines(Vec<Cow<'static, str>>),
+    /// Never empty. Shared, so that a reply built once is sent by many sessions without a copy.
+    Lines(Arc<[Cow<'static, str>]>),
 }
 
 impl Reply {
@@ -61,7 +72,7 @@ impl Reply {
         let text = match <[_; 1]>::try_from(lines) {
             Ok([line]) => Text::Line(line),
             Err(lines) if lines.is_empty() => Text::Line(Cow::Borrowed("")),
-            Err(lines) => Text::Lines(lines),
+            Err(lines) => Text::Lines(lines.into()),
         };
         Reply {
             code,
@@ -75,12 +86,21 @@ impl Reply {
         let mut text: Vec<Cow<'static, str>> = lines.into_iter().map(Cow::Owned).collect();
         match self.text {
             Text::Line(line) => text.push(line),
-            Text::Lines(own) => text.extend(own),
+            Text::Lines(own) => text.extend(own.iter().cloned()),
         }
         Reply {
-            text: Text::Lines(text),
+            text: Text::Lines(text.into()),
             ..self
         }
+    }
+
+    /// The same reply in a form whose clones share its text: for one built once and sent by many sessions.
+    pub fn shared(self) -> Reply {
+        let text = match self.text {
+            Text::Line(line) => Text::Lines(Arc::from([line])),
+            lines @ Text::Lines(_) => lines,
+        };
+        Reply { text, ..self }
     }
 
     /// The reply code, e.g. 250.

@@ -21,6 +21,7 @@ use crate::step;
 use verbs::Handler;
 pub use verbs::{EXTENSIONS, Extension, State, VERBS, Verb, find as find_verb};
 
+mod fixed;
 mod verbs;
 
 /// The protocol settings of a session.
@@ -265,8 +266,7 @@ impl Session {
 
     /// Writes the 220 greeting.
     pub fn greeting(&mut self) {
-        let text = format!("{} ESMTP Postel", self.params.hostname);
-        self.reply(Reply::plain(220, text));
+        self.reply(fixed::greeting(&self.params));
     }
 
     /// Replies waiting to be written.
@@ -673,15 +673,13 @@ impl Session {
     fn helo_command(&mut self, name: &str) -> Answer {
         let before = self.state;
         self.hello(name, Protocol::Smtp);
-        self.after_reset(before, Reply::plain(250, self.params.hostname.clone()))
+        self.after_reset(before, fixed::helo(&self.params))
     }
 
     fn ehlo_command(&mut self, name: &str) -> Answer {
         let before = self.state;
         self.hello(name, Protocol::Esmtp);
-        let mut lines = vec![Cow::Owned(self.params.hostname.clone())];
-        lines.extend(verbs::ehlo_keywords(self));
-        self.after_reset(before, Reply::lines(250, None, lines))
+        self.after_reset(before, fixed::ehlo(self))
     }
 
     /// The answer to a command that reset the transaction: a message whose BDAT chunks had begun is

@@ -359,7 +359,8 @@ pub struct Extension {
     /// What the extension does, in plain words.
     pub help: &'static str,
     pub reference: &'static str,
-    /// The keyword's parameter, from the session's settings.
+    /// The keyword's parameter, from the session's settings: the host name and `max_message_size` only, for which
+    /// the EHLO reply is built once (see `fixed.rs`).
     parameter: Option<fn(&SessionParams) -> String>,
 }
 
@@ -436,6 +437,18 @@ impl Verb {
         !matches!(self.handler, Handler::NotOffered(_))
             && self.available.is_none_or(|available| available(session))
     }
+}
+
+/// Which of the verbs that EHLO announces only at times it announces to `session` now, one bit each in table
+/// order: with the host name and SIZE, what decides the EHLO reply.
+pub(super) fn announced_now(session: &Session) -> u32 {
+    VERBS
+        .iter()
+        .filter_map(|verb| verb.announce)
+        .enumerate()
+        .fold(0, |bits, (n, announce)| {
+            bits | u32::from(announce(session)) << n
+        })
 }
 
 /// The lines of the EHLO reply after the host name: the extensions, then the keywords of the verbs the
