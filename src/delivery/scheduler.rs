@@ -33,6 +33,12 @@ use crate::spool::{DeliveryState, Outcome, QueueId, Queued, SpoolError};
 /// nobody rings.
 const PICKUP_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How long the scheduler waits for more new messages after one arrives before it hands out work, unless a
+/// worker comes back sooner (that worker waits for work). While sessions queue mail one message after another,
+/// plans and jobs then go out in batches and each message costs fewer hand-offs between threads; a lone message
+/// waits this much longer for its first delivery.
+const GATHER: Duration = Duration::from_millis(1);
+
 /// The most new messages the scheduler holds in memory at once, waiting to be planned or in an attempt. Beyond
 /// that a new message waits as its place in the spool (16 bytes, [`Unread`]) and is read back when there
 /// is room, so a backlog of accepted mail costs memory by its count, not by its envelopes, header sections and
@@ -227,7 +233,8 @@ struct Manager {
 }
 
 impl Manager {
-    /// Handles events until Stop. Due retries and the periodic look around happen whatever else arrives, so a
+    /// Handles events until Stop, each with those that come with it (see [`Manager::handle_gathered`]), before it
+    /// hands out work. Due retries and the periodic look around happen whatever else arrives, so a
     /// steady stream of new messages cannot hold them back. A panic while handling one event is logged at error
     /// level and the manager goes on with the rest of what it knows (the message that event was about may wait
     /// for the next start; its spool records are untouched): a bug must never leave the daemon taking mail that
@@ -247,9 +254,13 @@ impl Manager {
                 Ok(event) => Some(event),
                 Err(RecvTimeoutError::Timeout) => None,
             };
+            let mut stop = false;
             let handled = panic::catch_unwind(AssertUnwindSafe(|| {
                 if let Some(event) = event {
-                    self.handle(event);
+                    stop = !self.handle_gathered(event, &inbox);
+                    if stop {
+                        return;
+                    }
                 }
                 self.dispatch_due(Utc::now());
                 if Instant::now() >= next_look {
@@ -265,7 +276,36 @@ impl Manager {
                 );
                 next_look = Instant::now() + PICKUP_INTERVAL;
             }
+            if stop {
+                return;
+            }
         }
+    }
+
+    /// Handles `first` and the events that come with it: after a new message, those of the next [`GATHER`] (until
+    /// a worker is back), then every one already waiting. Returns false at Stop.
+    fn handle_gathered(&mut self, first: Event, inbox: &Receiver<Event>) -> bool {
+        let gather_until = matches!(first, Event::New(_)).then(|| Instant::now() + GATHER);
+        self.handle(first);
+        if let Some(deadline) = gather_until {
+            while let Ok(event) = inbox.recv_deadline(deadline) {
+                let worker_back = matches!(event, Event::Finished(_));
+                if matches!(event, Event::Stop) {
+                    return false;
+                }
+                self.handle(event);
+                if worker_back {
+                    break;
+                }
+            }
+        }
+        for event in inbox.try_iter() {
+            if matches!(event, Event::Stop) {
+                return false;
+            }
+            self.handle(event);
+        }
+        true
     }
 
     fn handle(&mut self, event: Event) {
