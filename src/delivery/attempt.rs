@@ -152,9 +152,9 @@ impl Deliverer {
     /// deliver. The section is read from the spool only when the envelope's summary of it is not enough for the
     /// loop checks.
     pub fn plan(&self, message: &Queued) -> Result<Plan, SpoolError> {
-        let headers = match message.envelope.headers {
-            Some(summary) if summary.delivered_to == 0 => HeaderSection::Summarized(summary),
-            _ => HeaderSection::Read(self.header_section(message)?.into()),
+        let headers = match message.envelope.headers.and_then(HeaderSection::summarized) {
+            Some(summarized) => summarized,
+            None => HeaderSection::Read(self.header_section(message)?.into()),
         };
         Ok(Plan {
             headers,

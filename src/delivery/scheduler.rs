@@ -285,25 +285,22 @@ impl Manager {
     /// Handles `first` and the events that come with it: after a new message, those of the next [`GATHER`] (until
     /// a worker is back), then every one already waiting. Returns false at Stop.
     fn handle_gathered(&mut self, first: Event, inbox: &Receiver<Event>) -> bool {
-        let gather_until = matches!(first, Event::New(_)).then(|| Instant::now() + GATHER);
-        self.handle(first);
-        if let Some(deadline) = gather_until {
-            while let Ok(event) = inbox.recv_deadline(deadline) {
-                let worker_back = matches!(event, Event::Finished(_));
-                if matches!(event, Event::Stop) {
-                    return false;
-                }
-                self.handle(event);
-                if worker_back {
-                    break;
-                }
-            }
-        }
-        for event in inbox.try_iter() {
-            if matches!(event, Event::Stop) {
-                return false;
+        let mut gather_until = matches!(first, Event::New(_)).then(|| Instant::now() + GATHER);
+        let mut next = Some(first);
+        while let Some(event) = next {
+            match event {
+                Event::Stop => return false,
+                Event::Finished(_) => gather_until = None,
+                _ => {}
             }
             self.handle(event);
+            next = match gather_until.map(|deadline| inbox.recv_deadline(deadline)) {
+                Some(Ok(event)) => Some(event),
+                _ => {
+                    gather_until = None;
+                    inbox.try_recv().ok()
+                }
+            };
         }
         true
     }

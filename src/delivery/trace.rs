@@ -92,6 +92,12 @@ pub enum HeaderSection {
 }
 
 impl HeaderSection {
+    /// The summary as what the loop checks go by, when it is enough for them: None when it counts a Delivered-To
+    /// field, whose recipient only the section itself names.
+    pub fn summarized(summary: HeaderSummary) -> Option<HeaderSection> {
+        (summary.delivered_to == 0).then_some(HeaderSection::Summarized(summary))
+    }
+
     /// Checks the section for signs of a mail loop to `recipient` (see [`find_loop`]).
     pub fn find_loop(&self, recipient: &str) -> Option<Loop> {
         match self {
