@@ -143,9 +143,12 @@ impl Deliverer {
         message: &mut Queued,
         now: DateTime<Utc>,
     ) -> Result<Attempted, SpoolError> {
-        let plan = self.plan(message)?;
-        let deliveries = self.deliver_routes(message, plan.routes, &plan.headers);
-        self.conclude(message, deliveries, &plan.headers, now)
+        let attempted = self.plan(message).and_then(|plan| {
+            let deliveries = self.deliver_routes(message, plan.routes, &plan.headers);
+            self.conclude(message, deliveries, &plan.headers, now)
+        });
+        body::close_file();
+        attempted
     }
 
     /// The first step of an attempt: what it needs of the message's header section, and the targets still to

@@ -2,13 +2,14 @@
 //! served from there to every step that needs it (the header checks, the mailbox length, the append, a command,
 //! every recipient of the message this worker delivers); a large one is streamed from the spool through the same
 //! buffer each time. A worker thus keeps one buffer, at most [`IN_MEMORY`] bytes, instead of allocating one per
-//! read.
+//! read. It also keeps the queue file it read last open until its work item is done ([`close_file`]): a mailbox
+//! job's messages are mostly in one segment, read with one `pread` each.
 
 use std::cell::RefCell;
 use std::io::{self, BufRead, Read};
 use std::path::PathBuf;
 
-use crate::spool::{Queued, Spool, SpoolError};
+use crate::spool::{OpenQueueFile, Queued, Spool, SpoolError};
 
 /// Messages up to this size are held in memory (the size up to which the spool keeps one in memory too).
 const IN_MEMORY: u64 = 128 * 1024;
@@ -16,12 +17,13 @@ const IN_MEMORY: u64 = 128 * 1024;
 /// How much of a large message is read from the spool at a time.
 const CHUNK: usize = 64 * 1024;
 
-/// This thread's buffer, and which queued message it holds whole, if any: a record never changes once
-/// committed, so its file and offset name its bytes.
+/// This thread's buffer, which queued message it holds whole, if any (a record never changes once committed,
+/// so its file and offset name its bytes), and the queue file it read last, still open.
 #[derive(Default)]
 struct Buffer {
     holds: Option<(PathBuf, u64)>,
     bytes: Vec<u8>,
+    file: Option<OpenQueueFile>,
 }
 
 thread_local! {
@@ -51,19 +53,16 @@ pub fn read<R>(
             .is_some_and(|(file, offset)| *file == message.file && *offset == message.body_offset)
         {
             buffer.holds = None;
-            buffer.bytes.clear();
-            buffer.bytes.reserve_exact(message.len as usize);
-            spool
-                .read_body(message)?
-                .read_to_end(&mut buffer.bytes)
-                .map_err(|source| SpoolError::Io {
-                    path: message.file.clone(),
-                    source,
-                })?;
+            spool.read_body_into(message, &mut buffer.file, &mut buffer.bytes)?;
             buffer.holds = Some((message.file.clone(), message.body_offset));
         }
         Ok(read(&mut &buffer.bytes[..]))
     })
+}
+
+/// Closes the queue file this thread keeps open, so that a finished segment's blocks are freed once it is deleted.
+pub fn close_file() {
+    BUFFER.with_borrow_mut(|buffer| buffer.file = None);
 }
 
 /// A reader buffered in a borrowed buffer.

@@ -10,6 +10,7 @@ use crossbeam_channel::Receiver;
 use log::error;
 
 use crate::delivery::attempt::{Attempted, Conclusion, Deliverer, Plan};
+use crate::delivery::body;
 use crate::delivery::job::{Job, JobResults, Target};
 use crate::delivery::transport::Delivery;
 use crate::smtp::Detail;
@@ -37,7 +38,9 @@ pub enum Finished {
 /// Works until the scheduler closes `work` or stops listening (`report` returns false).
 pub fn run(deliverer: &Deliverer, work: &Receiver<Work>, report: impl Fn(Finished) -> bool) {
     for item in work.iter() {
-        if !report(perform(deliverer, item)) {
+        let finished = perform(deliverer, item);
+        body::close_file();
+        if !report(finished) {
             return;
         }
     }

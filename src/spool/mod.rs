@@ -523,19 +523,76 @@ impl Spool {
 
     /// The body of a queued message.
     pub fn read_body(&self, queued: &Queued) -> Result<impl Read + use<>, SpoolError> {
-        let mut file = File::open(&queued.file).map_err(SpoolError::io(&queued.file))?;
-        if file.metadata().map_err(SpoolError::io(&queued.file))?.len()
-            < queued.body_offset + queued.len
-        {
-            return Err(SpoolError::Corrupt {
-                path: queued.file.clone(),
-                offset: queued.body_offset,
-                what: "the file ends before the message body does".to_string(),
-            });
-        }
-        file.seek(SeekFrom::Start(queued.body_offset))
+        let mut file = OpenQueueFile::open(queued)?;
+        file.file
+            .seek(SeekFrom::Start(queued.body_offset))
             .map_err(SpoolError::io(&queued.file))?;
-        Ok(file.take(queued.len))
+        Ok(file.file.take(queued.len))
+    }
+
+    /// Reads the whole body of a queued message into `out`, in place of what it held, through `open`: the queue
+    /// file read last, which is kept open for the next read, since the messages read one after another (a
+    /// mailbox job's) are mostly in one segment. A file is opened and its length checked only when the message
+    /// is in another one or past the end seen so far.
+    pub fn read_body_into(
+        &self,
+        queued: &Queued,
+        open: &mut Option<OpenQueueFile>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), SpoolError> {
+        let file = match open.take() {
+            Some(file) if file.path == queued.file && file.holds(queued) => file,
+            _ => OpenQueueFile::open(queued)?,
+        };
+        out.clear();
+        out.resize(queued.len as usize, 0);
+        let read = file.file.read_exact_at(out, queued.body_offset);
+        *open = Some(file);
+        read.map_err(|source| match source.kind() {
+            io::ErrorKind::UnexpectedEof => queued.cut_short(),
+            _ => SpoolError::Io {
+                path: queued.file.clone(),
+                source,
+            },
+        })
+    }
+}
+
+/// A queue file open for reading, and its length when it was opened (a segment only grows while it is open).
+pub struct OpenQueueFile {
+    path: PathBuf,
+    file: File,
+    len: u64,
+}
+
+impl OpenQueueFile {
+    /// Opens the file that holds `queued`, which must reach to the end of its body.
+    fn open(queued: &Queued) -> Result<OpenQueueFile, SpoolError> {
+        let file = File::open(&queued.file).map_err(SpoolError::io(&queued.file))?;
+        let len = file.metadata().map_err(SpoolError::io(&queued.file))?.len();
+        let open = OpenQueueFile {
+            path: queued.file.clone(),
+            file,
+            len,
+        };
+        if !open.holds(queued) {
+            return Err(queued.cut_short());
+        }
+        Ok(open)
+    }
+
+    fn holds(&self, queued: &Queued) -> bool {
+        self.len >= queued.body_offset + queued.len
+    }
+}
+
+impl Queued {
+    fn cut_short(&self) -> SpoolError {
+        SpoolError::Corrupt {
+            path: self.file.clone(),
+            offset: self.body_offset,
+            what: "the file ends before the message body does".to_string(),
+        }
     }
 }
 

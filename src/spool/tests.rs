@@ -594,6 +594,47 @@ fn reading_a_body_cut_short_is_an_error() {
 }
 
 #[test]
+fn bodies_read_through_one_open_file_follow_the_segment_as_it_grows() {
+    let dir = TempDir::new("open-file");
+    let mut spool = Spool::open(&dir.0).unwrap();
+    spool
+        .start_group_commit(std::time::Duration::from_secs(60))
+        .unwrap();
+    let first = send(&spool, envelope(&["bob@localhost"]), &body(1, 300)).unwrap();
+    let (mut open, mut out) = (None, Vec::new());
+    spool.read_body_into(&first, &mut open, &mut out).unwrap();
+    assert_eq!(out, body(1, 300));
+    // Committed after the file was opened, into the same segment, past the length seen then.
+    let second = send(&spool, envelope(&["bob@localhost"]), &body(2, 500)).unwrap();
+    assert_eq!(second.file, first.file);
+    spool.read_body_into(&second, &mut open, &mut out).unwrap();
+    assert_eq!(out, body(2, 500));
+    spool.read_body_into(&first, &mut open, &mut out).unwrap();
+    assert_eq!(out, body(1, 300));
+
+    // A message in another file, then one cut short.
+    let other_dir = TempDir::new("open-file-2");
+    let mut alone = Spool::open(&other_dir.0).unwrap();
+    alone
+        .start_group_commit(std::time::Duration::from_secs(60))
+        .unwrap();
+    let other = send(&alone, envelope(&["bob@localhost"]), b"hello\r\n").unwrap();
+    alone.read_body_into(&other, &mut open, &mut out).unwrap();
+    assert_eq!(out, b"hello\r\n");
+    File::options()
+        .write(true)
+        .open(&second.file)
+        .unwrap()
+        .set_len(second.body_offset + 2)
+        .unwrap();
+    let error = spool
+        .read_body_into(&second, &mut open, &mut out)
+        .err()
+        .unwrap();
+    assert!(matches!(error, SpoolError::Corrupt { offset, .. } if offset == second.body_offset));
+}
+
+#[test]
 fn a_second_lock_is_busy_until_the_first_is_dropped() {
     let dir = TempDir::new("lock");
     let spool = Spool::open(&dir.0).unwrap();
