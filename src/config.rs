@@ -50,7 +50,7 @@ pub enum LocalUsers {
 /// Where log lines go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogTarget {
-    /// Standard error, through env_logger.
+    /// Standard error, a line a write.
     Stderr,
     /// The syslog socket, facility mail.
     Syslog,

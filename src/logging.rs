@@ -1,4 +1,4 @@
-//! Where log lines go: stderr (through env_logger) or syslog, facility mail — and never into an SMTP session.
+//! Where log lines go: stderr (filtered as env_logger filters, by `RUST_LOG`) or syslog, facility mail — and never into an SMTP session.
 //!
 //! Classic inetd and xinetd hand `postel inetd` the client's socket as stdin, stdout *and* stderr, so in inetd
 //! mode a stderr that is a network socket, or the same file as stdin or stdout, is treated as the client's: lines go to
@@ -10,8 +10,9 @@
 //! The few lines of that protocol are written here rather than taken from a crate (`syslog` blocks on a full
 //! socket and cannot say what was lost), because the fallback and drop rules above sit inside the sending.
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
-use std::io::{self, IsTerminal};
+use std::io::{self, IsTerminal, Write as _};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use chrono::{Datelike, Timelike};
 use log::{Level, Log, Metadata, Record};
 use nix::sys::socket::{
     AddressFamily, MsgFlags, SockaddrLike, SockaddrStorage, UnixAddr, getsockname, sendto,
@@ -49,23 +51,13 @@ pub enum Mode {
 /// Installs the logger: `RUST_LOG` (else `default_filter`) picks the level. Until [`route`] is told the
 /// configuration, lines go to stderr — or, when stderr may be the client's socket, to the default syslog socket.
 pub fn init(default_filter: &str, mode: Mode) {
-    let stderr =
+    let filter =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_filter))
-            .format(|out, record| {
-                use std::io::Write;
-                writeln!(
-                    out,
-                    "{} {:<5} {}",
-                    out.timestamp_millis(),
-                    record.level(),
-                    record.args()
-                )
-            })
             .build();
-    log::set_max_level(stderr.filter());
+    log::set_max_level(filter.filter());
     let stderr_is_client = mode == Mode::Inetd && stderr_may_be_the_client();
     let logger = LOGGER.get_or_init(|| Logger {
-        stderr,
+        filter,
         stderr_is_client,
         early: Route::new(
             stderr_is_client,
@@ -96,8 +88,8 @@ pub fn fatal(message: &dyn std::fmt::Display) {
 static LOGGER: OnceLock<Logger> = OnceLock::new();
 
 struct Logger {
-    /// Filters every line, and writes those that go to stderr.
-    stderr: env_logger::Logger,
+    /// Filters every line (`RUST_LOG`).
+    filter: env_logger::Logger,
     /// Inetd mode with a stderr that may lead to the client: nothing is written there.
     stderr_is_client: bool,
     /// Where lines go until the configuration is known.
@@ -124,11 +116,11 @@ impl Route {
 
 impl Log for Logger {
     fn enabled(&self, metadata: &Metadata) -> bool {
-        self.stderr.enabled(metadata)
+        self.filter.enabled(metadata)
     }
 
     fn log(&self, record: &Record) {
-        if !self.stderr.matches(record) {
+        if !self.filter.matches(record) {
             return;
         }
         let route = self.configured.get().unwrap_or(&self.early);
@@ -146,15 +138,52 @@ impl Log for Logger {
             }
         }
         if route.stderr_allowed {
-            self.stderr.log(record);
+            write_stderr(record);
         } else if let Some(syslog) = &route.syslog {
             syslog.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    fn flush(&self) {
-        self.stderr.flush();
+    /// Lines go to stderr, which is unbuffered, with one write each: nothing waits to be flushed.
+    fn flush(&self) {}
+}
+
+/// Writes `2026-12-01T09:05:07.250Z INFO  text` to stderr with one write, formatted in a buffer of this thread's.
+fn write_stderr(record: &Record) {
+    thread_local! {
+        static LINE: RefCell<String> = const { RefCell::new(String::new()) };
     }
+    let write = |line: &mut String| {
+        line.clear();
+        stderr_line(line, record.level(), record.args(), chrono::Utc::now());
+        let _ = io::stderr().write_all(line.as_bytes());
+    };
+    // A line whose text logs while it is formatted gets a buffer of its own.
+    LINE.with(|line| match line.try_borrow_mut() {
+        Ok(mut line) => write(&mut line),
+        Err(_) => write(&mut String::new()),
+    });
+}
+
+fn stderr_line(
+    line: &mut String,
+    level: Level,
+    message: &std::fmt::Arguments,
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    let (date, time) = (now.date_naive(), now.time());
+    // A leap second's milliseconds run past 999.
+    let millis = now.timestamp_subsec_millis().min(999);
+    let _ = writeln!(
+        line,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{millis:03}Z {level:<5} {message}",
+        date.year(),
+        date.month(),
+        date.day(),
+        time.hour(),
+        time.minute(),
+        time.second(),
+    );
 }
 
 /// A syslog daemon's datagram socket, addressed by name on every line so that a restarted daemon is found again.
@@ -307,6 +336,25 @@ mod tests {
         assert!(line(Level::Error, 0).starts_with("<19>Dec  1 "));
         assert!(line(Level::Warn, 0).starts_with("<20>"));
         assert!(line(Level::Trace, 0).starts_with("<23>"));
+    }
+
+    #[test]
+    fn stderr_lines_carry_the_time_in_utc_to_the_millisecond_and_the_level() {
+        let at = |ms| {
+            chrono::Utc.with_ymd_and_hms(2026, 12, 1, 9, 5, 7).unwrap()
+                + chrono::Duration::milliseconds(ms)
+        };
+        let mut line = String::new();
+        stderr_line(
+            &mut line,
+            Level::Info,
+            &format_args!("ABC123: removed"),
+            at(250),
+        );
+        assert_eq!(line, "2026-12-01T09:05:07.250Z INFO  ABC123: removed\n");
+        line.clear();
+        stderr_line(&mut line, Level::Error, &format_args!("x"), at(3));
+        assert_eq!(line, "2026-12-01T09:05:07.003Z ERROR x\n");
     }
 
     #[test]
