@@ -157,7 +157,7 @@ impl Deliverer {
     pub fn plan(&self, message: &Queued) -> Result<Plan, SpoolError> {
         let headers = match message.envelope.headers.and_then(HeaderSection::summarized) {
             Some(summarized) => summarized,
-            None => HeaderSection::Read(self.header_section(message)?.into()),
+            None => HeaderSection::Read(self.header_section(message, HEADER_LIMIT)?.into()),
         };
         Ok(Plan {
             headers,
@@ -516,11 +516,13 @@ impl Deliverer {
         })
     }
 
-    /// The message's header section, read from the spool (at most [`HEADER_LIMIT`] bytes).
-    fn header_section(&self, message: &Queued) -> Result<Vec<u8>, SpoolError> {
-        let mut start = Vec::with_capacity(4096);
+    /// The message's header section, read from the spool: at most `limit` bytes, and never more than
+    /// [`HEADER_LIMIT`].
+    fn header_section(&self, message: &Queued, limit: u64) -> Result<Vec<u8>, SpoolError> {
+        let limit = limit.min(HEADER_LIMIT);
+        let mut start = Vec::with_capacity(limit.min(4096) as usize);
         body::read(&self.spool, message, |body| {
-            body.take(HEADER_LIMIT).read_to_end(&mut start)
+            body.take(limit).read_to_end(&mut start)
         })?
         .map_err(|source| SpoolError::Io {
             path: message.file.clone(),
@@ -545,8 +547,9 @@ impl Deliverer {
         let read;
         let section = match headers {
             HeaderSection::Read(section) => &section[..],
-            HeaderSection::Summarized(_) => {
-                read = self.header_section(message)?;
+            // The summary gives the section's length: only that much is read.
+            HeaderSection::Summarized(summary) => {
+                read = self.header_section(message, summary.len)?;
                 &read
             }
         };

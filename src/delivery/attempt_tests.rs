@@ -120,6 +120,30 @@ fn aliases_route_to_mailboxes_and_unknown_users_are_bounced_at_once() {
 }
 
 #[test]
+fn a_notification_quotes_the_header_section_the_summary_measures() {
+    let dir = TempDir::new("attempt");
+    let deliverer = deliverer(&dir, "");
+    let mut message = queue_text(
+        &deliverer,
+        &["nobody@localhost"],
+        b"Subject: quoted\r\nX-Last: field\r\n\r\nX-Body: not a field\r\n",
+    );
+    assert_eq!(message.envelope.headers.map(|h| h.len), Some(32));
+    let attempted = deliverer.attempt(&mut message, arrival()).unwrap();
+    let [bounce] = &attempted.bounces[..] else {
+        panic!("{} notifications", attempted.bounces.len());
+    };
+    let mut text = String::new();
+    let mut body = deliverer.spool.read_body(bounce).unwrap();
+    body.read_to_string(&mut text).unwrap();
+    assert!(
+        text.contains("Subject: quoted\r\nX-Last: field\r\n"),
+        "{text}"
+    );
+    assert!(!text.contains("X-Body"), "{text}");
+}
+
+#[test]
 fn the_plan_reads_the_header_section_only_when_the_summary_is_not_enough() {
     let dir = TempDir::new("attempt");
     let deliverer = deliverer(&dir, "");
