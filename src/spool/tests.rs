@@ -44,6 +44,15 @@ pub(super) fn send(spool: &Spool, envelope: Envelope, body: &[u8]) -> Result<Que
     spool.commit(writer)
 }
 
+/// A spool in `dir` with its group-commit thread, each segment taking messages for a minute.
+fn grouped(dir: &TempDir) -> Spool {
+    let mut spool = Spool::open(&dir.0).unwrap();
+    spool
+        .start_group_commit(std::time::Duration::from_secs(60))
+        .unwrap();
+    spool
+}
+
 pub(super) fn read_body(spool: &Spool, queued: &Queued) -> Vec<u8> {
     let mut bytes = Vec::new();
     spool
@@ -88,10 +97,7 @@ fn round_trip(spool: &Spool, sizes: &[usize]) {
 #[test]
 fn small_and_large_messages_round_trip_with_group_commit() {
     let dir = TempDir::new("group");
-    let mut spool = Spool::open(&dir.0).unwrap();
-    spool
-        .start_group_commit(std::time::Duration::from_secs(60))
-        .unwrap();
+    let spool = grouped(&dir);
     round_trip(
         &spool,
         &[0, 1, 1000, SMALL_LIMIT, SMALL_LIMIT + 1, 300 * 1024, 5],
@@ -157,10 +163,7 @@ fn a_large_message_keeps_its_header_summary_only_if_the_section_ends_in_memory()
 #[test]
 fn concurrent_commits_get_distinct_ids_and_all_scan_back() {
     let dir = TempDir::new("concurrent");
-    let mut spool = Spool::open(&dir.0).unwrap();
-    spool
-        .start_group_commit(std::time::Duration::from_secs(60))
-        .unwrap();
+    let spool = grouped(&dir);
     let spool = Arc::new(spool);
     let threads: Vec<_> = (0..16)
         .map(|thread| {
@@ -201,10 +204,7 @@ fn concurrent_commits_get_distinct_ids_and_all_scan_back() {
 #[test]
 fn segments_rotate_once_full() {
     let dir = TempDir::new("rotate");
-    let mut spool = Spool::open(&dir.0).unwrap();
-    spool
-        .start_group_commit(std::time::Duration::from_secs(60))
-        .unwrap();
+    let spool = grouped(&dir);
     // One segment's worth of the largest messages kept in memory, and two more for the next.
     let sizes = vec![SMALL_LIMIT; (SEGMENT_LIMIT / SMALL_LIMIT as u64) as usize + 2];
     round_trip(&spool, &sizes);
@@ -250,10 +250,7 @@ fn a_finished_segment_disappears_on_a_quiet_host() {
 #[test]
 fn a_removed_message_is_erased_from_a_segment_the_others_keep() {
     let dir = TempDir::new("erase");
-    let mut spool = Spool::open(&dir.0).unwrap();
-    spool
-        .start_group_commit(std::time::Duration::from_secs(60))
-        .unwrap();
+    let spool = grouped(&dir);
     let sentinel = b"Subject: a sentinel for the eraser\r\n\r\nsecret\r\n";
     let before = send(&spool, envelope(&["bob@localhost"]), &body(1, 500)).unwrap();
     let removed = send(&spool, envelope(&["sentinel@localhost"]), sentinel).unwrap();
@@ -370,10 +367,7 @@ fn a_write_error_fails_the_commit_and_leaves_nothing_in_the_queue() {
 #[test]
 fn a_failed_batch_is_refused_and_the_next_starts_a_new_segment() {
     let dir = TempDir::new("batch-error");
-    let mut spool = Spool::open(&dir.0).unwrap();
-    spool
-        .start_group_commit(std::time::Duration::from_secs(60))
-        .unwrap();
+    let spool = grouped(&dir);
     fs::remove_dir(&spool.queue).unwrap();
     let error = send(&spool, envelope(&["bob@localhost"]), b"hello\r\n").unwrap_err();
     assert!(
@@ -596,10 +590,7 @@ fn reading_a_body_cut_short_is_an_error() {
 #[test]
 fn bodies_read_through_one_open_file_follow_the_segment_as_it_grows() {
     let dir = TempDir::new("open-file");
-    let mut spool = Spool::open(&dir.0).unwrap();
-    spool
-        .start_group_commit(std::time::Duration::from_secs(60))
-        .unwrap();
+    let spool = grouped(&dir);
     let first = send(&spool, envelope(&["bob@localhost"]), &body(1, 300)).unwrap();
     let (mut open, mut out) = (None, Vec::new());
     spool.read_body_into(&first, &mut open, &mut out).unwrap();
@@ -614,10 +605,7 @@ fn bodies_read_through_one_open_file_follow_the_segment_as_it_grows() {
 
     // A message in another file, then one cut short.
     let other_dir = TempDir::new("open-file-2");
-    let mut alone = Spool::open(&other_dir.0).unwrap();
-    alone
-        .start_group_commit(std::time::Duration::from_secs(60))
-        .unwrap();
+    let alone = grouped(&other_dir);
     let other = send(&alone, envelope(&["bob@localhost"]), b"hello\r\n").unwrap();
     alone.read_body_into(&other, &mut open, &mut out).unwrap();
     assert_eq!(out, b"hello\r\n");
