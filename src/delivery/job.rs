@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::Config;
 use crate::delivery::local::{Destination, Route};
@@ -16,8 +17,15 @@ use crate::spool::{QueueId, Queued};
 /// enough that the first of them need not wait long for its result.
 pub const MESSAGES_PER_JOB: usize = 32;
 
+/// How soon after one of a mailbox's jobs starts the next one may, unless a whole job's worth of messages
+/// ([`MESSAGES_PER_JOB`]) is waiting. While mail for one mailbox streams in, its messages then gather into a
+/// job every 20 ms that shares the locks and the three syncs of a job (announcement, mailbox, results) among
+/// up to 32 of them, instead of a job of a few every couple of milliseconds, each with its own three. A message
+/// for a mailbox that had no job in the last 20 ms goes at once.
+pub const MAILBOX_PACE: Duration = Duration::from_millis(20);
+
 /// Where deliveries go, as the scheduler counts them: each target has its own queue and limit.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Target {
     /// An mbox file: a user's mailbox or a `/file` alias target. One job at a time: it appends all its messages
     /// under one taking of the locks with one fdatasync, while the messages that arrive meanwhile gather for the
@@ -61,6 +69,12 @@ impl Target {
             Target::Remote(_) => config.remote_concurrency.max(1),
             Target::Refused => usize::MAX,
         }
+    }
+
+    /// How soon after one of its jobs starts the next may, unless a whole job is waiting: see
+    /// [`MAILBOX_PACE`].
+    pub fn pace(&self) -> Option<Duration> {
+        matches!(self, Target::Mailbox(_)).then_some(MAILBOX_PACE)
     }
 
     pub fn is_remote(&self) -> bool {

@@ -249,6 +249,9 @@ impl Manager {
                     .unwrap_or_default()
                     .min(until_look)
             });
+            let timeout = self.queues.next_due().map_or(timeout, |due| {
+                timeout.min(due.saturating_duration_since(Instant::now()))
+            });
             let event = match inbox.recv_timeout(timeout) {
                 Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 Ok(event) => Some(event),
@@ -428,7 +431,7 @@ impl Manager {
                     messages.push(message);
                 }
                 Work::Plan(messages)
-            } else if let Some(job) = self.queues.next_job(&self.deliverer.config) {
+            } else if let Some(job) = self.queues.next_job(&self.deliverer.config, Instant::now()) {
                 Work::Deliver(job)
             } else {
                 return;
@@ -452,6 +455,7 @@ impl Manager {
             Err(e) => return self.done(message, Err(e)),
         };
         let config = &self.deliverer.config;
+        let now = Instant::now();
         let groups = job::by_target(routes, config);
         if groups.is_empty() {
             self.to_conclude.push_back(Conclusion {
@@ -469,7 +473,7 @@ impl Manager {
                 headers: headers.clone(),
                 routes,
             };
-            self.queues.push(target, part, config);
+            self.queues.push(target, part, config, now);
         }
         self.attempts.insert(
             id,
@@ -484,7 +488,8 @@ impl Manager {
 
     /// A job is back: its deliveries go to their attempts, and an attempt with all of its back is concluded.
     fn delivered(&mut self, target: &Target, results: job::JobResults) {
-        self.queues.job_done(target, &self.deliverer.config);
+        self.queues
+            .job_done(target, &self.deliverer.config, Instant::now());
         for (id, deliveries) in results {
             let Some(attempt) = self.attempts.get_mut(&id) else {
                 continue;
