@@ -9,7 +9,8 @@ in every format after version 1; `mbox_size` and `headers`, when there, are chec
 body, exactly
 as stored. Several records may share one segment file. A record erased by
 `postel queue remove` has `POSTEL1-` for `POSTEL1 `, and its envelope and body
-are zero bytes (its checksum no longer counts): it is skipped. Anything that does not
+are zero bytes (its checksum no longer counts): it is skipped. A segment ends in
+zero bytes, its room for more records (up to 256 KiB). Anything else that does not
 follow the format raises SpoolError naming the file and byte offset: a test
 reads the queue only after the server acknowledged, so there is no torn tail
 to forgive.
@@ -98,6 +99,8 @@ def read_file(path):
     offset = 0
     while offset < len(data):
         where = f"{path}:{offset}"
+        if not data[offset:].strip(b"\0"):
+            break
         m = HEADER.fullmatch(data, offset, offset + HEADER_LEN)
         if not m:
             raise SpoolError(f"{where}: bad record header {data[offset:offset + HEADER_LEN]!r}")

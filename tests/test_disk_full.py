@@ -8,6 +8,7 @@ Needs a small file system: a 2 MiB tmpfs (mount needs root), else a loop-mounted
 import errno
 import os
 import shutil
+import time
 import subprocess
 
 import pytest
@@ -83,8 +84,9 @@ def send(postel, subject, size):
 def test_full_spool_answers_452_and_keeps_nothing_half_written(make_postel, small_fs):
     spool_dir = small_fs / "spool"
     spool_dir.mkdir()
-    # No reserve: the writes themselves meet the full disk.
-    postel = make_postel(**DELIVER, spool_dir=str(spool_dir), spool_min_free=0)
+    # No reserve: the writes themselves meet the full disk. Segments close after a second, so that a message
+    # sent later than that needs a new one (a segment's room, zeros written ahead, takes records on a full disk).
+    postel = make_postel(**DELIVER, spool_dir=str(spool_dir), spool_min_free=0, spool_segment_age="1s")
     r, _ = send(postel, "before", 1000)
     assert r.code == 250, r
     assert wait_until(lambda: sent_lines(postel.log(), to="alice"), 10)
@@ -97,7 +99,10 @@ def test_full_spool_answers_452_and_keeps_nothing_half_written(make_postel, smal
         r, stage = results[subject]
         assert r.code == 452 and stage == "end of data", f"{subject}: {r} at {stage}"
         assert r.enhanced and r.enhanced.startswith("4.3."), r
-    fill(spool_dir)  # now nothing fits at all
+    # Now nothing fits at all, nor in the room of a segment still open: the last one closes and, its messages
+    # delivered, goes; then the room it held is filled too.
+    time.sleep(1.5)
+    fill(spool_dir)
     r, stage = send(postel, "small3", 1000)
     assert r.code == 452 and stage == "end of data", f"small3 on a full disk: {r} at {stage}"
     # Nothing half-written: tmp/ is empty, every queue file parses, and no refused message is in it.
@@ -205,12 +210,13 @@ def test_a_notification_that_finds_the_disk_full_does_not_deliver_twice(make_pos
     spool_dir.mkdir()
     aliases = tmp_path / "aliases"
     aliases.write_text('slow: "|sleep 3"\n')
+    # Segments close after a second: the notification, 3 s later, needs a new one on the full disk.
     postel = make_postel(**{**DELIVER, "retry_first": "2s", "retry_max": "2s"}, spool_dir=str(spool_dir),
-                         spool_min_free=0, mailbox_size_limit=20000, aliases=str(aliases), alias_commands=True,
-                         local_users=["alice", "bob", "carol"])
+                         spool_min_free=0, spool_segment_age="1s", mailbox_size_limit=20000, aliases=str(aliases),
+                         alias_commands=True, local_users=["alice", "bob", "carol"])
     (postel.mailboxes / "bob").write_bytes(b"From x Thu Jan  1 00:00:00 2026\n\n" + b"x" * 30000 + b"\n\n")
     conn = postel.session()
-    # A header section of 16 KiB, which the notification quotes: more than a page the segment has left.
+    # A header section of 16 KiB, which the notification quotes.
     padding = b"".join(b"X-Padding-%03d: %s\r\n" % (n, b"p" * 60) for n in range(220))
     r = transaction(conn, "carol@localhost", ["alice@localhost", "bob@localhost", "slow@localhost"],
                     b"Subject: once\r\nMessage-ID: <once@disk.test>\r\n" + padding + b"\r\nhi\r\n")

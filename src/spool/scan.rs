@@ -114,6 +114,9 @@ enum Next {
     BadEnvelope { end: u64, what: String },
     /// A sound record in a format version this Postel does not read; it ends at `end`.
     Unreadable { end: u64, version: u32 },
+    /// Nothing but zero bytes to the end of the file: the room a segment's writer set aside for more
+    /// records.
+    Room,
     /// No whole record: the rest of the file is a torn tail.
     Torn(String),
 }
@@ -194,6 +197,10 @@ fn scan_file(path: &Path, repair: bool, found: &mut Found) -> io::Result<()> {
                 this.pinned = true;
                 offset = end;
             }
+            Next::Room => {
+                found.files.push(this);
+                return Ok(());
+            }
             Next::Torn(what) => break what,
         }
     };
@@ -222,6 +229,22 @@ fn scan_file(path: &Path, repair: bool, found: &mut Found) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether the next `count` bytes of `reader` are all zero bytes. Reads them.
+fn zeros_to_the_end(reader: &mut BufReader<File>, count: u64) -> io::Result<bool> {
+    let mut rest = reader.take(count);
+    loop {
+        let piece = rest.fill_buf()?;
+        if piece.is_empty() {
+            return Ok(rest.limit() == 0);
+        }
+        if piece.iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        let n = piece.len();
+        rest.consume(n);
+    }
+}
+
 /// Reads and checks the record at `offset`, where `reader` stands, in a file of `size` bytes.
 /// The body is read in pieces, never held whole.
 fn read_record(
@@ -232,6 +255,9 @@ fn read_record(
 ) -> io::Result<Next> {
     let torn = |what: &str| Ok(Next::Torn(what.to_string()));
     if size - offset < HEADER_LEN as u64 {
+        if zeros_to_the_end(reader, size - offset)? {
+            return Ok(Next::Room);
+        }
         return torn("the header is cut short");
     }
     let mut line = [0; HEADER_LEN];
@@ -240,6 +266,11 @@ fn read_record(
         Ok(header) => (header, false),
         Err(what) => match record::parse_erased(&line) {
             Some(header) => (header, true),
+            None if line.iter().all(|&b| b == 0)
+                && zeros_to_the_end(reader, size - offset - HEADER_LEN as u64)? =>
+            {
+                return Ok(Next::Room);
+            }
             None => return torn(what),
         },
     };

@@ -406,6 +406,13 @@ fn control_characters_in_the_envelope_become_question_marks() {
 
 /// Three small messages in one segment; returns it and where the third record starts.
 fn three_in_a_segment(spool: &mut Spool) -> (PathBuf, u64) {
+    let (segment, third, _) = three_records(spool);
+    (segment, third)
+}
+
+/// Three small messages in one segment; returns it, where the third record starts and where it ends
+/// (the room the segment has for more records follows).
+fn three_records(spool: &mut Spool) -> (PathBuf, u64, u64) {
     spool
         .start_group_commit(std::time::Duration::from_secs(60))
         .unwrap();
@@ -413,7 +420,64 @@ fn three_in_a_segment(spool: &mut Spool) -> (PathBuf, u64) {
         .map(|n| send(spool, envelope(&["bob@localhost"]), &body(n, 500)).unwrap())
         .collect();
     assert!(queued.iter().all(|q| q.file == queued[0].file));
-    (queued[2].file.clone(), offset_of(&queued[2]))
+    let third = &queued[2];
+    (
+        third.file.clone(),
+        offset_of(third),
+        third.body_offset + third.len,
+    )
+}
+
+/// Writes `bytes` at `offset` of `path`.
+fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
+    let file = File::options().write(true).open(path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, bytes, offset).unwrap();
+}
+
+#[test]
+fn a_segment_ends_in_zeros_that_a_scan_takes_for_room() {
+    let dir = TempDir::new("room");
+    let mut spool = Spool::open(&dir.0).unwrap();
+    let (segment, _, end) = three_records(&mut spool);
+    let size = fs::metadata(&segment).unwrap().len();
+    assert!(size > end, "the segment has room after its records");
+    assert_eq!(size % (256 * 1024), 0, "it grows by 256 KiB at a time");
+    for repair in [false, true] {
+        let scan = spool.scan(repair).unwrap();
+        assert_eq!(
+            (scan.messages.len(), scan.problems),
+            (3, Vec::<String>::new())
+        );
+    }
+    assert_eq!(
+        fs::metadata(&segment).unwrap().len(),
+        size,
+        "the room stays"
+    );
+    // A fourth record goes into the room: the file keeps its length.
+    let fourth = send(&spool, envelope(&["bob@localhost"]), &body(3, 500)).unwrap();
+    assert_eq!(
+        (fourth.file.clone(), offset_of(&fourth)),
+        (segment.clone(), end)
+    );
+    assert_eq!(fs::metadata(&segment).unwrap().len(), size);
+    assert_eq!(spool.scan(false).unwrap().messages.len(), 4);
+}
+
+#[test]
+fn a_record_begun_in_the_room_is_a_torn_one() {
+    let dir = TempDir::new("room-torn");
+    let mut spool = Spool::open(&dir.0).unwrap();
+    let (segment, _, end) = three_records(&mut spool);
+    // A crash while a batch was written: its header, and a piece of its body further on, reached the disk.
+    write_at(&segment, end, b"POSTEL1 ");
+    check_torn_tail(&spool, &segment, end, 3);
+    // Only a piece further on reached it: the zeros before it are no room either.
+    let dir = TempDir::new("room-torn-further");
+    let mut spool = Spool::open(&dir.0).unwrap();
+    let (segment, _, end) = three_records(&mut spool);
+    write_at(&segment, end + 5000, b"x");
+    check_torn_tail(&spool, &segment, end, 3);
 }
 
 /// Where a record starts, from what scan or commit says of it.
@@ -421,12 +485,12 @@ fn offset_of(queued: &Queued) -> u64 {
     queued.body_offset - HEADER_LEN as u64 - queued.envelope.encode().len() as u64
 }
 
-/// Checks that a scan reports a torn record at `at` and keeps the two sound ones before it, and
-/// that the repair cuts the file there.
-fn check_torn_tail(spool: &Spool, segment: &Path, at: u64) {
+/// Checks that a scan reports a torn record at `at` and keeps the `sound` ones before it, and that
+/// the repair cuts the file there.
+fn check_torn_tail(spool: &Spool, segment: &Path, at: u64, sound: usize) {
     let before = fs::metadata(segment).unwrap().len();
     let scan = spool.scan(false).unwrap();
-    assert_eq!(scan.messages.len(), 2);
+    assert_eq!(scan.messages.len(), sound);
     assert_eq!(scan.problems.len(), 1);
     assert!(scan.problems[0].starts_with(&format!(
         "{}: torn record at byte {at} (",
@@ -439,29 +503,28 @@ fn check_torn_tail(spool: &Spool, segment: &Path, at: u64) {
     );
 
     let scan = spool.scan(true).unwrap();
-    assert_eq!(scan.messages.len(), 2);
+    assert_eq!(scan.messages.len(), sound);
     assert!(scan.problems[0].starts_with(&format!(
         "{}: torn record at byte {at} cut off",
         segment.display()
     )));
     assert_eq!(fs::metadata(segment).unwrap().len(), at);
     let scan = spool.scan(true).unwrap();
-    assert!(scan.problems.is_empty() && scan.messages.len() == 2);
+    assert!(scan.problems.is_empty() && scan.messages.len() == sound);
 }
 
 #[test]
 fn a_torn_record_is_reported_and_cut_off_with_repair() {
     let dir = TempDir::new("torn");
     let mut spool = Spool::open(&dir.0).unwrap();
-    let (segment, third) = three_in_a_segment(&mut spool);
-    let len = fs::metadata(&segment).unwrap().len();
+    let (segment, third, end) = three_records(&mut spool);
     File::options()
         .write(true)
         .open(&segment)
         .unwrap()
-        .set_len(len - 5)
+        .set_len(end - 5)
         .unwrap();
-    check_torn_tail(&spool, &segment, third);
+    check_torn_tail(&spool, &segment, third, 2);
 }
 
 #[test]
@@ -481,19 +544,18 @@ fn garbage_after_the_last_record_is_reported_and_cut_off_with_repair() {
         .unwrap()
         .write_all(b"POSTEL1 garbage")
         .unwrap();
-    check_torn_tail(&spool, &segment, third);
+    check_torn_tail(&spool, &segment, third, 2);
 }
 
 #[test]
 fn a_flipped_byte_fails_the_checksum() {
     let dir = TempDir::new("flipped");
     let mut spool = Spool::open(&dir.0).unwrap();
-    let (segment, third) = three_in_a_segment(&mut spool);
+    let (segment, third, end) = three_records(&mut spool);
     let mut bytes = fs::read(&segment).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 1;
+    bytes[end as usize - 1] ^= 1;
     fs::write(&segment, bytes).unwrap();
-    check_torn_tail(&spool, &segment, third);
+    check_torn_tail(&spool, &segment, third, 2);
 }
 
 #[test]
