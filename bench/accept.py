@@ -1,6 +1,7 @@
-"""Intake: how fast a server answers 250 to smtp-source, against the ceiling of smtp-sink, which stores nothing."""
+"""Intake: how fast a server answers 250 to smtp-source, against the ceiling of smtp-sink, which stores nothing, and
+the floor of Postel's design (bench/floor.rs), which stores nothing either but serves each connection on a thread."""
 
-from case import POSTEL, POSTFIX, SINK, Case, timed
+from case import FLOOR, POSTEL, POSTFIX, SINK, Case, timed
 from load import Stream
 
 
@@ -12,11 +13,11 @@ def cases():
     found = []
     for sessions in (1, 10, 50):
         found.append(Case(f"accept-{sessions}", f"accept, {sessions} session{'s' * (sessions > 1)}, "
-                          "new connection per message", (POSTEL, POSTFIX, SINK),
+                          "new connection per message", (POSTEL, POSTFIX, FLOOR, SINK),
                           accepted(Stream(sessions, max(200, 20 * sessions)))))
         found.append(Case(f"accept-{sessions}-reuse", f"accept, {sessions} session{'s' * (sessions > 1)}, "
-                          "100 messages per connection", (POSTEL, POSTFIX, SINK),
+                          "100 messages per connection", (POSTEL, POSTFIX, FLOOR, SINK),
                           accepted(Stream(sessions, 100 * sessions, reuse=True))))
-    found.append(Case("accept-1mib", "accept, 10 sessions, 1 MiB messages", (POSTEL, POSTFIX, SINK),
+    found.append(Case("accept-1mib", "accept, 10 sessions, 1 MiB messages", (POSTEL, POSTFIX, FLOOR, SINK),
                       accepted(Stream(10, 20, length=1024 * 1024))))
     return found

@@ -10,7 +10,7 @@ import reference
 import servers
 from net import free_port
 
-POSTEL, POSTFIX, SINK = servers.Postel.name, servers.Reference.name, servers.Sink.name
+POSTEL, POSTFIX, FLOOR, SINK = servers.Postel.name, servers.Reference.name, servers.Floor.name, servers.Sink.name
 ARRIVAL_TIMEOUT = 120  # seconds after the last message was sent for all of them to arrive
 
 
@@ -44,12 +44,13 @@ class Case:
 
 
 class Context:
-    """What a run has for its cases: the binary, the TLS load client and certificate (a tls.Kit), a scratch folder,
-    the reference (or None), how long to send."""
+    """What a run has for its cases: the binary, the TLS load client and certificate (a tls.Kit), the floor server
+    (bench/floor.rs), a scratch folder, the reference (or None), how long to send."""
 
-    def __init__(self, binary, tls_kit, base, reference, duration):
+    def __init__(self, binary, tls_kit, floor, base, reference, duration):
         self.binary = binary
         self.tls = tls_kit
+        self.floor = floor
         self.base = base
         self.reference = reference
         self.duration = duration
@@ -81,6 +82,8 @@ class Context:
             procstat.wait_idle(self.reference)
             self.reference.empty_mailboxes()
             return self.reference
+        if name == FLOOR:
+            return servers.Floor(self.floor, self.base)
         return servers.Sink(self.base)
 
     def close(self):

@@ -2,10 +2,10 @@
 
 import csv
 
-from case import POSTEL, POSTFIX, SINK
+from case import FLOOR, POSTEL, POSTFIX, SINK
 
-SERVERS = (POSTEL, POSTFIX, SINK)
-COLORS = {POSTEL: "tab:blue", POSTFIX: "tab:orange", SINK: "tab:gray"}
+SERVERS = (POSTEL, POSTFIX, FLOOR, SINK)
+COLORS = {POSTEL: "tab:blue", POSTFIX: "tab:orange", FLOOR: "tab:green", SINK: "tab:gray"}
 FIELDS = ["case", "label", "server", "unit", "count", "seconds", "rate_per_s", "cpu_ms_per_unit", "peak_rss_mib",
           "rss_growth_mib", "vs_postfix", "vs_ceiling", "notes"]
 LABEL_WIDTH = 62
@@ -78,7 +78,7 @@ def draw(path, all_rows, title):
     for ax, (key, xlabel, log) in zip(axes, panels):
         for k, name in enumerate(SERVERS):
             found = {row["label"]: row[key] for row in all_rows if row["server"] == name}
-            ys = [i + (k - 1) * height for i, label in enumerate(labels) if label in found]
+            ys = [i + (k - (len(SERVERS) - 1) / 2) * height for i, label in enumerate(labels) if label in found]
             xs = [found[label] for label in labels if label in found]
             ax.barh(ys, xs, height=height, color=COLORS[name], label=name)
             for y, x in zip(ys, xs):

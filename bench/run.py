@@ -88,6 +88,7 @@ def main():
     binary = build()
     base = Path(tempfile.mkdtemp(prefix="postel-bench-", dir=os.environ.get("BENCH_DIR", "/var/tmp")))
     tls_kit = tls.Kit.make(REPO, base)
+    floor = servers.build_tool(REPO, "floor")
     postfix, why_not = servers.Reference.find()
     print(f"postel: {binary}, scratch spools in {base} ({fs_type(base)})")
     if postfix:
@@ -98,7 +99,7 @@ def main():
     print(f"{os.cpu_count()} CPUs, {duration:g} s of smtp-source traffic per case and server, 1 KiB messages "
           "unless the case says otherwise\n")
 
-    ctx = Context(binary, tls_kit, base, postfix, duration)
+    ctx = Context(binary, tls_kit, floor, base, postfix, duration)
     all_rows, keep = [], False
     started = time.monotonic()
     try:
@@ -126,7 +127,7 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     csv_path, png_path = args.out / "bench.csv", args.out / "bench.png"
     report.write_csv(csv_path, all_rows)
-    title = (f"Postel vs Postfix vs smtp-sink, {os.cpu_count()} CPUs, {duration:g} s per case"
+    title = (f"Postel, Postfix, the floor and smtp-sink, {os.cpu_count()} CPUs, {duration:g} s per case"
              f"{'' if postfix else ' (no reference Postfix)'}, {time.strftime('%Y-%m-%d %H:%M')}")
     try:
         report.draw(png_path, all_rows, title)

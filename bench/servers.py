@@ -1,4 +1,5 @@
-"""The servers a benchmark case measures: Postel, the reference Postfix and smtp-sink (the ceiling).
+"""The servers a benchmark case measures: Postel, the reference Postfix, smtp-sink (the ceiling) and the floor of
+Postel's design (bench/floor.rs).
 
 Each one offers the same few things to the cases: `addr` ("ip:port"), `cpu_ticks()` and `memory_kib()` summed over
 its processes, `peak_kib()` when the kernel knows the peak exactly, `busy()` while mail is still queued,
@@ -20,6 +21,18 @@ import reference
 from net import free_port, greeting
 
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+
+
+def build_tool(repo, name):
+    """Builds the bench/ program `name` (a `[[bench]]` target) with the release profile; returns its path."""
+    done = subprocess.run(["cargo", "bench", "--bench", name, "--no-run", "--quiet", "--message-format=json"],
+                          cwd=repo, capture_output=True, text=True)
+    for line in done.stdout.splitlines():
+        message = json.loads(line)
+        if message.get("reason") == "compiler-artifact" and message["target"]["name"] == name:
+            if message.get("executable"):
+                return Path(message["executable"])
+    raise SystemExit(f"bench: building bench/{name}.rs failed: {done.stderr.strip()[-500:]}")
 
 
 def wait_listening(ip, port, proc, what, log, timeout=10):
@@ -160,29 +173,18 @@ class Reference:
         return []  # the reference keeps running between cases
 
 
-class Sink(OneProcess):
-    """Postfix's smtp-sink on `ip`:`port`: answers like a server and stores nothing. `counting` keeps its running
-    counters (-c) in a file, for relay cases that wait for the messages to arrive."""
+class Listener(OneProcess):
+    """A server that is one program listening on `ip`:`port` (a free port unless given), its output in a file under
+    `base`; it stores nothing, so it is never busy after a case."""
 
-    name = "smtp-sink"
-
-    def __init__(self, base, ip="127.0.0.1", port=None, counting=False):
+    def __init__(self, base, argv_for, ip="127.0.0.1", port=None):
         self.port = port or free_port(ip)
         self.addr = f"{ip}:{self.port}"
-        self.out = Path(base) / f"sink-{ip}-{self.port}.out"
-        argv = [SMTP_SINK, *(["-c"] if counting else []), "-h", "sink.bench.test", self.addr, "256"]
-        if os.geteuid() == 0:
-            argv[1:1] = ["-u", "nobody"]  # smtp-sink will not run as root
+        self.out = Path(base) / f"{self.name}-{ip}-{self.port}.out"
         with open(self.out, "wb") as out:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-        wait_listening(ip, self.port, self.proc, "smtp-sink", self.out)
-
-    def received(self):
-        """Messages received so far (the last of the running counters)."""
-        with open(self.out, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - 200))
-            found = re.findall(rb"mesg=(\d+)", f.read())
-        return int(found[-1]) if found else 0
+            self.proc = subprocess.Popen(argv_for(self.addr), stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT)
+        wait_listening(ip, self.port, self.proc, self.name, self.out)
 
     def busy(self):
         return False
@@ -191,3 +193,36 @@ class Sink(OneProcess):
         stop_process(self.proc)
         self.out.unlink(missing_ok=True)
         return []
+
+
+class Floor(Listener):
+    """bench/floor.rs: Postel's shape (a mio accept loop, 100 session threads fed over a crossbeam channel, blocking
+    I/O) answering SMTP and storing nothing."""
+
+    name = "floor"
+
+    def __init__(self, binary, base):
+        super().__init__(base, lambda addr: [str(binary), addr])
+
+
+class Sink(Listener):
+    """Postfix's smtp-sink on `ip`:`port`: answers like a server and stores nothing. `counting` keeps its running
+    counters (-c) in a file, for relay cases that wait for the messages to arrive."""
+
+    name = "smtp-sink"
+
+    def __init__(self, base, ip="127.0.0.1", port=None, counting=False):
+        def argv(addr):
+            found = [SMTP_SINK, *(["-c"] if counting else []), "-h", "sink.bench.test", addr, "256"]
+            if os.geteuid() == 0:
+                found[1:1] = ["-u", "nobody"]  # smtp-sink will not run as root
+            return found
+
+        super().__init__(base, argv, ip, port)
+
+    def received(self):
+        """Messages received so far (the last of the running counters)."""
+        with open(self.out, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 200))
+            found = re.findall(rb"mesg=(\d+)", f.read())
+        return int(found[-1]) if found else 0

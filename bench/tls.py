@@ -3,13 +3,13 @@ client would spend as much CPU per handshake as the server). Both servers get th
 (bench/reference.py makes them; the reference offers STARTTLS with them unless set up with --no-tls), and both may
 resume sessions. smtp-sink has no TLS, so there is no ceiling."""
 
-import json
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import reference
+import servers
 from case import POSTEL, POSTFIX, Case, timed
 
 ROUND_TIMEOUT = 300  # seconds; a round that takes longer than this is a hung server
@@ -26,24 +26,12 @@ class Kit:
 
     @classmethod
     def make(cls, repo, scratch):
-        client = build(repo)
+        client = servers.build_tool(repo, "tls_load")
         if reference.TLS_CERT.exists() and reference.TLS_KEY.exists():
             return cls(client, reference.TLS_CERT, reference.TLS_KEY)
         cert, key = Path(scratch) / "tls-cert.pem", Path(scratch) / "tls-key.pem"
         reference.make_certificate(cert, key)
         return cls(client, cert, key)
-
-
-def build(repo):
-    """Builds the load client with the release profile; returns its path."""
-    done = subprocess.run(["cargo", "bench", "--bench", "tls_load", "--no-run", "--quiet", "--message-format=json"],
-                          cwd=repo, capture_output=True, text=True)
-    for line in done.stdout.splitlines():
-        message = json.loads(line)
-        if message.get("reason") == "compiler-artifact" and message["target"]["name"] == "tls_load":
-            if message.get("executable"):
-                return Path(message["executable"])
-    raise SystemExit(f"bench: building bench/tls_load.rs failed: {done.stderr.strip()[-500:]}")
 
 
 @dataclass
