@@ -249,7 +249,10 @@ impl Manager {
                     .unwrap_or_default()
                     .min(until_look)
             });
-            let timeout = self.queues.next_due().map_or(timeout, |due| {
+            // A mailbox whose pace is over can start a job only on an idle worker; without one, the worker that
+            // comes back next takes it.
+            let paced = self.queues.next_due().filter(|_| self.idle_workers > 0);
+            let timeout = paced.map_or(timeout, |due| {
                 timeout.min(due.saturating_duration_since(Instant::now()))
             });
             let event = match inbox.recv_timeout(timeout) {
