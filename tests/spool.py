@@ -99,8 +99,8 @@ def read_file(path):
     offset = 0
     while offset < len(data):
         where = f"{path}:{offset}"
-        if not data[offset:].strip(b"\0"):
-            break
+        if data[offset] == 0 and len(data.rstrip(b"\0")) <= offset:
+            break  # the segment's room: zeros to the end
         m = HEADER.fullmatch(data, offset, offset + HEADER_LEN)
         if not m:
             raise SpoolError(f"{where}: bad record header {data[offset:offset + HEADER_LEN]!r}")
