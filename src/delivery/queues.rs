@@ -7,7 +7,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::Instant;
 
 use crate::config::Config;
-use crate::delivery::job::{Job, MESSAGES_PER_JOB, Part, Target};
+use crate::delivery::job::{Job, Part, Target};
 
 /// The waiting deliveries of one target.
 #[derive(Default)]
@@ -59,8 +59,8 @@ impl Queues {
         self.consider(target, config, now);
     }
 
-    /// The next job for a free worker, if any target may start one: up to [`MESSAGES_PER_JOB`] messages for one
-    /// target.
+    /// The next job for a free worker, if any target may start one: up to [`Target::most_per_job`] messages for
+    /// one target.
     pub fn next_job(&mut self, config: &Config, now: Instant) -> Option<Job> {
         while let Some(Reverse((due, _))) = self.pacing.peek()
             && *due <= now
@@ -78,7 +78,7 @@ impl Queues {
                 continue;
             }
             let queue = self.targets.get_mut(&target)?;
-            let take = queue.waiting.len().min(MESSAGES_PER_JOB);
+            let take = queue.waiting.len().min(target.most_per_job());
             let parts: Vec<Part> = queue.waiting.drain(..take).collect();
             queue.running += 1;
             queue.listed = false;
@@ -121,7 +121,7 @@ impl Queues {
         if queue.listed || queue.running >= target.limit(config) {
             return;
         }
-        let full = queue.waiting.len() >= MESSAGES_PER_JOB;
+        let full = queue.waiting.len() >= target.most_per_job();
         match queue.not_before.filter(|&until| until > now) {
             // The end of the job running now considers it again.
             _ if queue.waiting.is_empty() && queue.running > 0 => {}
@@ -147,7 +147,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::delivery::job::MAILBOX_PACE;
+    use crate::delivery::job::{MAILBOX_PACE, MESSAGES_PER_BATCH, MESSAGES_PER_JOB};
     use crate::delivery::trace::HeaderSection;
     use crate::spool::{DeliveryState, Envelope, Queued};
 
@@ -247,14 +247,14 @@ mod tests {
         assert_eq!((job.target, job.parts.len()), (mailbox.clone(), 2));
         // A whole job's worth goes without waiting for the pace.
         queues.job_done(&mailbox, &config, paced);
-        for _ in 0..MESSAGES_PER_JOB - 1 {
+        for _ in 0..mailbox.most_per_job() - 1 {
             queues.push(mailbox.clone(), part(), &config, paced);
         }
         assert!(queues.next_job(&config, paced).is_none());
         queues.push(mailbox.clone(), part(), &config, paced);
         assert_eq!(
             queues.next_job(&config, paced).unwrap().parts.len(),
-            MESSAGES_PER_JOB
+            mailbox.most_per_job()
         );
         // Once that job is done and its pace over, the mailbox is forgotten: the next message goes at once.
         let quiet = paced + MAILBOX_PACE;
@@ -263,6 +263,23 @@ mod tests {
         assert!(queues.targets.is_empty() && queues.next_due().is_none());
         queues.push(mailbox.clone(), part(), &config, quiet);
         assert_eq!(queues.next_job(&config, quiet).unwrap().parts.len(), 1);
+    }
+
+    #[test]
+    fn a_mailbox_job_carries_more_messages_than_a_remote_one() {
+        let config = Config::builtin();
+        let now = Instant::now();
+        let mut queues = Queues::new(4);
+        let mailbox = Target::Mailbox("/m/bob".into());
+        for target in [mailbox.clone(), remote("example.org")] {
+            for _ in 0..MESSAGES_PER_BATCH + 1 {
+                queues.push(target.clone(), part(), &config, now);
+            }
+            let job = queues.next_job(&config, now).unwrap();
+            assert_eq!(job.parts.len(), target.most_per_job());
+        }
+        assert_eq!(mailbox.most_per_job(), MESSAGES_PER_BATCH);
+        assert_eq!(remote("example.org").most_per_job(), MESSAGES_PER_JOB);
     }
 
     #[test]

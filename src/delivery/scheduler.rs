@@ -20,7 +20,7 @@ use log::{error, info, warn};
 
 use crate::delivery::attempt::{Attempted, Conclusion, Deliverer, Plan};
 use crate::delivery::control::{self, Request};
-use crate::delivery::job::{self, MESSAGES_PER_JOB, Part, Target};
+use crate::delivery::job::{self, MESSAGES_PER_BATCH, Part, Target};
 use crate::delivery::local::Route;
 use crate::delivery::queues::Queues;
 use crate::delivery::retry;
@@ -417,16 +417,15 @@ impl Manager {
     }
 
     /// Gives work to every idle worker while there is any: conclusions first (they free the messages), then
-    /// plans, then jobs from the targets with room. Conclusions and plans go out in batches, shared evenly among
-    /// the idle workers.
+    /// plans, then jobs from the targets with room. Conclusions and plans go out in batches.
     fn hand_out(&mut self) {
         while self.idle_workers > 0 {
             let work = if !self.to_conclude.is_empty() {
-                let take = batch_size(self.to_conclude.len(), self.idle_workers);
+                let take = batch_size(self.to_conclude.len());
                 Work::Conclude(self.to_conclude.drain(..take).collect())
             } else if let Some(first) = self.next_to_plan() {
                 let waiting = 1 + self.to_plan.len() + self.unread.len();
-                let take = batch_size(waiting, self.idle_workers);
+                let take = batch_size(waiting);
                 let mut messages = vec![first];
                 while messages.len() < take
                     && let Some(message) = self.next_to_plan()
@@ -629,10 +628,12 @@ impl Manager {
     }
 }
 
-/// How many of `waiting` plans or conclusions one of `idle` workers takes: an even share, at most
-/// [`MESSAGES_PER_JOB`].
-fn batch_size(waiting: usize, idle: usize) -> usize {
-    waiting.div_ceil(idle).min(MESSAGES_PER_JOB)
+/// How many of `waiting` plans or conclusions one worker takes: all of them, up to [`MESSAGES_PER_BATCH`]. One
+/// worker planning or concluding them one after another costs a wake-up and a journal write for the batch;
+/// sharing them among the idle workers would cost one of each per worker, to run in parallel work of
+/// microseconds a message.
+fn batch_size(waiting: usize) -> usize {
+    waiting.min(MESSAGES_PER_BATCH)
 }
 
 /// Whether `recipient` is at an ETRN node: "example.org" is that domain, "@example.org" also its subdomains.
