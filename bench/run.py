@@ -44,6 +44,12 @@ def build():
     return REPO / "target" / "release" / "postel"
 
 
+def median(results):
+    """The run with the median rate (of an even number, the slower of the middle two)."""
+    ordered = sorted(results, key=lambda result: result.rate)
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def fs_type(path):
     done = subprocess.run(["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True)
     return done.stdout.strip() or "?"
@@ -72,6 +78,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="about a second of traffic per case, for a smoke check")
     parser.add_argument("--seconds", type=float, help="seconds of traffic per case (default 4, 1 with --quick)")
+    parser.add_argument("--rounds", type=int, default=1, metavar="N",
+                        help="measure each case N times per server, the servers taking turns, and keep each "
+                             "server's median run (by rate): on a VM whose neighbours steal CPU now and then, "
+                             "one slow moment then moves no ratio")
     parser.add_argument("--only", action="append", metavar="KEY",
                         help="run only the cases whose key contains KEY (repeatable): "
                              + ", ".join(c.key for c in CASES))
@@ -96,8 +106,9 @@ def main():
               f"({fs_type(reference.QUEUE_DIR)}), mailboxes {reference.MAIL_SPOOL}")
     else:
         print(f"postfix: {why_not}: Postel and the ceiling only")
-    print(f"{os.cpu_count()} CPUs, {duration:g} s of smtp-source traffic per case and server, 1 KiB messages "
-          "unless the case says otherwise\n")
+    rounds = f", the median of {args.rounds} runs" if args.rounds > 1 else ""
+    print(f"{os.cpu_count()} CPUs, {duration:g} s of smtp-source traffic per case and server{rounds}, 1 KiB "
+          "messages unless the case says otherwise\n")
 
     ctx = Context(binary, tls_kit, floor, base, postfix, duration)
     all_rows, keep = [], False
@@ -110,12 +121,14 @@ def main():
         for i, case in enumerate(cases):
             names = [n for n in case.servers if n != POSTFIX or postfix]
             names = names[i % len(names):] + names[:i % len(names)]
-            results = {}
-            for name in names:
-                result, panicked = measure(ctx, case, name)
-                keep |= panicked
-                if result:
-                    results[name] = result
+            runs = {name: [] for name in names}
+            for _ in range(max(1, args.rounds)):
+                for name in names:
+                    result, panicked = measure(ctx, case, name)
+                    keep |= panicked
+                    if result:
+                        runs[name].append(result)
+            results = {name: median(found) for name, found in runs.items() if found}
             found = report.rows(case, results)
             print("\n".join(report.lines(found)), flush=True)
             all_rows.extend(found)
@@ -127,7 +140,7 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     csv_path, png_path = args.out / "bench.csv", args.out / "bench.png"
     report.write_csv(csv_path, all_rows)
-    title = (f"Postel, Postfix, the floor and smtp-sink, {os.cpu_count()} CPUs, {duration:g} s per case"
+    title = (f"Postel, Postfix, the floor and smtp-sink, {os.cpu_count()} CPUs, {duration:g} s per case{rounds}"
              f"{'' if postfix else ' (no reference Postfix)'}, {time.strftime('%Y-%m-%d %H:%M')}")
     try:
         report.draw(png_path, all_rows, title)

@@ -10,7 +10,7 @@
 //! The few lines of that protocol are written here rather than taken from a crate (`syslog` blocks on a full
 //! socket and cannot say what was lost), because the fallback and drop rules above sit inside the sending.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt::Write as _;
 use std::io::{self, IsTerminal, Write as _};
 use std::os::fd::{AsFd, AsRawFd};
@@ -148,21 +148,63 @@ impl Log for Logger {
     fn flush(&self) {}
 }
 
-/// Writes `2026-12-01T09:05:07.250Z INFO  text` to stderr with one write, formatted in a buffer of this thread's.
+thread_local! {
+    /// This thread's stderr lines not written yet: the one being formatted, or those held by [`together`].
+    static LINES: RefCell<String> = const { RefCell::new(String::new()) };
+    /// Set while [`together`] holds this thread's lines.
+    static HOLDING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Held lines are written once they reach this length, without waiting for the end of [`together`].
+const HELD_MAX: usize = 64 * 1024;
+
+/// Writes `2026-12-01T09:05:07.250Z INFO  text` to stderr with one write, formatted in a buffer of this thread's;
+/// inside [`together`], the line waits in that buffer.
 fn write_stderr(record: &Record) {
-    thread_local! {
-        static LINE: RefCell<String> = const { RefCell::new(String::new()) };
-    }
-    let write = |line: &mut String| {
-        line.clear();
-        stderr_line(line, record.level(), record.args(), chrono::Utc::now());
-        let _ = io::stderr().write_all(line.as_bytes());
+    let write = |lines: &mut String, holding: bool| {
+        if !holding {
+            lines.clear();
+        }
+        stderr_line(lines, record.level(), record.args(), chrono::Utc::now());
+        if !holding || lines.len() >= HELD_MAX {
+            let _ = io::stderr().write_all(lines.as_bytes());
+            lines.clear();
+        }
     };
-    // A line whose text logs while it is formatted gets a buffer of its own.
-    LINE.with(|line| match line.try_borrow_mut() {
-        Ok(mut line) => write(&mut line),
-        Err(_) => write(&mut String::new()),
+    // A line whose text logs while it is formatted gets a buffer of its own, written at once.
+    LINES.with(|lines| match lines.try_borrow_mut() {
+        Ok(mut lines) => write(&mut lines, HOLDING.get()),
+        Err(_) => write(&mut String::new(), false),
     });
+}
+
+/// Runs `work`, holding the stderr lines this thread logs meanwhile and writing them together when it ends
+/// (or panics): for work that logs a line or two for each of many messages within microseconds, such as a
+/// delivery worker concluding a batch, one write instead of one a line. Each line keeps its own time. Not for
+/// work that may take long: its lines would show late. Lines for syslog go as they come.
+pub fn together<T>(work: impl FnOnce() -> T) -> T {
+    struct Release {
+        was_holding: bool,
+    }
+    impl Drop for Release {
+        fn drop(&mut self) {
+            HOLDING.set(self.was_holding);
+            if !self.was_holding {
+                LINES.with(|lines| {
+                    if let Ok(mut lines) = lines.try_borrow_mut()
+                        && !lines.is_empty()
+                    {
+                        let _ = io::stderr().write_all(lines.as_bytes());
+                        lines.clear();
+                    }
+                });
+            }
+        }
+    }
+    let _release = Release {
+        was_holding: HOLDING.replace(true),
+    };
+    work()
 }
 
 fn stderr_line(

@@ -13,6 +13,7 @@ use crate::delivery::attempt::{Attempted, Conclusion, Deliverer, Plan};
 use crate::delivery::body;
 use crate::delivery::job::{Job, JobResults, Target};
 use crate::delivery::transport::Delivery;
+use crate::logging;
 use crate::smtp::Detail;
 use crate::spool::{Queued, SpoolError};
 use crate::step;
@@ -48,7 +49,7 @@ pub fn run(deliverer: &Deliverer, work: &Receiver<Work>, report: impl Fn(Finishe
 
 fn perform(deliverer: &Deliverer, work: Work) -> Finished {
     match work {
-        Work::Plan(messages) => Finished::Planned(
+        Work::Plan(messages) => Finished::Planned(logging::together(|| {
             messages
                 .into_iter()
                 .map(|message| {
@@ -56,8 +57,8 @@ fn perform(deliverer: &Deliverer, work: Work) -> Finished {
                         .unwrap_or_else(|| Err(internal_error(&message)));
                     (message, planned)
                 })
-                .collect(),
-        ),
+                .collect()
+        })),
         Work::Deliver(job) => {
             let results = guarded(|| deliver(deliverer, &job)).unwrap_or_else(|| {
                 let failed =
@@ -73,11 +74,13 @@ fn perform(deliverer: &Deliverer, work: Work) -> Finished {
             Finished::Delivered(job.target, results)
         }
         Work::Conclude(mut conclusions) => {
-            let attempted = guarded(|| deliverer.conclude_all(&mut conclusions, Utc::now()))
-                .unwrap_or_else(|| {
-                    let failed = conclusions.iter().map(|c| Err(internal_error(&c.message)));
-                    failed.collect()
-                });
+            let attempted = logging::together(|| {
+                guarded(|| deliverer.conclude_all(&mut conclusions, Utc::now()))
+            })
+            .unwrap_or_else(|| {
+                let failed = conclusions.iter().map(|c| Err(internal_error(&c.message)));
+                failed.collect()
+            });
             let messages = conclusions.into_iter().map(|c| c.message);
             Finished::Concluded(messages.zip(attempted).collect())
         }

@@ -222,8 +222,8 @@ impl Policy for ServerPolicy {
         if reserve == 0 {
             return true;
         }
-        match spool::free_space(&self.config.spool_dir) {
-            Some(free) if free < reserve.saturating_add(size) => {
+        match spool::has_room(&self.config.spool_dir, reserve.saturating_add(size)) {
+            Err(free) => {
                 warn!(
                     "{}: MAIL refused: {} KiB free for the spool, which keeps {} KiB (spool_min_free) besides the \
                      {size} bytes declared",
@@ -233,7 +233,7 @@ impl Policy for ServerPolicy {
                 );
                 false
             }
-            _ => true,
+            Ok(()) => true,
         }
     }
 

@@ -164,6 +164,8 @@ fn serve(connection: Incoming, session_id: &str, shared: &Shared) {
     let mut stream = Stream::Plain(stream);
     match connection::run(&mut stream, &client, session_id, shared) {
         Some(turned) => turned.provide(stream, peer, session_id),
+        // A plain connection has no other descriptor: dropping it closes it, without a shutdown call first.
+        None if matches!(stream, Stream::Plain(_)) => drop(stream),
         None => stream.close(),
     }
     drop((slot, occupant));

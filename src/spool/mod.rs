@@ -50,7 +50,7 @@ use nix::fcntl::{Flock, FlockArg};
 pub use envelope::Envelope;
 pub use headers::HeaderSummary;
 pub use id::{InvalidQueueId, QueueId};
-pub use room::free_space;
+pub use room::has_room;
 pub use state::{DeliveryState, Outcome, RecipientResult};
 pub use writer::MessageWriter;
 
