@@ -174,6 +174,7 @@ def smtp_and_spool():
                 save("address", b"\x01\x00" + address)
         spool = Path(folder) / "spool"
         for path in (spool / "queue").iterdir():
+            save("queue_file", path.read_bytes())
             for record in records(path.read_bytes()):
                 save("envelope", record)
         for path in spool.rglob("*journal*"):
@@ -183,6 +184,7 @@ def smtp_and_spool():
         if fixture.is_file() and "journal" in fixture.name:
             save("journal", fixture.read_bytes())
         elif fixture.is_file():
+            save("queue_file", fixture.read_bytes())
             for record in records(fixture.read_bytes()):
                 save("envelope", record)
 
