@@ -16,7 +16,7 @@ use crate::smtp::sasl::{Exchange, SaslStep};
 use crate::smtp::{command, find_verb};
 use crate::spool::journal::Journal;
 use crate::spool::record::{HEADER_LEN, Header};
-use crate::spool::{Envelope, Spool, SpoolError};
+use crate::spool::{Envelope, Queued, Scan, Spool, SpoolError};
 
 /// A fuzz target's entry point.
 pub type Target = fn(&[u8]);
@@ -249,11 +249,9 @@ pub fn queue_file(data: &[u8]) {
         Err(e) => panic!("the scan failed: {e}"),
     };
     if let Some(first) = scanned(&spool) {
-        let places = |scan: &crate::spool::Scan| -> Vec<_> {
-            let found = scan.messages.iter();
-            found
-                .map(|m| (m.envelope.id.clone(), m.record_offset, m.body_offset, m.len))
-                .collect()
+        let places = |scan: &Scan| -> Vec<_> {
+            let place = |m: &Queued| (m.envelope.id.clone(), m.record_offset, m.body_offset, m.len);
+            scan.messages.iter().map(place).collect()
         };
         for &(_, record, body, len) in &places(&first) {
             assert!(

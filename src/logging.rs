@@ -162,9 +162,6 @@ const HELD_MAX: usize = 64 * 1024;
 /// inside [`together`], the line waits in that buffer.
 fn write_stderr(record: &Record) {
     let write = |lines: &mut String, holding: bool| {
-        if !holding {
-            lines.clear();
-        }
         stderr_line(lines, record.level(), record.args(), chrono::Utc::now());
         if !holding || lines.len() >= HELD_MAX {
             let _ = io::stderr().write_all(lines.as_bytes());

@@ -164,7 +164,8 @@ fn serve(connection: Incoming, session_id: &str, shared: &Shared) {
     let mut stream = Stream::Plain(stream);
     match connection::run(&mut stream, &client, session_id, shared) {
         Some(turned) => turned.provide(stream, peer, session_id),
-        // A plain connection has no other descriptor: dropping it closes it, without a shutdown call first.
+        // The session is over and this is the connection's only descriptor: dropping it closes it. The shutdown
+        // in `Stream::close` is for callers that keep a stream after closing it (the relay client).
         None if matches!(stream, Stream::Plain(_)) => drop(stream),
         None => stream.close(),
     }
