@@ -1,6 +1,6 @@
 //! The floor of Postel's design, for `make bench`: a mio loop accepts connections and hands them over a
-//! crossbeam channel to a fixed pool of threads, each of which answers SMTP with blocking reads and
-//! writes, as Postel's sessions do, but stores and logs nothing. What Postel costs beyond this is the work
+//! crossbeam channel to a fixed pool of threads, parked while idle as Postel's are (`pool::Idle`), each of
+//! which answers SMTP with blocking reads and writes, as Postel's sessions do, but stores and logs nothing. What Postel costs beyond this is the work
 //! it does for a message (the spool, its sync, the delivery, the log); what this costs beyond smtp-sink,
 //! one process in one loop, is the thread per connection.
 //!
@@ -10,10 +10,12 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::OwnedFd;
 use std::process::exit;
+use std::sync::Arc;
 use std::thread;
 
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
+use postel::server::pool::Idle;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -37,10 +39,11 @@ fn main() {
 /// Accepts connections on `addr` for ever and hands each to one of `threads` session threads.
 fn serve(addr: SocketAddr, threads: usize) -> io::Result<()> {
     let (connections, incoming) = crossbeam_channel::bounded::<TcpStream>(threads);
+    let idle = Arc::new(Idle::default());
     for _ in 0..threads {
-        let incoming = incoming.clone();
+        let (incoming, idle) = (incoming.clone(), Arc::clone(&idle));
         thread::spawn(move || {
-            for stream in incoming {
+            while let Some(stream) = idle.next(&incoming) {
                 let _ = session(stream);
             }
         });
@@ -60,6 +63,7 @@ fn serve(addr: SocketAddr, threads: usize) -> io::Result<()> {
                     if connections.send(stream).is_err() {
                         return Err(io::Error::other("the session threads are gone"));
                     }
+                    idle.wake_one();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),

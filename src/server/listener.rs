@@ -6,7 +6,7 @@ use std::io::{self, ErrorKind};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::TrySendError;
 use log::{info, warn};
 use mio::net::TcpListener;
 use mio::unix::SourceFd;
@@ -17,7 +17,7 @@ use nix::sys::signalfd::SignalFd;
 use crate::config::Config;
 use crate::net::canonical;
 use crate::server::connection::{Port, refuse};
-use crate::server::pool::{ClientCounts, Incoming, Occupancy};
+use crate::server::pool::{ClientCounts, Entrance, Incoming, Occupancy};
 use crate::smtp::Detail;
 
 const SIGNALS: Token = Token(usize::MAX);
@@ -28,7 +28,7 @@ pub fn run(
     config: &Config,
     listeners: Vec<(TcpListener, Port)>,
     signals: &SignalFd,
-    pool: &Sender<Incoming>,
+    pool: &Entrance,
     doorbell: &dyn Fn(),
     reload: &dyn Fn(),
 ) -> io::Result<()> {
@@ -89,7 +89,7 @@ fn accept_all(
     port: Port,
     counts: &Arc<ClientCounts>,
     occupancy: &Arc<Occupancy>,
-    pool: &Sender<Incoming>,
+    pool: &Entrance,
 ) {
     loop {
         let (mut stream, peer) = match listener.accept() {

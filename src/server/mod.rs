@@ -124,10 +124,14 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         etrn_limit: Arc::default(),
         odmr,
     });
-    let (pool_tx, pool_rx) = crossbeam_channel::bounded(config.workers + config.accept_queue);
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
-    pool::start(config.workers, pool_rx, Arc::clone(&shared), done_tx)
-        .map_err(|e| ServeError::Setup("start the session workers", e))?;
+    let entrance = pool::start(
+        config.workers,
+        config.workers + config.accept_queue,
+        Arc::clone(&shared),
+        done_tx,
+    )
+    .map_err(|e| ServeError::Setup("start the session workers", e))?;
     let listeners = listen(bound)?;
     log_ready(&config, queued);
 
@@ -137,10 +141,10 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         }
     };
     let reload = || shared.reloaded.reload(&config);
-    listener::run(&config, listeners, &signals, &pool_tx, &doorbell, &reload)
+    listener::run(&config, listeners, &signals, &entrance, &doorbell, &reload)
         .map_err(|e| ServeError::Setup("accept connections", e))?;
     shared.shutting_down.store(true, Ordering::Relaxed);
-    drop(pool_tx);
+    drop(entrance);
     wait_for_sessions(&done_rx, config.shutdown_grace);
     if let Some(scheduler) = scheduler {
         scheduler.stop();

@@ -1,14 +1,18 @@
 //! The fixed pool of session workers: each takes one accepted connection at a time from a bounded channel and
 //! runs its session with blocking I/O. A session that fails or panics never takes its worker with it.
+//!
+//! An idle worker waits parked, not in the channel's blocking receive: that receive spins and yields the CPU
+//! several times before it sleeps, and with a hundred workers, most of them idle, those turns cost the sessions'
+//! CPU. The listener wakes the worker that went idle last, whose stack is still in the caches.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, Thread};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use log::{error, warn};
 
 use crate::server::connection::{self, Client, Port, Shared};
@@ -99,18 +103,94 @@ impl Drop for ClientSlot {
     }
 }
 
-/// Starts `workers` threads serving connections from `incoming`. Every thread holds a clone of `done`, so the
-/// receiving end sees the channel close when the last worker has finished.
+/// The way into the pool: connections wait in a channel of `capacity`, and each one sent wakes an idle worker.
+/// Dropping it closes the pool: the workers serve what is waiting, then end.
+pub struct Entrance {
+    connections: Option<Sender<Incoming>>,
+    idle: Arc<Idle>,
+}
+
+impl Entrance {
+    /// Hands a connection to the pool; it fails when the channel is full or the workers are gone.
+    pub fn try_send(&self, incoming: Incoming) -> Result<(), TrySendError<Incoming>> {
+        match &self.connections {
+            Some(connections) => connections.try_send(incoming)?,
+            None => return Err(TrySendError::Disconnected(incoming)),
+        }
+        self.idle.wake_one();
+        Ok(())
+    }
+}
+
+impl Drop for Entrance {
+    fn drop(&mut self) {
+        // The channel closes first, so that every worker woken here finds it closed once it is empty.
+        drop(self.connections.take());
+        self.idle.wake_all();
+    }
+}
+
+/// The parked workers, the most recently idle last. bench/floor.rs waits for its connections the same way.
+#[derive(Default)]
+pub struct Idle(Mutex<Vec<Thread>>);
+
+impl Idle {
+    fn lock(&self) -> MutexGuard<'_, Vec<Thread>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Wakes the worker that went idle last, if any is idle.
+    pub fn wake_one(&self) {
+        if let Some(worker) = self.lock().pop() {
+            worker.unpark();
+        }
+    }
+
+    pub fn wake_all(&self) {
+        for worker in self.lock().iter() {
+            worker.unpark();
+        }
+    }
+
+    /// The next connection for the calling worker, parked until there is one; None when the channel has closed
+    /// and is empty. The channel is looked at under the lock [`Idle::wake_one`] takes after a send, so a
+    /// connection sent while this worker was about to park always wakes someone.
+    pub fn next<T>(&self, incoming: &Receiver<T>) -> Option<T> {
+        let me = thread::current();
+        loop {
+            {
+                let mut parked = self.lock();
+                // Woken without being taken off the list (a spurious wake-up, or the pool closing).
+                parked.retain(|worker| worker.id() != me.id());
+                match incoming.try_recv() {
+                    Ok(connection) => return Some(connection),
+                    Err(TryRecvError::Disconnected) => return None,
+                    Err(TryRecvError::Empty) => parked.push(me.clone()),
+                }
+            }
+            thread::park();
+        }
+    }
+}
+
+/// Starts `workers` threads serving the connections that come in through the returned entrance, which holds up
+/// to `capacity` waiting for a worker. Every thread holds a clone of `done`, so the receiving end sees the
+/// channel close when the last worker has finished.
 pub fn start(
     workers: usize,
-    incoming: Receiver<Incoming>,
+    capacity: usize,
     shared: Arc<Shared>,
     done: Sender<()>,
-) -> std::io::Result<()> {
+) -> std::io::Result<Entrance> {
+    let (connections, incoming) = crossbeam_channel::bounded(capacity);
+    let idle = Arc::new(Idle::default());
     let sessions = Arc::new(AtomicU64::new(0));
     for n in 0..workers {
-        let (incoming, shared, done, sessions) = (
+        let (incoming, idle, shared, done, sessions) = (
             incoming.clone(),
+            Arc::clone(&idle),
             Arc::clone(&shared),
             done.clone(),
             Arc::clone(&sessions),
@@ -118,7 +198,7 @@ pub fn start(
         thread::Builder::new()
             .name(format!("session-{n}"))
             .spawn(move || {
-                for connection in incoming.iter() {
+                while let Some(connection) = idle.next(&incoming) {
                     let session_id = format!("s{}", sessions.fetch_add(1, Ordering::Relaxed) + 1);
                     let served = catch_unwind(AssertUnwindSafe(|| serve(connection, &session_id, &shared)));
                     if served.is_err() {
@@ -128,7 +208,10 @@ pub fn start(
                 drop(done);
             })?;
     }
-    Ok(())
+    Ok(Entrance {
+        connections: Some(connections),
+        idle,
+    })
 }
 
 fn serve(connection: Incoming, session_id: &str, shared: &Shared) {
@@ -170,4 +253,93 @@ fn serve(connection: Incoming, session_id: &str, shared: &Shared) {
         None => stream.close(),
     }
     drop((slot, occupant));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// Workers that count what they take, until the channel closes.
+    fn workers(
+        n: usize,
+        idle: &Arc<Idle>,
+        incoming: &Receiver<u32>,
+    ) -> Vec<thread::JoinHandle<u32>> {
+        (0..n)
+            .map(|_| {
+                let (idle, incoming) = (Arc::clone(idle), incoming.clone());
+                thread::spawn(move || {
+                    let mut taken = 0;
+                    while idle.next(&incoming).is_some() {
+                        taken += 1;
+                    }
+                    taken
+                })
+            })
+            .collect()
+    }
+
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn every_item_sent_is_taken_and_closing_ends_every_worker() {
+        let idle = Arc::new(Idle::default());
+        let (sender, incoming) = crossbeam_channel::bounded(16);
+        let handles = workers(8, &idle, &incoming);
+        wait_until("all 8 workers are parked", || idle.lock().len() == 8);
+        for n in 0..2000 {
+            // Sent one at a time, each woken worker racing the others that are going back to park.
+            while sender.try_send(n).is_err() {
+                thread::yield_now();
+            }
+            idle.wake_one();
+        }
+        wait_until("the channel is empty", || sender.is_empty());
+        drop(sender);
+        idle.wake_all();
+        let taken: u32 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(taken, 2000);
+    }
+
+    #[test]
+    fn the_worker_idle_last_is_woken_first() {
+        let idle = Arc::new(Idle::default());
+        let (sender, incoming) = crossbeam_channel::bounded::<u32>(1);
+        let first = workers(1, &idle, &incoming);
+        wait_until("the first worker is parked", || idle.lock().len() == 1);
+        let second = workers(1, &idle, &incoming);
+        wait_until("the second worker is parked", || idle.lock().len() == 2);
+        sender.send(7).unwrap();
+        idle.wake_one();
+        wait_until("the item is taken", || sender.is_empty());
+        drop(sender);
+        idle.wake_all();
+        assert_eq!(
+            second.into_iter().map(|h| h.join().unwrap()).sum::<u32>(),
+            1
+        );
+        assert_eq!(first.into_iter().map(|h| h.join().unwrap()).sum::<u32>(), 0);
+    }
+
+    #[test]
+    fn items_waiting_when_the_channel_closes_are_still_taken() {
+        let idle = Arc::new(Idle::default());
+        let (sender, incoming) = crossbeam_channel::bounded(4);
+        for n in 0..4 {
+            sender.send(n).unwrap();
+        }
+        drop(sender);
+        let taken: u32 = workers(2, &idle, &incoming)
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .sum();
+        assert_eq!(taken, 4);
+    }
 }
