@@ -4,8 +4,8 @@
 use std::fs::{self, File};
 use std::io::{self, IoSlice};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::thread;
+use std::sync::{Arc, Mutex};
+use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -49,7 +49,55 @@ struct Request {
     id: QueueId,
     head: Vec<u8>,
     body: Vec<u8>,
-    reply: Sender<Result<(PathBuf, u64), SpoolError>>,
+    reply: Reply,
+}
+
+/// Where a record was put, or why it was not.
+type Placed = Result<(PathBuf, u64), SpoolError>;
+
+/// The answer to one request, and the session thread that waits for it, parked. A channel's receive would
+/// spin and yield the CPU a dozen times first, all in vain for a sync that takes a tenth of a millisecond.
+struct Answer {
+    state: Mutex<AnswerState>,
+    waiter: Thread,
+}
+
+enum AnswerState {
+    Waiting,
+    Given(Placed),
+    /// The request was dropped unanswered: the commit thread has stopped.
+    Abandoned,
+}
+
+impl Answer {
+    fn set(&self, state: AnswerState) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = state;
+        self.waiter.unpark();
+    }
+
+    fn take(&self) -> AnswerState {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::replace(&mut *state, AnswerState::Waiting)
+    }
+}
+
+/// The commit thread's end of an [`Answer`]; dropped unanswered, it says so, so that no session waits for ever.
+struct Reply(Option<Arc<Answer>>);
+
+impl Reply {
+    fn send(mut self, placed: Placed) {
+        if let Some(answer) = self.0.take() {
+            answer.set(AnswerState::Given(placed));
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if let Some(answer) = self.0.take() {
+            answer.set(AnswerState::Abandoned);
+        }
+    }
 }
 
 /// The segment file being appended to.
@@ -92,15 +140,24 @@ impl GroupCommit {
         head: Vec<u8>,
         body: Vec<u8>,
     ) -> Result<(PathBuf, u64), SpoolError> {
-        let (reply, answer) = crossbeam_channel::bounded(1);
-        let request = Request {
+        let answer = Arc::new(Answer {
+            state: Mutex::new(AnswerState::Waiting),
+            waiter: thread::current(),
+        });
+        // A request the thread never takes is dropped here, and its reply says so.
+        let _ = self.requests.send(Request {
             id: id.clone(),
             head,
             body,
-            reply,
-        };
-        self.requests.send(request).map_err(|_| self.stopped())?;
-        answer.recv().map_err(|_| self.stopped())?
+            reply: Reply(Some(Arc::clone(&answer))),
+        });
+        loop {
+            match answer.take() {
+                AnswerState::Given(placed) => return placed,
+                AnswerState::Abandoned => return Err(self.stopped()),
+                AnswerState::Waiting => thread::park(),
+            }
+        }
     }
 
     fn stopped(&self) -> SpoolError {
@@ -153,13 +210,13 @@ fn run(queue: &Path, live: &LiveFiles, incoming: &Receiver<Request>, segment_age
                             started.elapsed().as_secs_f64() * 1e3
                         );
                     }
-                    let _ = request.reply.send(Ok((path.clone(), offset)));
+                    request.reply.send(Ok((path.clone(), offset)));
                     offset += (request.head.len() + request.body.len()) as u64;
                 }
             }
             Err((path, e)) => {
                 for request in batch {
-                    let _ = request.reply.send(Err(SpoolError::Io {
+                    request.reply.send(Err(SpoolError::Io {
                         path: path.clone(),
                         source: copy_io_error(&e),
                     }));
@@ -299,4 +356,45 @@ fn write_all_at(file: &File, mut buffers: &mut [IoSlice], mut offset: u64) -> io
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting() -> (Arc<Answer>, Reply) {
+        let answer = Arc::new(Answer {
+            state: Mutex::new(AnswerState::Waiting),
+            waiter: thread::current(),
+        });
+        let reply = Reply(Some(Arc::clone(&answer)));
+        (answer, reply)
+    }
+
+    #[test]
+    fn an_answer_sent_from_another_thread_wakes_the_parked_waiter() {
+        let (answer, reply) = waiting();
+        let sender = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(20));
+            reply.send(Ok((PathBuf::from("queue/X"), 42)));
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let placed = loop {
+            match answer.take() {
+                AnswerState::Given(placed) => break placed,
+                AnswerState::Abandoned => panic!("the reply was sent, not dropped"),
+                AnswerState::Waiting => thread::park_timeout(deadline - Instant::now()),
+            }
+            assert!(Instant::now() < deadline, "no answer came");
+        };
+        sender.join().unwrap();
+        assert_eq!(placed.unwrap(), (PathBuf::from("queue/X"), 42));
+    }
+
+    #[test]
+    fn a_reply_dropped_unsent_says_the_request_was_abandoned() {
+        let (answer, reply) = waiting();
+        drop(reply);
+        assert!(matches!(answer.take(), AnswerState::Abandoned));
+    }
 }
