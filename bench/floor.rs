@@ -1,8 +1,8 @@
 //! The floor of Postel's design, for `make bench`: a mio loop accepts connections and hands them over a
 //! crossbeam channel to a fixed pool of threads, parked while idle as Postel's are (`pool::Idle`), each of
-//! which answers SMTP with blocking reads and writes, as Postel's sessions do, but stores and logs nothing. What Postel costs beyond this is the work
-//! it does for a message (the spool, its sync, the delivery, the log); what this costs beyond smtp-sink,
-//! one process in one loop, is the thread per connection.
+//! which answers SMTP with blocking reads and writes, as Postel's sessions do, but stores and logs nothing.
+//! What Postel costs beyond this is the work it does for a message (the spool, its sync, the delivery, the
+//! log); what this costs beyond smtp-sink, one process in one loop, is the thread per connection.
 //!
 //! usage: floor IP:PORT [THREADS]   (100 threads unless given, as Postel's `workers`)
 

@@ -148,6 +148,7 @@ impl Idle {
         }
     }
 
+    /// Wakes every idle worker: once the channel has closed, so that they see it.
     pub fn wake_all(&self) {
         for worker in self.lock().iter() {
             worker.unpark();
@@ -159,11 +160,14 @@ impl Idle {
     /// connection sent while this worker was about to park always wakes someone.
     pub fn next<T>(&self, incoming: &Receiver<T>) -> Option<T> {
         let me = thread::current();
+        let mut woken = false;
         loop {
             {
                 let mut parked = self.lock();
-                // Woken without being taken off the list (a spurious wake-up, or the pool closing).
-                parked.retain(|worker| worker.id() != me.id());
+                if woken {
+                    // Perhaps woken without being taken off the list (a spurious wake-up, or the pool closing).
+                    parked.retain(|worker| worker.id() != me.id());
+                }
                 match incoming.try_recv() {
                     Ok(connection) => return Some(connection),
                     Err(TryRecvError::Disconnected) => return None,
@@ -171,6 +175,7 @@ impl Idle {
                 }
             }
             thread::park();
+            woken = true;
         }
     }
 }

@@ -70,6 +70,16 @@ enum AnswerState {
 }
 
 impl Answer {
+    /// An answer for the calling thread to wait for, and the reply that gives it.
+    fn for_this_thread() -> (Arc<Answer>, Reply) {
+        let answer = Arc::new(Answer {
+            state: Mutex::new(AnswerState::Waiting),
+            waiter: thread::current(),
+        });
+        let reply = Reply(Some(Arc::clone(&answer)));
+        (answer, reply)
+    }
+
     fn set(&self, state: AnswerState) {
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = state;
         self.waiter.unpark();
@@ -140,16 +150,13 @@ impl GroupCommit {
         head: Vec<u8>,
         body: Vec<u8>,
     ) -> Result<(PathBuf, u64), SpoolError> {
-        let answer = Arc::new(Answer {
-            state: Mutex::new(AnswerState::Waiting),
-            waiter: thread::current(),
-        });
+        let (answer, reply) = Answer::for_this_thread();
         // A request the thread never takes is dropped here, and its reply says so.
         let _ = self.requests.send(Request {
             id: id.clone(),
             head,
             body,
-            reply: Reply(Some(Arc::clone(&answer))),
+            reply,
         });
         loop {
             match answer.take() {
@@ -362,18 +369,9 @@ fn write_all_at(file: &File, mut buffers: &mut [IoSlice], mut offset: u64) -> io
 mod tests {
     use super::*;
 
-    fn waiting() -> (Arc<Answer>, Reply) {
-        let answer = Arc::new(Answer {
-            state: Mutex::new(AnswerState::Waiting),
-            waiter: thread::current(),
-        });
-        let reply = Reply(Some(Arc::clone(&answer)));
-        (answer, reply)
-    }
-
     #[test]
     fn an_answer_sent_from_another_thread_wakes_the_parked_waiter() {
-        let (answer, reply) = waiting();
+        let (answer, reply) = Answer::for_this_thread();
         let sender = thread::spawn(move || {
             thread::sleep(Duration::from_millis(20));
             reply.send(Ok((PathBuf::from("queue/X"), 42)));
@@ -393,7 +391,7 @@ mod tests {
 
     #[test]
     fn a_reply_dropped_unsent_says_the_request_was_abandoned() {
-        let (answer, reply) = waiting();
+        let (answer, reply) = Answer::for_this_thread();
         drop(reply);
         assert!(matches!(answer.take(), AnswerState::Abandoned));
     }
