@@ -10,7 +10,8 @@ import reference
 import servers
 from net import free_port
 
-POSTEL, POSTFIX, FLOOR, SINK = servers.Postel.name, servers.Reference.name, servers.Floor.name, servers.Sink.name
+POSTEL, POSTFIX, SINK = servers.Postel.name, servers.Reference.name, servers.Sink.name
+FLOOR, DURABLE = servers.Floor.name, servers.DurableFloor.name
 ARRIVAL_TIMEOUT = 120  # seconds after the last message was sent for all of them to arrive
 
 
@@ -36,7 +37,7 @@ class Result:
 class Case:
     key: str  # short name, for --only, the CSV and the chart
     label: str
-    servers: tuple  # of POSTEL, POSTFIX, SINK
+    servers: tuple  # of POSTEL, POSTFIX, FLOOR, DURABLE, SINK
     measure: Callable  # (server, Context) -> Result
     # (Context) -> settings for Postel's configuration, besides or instead of those Context.start gives every Postel
     postel_settings: Callable = lambda ctx: {}
@@ -84,6 +85,8 @@ class Context:
             return self.reference
         if name == FLOOR:
             return servers.Floor(self.floor, self.base)
+        if name == DURABLE:
+            return servers.DurableFloor(self.floor, self.base)
         return servers.Sink(self.base)
 
     def close(self):

@@ -2,10 +2,10 @@
 
 import csv
 
-from case import FLOOR, POSTEL, POSTFIX, SINK
+from case import DURABLE, FLOOR, POSTEL, POSTFIX, SINK
 
-SERVERS = (POSTEL, POSTFIX, FLOOR, SINK)
-COLORS = {POSTEL: "tab:blue", POSTFIX: "tab:orange", FLOOR: "tab:green", SINK: "tab:gray"}
+SERVERS = (POSTEL, POSTFIX, FLOOR, DURABLE, SINK)
+COLORS = {POSTEL: "tab:blue", POSTFIX: "tab:orange", FLOOR: "tab:green", DURABLE: "tab:olive", SINK: "tab:gray"}
 FIELDS = ["case", "label", "server", "unit", "count", "seconds", "rate_per_s", "cpu_ms_per_unit", "peak_rss_mib",
           "rss_growth_mib", "vs_postfix", "vs_ceiling", "notes"]
 LABEL_WIDTH = 62

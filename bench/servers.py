@@ -1,5 +1,5 @@
-"""The servers a benchmark case measures: Postel, the reference Postfix, smtp-sink (the ceiling) and the floor of
-Postel's design (bench/floor.rs).
+"""The servers a benchmark case measures: Postel, the reference Postfix, smtp-sink (the ceiling), and the floor of
+Postel's design (bench/floor.rs) without and with a sync before each 250 (the durable floor).
 
 Each one offers the same few things to the cases: `addr` ("ip:port"), `cpu_ticks()` and `memory_kib()` summed over
 its processes, `peak_kib()` when the kernel knows the peak exactly, `busy()` while mail is still queued,
@@ -205,7 +205,27 @@ class Floor(Listener):
     name = "floor"
 
     def __init__(self, binary, base):
-        super().__init__(base, lambda addr: [str(binary), addr])
+        super().__init__(base, lambda addr: [str(binary), addr, *self.extra_args(base)])
+
+    def extra_args(self, base):
+        return []
+
+
+class DurableFloor(Floor):
+    """The floor with `--sync`: each message is on disk (one write and one fdatasync for all those waiting, in a
+    file under `base`, on the disk Postel's spool is on) before its 250. The least a server that keeps the promise
+    of its 250 does."""
+
+    name = "durable"
+
+    def extra_args(self, base):
+        self.sync_file = Path(base) / f"durable-floor-{os.getpid()}.sync"
+        return ["--sync", str(self.sync_file)]
+
+    def stop(self):
+        found = super().stop()
+        self.sync_file.unlink(missing_ok=True)
+        return found
 
 
 class Sink(Listener):
