@@ -140,7 +140,8 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     csv_path, png_path = args.out / "bench.csv", args.out / "bench.png"
     report.write_csv(csv_path, all_rows)
-    title = (f"Postel, Postfix, the floor, the durable floor and smtp-sink, {os.cpu_count()} CPUs, {duration:g} s per case{rounds}"
+    title = (f"Postel, Postfix, the floor, the durable floor and smtp-sink, {os.cpu_count()} CPUs, "
+             f"{duration:g} s per case{rounds}"
              f"{'' if postfix else ' (no reference Postfix)'}, {time.strftime('%Y-%m-%d %H:%M')}")
     try:
         report.draw(png_path, all_rows, title)
