@@ -35,8 +35,10 @@ const PICKUP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How long the scheduler waits for more new messages after one arrives before it hands out work, unless a
 /// worker comes back sooner (that worker waits for work). While sessions queue mail one message after another,
-/// plans and jobs then go out in batches and each message costs fewer hand-offs between threads; a lone message
-/// waits this much longer for its first delivery.
+/// plans and jobs then go out in batches and each message costs fewer hand-offs between threads. It waits only
+/// when the message before came less than half of this earlier, so that more are likely to come within it:
+/// a wait that catches nothing costs the scheduler's spinning receive and delays the message (with one client
+/// sending one message after another, waiting only then takes about 7 % more messages a second).
 const GATHER: Duration = Duration::from_millis(1);
 
 /// The most new messages the scheduler holds in memory at once, waiting to be planned or in an attempt. Beyond
@@ -170,6 +172,7 @@ impl Scheduler {
             in_flight: HashSet::new(),
             remove_when_done: HashSet::new(),
             known_files: HashSet::new(),
+            last_new: None,
         };
         let handle = SchedulerHandle(events);
         for message in queued {
@@ -230,6 +233,8 @@ struct Manager {
     remove_when_done: HashSet<QueueId>,
     /// Files whose messages this daemon knows of; others found in the queue are picked up.
     known_files: HashSet<PathBuf>,
+    /// When the last new message came (see [`GATHER`]).
+    last_new: Option<Instant>,
 }
 
 impl Manager {
@@ -288,15 +293,19 @@ impl Manager {
         }
     }
 
-    /// Handles `first` and the events that come with it: after a new message, those of the next [`GATHER`] (until
-    /// a worker is back), then every one already waiting. Returns false at Stop.
+    /// Handles `first` and the events that come with it: after a new message that came soon after the one before,
+    /// those of the next [`GATHER`] (until a worker is back), then every one already waiting. Returns false at
+    /// Stop.
     fn handle_gathered(&mut self, first: Event, inbox: &Receiver<Event>) -> bool {
-        let mut gather_until = matches!(first, Event::New(_)).then(|| Instant::now() + GATHER);
+        let now = Instant::now();
+        let mut gather_until =
+            (matches!(first, Event::New(_)) && gathers(self.last_new, now)).then_some(now + GATHER);
         let mut next = Some(first);
         while let Some(event) = next {
             match event {
                 Event::Stop => return false,
                 Event::Finished(_) => gather_until = None,
+                Event::New(_) => self.last_new = Some(Instant::now()),
                 _ => {}
             }
             self.handle(event);
@@ -655,6 +664,12 @@ pub fn at_node(recipient: &str, node: &str) -> bool {
     }
 }
 
+/// Whether a new message that comes at `now` starts a gather: the one before it came at `last_new`, less than
+/// half a [`GATHER`] earlier, so that the gather is likely to catch more.
+fn gathers(last_new: Option<Instant>, now: Instant) -> bool {
+    last_new.is_some_and(|last| now.saturating_duration_since(last) < GATHER / 2)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -663,6 +678,22 @@ mod tests {
     use crate::reloadable::Reloadable;
     use crate::spool::Spool;
     use crate::testing::TempDir;
+
+    #[test]
+    fn only_a_message_close_behind_the_one_before_starts_a_gather() {
+        let now = Instant::now();
+        assert!(!gathers(None, now), "the first message");
+        assert!(gathers(Some(now - GATHER / 5), now));
+        assert!(!gathers(Some(now - GATHER / 2), now));
+        assert!(
+            !gathers(Some(now - GATHER * 3), now),
+            "one client, one message after another"
+        );
+        assert!(
+            gathers(Some(now + GATHER), now),
+            "a clock read later on another path"
+        );
+    }
 
     #[test]
     fn the_scheduler_goes_on_after_a_panic() {
