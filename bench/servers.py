@@ -204,11 +204,8 @@ class Floor(Listener):
 
     name = "floor"
 
-    def __init__(self, binary, base):
-        super().__init__(base, lambda addr: [str(binary), addr, *self.extra_args(base)])
-
-    def extra_args(self, base):
-        return []
+    def __init__(self, binary, base, options=()):
+        super().__init__(base, lambda addr: [str(binary), addr, *options])
 
 
 class DurableFloor(Floor):
@@ -218,9 +215,9 @@ class DurableFloor(Floor):
 
     name = "durable"
 
-    def extra_args(self, base):
-        self.sync_file = Path(base) / f"durable-floor-{os.getpid()}.sync"
-        return ["--sync", str(self.sync_file)]
+    def __init__(self, binary, base):
+        self.sync_file = Path(base) / "durable-floor.sync"
+        super().__init__(binary, base, ["--sync", str(self.sync_file)])
 
     def stop(self):
         found = super().stop()
